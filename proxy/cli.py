@@ -1,0 +1,99 @@
+"""The ``dicom-proxy`` command: run, check, demo.
+
+Exit statuses: 0 fine; 1 a runtime failure (port in use, …); 2 an invalid rules
+file — one line on stderr naming the key path, and nothing started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from proxy.config import Config, ConfigError, load
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicom-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the proxy in the foreground"),
+                       ("check", "validate the rules file and exit")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--rules", default="rules.toml", help="rules file (default ./rules.toml)")
+    demo = sub.add_parser("demo", help="sandbox archives + the proxy on loopback, with "
+                                       "commands to paste")
+    demo.add_argument("--port", type=int, default=11112, help="proxy port (0 = any free)")
+    demo.add_argument("--metrics-port", type=int, default=9110)
+    demo.add_argument("--studies", type=int, default=6, help="synthetic studies per archive")
+    demo.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    demo.add_argument("--exit-after-ready", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.command == "check":
+        return _check(args.rules)
+    if args.command == "run":
+        return _run(args.rules)
+    from proxy.demo import run_demo
+    return run_demo(port=args.port, metrics_port=args.metrics_port, studies=args.studies,
+                    workdir=args.dir, exit_after_ready=args.exit_after_ready)
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"dicom-proxy: {path}: {exc}", file=sys.stderr)
+        return None
+
+
+def _check(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"{path}: valid ({len(config.archives)} archives, {len(config.routes)} routes, "
+          f"{len(config.destinations)} destinations)")
+    return EXIT_OK
+
+
+def _run(path: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    """Run a proxy until SIGTERM/SIGINT; stop gracefully; exit 0."""
+    from proxy.app import Proxy
+
+    proxy = Proxy(config)
+    try:
+        proxy.start()
+    except OSError as exc:
+        print(f"dicom-proxy: cannot listen on {config.proxy.host}:{config.proxy.port} "
+              f"or {config.metrics.host}:{config.metrics.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    stop = threading.Event()
+    reason = {"why": "signal"}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        reason["why"] = signal.Signals(signum).name
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    proxy.stop(reason=reason["why"])
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

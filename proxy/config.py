@@ -1,0 +1,370 @@
+"""rules.toml → frozen dataclasses, validated once at load.
+
+Rule 1: every error is a ConfigError whose message starts with the key path
+        (``routes[1].archives[0]: no archive named "nope"``), one line, no traceback.
+Rule 2: unknown keys are errors — a typo must never be silently ignored.
+Rule 3: every reference by name (route → archive, store_to → archive) is
+        checked here, so nothing downstream has to cope with a dangling name.
+Rule 4: AE titles are validated with pynetdicom's own rules, plus "not empty".
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pynetdicom._validators import validate_ae
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+LOG_FORMATS = ("json", "console")
+PHI_MODES = ("hash", "clear", "drop")
+RETRIEVE_MODES = ("get", "move")
+ECHO_MODES = ("upstream", "local")
+MERGE_MODES = ("stream", "complete")
+
+
+class ConfigError(ValueError):
+    """A rules file problem; ``str()`` is the one line shown to the user."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    ae_title: str = "QR_PROXY"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 64        # established associations served at once
+    max_connections: int = 128        # raw TCP connections, checked before any PDU is read
+    max_pdu_size: int = 262_144       # advertised and enforced; a larger PDU aborts the link
+    acse_timeout: float = 30.0        # seconds to wait for A-ASSOCIATE-RQ / A-RELEASE
+    dimse_timeout: float = 120.0      # seconds to wait for the next DIMSE message
+    network_timeout: float = 60.0     # seconds a socket may be idle or blocked on send
+    shutdown_grace: float = 30.0      # seconds running operations get after SIGTERM
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9110
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "json"
+    phi: str = "hash"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    dir: Path = Path("./spool")
+    max_bytes: int = 10 * 1024**3     # above this, new C-STOREs get Out of Resources
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str
+    retrieve: str = "get"
+    max_results: int = 0
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    called_ae: str
+    archives: tuple[str, ...]
+    allow: tuple[str, ...] = ()
+    store_to: tuple[str, ...] = ()
+    echo: str = "upstream"            # "upstream": C-ECHO the archives; "local": answer here
+    merge: str = "stream"             # federation: stream first answers, or "complete" merge
+    recheck_matches: bool = False     # re-check every match against the query (PS3.4 C.2.2.2)
+
+    @property
+    def is_federated(self) -> bool:
+        return len(self.archives) > 1
+
+
+@dataclass(frozen=True)
+class Config:
+    proxy: ProxyConfig
+    metrics: MetricsConfig
+    log: LogConfig
+    spool: SpoolConfig
+    archives: Mapping[str, ArchiveConfig]
+    destinations: Mapping[str, DestinationConfig]
+    routes: tuple[RouteConfig, ...]
+    source: Path | None = field(default=None, compare=False)
+
+    def route_for(self, called_ae: str) -> RouteConfig | None:
+        for route in self.routes:
+            if route.called_ae == called_ae.strip():
+                return route
+        return None
+
+    def destination_by_ae(self, ae_title: str) -> DestinationConfig | None:
+        for dest in self.destinations.values():
+            if dest.ae_title == ae_title.strip():
+                return dest
+        return None
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a rules file; raise ConfigError naming the key on any problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read rules file {str(p)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p}: invalid TOML: {exc}") from None
+    cfg = parse(data)
+    return Config(**{**cfg.__dict__, "source": p})
+
+
+def parse(data: Mapping[str, Any]) -> Config:
+    """Validate an already-decoded TOML document."""
+    _only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations", "routes"})
+    if "proxy" not in data:
+        raise ConfigError("proxy", "section is required")
+    proxy = _section("proxy", data["proxy"], ProxyConfig, {
+        "ae_title": _ae, "host": _host, "port": _port,
+        "max_associations": _positive_int, "max_connections": _positive_int,
+        "max_pdu_size": _pdu_size, "acse_timeout": _positive_float,
+        "dimse_timeout": _positive_float, "network_timeout": _positive_float,
+        "shutdown_grace": _positive_float,
+    })
+    metrics = _section("metrics", data.get("metrics", {}), MetricsConfig, {
+        "host": _host, "port": _port, "enabled": _bool,
+    })
+    log = _section("log", data.get("log", {}), LogConfig, {
+        "format": _choice(LOG_FORMATS), "phi": _choice(PHI_MODES),
+        "level": _choice(("debug", "info", "warning", "error")),
+    })
+    spool = _section("spool", data.get("spool", {}), SpoolConfig, {
+        "dir": _path, "max_bytes": _positive_int,
+    })
+    archives = _archives(data.get("archives"), proxy.ae_title)
+    destinations = _destinations(data.get("destinations", {}))
+    routes = _routes(data.get("routes"), archives)
+    return Config(proxy, metrics, log, spool, archives, destinations, routes)
+
+
+def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
+    if raw is None or (isinstance(raw, Mapping) and not raw):
+        raise ConfigError("archives", "at least one archive is required")
+    table = _table("archives", raw)
+    out: dict[str, ArchiveConfig] = {}
+    for name, body in table.items():
+        path = f"archives.{name}"
+        fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
+            "ae_title": _ae, "host": _host, "port": _port, "calling_ae": _ae,
+            "retrieve": _choice(RETRIEVE_MODES), "max_results": _non_negative_int,
+            "timeout": _positive_float,
+        })
+        fields.setdefault("calling_ae", default_calling)
+        out[name] = ArchiveConfig(name=name, **fields)
+    return out
+
+
+def _destinations(raw: Any) -> dict[str, DestinationConfig]:
+    table = _table("destinations", raw)
+    out: dict[str, DestinationConfig] = {}
+    seen: dict[str, str] = {}
+    for name, body in table.items():
+        path = f"destinations.{name}"
+        fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
+            "ae_title": _ae, "host": _host, "port": _port,
+        })
+        if fields["ae_title"] in seen:
+            raise ConfigError(f"{path}.ae_title", f"{fields['ae_title']!r} is already used by "
+                              f"destinations.{seen[fields['ae_title']]}")
+        seen[fields["ae_title"]] = name
+        out[name] = DestinationConfig(name=name, **fields)
+    return out
+
+
+def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfig, ...]:
+    if raw is None or raw == []:
+        raise ConfigError("routes", "at least one [[routes]] entry is required")
+    if not isinstance(raw, list):
+        raise ConfigError("routes", "must be an array of tables ([[routes]])")
+    routes: list[RouteConfig] = []
+    seen: dict[str, int] = {}
+    for i, body in enumerate(raw):
+        path = f"routes[{i}]"
+        fields = _fields(path, body, required={"called_ae", "archives"}, checks={
+            "called_ae": _ae, "archives": _name_list, "allow": _ae_list,
+            "store_to": _name_list, "echo": _choice(ECHO_MODES),
+            "merge": _choice(MERGE_MODES), "recheck_matches": _bool,
+        })
+        if not fields["archives"]:
+            raise ConfigError(f"{path}.archives", "must name at least one archive")
+        for key in ("archives", "store_to"):
+            for j, name in enumerate(fields.get(key, ())):
+                if name not in archives:
+                    raise ConfigError(f"{path}.{key}[{j}]", f"no archive named {name!r}")
+            if len(set(fields.get(key, ()))) != len(fields.get(key, ())):
+                raise ConfigError(f"{path}.{key}", "names an archive twice")
+        called = fields["called_ae"]
+        if called in seen:
+            raise ConfigError(f"{path}.called_ae",
+                              f"{called!r} is already used by routes[{seen[called]}]")
+        seen[called] = i
+        routes.append(RouteConfig(**fields))
+    return tuple(routes)
+
+
+# -- generic helpers -------------------------------------------------------------
+
+Check = Callable[[str, Any], Any]
+
+
+def _section(path: str, raw: Any, cls: Callable[..., T], checks: dict[str, Check]) -> T:
+    return cls(**_fields(path, raw, required=set(), checks=checks))
+
+
+def _fields(path: str, raw: Any, *, required: set[str], checks: dict[str, Check]) -> dict[str, Any]:
+    table = _table(path, raw)
+    _only_keys(path, table, set(checks))
+    for key in sorted(required):
+        if key not in table:
+            raise ConfigError(f"{path}.{key}", "is required")
+    return {key: checks[key](f"{path}.{key}", value) for key, value in table.items()}
+
+
+def _table(path: str, raw: Any) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"must be a table, not {_kind(raw)}")
+    return raw
+
+
+def _only_keys(path: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else key
+            hint = ", ".join(sorted(allowed))
+            raise ConfigError(where, f"unknown key (expected one of: {hint})")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _ae(path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"AE title must be a string, not {_kind(value)}")
+    ok, why = validate_ae(value)
+    if not ok:
+        raise ConfigError(path, f"invalid AE title {value!r}: {why}")
+    if not value.strip():
+        raise ConfigError(path, "AE title must not be empty or all spaces")
+    return value.strip()
+
+
+def _ae_list(path: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of AE titles, not {_kind(value)}")
+    return tuple(_ae(f"{path}[{i}]", v) for i, v in enumerate(value))
+
+
+def _name_list(path: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of names, not {_kind(value)}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{path}[{i}]", "must be a non-empty string")
+    return tuple(value)
+
+
+def _host(path: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ConfigError(path, f"must be a host name or IP address, not {value!r}")
+    return value
+
+
+def _port(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, f"port must be an integer, not {_kind(value)}")
+    if not 0 <= value <= 65535:
+        raise ConfigError(path, f"port {value} is out of range (0-65535)")
+    return value
+
+
+def _positive_int(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(path, f"must be a positive integer, not {value!r}")
+    return value
+
+
+def _non_negative_int(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(path, f"must be an integer >= 0, not {value!r}")
+    return value
+
+
+def _pdu_size(path: str, value: Any) -> int:
+    size = _positive_int(path, value)
+    if not 4096 <= size <= 16 * 1024 * 1024:
+        raise ConfigError(path, f"must be between 4096 and 16777216 bytes, not {size}")
+    return size
+
+
+def _positive_float(path: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(path, f"must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _bool(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(path, f"must be true or false, not {value!r}")
+    return value
+
+
+def _path(path: str, value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, f"must be a non-empty path string, not {value!r}")
+    return Path(value)
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    def check(path: str, value: Any) -> str:
+        if value not in options:
+            raise ConfigError(path, f"must be one of {', '.join(map(repr, options))}, "
+                                    f"not {value!r}")
+        return str(value)
+    return check

@@ -1,0 +1,103 @@
+"""Run one C-FIND against one or more archives at once and merge the response streams.
+
+Rule 1: each archive is queried on its own thread; responses are handed to the
+        caller through one bounded queue as they arrive, so the first match
+        never waits for the slowest archive, and a slow workstation slows the
+        archives down (back-pressure) instead of filling memory.
+Rule 2: an archive's failure is an item in the stream (``Outcome``), never an
+        exception that could end the others.
+Rule 3: a workstation's C-CANCEL reaches every archive (``CancelToken``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pydicom import Dataset
+
+from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
+
+_QUEUE_DEPTH = 512
+
+
+@dataclass(frozen=True)
+class Match:
+    archive: str
+    identifier: Dataset
+    status: int                           # 0xFF00 or 0xFF01
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one archive's answer: its final status, or why there is none."""
+
+    archive: str
+    status: int | None
+    matches: int
+    error: UpstreamError | None = None
+
+
+Item = Match | Outcome
+Query = Callable[[ArchiveClient, CancelToken], Iterator[tuple[int | None, Dataset | None]]]
+
+
+def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
+            poll: Callable[[], None] | None = None, poll_interval: float = 0.05) -> Iterator[Item]:
+    """Yield every Match and exactly one Outcome per archive, in arrival order.
+
+    ``poll`` is called at least every ``poll_interval`` seconds while waiting —
+    the caller checks for the workstation's C-CANCEL there.
+    """
+    items: queue.Queue[Item] = queue.Queue(maxsize=_QUEUE_DEPTH)
+
+    def put(item: Item) -> bool:
+        while True:
+            try:
+                items.put(item, timeout=poll_interval)
+                return True
+            except queue.Full:
+                if token.is_set and isinstance(item, Match):
+                    return False
+
+    def pump(name: str, client: ArchiveClient) -> None:
+        count = 0
+        final: int | None = None
+        error: UpstreamError | None = None
+        try:
+            for status, ds in query(client, token):
+                if status in (0xFF00, 0xFF01) and ds is not None:
+                    count += 1
+                    if not put(Match(name, ds, status)):
+                        continue
+                else:
+                    final = status
+        except UpstreamError as exc:
+            error = exc
+        except Exception as exc:  # a pynetdicom surprise is still just this archive's failure
+            error = UpstreamError(name, f"{type(exc).__name__}: {exc}")
+        put(Outcome(name, final, count, error))
+
+    threads = [threading.Thread(target=pump, args=(n, c), name=f"find-{n}", daemon=True)
+               for n, c in clients.items()]
+    for t in threads:
+        t.start()
+    remaining = len(threads)
+    try:
+        while remaining:
+            try:
+                item = items.get(timeout=poll_interval)
+            except queue.Empty:
+                if poll:
+                    poll()
+                continue
+            if isinstance(item, Outcome):
+                remaining -= 1
+            yield item
+            if poll:
+                poll()
+    finally:
+        if remaining:
+            token.cancel()      # the caller stopped early: stop the archives too

@@ -1,0 +1,308 @@
+"""Workstation-facing SCP: accept or reject associations, within hard limits.
+
+Rule 1: the listener never dies. One bad peer costs one thread and one socket.
+Rule 2: limits are enforced *before* pynetdicom can be hurt by a peer:
+        - raw TCP connections are capped at accept(), before any byte is read
+          (pynetdicom only counts associations after a full A-ASSOCIATE-RQ);
+        - a PDU longer than ``max_pdu_size`` is never read (pynetdicom would
+          read any declared length into memory); the link is closed instead;
+        - every accepted socket gets a timeout, so a peer that stops reading
+          cannot block a send forever (pynetdicom leaves accepted sockets blocking).
+Rule 3: association admission is decided by ``routing.admit`` (pure); this
+        module only carries the decision out and reports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, Association, evt
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from proxy.config import Config, RouteConfig
+from proxy.contexts import contexts_for_route, query_contexts
+from proxy.observe import events as ev
+from proxy.routing import Rejection, admit, too_many_associations
+
+# An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
+# identity items, so it gets its own (still bounded) allowance.
+_MIN_PDU_ALLOWANCE = 256 * 1024
+_ids = itertools.count(1)
+
+
+@dataclass
+class Session:
+    """What the proxy knows about one workstation association."""
+
+    info: ev.AssocInfo
+    route: RouteConfig | None = None
+    started: float = field(default_factory=time.monotonic)
+    accepted: bool = False
+    ended: bool = False                 # released or aborted already reported
+    violation: str | None = None        # why the proxy cut the link, if it did
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class _BoundedSocket(AssociationSocket):
+    """Refuses to read a PDU body larger than the proxy's limit (Rule 2)."""
+
+    pdu_limit: int = _MIN_PDU_ALLOWANCE
+    on_violation: Callable[[str], None] | None = None
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.pdu_limit:
+            reason = (f"peer declared a {nr_bytes}-byte PDU, over the {self.pdu_limit}-byte "
+                      f"limit; connection closed without reading it")
+            if self.on_violation:
+                self.on_violation(reason)
+            raise OSError(reason)
+        data: bytearray = super().recv(nr_bytes)
+        return data
+
+
+class _Handler(RequestHandler):
+    server: _Server
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        sock.__class__ = _BoundedSocket
+        sock.pdu_limit = self.server.pdu_limit
+        sock.on_violation = lambda why: self.server.listener.note_violation(assoc, why)
+        return assoc
+
+    def handle(self) -> None:
+        # pynetdicom starts the association thread and returns at once; we wait
+        # for it so the connection is counted for exactly as long as it lives.
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()
+        self.server.listener.association_ended(assoc)
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a raw-connection cap and socket timeouts."""
+
+    daemon_threads = True
+    listener: Listener
+    pdu_limit: int
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        peer = f"{address[0]}:{address[1]}"
+        if not self.listener.reserve_connection():
+            try:
+                client.close()
+            finally:
+                self.listener.bus.emit(ev.ConnectionRefused(
+                    peer, f"connection limit reached "
+                          f"({self.listener.config.proxy.max_connections} open)"))
+            raise OSError("connection limit reached")  # socketserver drops it quietly
+        client.settimeout(self.listener.config.proxy.network_timeout)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.listener.release_connection()
+            try:
+                request.close()
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A broken peer must not print a traceback on stderr; the association
+        # events already report what happened.
+        pass
+
+
+class Listener:
+    """Owns the workstation-facing server and the per-association sessions."""
+
+    def __init__(self, config: Config, bus: ev.EventBus,
+                 handlers: list[tuple[Any, ...]]) -> None:
+        self.config = config
+        self.bus = bus
+        self._handlers = handlers
+        self._lock = threading.Lock()
+        self._connections = 0
+        self._sessions: weakref.WeakKeyDictionary[Association, Session] = (
+            weakref.WeakKeyDictionary())
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.ae = self._make_ae()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _make_ae(self) -> AE:
+        p = self.config.proxy
+        ae = AE(ae_title=p.ae_title)
+        ae.require_called_aet = False      # routing.admit decides (Rule 3)
+        ae.require_calling_aet = []
+        ae.acse_timeout = p.acse_timeout
+        ae.dimse_timeout = p.dimse_timeout
+        ae.network_timeout = p.network_timeout
+        ae.maximum_pdu_size = p.max_pdu_size
+        # pynetdicom's own limit is a backstop; ours rejects first and says why.
+        ae.maximum_associations = p.max_associations + 1
+        return ae
+
+    def start(self) -> tuple[str, int]:
+        p = self.config.proxy
+        bindings = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            *self._handlers,
+        ]
+        server = self.ae.make_server((p.host, p.port), ae_title=p.ae_title,
+                                     contexts=query_contexts(), evt_handlers=bindings, server_class=_Server,
+                                     request_handler=_Handler)
+        server.listener = self
+        self.ae._servers.append(server)  # as ae.start_server() does; shutdown() expects it
+        server.pdu_limit = max(p.max_pdu_size + 6, _MIN_PDU_ALLOWANCE)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="listener",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+        host, port = server.server_address[:2]
+        return str(host), int(port)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    def active_sessions(self) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.accepted and not s.ended]
+
+    def abort_all(self) -> None:
+        for assoc in list(self.ae.active_associations):
+            try:
+                assoc.abort()
+            except Exception:
+                pass
+
+    # -- limits ------------------------------------------------------------------
+
+    def reserve_connection(self) -> bool:
+        with self._lock:
+            if self._connections >= self.config.proxy.max_connections:
+                return False
+            self._connections += 1
+            return True
+
+    def release_connection(self) -> None:
+        with self._lock:
+            self._connections -= 1
+
+    def note_violation(self, assoc: Association, why: str) -> None:
+        self.session(assoc).violation = why
+
+    # -- sessions ----------------------------------------------------------------
+
+    def session(self, assoc: Association) -> Session:
+        with self._lock:
+            found = self._sessions.get(assoc)
+            if found is None:
+                found = Session(self._describe(assoc))
+                self._sessions[assoc] = found
+            return found
+
+    def _describe(self, assoc: Association) -> ev.AssocInfo:
+        rq = assoc.requestor
+        primitive = rq.primitive
+        calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        addr = rq.address_info
+        peer = f"{addr.address}:{addr.port}" if addr is not None else "unknown"
+        route = self.config.route_for(called) if called else None
+        return ev.AssocInfo(f"a{next(_ids):06d}", calling or "unknown", called or "unknown",
+                            peer, route.called_ae if route else "unknown")
+
+    # -- pynetdicom events ---------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        with self._lock:
+            self._sessions.pop(assoc, None)  # describe afresh now that the RQ is known
+        session = self.session(assoc)
+        info = session.info
+        decision = admit(self.config, info.calling_ae, info.called_ae)
+        if isinstance(decision, Rejection):
+            self._reject(assoc, session, decision)
+            return
+        busy = too_many_associations(len(self.active_sessions()),
+                                     self.config.proxy.max_associations)
+        if busy is not None:
+            self._reject(assoc, session, busy)
+            return
+        session.route = decision
+        assoc.acceptor.ae_title = decision.called_ae
+        assoc.acceptor.supported_contexts = contexts_for_route(decision, self.config)
+
+    def _reject(self, assoc: Association, session: Session, why: Rejection) -> None:
+        session.ended = True
+        assoc.acse.send_reject(why.result, why.source, why.diagnostic)
+        self.bus.emit(ev.AssociationRejected(session.info, why.reason, why.hint))
+        # As pynetdicom's own rejection path does: wait until the A-ASSOCIATE-RJ
+        # has gone out and the peer closed (or ARTIM expired) before the socket
+        # is shut down, or the workstation sees a bare TCP close instead.
+        assoc.kill()
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        session = self.session(event.assoc)
+        session.accepted = True
+        self.bus.emit(ev.AssociationAccepted(session.info,
+                                             len(event.assoc.accepted_contexts),
+                                             len(event.assoc.rejected_contexts)))
+
+    def _on_released(self, event: evt.Event) -> None:
+        session = self.session(event.assoc)
+        if session.accepted and not session.ended:
+            session.ended = True
+            self.bus.emit(ev.AssociationReleased(session.info, session.elapsed))
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self._report_abort(self.session(event.assoc), "aborted")
+
+    def association_ended(self, assoc: Association) -> None:
+        """The association's thread is gone: report anything not yet reported."""
+        session = self.session(assoc)
+        if not session.ended:
+            session.ended = True
+            if session.accepted:
+                reason = session.violation or "connection closed without A-RELEASE"
+            elif session.violation:
+                reason = session.violation
+            elif assoc.requestor.primitive is None:
+                reason = ("no valid A-ASSOCIATE-RQ received (garbage, a non-DICOM client, "
+                          f"or silence for {self.config.proxy.acse_timeout:g}s)")
+            else:
+                reason = "connection lost during association negotiation"
+            self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, reason))
+        if session.accepted:
+            self.bus.emit(ev.AssociationClosed(session.info))
+        with self._lock:
+            self._sessions.pop(assoc, None)
+
+    def _report_abort(self, session: Session, default: str) -> None:
+        if session.ended or not session.accepted:
+            return
+        session.ended = True
+        reason = session.violation or session.data.get("abort_reason") or default
+        self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, str(reason)))

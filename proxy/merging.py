@@ -1,0 +1,212 @@
+"""De-duplicating and merging the C-FIND matches of several archives (federation).
+
+Job: when the proxy fans one C-FIND out to several archives, the same entity may come back
+from more than one of them. This module says which answers are the same entity and, in the
+"complete" merge mode, folds them into one identifier. Data in, data out.
+
+Rule 1: two answers are the same entity when their Unique Key at the query level is equal
+        (PS3.4 C.2.2.1.1: a Unique Key value identifies a single entity at its level), see
+        LEVEL_UNIQUE_KEYS. A patient is (Patient ID, Issuer of Patient ID): the same Patient
+        ID under two issuers is two patients; an absent issuer equals an empty one. Values
+        compare without their padding (spaces; a UID's trailing NUL).
+Rule 2: an answer without its unique key (absent or empty) cannot be de-duplicated: it is
+        passed through, never dropped.
+Rule 3: streaming mode (Deduplicator): the first answer with a key is sent at once, later
+        ones are counted and dropped. Memory is one tuple of short strings per distinct
+        entity, about 150 bytes for a UID: some 15 MB for 100,000 studies, bounded by how
+        many matches the archives may return.
+Rule 4: complete mode (merge): the first answer wins. Each attribute it lacks, or has empty,
+        is filled from the later one. The count attributes (COUNT_KEYWORDS) take the larger
+        value, a lower bound of the federated truth. Modalities In Study and SOP Classes In
+        Study take the ordered union, first answer's values first. Not merged: Retrieve AE
+        Title (the proxy overwrites it), Specific Character Set (rule 5), private elements
+        (two archives' private creator blocks need not agree), and sequences item by item
+        (a non-empty sequence in the first answer wins whole; one whose items are all empty
+        counts as empty).
+Rule 5: character sets: values are filled decoded (Python ``str``). When the answers declare
+        different Specific Character Sets and a text value is taken from the later one, the
+        result declares ISO_IR 192 (UTF-8, PS3.3 C.12.1.1.2), which encodes both.
+Rule 6: inputs are never mutated: every Dataset returned is new.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Final
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+
+__all__ = [
+    "COUNT_KEYWORDS", "LEVEL_UNIQUE_KEYS", "UNION_KEYWORDS", "Deduplicator",
+    "merge", "merge_all", "unique_key",
+]
+
+LEVEL_UNIQUE_KEYS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "PATIENT": ("PatientID", "IssuerOfPatientID"),
+    "STUDY": ("StudyInstanceUID",),
+    "SERIES": ("SeriesInstanceUID",),
+    "IMAGE": ("SOPInstanceUID",),
+})
+
+COUNT_KEYWORDS: Final = frozenset({
+    "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances", "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances",
+})
+UNION_KEYWORDS: Final = frozenset({"ModalitiesInStudy", "SOPClassesInStudy"})
+
+_NOT_MERGED: Final = frozenset({Tag("RetrieveAETitle"), Tag("SpecificCharacterSet")})
+_CHARSET: Final = Tag("SpecificCharacterSet")
+_UTF8: Final = "ISO_IR 192"
+_DEFAULT_CHARSET: Final = ("ISO_IR 6",)
+_TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN", "SQ"})
+
+
+def unique_key(level: str, identifier: Dataset) -> tuple[str, ...] | None:
+    """The entity's unique key at ``level`` (rule 1); ``None`` when it has none (rule 2).
+
+    Raises ValueError for a level that is not PATIENT, STUDY, SERIES or IMAGE.
+    """
+    values = tuple(_text(identifier, keyword) for keyword in _unique_keywords(level))
+    return values if values[0] else None
+
+
+class Deduplicator:
+    """Streaming de-duplication of one query's matches (rule 3).
+
+    ``offer`` says whether to send an answer now: True the first time its unique key is
+    seen, or when it has none (rule 2); False for a duplicate, which is counted.
+    """
+
+    def __init__(self, level: str) -> None:
+        _unique_keywords(level)
+        self._level = level
+        self._seen: set[tuple[str, ...]] = set()
+        self._duplicates = 0
+        self._without_key = 0
+
+    def offer(self, identifier: Dataset) -> bool:
+        key = unique_key(self._level, identifier)
+        if key is None:
+            self._without_key += 1
+            return True
+        if key in self._seen:
+            self._duplicates += 1
+            return False
+        self._seen.add(key)
+        return True
+
+    @property
+    def duplicates(self) -> int:
+        """Answers dropped as duplicates so far."""
+        return self._duplicates
+
+    @property
+    def unique(self) -> int:
+        """Distinct entities seen so far."""
+        return len(self._seen)
+
+    @property
+    def without_key(self) -> int:
+        """Answers passed through because they lacked their unique key."""
+        return self._without_key
+
+
+def merge(a: Dataset, b: Dataset) -> Dataset:
+    """One identifier from two answers for the same entity, ``a`` winning (rules 4-6)."""
+    result, later = copy.deepcopy(a), copy.deepcopy(b)
+    mixed_charsets = _charset(result) != _charset(later)
+    if mixed_charsets:             # decode with each answer's own charset before mixing
+        result.decode()
+        later.decode()
+    took_text = False
+    for theirs in later:
+        tag = BaseTag(theirs.tag)
+        if tag.is_private or tag in _NOT_MERGED or _is_blank(theirs):
+            continue
+        mine = result.get(tag)
+        if mine is not None and not _is_blank(mine):
+            if theirs.keyword in COUNT_KEYWORDS:
+                _take_larger(mine, theirs)
+            elif theirs.keyword in UNION_KEYWORDS:
+                _take_union(mine, theirs)
+            continue
+        result[tag] = theirs
+        took_text = took_text or theirs.VR in _TEXT_VRS
+    if mixed_charsets and took_text:
+        result.SpecificCharacterSet = _UTF8
+    return result
+
+
+def merge_all(level: str, identifiers: Iterable[Dataset]) -> list[Dataset]:
+    """Group answers by unique key and merge each group, in order of first appearance.
+
+    Answers without a unique key stay, each on its own (rule 2).
+    """
+    _unique_keywords(level)
+    merged: list[Dataset] = []
+    position: dict[tuple[str, ...], int] = {}
+    for identifier in identifiers:
+        key = unique_key(level, identifier)
+        at = None if key is None else position.get(key)
+        if at is not None:
+            merged[at] = merge(merged[at], identifier)
+            continue
+        if key is not None:
+            position[key] = len(merged)
+        merged.append(copy.deepcopy(identifier))
+    return merged
+
+
+def _unique_keywords(level: str) -> tuple[str, ...]:
+    keywords = LEVEL_UNIQUE_KEYS.get(level.strip().upper())
+    if keywords is None:
+        known = ", ".join(LEVEL_UNIQUE_KEYS)
+        raise ValueError(f"Query/Retrieve Level {level!r} is not one of {known}")
+    return keywords
+
+
+def _text(identifier: Dataset, keyword: str) -> str:
+    elem = identifier.get(Tag(keyword))
+    if elem is None or elem.is_empty:
+        return ""
+    return "\\".join(_values(elem))
+
+
+def _values(elem: DataElement) -> list[str]:
+    if elem.is_empty:
+        return []
+    items = list(elem.value) if elem.VM > 1 else [elem.value]
+    return [str(v).strip(" \0") for v in items]
+
+
+def _is_blank(elem: DataElement) -> bool:
+    if elem.VR == "SQ":
+        return all(len(item) == 0 for item in elem.value)
+    return elem.is_empty or not any(_values(elem))
+
+
+def _take_larger(mine: DataElement, theirs: DataElement) -> None:
+    try:
+        if int(float(_values(theirs)[0])) > int(float(_values(mine)[0])):
+            mine.value = theirs.value
+    except (ValueError, IndexError):
+        pass                        # an unreadable count never replaces ours
+
+
+def _take_union(mine: DataElement, theirs: DataElement) -> None:
+    values = [v for v in _values(mine) if v]
+    extra = [v for v in _values(theirs) if v and v not in values]
+    extra = list(dict.fromkeys(extra))
+    if extra:
+        mine.value = values + extra
+
+
+def _charset(identifier: Dataset) -> tuple[str, ...]:
+    elem = identifier.get(_CHARSET)
+    values = tuple(v for v in _values(elem) if v) if elem is not None else ()
+    return values or _DEFAULT_CHARSET

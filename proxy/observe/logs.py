@@ -1,0 +1,174 @@
+"""The log observer: events → one JSON object per line. The only structlog setup.
+
+Rule 1: every line has ``timestamp`` (ISO 8601 UTC), ``level``, ``event``;
+        association-scoped lines add ``assoc_id``, ``calling_ae``, ``called_ae``, ``peer``.
+Rule 2: ``phi = "hash"`` (default) replaces patient name, ID and birth date with a
+        short stable token everywhere — fields, query keys and free text such as
+        exception messages; ``"drop"`` removes them; ``"clear"`` leaves them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from collections.abc import MutableMapping
+from typing import IO, Any, TextIO, cast
+
+import structlog
+
+from proxy.observe import events as ev
+from proxy.status import hex_status
+
+PHI_KEYWORDS = frozenset({
+    "PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+    "PatientBirthName", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
+    "patient_name", "patient_id", "birth_date",
+})
+
+
+class PhiFilter:
+    """Hashes, drops or keeps patient identifiers in log fields and text."""
+
+    def __init__(self, mode: str = "hash") -> None:
+        self.mode = mode
+
+    def token(self, value: str) -> str:
+        digest = hashlib.sha256(value.strip().encode("utf-8", "replace")).hexdigest()
+        return "phi:" + digest[:12]
+
+    def field(self, value: Any) -> Any:
+        """The logged form of a value known to be a patient identifier."""
+        if self.mode == "clear" or value in (None, ""):
+            return value
+        if self.mode == "drop":
+            return "[dropped]"
+        return self.token(str(value))
+
+    def scrub(self, value: Any, phi: Iterable[str]) -> Any:
+        """Replace known identifier values wherever they appear in ``value``."""
+        if self.mode == "clear":
+            return value
+        secrets = sorted({s for s in phi if s and len(s.strip()) >= 2}, key=len, reverse=True)
+        return self._scrub(value, secrets)
+
+    def _scrub(self, value: Any, secrets: list[str]) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret in value:
+                    value = value.replace(secret, self.field(secret))
+            return value
+        if isinstance(value, Mapping):
+            return {k: (self.field(v) if k in PHI_KEYWORDS else self._scrub(v, secrets))
+                    for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v, secrets) for v in value]
+        return value
+
+
+def make_logger(fmt: str = "json", level: str = "info",
+                stream: IO[str] | None = None) -> structlog.typing.FilteringBoundLogger:
+    """Build the proxy's logger without touching structlog's global configuration."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer(sort_keys=False) if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    wrapper = structlog.make_filtering_bound_logger(getattr(logging, level.upper()))
+    logger: structlog.typing.FilteringBoundLogger = structlog.wrap_logger(
+        structlog.PrintLogger(cast(TextIO, stream or sys.stdout)),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            _timestamp_first,
+            renderer,
+        ],
+        wrapper_class=wrapper,
+    )
+    return logger
+
+
+def _timestamp_first(_: Any, __: str,
+                     event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    head: dict[str, Any] = {k: event_dict.pop(k) for k in ("timestamp", "level", "event")
+                            if k in event_dict}
+    return {**head, **event_dict}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+class LogObserver:
+    """Turns each event into at most one log line."""
+
+    def __init__(self, logger: structlog.typing.FilteringBoundLogger, phi: PhiFilter) -> None:
+        self.log = logger
+        self.phi = phi
+
+    def _emit(self, level: str, name: str, fields: dict[str, Any], phi: Iterable[str] = (),
+              assoc: ev.AssocInfo | None = None) -> None:
+        out = assoc.fields() if assoc else {}
+        out.update({k: v for k, v in fields.items() if v is not None})
+        out = self.phi.scrub(out, phi)
+        getattr(self.log, level)(name, **out)
+
+    def __call__(self, event: ev.Event) -> None:  # noqa: C901 - one visible table
+        match event:
+            case ev.ProxyStarted():
+                self._emit("info", "proxy_started", {
+                    "ae_title": event.ae_title, "host": event.host, "port": event.port,
+                    "metrics_url": event.metrics_url, "routes": list(event.routes)})
+            case ev.ProxyStopping():
+                self._emit("info", "proxy_stopping", {
+                    "reason": event.reason, "active_associations": event.active_associations})
+            case ev.ProxyStopped():
+                self._emit("info", "proxy_stopped",
+                           {"unfinished_associations": event.unfinished_associations})
+            case ev.ConnectionRefused():
+                self._emit("warning", "connection_refused",
+                           {"peer": event.peer, "reason": event.reason})
+            case ev.AssociationAccepted():
+                self._emit("info", "association_accepted", {
+                    "contexts_accepted": event.contexts_accepted,
+                    "contexts_rejected": event.contexts_rejected}, assoc=event.assoc)
+            case ev.AssociationRejected():
+                self._emit("warning", "association_rejected",
+                           {"reason": event.reason, "hint": event.hint}, assoc=event.assoc)
+            case ev.AssociationReleased():
+                self._emit("info", "association_released",
+                           {"duration_ms": _ms(event.duration_s)}, assoc=event.assoc)
+            case ev.AssociationAborted():
+                self._emit("warning", "association_aborted", {
+                    "duration_ms": _ms(event.duration_s), "reason": event.reason},
+                    assoc=event.assoc)
+            case ev.OperationCompleted():
+                fields: dict[str, Any] = {
+                    "operation": event.operation, "status": hex_status(event.status),
+                    "duration_ms": _ms(event.duration_s), "archives": list(event.archives),
+                    "route": event.assoc.route}
+                fields.update(event.details)
+                fields["hint"] = event.hint
+                level = "info" if event.status in (0x0000, 0xFE00) else "warning"
+                self._emit(level, "operation", fields, event.phi, event.assoc)
+            case ev.UpstreamCompleted():
+                level = "info" if event.error is None and event.status in (0x0000, 0xFE00) \
+                    else "warning"
+                self._emit(level, "upstream", {
+                    "archive": event.archive, "operation": event.operation,
+                    "status": hex_status(event.status), "duration_ms": _ms(event.duration_s),
+                    "error": event.error, "hint": event.hint, **dict(event.details)},
+                    event.phi, event.assoc)
+            case ev.FindMatched(truncated=True):
+                self._emit("warning", "find_truncated", {
+                    "archive": event.archive, "matches": event.matches, "cap": event.cap,
+                    "hint": "the archive probably capped its answer; the proxy splits the query "
+                            "to recover the rest"}, assoc=event.assoc)
+            case ev.ArchiveHealthChanged():
+                self._emit("info" if event.up else "warning",
+                           "archive_up" if event.up else "archive_down",
+                           {"archive": event.archive, "reason": event.reason, "hint": event.hint})
+            case ev.Noted():
+                self._emit(event.level, event.message, dict(event.fields), event.phi, event.assoc)
+            case _:
+                pass

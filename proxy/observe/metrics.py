@@ -1,0 +1,107 @@
+"""The metrics observer: events → Prometheus samples. The only prometheus import.
+
+Rule: labels are configured names only (route called AE, archive name, operation,
+status category); an unconfigured peer is ``unknown`` so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from proxy.observe import events as ev
+from proxy.status import category
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class MetricsObserver:
+    """Owns a registry with the contract's metrics and updates it from events."""
+
+    def __init__(self, archives: list[str] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        p = "dicom_proxy_"
+        self.associations = Counter(p + "associations", "Workstation associations by outcome",
+                                    ["called_ae", "result"], registry=r)
+        self.active = Gauge(p + "associations_active", "Workstation associations open now",
+                            registry=r)
+        self.operations = Counter(p + "operations", "DIMSE requests answered",
+                                  ["operation", "called_ae", "status"], registry=r)
+        self.op_duration = Histogram(p + "operation_duration_seconds",
+                                     "Time to answer a DIMSE request", ["operation", "called_ae"],
+                                     buckets=_BUCKETS, registry=r)
+        self.upstream = Counter(p + "upstream_requests", "Requests made to archives",
+                                ["archive", "operation", "status"], registry=r)
+        self.up_duration = Histogram(p + "upstream_duration_seconds",
+                                     "Time an archive took to answer", ["archive", "operation"],
+                                     buckets=_BUCKETS, registry=r)
+        self.matches = Counter(p + "find_matches", "C-FIND matches returned by archives",
+                               ["archive"], registry=r)
+        self.truncated = Counter(p + "find_truncated",
+                                 "C-FIND responses that hit the archive's match cap",
+                                 ["archive"], registry=r)
+        self.subops = Counter(p + "suboperations", "Retrieve and forward sub-operations",
+                              ["operation", "result"], registry=r)
+        self.archive_up = Gauge(p + "archive_up", "1 when the archive's last C-ECHO succeeded",
+                                ["archive"], registry=r)
+        self.echo_latency = Gauge(p + "archive_echo_seconds",
+                                  "Latency of the last health C-ECHO to each archive",
+                                  ["archive"], registry=r)
+        self.spool_pending = Gauge(p + "spool_pending", "Instances waiting to be forwarded",
+                                   registry=r)
+        self.spool_bytes = Gauge(p + "spool_pending_bytes", "Bytes waiting to be forwarded",
+                                 registry=r)
+        self.spool_oldest = Gauge(p + "spool_oldest_age_seconds",
+                                  "Age of the oldest instance waiting to be forwarded",
+                                  registry=r)
+        self.refused = Counter(p + "connections_refused",
+                               "TCP connections closed before association (limits)", ["reason"],
+                               registry=r)
+        for name in archives or []:
+            # Pre-create series so dashboards show zeros rather than "no data".
+            self.matches.labels(name)
+            self.truncated.labels(name)
+        for op in ("C-MOVE", "C-GET", "C-STORE-forward"):
+            for result in ("completed", "failed", "warning"):
+                self.subops.labels(op, result)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the exposition endpoint; return the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])
+
+    def __call__(self, event: ev.Event) -> None:
+        match event:
+            case ev.AssociationAccepted(assoc=a):
+                self.associations.labels(a.route, "accepted").inc()
+                self.active.inc()
+            case ev.AssociationRejected(assoc=a):
+                self.associations.labels(a.route, "rejected").inc()
+            case ev.AssociationClosed():
+                self.active.dec()
+            case ev.OperationCompleted(assoc=a, operation=op, status=st, duration_s=d):
+                self.operations.labels(op, a.route, category(st)).inc()
+                self.op_duration.labels(op, a.route).observe(d)
+            case ev.UpstreamCompleted(archive=name, operation=op, status=st, duration_s=d):
+                self.upstream.labels(name, op, category(st)).inc()
+                self.up_duration.labels(name, op).observe(d)
+            case ev.FindMatched(archive=name, matches=n, truncated=t):
+                self.matches.labels(name).inc(n)
+                if t:
+                    self.truncated.labels(name).inc()
+            case ev.SubOperationsCounted(operation=op, completed=c, failed=f, warning=w):
+                for result, n in (("completed", c), ("failed", f), ("warning", w)):
+                    if n:
+                        self.subops.labels(op, result).inc(n)
+            case ev.ArchiveProbed(archive=name, up=up, latency_s=lat):
+                self.archive_up.labels(name).set(1 if up else 0)
+                if lat is not None:
+                    self.echo_latency.labels(name).set(lat)
+            case ev.SpoolChanged(pending=n, pending_bytes=b, oldest_age_s=age):
+                self.spool_pending.set(n)
+                self.spool_bytes.set(b)
+                self.spool_oldest.set(age)
+            case ev.ConnectionRefused(reason=reason):
+                self.refused.labels(reason).inc()
+            case _:
+                pass

@@ -1,0 +1,1 @@
+"""One module per DIMSE operation the proxy answers, all with the same shape."""

@@ -1,0 +1,104 @@
+"""What every DIMSE handler shares: the services it may use and its one report.
+
+Rule 1: every handler has the same shape, ``handle(event, services)``, and is
+        bound to its pynetdicom event in ``proxy.app.HANDLERS``.
+Rule 2: every request a handler answers produces exactly one
+        ``OperationCompleted`` — ``Services.operation`` guarantees it, even when
+        the handler raises or its generator is abandoned mid-way.
+Rule 3: every request to an archive produces one ``UpstreamCompleted``
+        (``Services.upstream_call``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from proxy.config import Config
+from proxy.listener import Listener, Session
+from proxy.observe import events as ev
+from proxy.observe.logs import PHI_KEYWORDS
+from proxy.upstream import ArchiveClient, UpstreamError
+
+
+@dataclass
+class OperationRecord:
+    """Filled in by a handler while it works; reported once when it ends."""
+
+    operation: str
+    status: int | None = None
+    archives: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    hint: str | None = None
+    phi: list[str] = field(default_factory=list)
+
+    def protect(self, ds: Dataset | None) -> None:
+        """Remember the patient identifiers in ``ds`` so logs never show them."""
+        if ds is None:
+            return
+        for keyword in PHI_KEYWORDS:
+            value = ds.get(keyword) if keyword[0].isupper() else None
+            if value not in (None, ""):
+                self.phi.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+
+
+@dataclass
+class Services:
+    """Everything a handler may use; built once in ``proxy.app``."""
+
+    config: Config
+    bus: ev.EventBus
+    listener: Listener
+    archives: dict[str, ArchiveClient]
+    destinations: dict[str, ArchiveClient]
+    extras: dict[str, Any] = field(default_factory=dict)   # later subsystems (spool, cache)
+
+    def session(self, event: evt.Event) -> Session:
+        return self.listener.session(event.assoc)
+
+    @contextmanager
+    def operation(self, event: evt.Event, name: str) -> Iterator[OperationRecord]:
+        """Time one DIMSE request and report it exactly once (Rule 2)."""
+        record = OperationRecord(name)
+        started = time.monotonic()
+        session = self.session(event)
+        try:
+            yield record
+        except Exception as exc:
+            if record.status is None:
+                record.status = 0xC000
+            record.details.setdefault("error", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.bus.emit(ev.OperationCompleted(
+                session.info, name, record.status, time.monotonic() - started,
+                list(record.archives), dict(record.details), record.hint, list(record.phi)))
+
+    @contextmanager
+    def upstream_call(self, archive: str, operation: str, event: evt.Event | None = None,
+                      phi: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Time one request to an archive; the caller sets ``status`` in the dict."""
+        result: dict[str, Any] = {"status": None, "details": {}}
+        started = time.monotonic()
+        info = self.session(event).info if event is not None else None
+        error: str | None = None
+        hint: str | None = None
+        try:
+            yield result
+        except UpstreamError as exc:
+            error, hint = exc.reason, exc.hint
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.bus.emit(ev.UpstreamCompleted(
+                archive, operation, result["status"], time.monotonic() - started, info,
+                result.get("error", error), result.get("hint", hint), result["details"],
+                list(phi or [])))

@@ -1,0 +1,183 @@
+"""C-FIND: relay a query to the route's archive(s) and stream the matches back.
+
+Rule 1: the workstation's identifier goes upstream unchanged (match and return
+        keys); each match is sent downstream as soon as it arrives.
+Rule 2: one archive: its final status is passed back as is. Several archives
+        (federation): matches are de-duplicated by the level's unique key, and
+        the final status is chosen by ``final_status`` (documented there).
+Rule 3: Retrieve AE Title (0008,0054) in every match names the route's AE
+        title, so the workstation retrieves through the proxy.
+Rule 4: a C-CANCEL from the workstation is passed to every archive; the
+        workstation then gets Cancel (0xFE00).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from proxy.fanout import Match, Outcome, fan_out
+from proxy.merging import Deduplicator
+from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
+from proxy.operations.base import OperationRecord, Services
+from proxy.status import Status
+from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+def handle(event: evt.Event, services: Services) -> Iterator[Response]:
+    session = services.session(event)
+    route = session.route
+    with services.operation(event, "C-FIND") as record:
+        identifier: Dataset = event.identifier
+        model = str(event.request.AffectedSOPClassUID)
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        record.details.update(level=level, matches=0, query=query_summary(identifier))
+        record.protect(identifier)
+        if route is None:  # cannot happen after admission; answer rather than crash
+            record.status = Status.UNABLE_TO_PROCESS
+            yield _failure(record.status, "no route for this association")
+            return
+        record.archives = list(route.archives)
+        clients = {name: services.archives[name] for name in route.archives}
+        yield from _relay(event, services, record, clients, identifier, model, level,
+                          route.called_ae)
+
+
+def _relay(event: evt.Event, services: Services, record: OperationRecord,
+           clients: dict[str, ArchiveClient], identifier: Dataset, model: str, level: str,
+           retrieve_ae: str) -> Iterator[Response]:
+    token = CancelToken()
+    federated = len(clients) > 1
+    dedupe = Deduplicator(level) if federated else None
+    outcomes: list[Outcome] = []
+    started = time.monotonic()
+    info = services.session(event).info
+    finder = services.extras.get("find_query")  # federation may plug in cap recovery
+
+    def query(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
+                                                                         Dataset | None]]:
+        if finder is not None:
+            return finder(client, identifier, model, tok, event)  # type: ignore[no-any-return]
+        return client.find(identifier, model, tok)
+
+    def watch_cancel() -> None:
+        if not token.is_set and event.is_cancelled:
+            token.cancel()
+
+    try:
+        for item in fan_out(clients, query, token, poll=watch_cancel):
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+                services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
+                                                  record.phi))
+                services.bus.emit(_matched_event(services, event, item))
+                continue
+            assert isinstance(item, Match)
+            if token.is_set:
+                continue
+            ds = item.identifier
+            if dedupe is not None and not dedupe.offer(ds):
+                continue
+            if "RetrieveAETitle" in ds:
+                ds.RetrieveAETitle = retrieve_ae
+            record.details["matches"] += 1
+            record.protect(ds)
+            remember = services.extras.get("remember_location")
+            if remember is not None:
+                remember(item.archive, level, ds)
+            yield item.status, ds
+    finally:
+        answered = {o.archive for o in outcomes}
+        for name in clients:
+            if name not in answered:  # the workstation went away first
+                services.bus.emit(_upstream_event(
+                    Outcome(name, None, 0, UpstreamError(name, "abandoned: the workstation "
+                                                         "association ended first")),
+                    time.monotonic() - started, info, record.phi))
+    record.status, record.hint = final_status(outcomes, token.is_set, federated)
+    if dedupe is not None:
+        record.details["duplicates"] = dedupe.duplicates
+    failed = [o.archive for o in outcomes if o.error is not None]
+    if failed:
+        record.details["archives_failed"] = failed
+    if record.status == Status.SUCCESS:
+        return
+    comment = record.hint if record.status not in (Status.CANCEL,) else None
+    yield _failure(record.status, comment)
+
+
+def final_status(outcomes: list[Outcome], cancelled: bool,
+                 federated: bool) -> tuple[int, str | None]:
+    """The status the workstation gets at the end, with a hint when it is not Success.
+
+    - Cancelled by the workstation: Cancel (0xFE00, PS3.4 C.4.1.1.4).
+    - One archive: its own final status, unchanged; when it could not be reached
+      or stopped answering: Unable to process (0xC000).
+    - Federation: Success when every archive answered Success. When some did not
+      but others did, the matches already sent stand and the status is
+      Out of resources (0xA700, "Refused: Out of Resources") — the one C-FIND
+      failure status that says "the answer is not complete" without claiming the
+      query itself was wrong; the hint names the archives that failed. When no
+      archive answered: Unable to process (0xC000).
+    """
+    if cancelled:
+        return Status.CANCEL, None
+    bad = [o for o in outcomes if o.error is not None or o.status != Status.SUCCESS]
+    if not federated:
+        only = outcomes[0] if outcomes else None
+        if only is None or only.error is not None or only.status is None:
+            why = only.error.reason if only and only.error else "no final status"
+            return Status.UNABLE_TO_PROCESS, why
+        return only.status, None if only.status == Status.SUCCESS else "archive status"
+    if not bad:
+        return Status.SUCCESS, None
+    names = ", ".join(f"{o.archive} ({_why(o)})" for o in bad)
+    if len(bad) == len(outcomes):
+        return Status.UNABLE_TO_PROCESS, f"no archive answered: {names}"
+    return Status.REFUSED_OUT_OF_RESOURCES, f"incomplete answer, missing: {names}"
+
+
+def _why(outcome: Outcome) -> str:
+    if outcome.error is not None:
+        return outcome.error.kind
+    return f"status 0x{outcome.status:04X}" if outcome.status is not None else "no status"
+
+
+def _upstream_event(outcome: Outcome, elapsed: float, info: AssocInfo,
+                    phi: list[str]) -> UpstreamCompleted:
+    error = outcome.error
+    return UpstreamCompleted(outcome.archive, "C-FIND", outcome.status, elapsed, info,
+                             error.reason if error else None, error.hint if error else None,
+                             {"matches": outcome.matches}, list(phi))
+
+
+def _matched_event(services: Services, event: evt.Event, outcome: Outcome) -> FindMatched:
+    cap = services.config.archives[outcome.archive].max_results
+    truncated = bool(cap) and outcome.matches >= cap and outcome.error is None
+    return FindMatched(outcome.archive, outcome.matches, truncated, cap,
+                       services.session(event).info)
+
+
+def _failure(status: int, comment: str | None) -> Response:
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds, None
+
+
+def query_summary(identifier: Dataset) -> dict[str, str]:
+    """The non-empty matching keys of a query, for the log (PHI scrubbed there)."""
+    out: dict[str, str] = {}
+    for elem in identifier:
+        if elem.VR == "SQ" or elem.keyword in ("", "QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        value = str(elem.value) if elem.value not in (None, "") else ""
+        if value:
+            out[elem.keyword] = value[:128]
+    return out

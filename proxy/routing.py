@@ -1,0 +1,84 @@
+"""Pure routing decisions: (association facts, operation) → what to do.
+
+Rule 1: no sockets, no threads, no logging here — data in, data out.
+Rule 2: an association is admitted only to a configured route (by called AE)
+        and only from an allowed calling AE; otherwise it is rejected with the
+        A-ASSOCIATE-RJ reason the standard defines for it (PS3.8 9.3.4).
+Rule 3: upstream, the proxy presents the AE titles the archive expects: the
+        archive's ``calling_ae`` as calling AE and its ``ae_title`` as called AE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config import ArchiveConfig, Config, DestinationConfig, RouteConfig
+
+# A-ASSOCIATE-RJ fields, PS3.8 Table 9-21.
+RESULT_PERMANENT = 0x01
+RESULT_TRANSIENT = 0x02
+SOURCE_SERVICE_USER = 0x01
+SOURCE_SERVICE_PROVIDER_PRESENTATION = 0x03
+DIAG_NO_REASON = 0x01
+DIAG_CALLING_AE_NOT_RECOGNISED = 0x03
+DIAG_CALLED_AE_NOT_RECOGNISED = 0x07
+DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str                        # what a person reads in the log
+    hint: str                          # what to change to make it work
+    result: int
+    source: int
+    diagnostic: int
+
+
+def admit(config: Config, calling_ae: str, called_ae: str) -> RouteConfig | Rejection:
+    """Decide whether a workstation may associate, and on which route."""
+    called = called_ae.strip()
+    calling = calling_ae.strip()
+    route = config.route_for(called)
+    if route is None:
+        known = ", ".join(r.called_ae for r in config.routes)
+        return Rejection(
+            reason=f"called AE title {called!r} is not a route of this proxy",
+            hint=f"call one of: {known}",
+            result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
+            diagnostic=DIAG_CALLED_AE_NOT_RECOGNISED)
+    if route.allow and calling not in route.allow:
+        return Rejection(
+            reason=f"calling AE title {calling!r} is not allowed on route {called!r}",
+            hint=f"add {calling!r} to allow of the route {called!r} in rules.toml",
+            result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
+            diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED)
+    return route
+
+
+def too_many_associations(active: int, limit: int) -> Rejection | None:
+    """Transient rejection when the association limit is reached (PS3.8 9.3.4)."""
+    if active < limit:
+        return None
+    return Rejection(
+        reason=f"association limit reached ({limit} active)",
+        hint="raise proxy.max_associations or find who holds associations open",
+        result=RESULT_TRANSIENT, source=SOURCE_SERVICE_PROVIDER_PRESENTATION,
+        diagnostic=DIAG_LOCAL_LIMIT_EXCEEDED)
+
+
+def upstream_titles(archive: ArchiveConfig | DestinationConfig,
+                    default_calling: str) -> tuple[str, str]:
+    """(calling AE, called AE) the proxy presents when it calls this peer."""
+    calling = archive.calling_ae if isinstance(archive, ArchiveConfig) else default_calling
+    return calling, archive.ae_title
+
+
+def archives_for(config: Config, route: RouteConfig, operation: str) -> list[ArchiveConfig]:
+    """Archives a request on this route goes to; C-STORE follows ``store_to``."""
+    names = route.store_to if operation == "C-STORE" else route.archives
+    return [config.archives[name] for name in names]
+
+
+def move_destination(config: Config, move_ae: str) -> DestinationConfig | None:
+    """Resolve a C-MOVE destination from the proxy's own table (never the archive's)."""
+    return config.destination_by_ae(move_ae)
