@@ -7,8 +7,9 @@ Section numbers below are PS3.4 Annex C; PS3.5 6.2 gives the VR padding rules.
 
 Rule 1 (C.2.2.2.3): an empty key is Universal Matching: it only asks for the attribute
         back and matches every candidate, whether the candidate has the attribute or not.
-        So do a Wild Card key made only of ``*`` (C.2.2.2.4 note), a DA/TM/DT key ``-``
-        (an unbounded range) and a sequence key whose item holds no matching key (C.2.2.2.6).
+        The same holds for a Wild Card key made only of ``*`` (C.2.2.2.4 note), a DA/TM/DT
+        key ``-`` (an unbounded range) and a sequence key whose item holds no matching key
+        (C.2.2.2.6).
 Rule 2: keys that are never matched are skipped: Specific Character Set (C.2.2.2 says so),
         Query/Retrieve Level and View, Timezone Offset From UTC (they steer the query),
         and the "where is it" return keys (Retrieve AE Title, Instance Availability, Storage
@@ -33,7 +34,8 @@ Rule 4 (C.2.2.2.1): Single Value Matching is exact and case-sensitive after remo
         with ``=`` is matched group by group, an empty key group matching any group.
 Rule 5 (C.2.2.2.4): in AE CS LO LT PN SH ST UC UR UT a key holding ``*`` or ``?`` is Wild Card
         Matching (``*`` any run of characters including none, ``?`` one character).
-        Never for DA TM DT UI or numbers, where the characters are taken literally.
+        Never in DA TM DT UI AS or numbers: there they are ordinary characters (so a UID
+        key ``1.2.*`` matches no real UID, and a date key ``2024*`` is unreadable, rule 10).
 Rule 6 (C.2.2.2.2 and multiple values): a multi-valued UI key is List of UID Matching: any of
         its UIDs may match. A multi-valued key of another VR is taken as "any value" too
         (C.2.2.2.8 defines "all values" only under Extended Negotiation of Multiple Value
@@ -207,6 +209,8 @@ def _element_matches(key: DataElement, found: DataElement | None, opts: _Options
 def _value_matches(vr: str, key: object, value: object, opts: _Options) -> bool:
     if not (isinstance(key, str) and isinstance(value, str)):
         return key == value
+    if key == _EMPTY_VALUE_KEY and vr in _EMPTY_VALUE_VRS:
+        return value == _EMPTY_VALUE_KEY              # rule 3: Empty Value Matching
     if vr == "PN":
         return _person_name_matches(key, value, opts.pn_case_insensitive)
     if vr in _WILDCARD_VRS:
@@ -324,10 +328,12 @@ def _plain_date(text: str) -> str | None:
 def _plain_time(text: str) -> str | None:
     if _LEGACY_TM_RE.fullmatch(text):
         text = text.replace(":", "")
-    return text if _time_span(text) is not None else None
+    return text if _TM_RE.fullmatch(text) and _time_span(text) is not None else None
 
 
 def _time_span(text: str) -> _Span | None:
+    if _LEGACY_TM_RE.fullmatch(text):
+        text = text.replace(":", "")
     m = _TM_RE.fullmatch(text)
     if m is None:
         return None

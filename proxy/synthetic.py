@@ -2,9 +2,10 @@
 
 No network, no randomness: the same arguments always give byte-identical datasets.
 
-Rule 1: every UID is ``2.25.<int>`` derived (by pydicom's ``generate_uid`` with
-        ``entropy_srcs``) from the seed and the object's position, so the same
-        seed gives the same UIDs and different seeds never collide.
+Rule 1: every UID is ``2.25.<uuid-int>`` hashed from the seed and the object's
+        position, so the same seed gives the same UIDs and different seeds
+        don't collide. (pydicom's ``generate_uid(prefix=None, entropy_srcs=…)``
+        ignores ``entropy_srcs`` and returns a random UUID, so it is not used.)
 Rule 2: the k-th study (0-based) is dated ``start_date + k // studies_per_day``
         days; within a day studies are 17 minutes apart from 08:00. With the
         default ``studies_per_day=1`` study k is simply ``start_date + k days``,
@@ -21,6 +22,7 @@ Rule 4: accession numbers carry a 4-hex-digit tag of the seed plus the study
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, timedelta
 from pathlib import Path
@@ -35,7 +37,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 SOP_CLASS_BY_MODALITY: dict[str, UID] = {
@@ -186,8 +187,14 @@ def _add_pixels(ds: Dataset, rows: int, cols: int, instance_number: int) -> None
 
 
 def synthetic_uid(seed: str, *parts: object) -> str:
-    """The deterministic ``2.25.<int>`` UID of the object at ``parts`` under ``seed``."""
-    return str(generate_uid(prefix=None, entropy_srcs=["dicom-proxy", seed, *map(str, parts)]))
+    """The deterministic ``2.25.<int>`` UID of the object at ``parts`` under ``seed``.
+
+    The integer is a name-based (version 5 style) UUID: the first 128 bits of
+    SHA-256 over the seed and parts, so it is at most 39 digits (PS3.5 B.2).
+    """
+    name = "\x1f".join(["dicom-proxy", seed, *map(str, parts)])
+    digest = hashlib.sha256(name.encode()).digest()[:16]
+    return f"2.25.{uuid.UUID(bytes=digest, version=5).int}"
 
 
 def seed_tag(seed: str) -> str:

@@ -18,7 +18,6 @@ import pytest
 from tests.e2e.data import SyntheticSet, build_synthetic_set
 from tests.e2e.dcmtk import StoreSCP, tool
 from tests.e2e.orthanc import ORTHANC_BINARY, OrthancArchive
-
 from tests.e2e.proxy_harness import proxy_factory  # noqa: F401  (the proxy under test)
 
 _HERE = Path(__file__).parent

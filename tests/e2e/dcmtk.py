@@ -14,7 +14,8 @@ Rule 2: statuses are parsed from the ``-d`` (debug) log, which dumps each DIMSE
         ``I: Received Echo Response (Success)``.
 Rule 3: association rejection is ``E:/F: Association Rejected:`` followed by
         ``Result: …``, ``Reason: …``; connection failures are
-        ``F: Association Request Failed: … Connection refused``.
+        ``F: Association Request Failed: … Connection refused``; a peer A-ABORT
+        is ``I: Peer Aborted Association`` (findscu still exits 0 then!).
 Rule 4: exit codes are reported, not judged: DCMTK exits non-zero on a refused
         association (echoscu 1, findscu 2) and on a failed C-MOVE (movescu 69),
         but 0 on a C-FIND ending in Cancel; assert on ``final_status``.
@@ -22,11 +23,13 @@ Rule 4: exit codes are reported, not judged: DCMTK exits non-zero on a refused
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +72,7 @@ class DcmtkResult:
     association_rejected: bool = False
     rejection_reason: str | None = None
     connection_failed: bool = False
+    association_aborted: bool = False
 
     @property
     def output(self) -> str:
@@ -98,6 +102,7 @@ class DcmtkResult:
                 self.rejection_reason = match.group(1).strip()
         self.association_rejected = "Association Rejected" in self.output
         self.connection_failed = "Association Request Failed" in self.output
+        self.association_aborted = "Peer Aborted Association" in self.output
 
     def set_count(self, kind: str, value: int | None) -> None:
         """Sub-operation counts matter to retrieves only."""
@@ -298,7 +303,12 @@ class StoreSCP:
         self._own_dir = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix=f"storescp-{aet.lower()}-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = Path(tempfile.mkstemp(prefix="storescp-", suffix=".log")[1])
+        fd, log_name = tempfile.mkstemp(prefix="storescp-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_name)
+        weakref.finalize(self, self.log_path.unlink, missing_ok=True)
+        if self._own_dir:
+            weakref.finalize(self, shutil.rmtree, self.output_dir, ignore_errors=True)
         self.extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -365,5 +375,9 @@ class StoreSCP:
             elif match := _CALLED.match(line):
                 called = match.group(1)
             elif (match := _RESPONDING.match(line)) and not match.group(1):
-                found.append((calling, called))  # empty responder: the A-ASSOCIATE-RQ
+                # An empty responder marks the A-ASSOCIATE-RQ dump; an empty caller
+                # is a bare TCP probe (wait_for_port), not an association.
+                if calling:
+                    found.append((calling, called))
+                calling = called = ""
         return found

@@ -4,7 +4,8 @@ Rule 1: each archive has its own temp dir (config, SQLite index, storage, log)
         and its own free DICOM and HTTP ports; a restart reuses all of them, so
         data and ports survive ``stop()`` / ``start()``.
 Rule 2: readiness is observed, never assumed: ``start()`` polls ``GET /system``
-        and the DICOM port, and fails fast with the log tail if Orthanc dies.
+        (checking the ports it reports are ours) and fails fast with the log
+        tail if Orthanc dies.
 Rule 3: Orthanc 1.10.1 cannot bind to one interface: both ports listen on
         0.0.0.0. "RemoteAccessAllowed": false makes the HTTP side refuse
         non-loopback clients; the DICOM side has no equivalent, so with
@@ -24,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +34,7 @@ from typing import Any
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from tests.e2e.ports import LOOPBACK, POLL_INTERVAL, free_port, port_is_open
+from tests.e2e.ports import LOOPBACK, POLL_INTERVAL, free_port
 from tests.e2e.processes import spawn, stop_process
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
@@ -59,6 +61,11 @@ class OrthancArchive:
       "calling AE title not recognized") for a calling AE not listed in
       ``known_modalities``. AE comparison is case-insensitive unless
       ``extra_config={"StrictAetComparison": True}``. Hosts are not checked.
+    * Mixed (e.g. ``extra_config={"DicomAlwaysAllowEcho": True}`` with
+      ``only_known_calling_aets=True``): a stranger's association is accepted,
+      and a C-FIND/C-GET/C-MOVE it is not allowed gets no response at all —
+      Orthanc A-ABORTs the association (Orthanc's own 1.10 default config
+      behaves this way, since its DicomAlwaysAllowFind/Get/Move are false).
     * ``check_called_aet=True``: associations calling any AE title but ``aet``
       are rejected ("called AE title not recognized").
     * ``limit_find_results=n`` sets LimitFindResults and LimitFindInstances:
@@ -85,6 +92,7 @@ class OrthancArchive:
         self.extra_config = dict(extra_config or {})
         self.startup_timeout = startup_timeout
         self.workdir = Path(tempfile.mkdtemp(prefix=f"orthanc-{aet.lower()}-"))
+        weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
         self.log_path = self.workdir / "orthanc.log"
         self._dicom_port = free_port()
         self._http_port = free_port()
@@ -198,7 +206,10 @@ class OrthancArchive:
             cwd=self.workdir,
         )
         deadline = time.monotonic() + self.startup_timeout
-        while not (self._system_answers() and port_is_open(self._dicom_port)):
+        # Orthanc binds DICOM before HTTP and exits if DICOM cannot bind, so our own
+        # /system answering means both ports are ours (no DICOM probe: it would
+        # show up in the log as an association from an empty AE title).
+        while not self._system_answers():
             if self._proc.poll() is not None:
                 stop_process(self._proc)
                 raise OrthancError(f"{self!r} exited at startup:\n{self.log_tail()}")

@@ -68,8 +68,7 @@ class ProxyProcess:
     def __init__(self, rules: Mapping[str, Any], workdir: Path) -> None:
         rules = dict(rules)
         rules.setdefault("proxy", {})
-        rules["proxy"] = {"ae_title": "QR_PROXY", "host": LOOPBACK, "port": 0,
-                          **rules["proxy"]}
+        rules["proxy"] = {"ae_title": "QR_PROXY", "host": LOOPBACK, "port": 0, **rules["proxy"]}
         rules.setdefault("metrics", {"host": LOOPBACK, "port": 0})
         rules.setdefault("spool", {"dir": str(workdir / "spool")})
         self.rules = rules
@@ -87,8 +86,13 @@ class ProxyProcess:
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy.cli", "run", "--rules", str(self.rules_path)],
-                cwd=self.workdir, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
-                start_new_session=True)
+                cwd=self.workdir,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
         self.reader = LineReader.of(self.proc.stdout)  # type: ignore[arg-type]
         started = self.wait_event("proxy_started", timeout=timeout)
         self.port = int(started["port"])
@@ -111,8 +115,12 @@ class ProxyProcess:
                 out.append(record)
         return out
 
-    def wait_event(self, name: str, where: Callable[[dict[str, Any]], bool] = lambda e: True,
-                   timeout: float = 30.0) -> dict[str, Any]:
+    def wait_event(
+        self,
+        name: str,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """The first logged event named ``name`` (already logged or still to come)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -120,16 +128,22 @@ class ProxyProcess:
                 if where(record):
                     return record
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"proxy exited ({self.proc.returncode}) before "
-                                     f"{name}; stderr: {self.stderr()[-2000:]}")
+                raise AssertionError(
+                    f"proxy exited ({self.proc.returncode}) before "
+                    f"{name}; stderr: {self.stderr()[-2000:]}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {name} event after {timeout}s; "
-                                   f"last lines: {self.events()[-5:]}")
+                raise TimeoutError(
+                    f"no {name} event after {timeout}s; last lines: {self.events()[-5:]}"
+                )
             time.sleep(0.02)
 
     def operations(self, operation: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.events("operation")
-                if operation is None or e.get("operation") == operation]
+        return [
+            e
+            for e in self.events("operation")
+            if operation is None or e.get("operation") == operation
+        ]
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

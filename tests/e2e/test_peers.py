@@ -120,6 +120,18 @@ def test_only_known_calling_aets_rejects_strangers_and_answers_known(
     assert "KNOWN_AE" in strict.calling_aets()
 
 
+def test_operation_not_allowed_for_an_accepted_stranger_is_aborted(
+    orthanc_factory: OrthancFactory,
+) -> None:
+    mixed = orthanc_factory(
+        "MIXED", only_known_calling_aets=True, extra_config={"DicomAlwaysAllowEcho": True}
+    )
+    assert echoscu(mixed.host, mixed.dicom_port, mixed.aet, "STRANGER").ok
+    found = findscu(mixed.host, mixed.dicom_port, mixed.aet, "STRANGER", keys=["StudyInstanceUID"])
+    assert found.association_aborted and found.statuses == []
+    assert found.returncode == 0  # findscu does not treat the abort as an error
+
+
 def test_check_called_aet_rejects_a_wrong_called_ae(orthanc_factory: OrthancFactory) -> None:
     checked = orthanc_factory("CHECKED", check_called_aet=True)
     assert echoscu(checked.host, checked.dicom_port, "CHECKED", WORKSTATION).ok
@@ -151,8 +163,7 @@ def test_getscu_writes_files_to_output_dir(
         archive.dicom_port,
         archive.aet,
         WORKSTATION,
-        level="SERIES",
-        keys=[f"StudyInstanceUID={study.study_uid}", "SeriesInstanceUID"],
+        keys=[f"StudyInstanceUID={study.study_uid}"],
         output_dir=tmp_path,
     )
     assert result.ok
