@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pynetdicom._validators import validate_ae
 
-if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):  # noqa: UP036 - the card asks for tomli below 3.11
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib

@@ -204,7 +204,8 @@ def _self_check(port: int) -> tuple[bool, str, list[Dataset]]:
             elif status is not None:
                 final = int(status.Status)
         ok = final == 0x0000
-        return ok, f"C-ECHO ok; federated C-FIND: {len(matches)} studies, status 0x{final or 0:04X}", matches
+        summary = f"C-ECHO ok; federated C-FIND: {len(matches)} studies, status 0x{final or 0:04X}"
+        return ok, summary, matches
     finally:
         assoc.release()
 

@@ -140,7 +140,7 @@ class Listener:
         self._lock = threading.Lock()
         self._connections = 0
         self._sessions: weakref.WeakKeyDictionary[Association, Session] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary())  # fmt: skip
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
@@ -170,8 +170,8 @@ class Listener:
             *self._handlers,
         ]
         server = self.ae.make_server((p.host, p.port), ae_title=p.ae_title,
-                                     contexts=query_contexts(), evt_handlers=bindings, server_class=_Server,
-                                     request_handler=_Handler)
+                                     contexts=query_contexts(), evt_handlers=bindings,
+                                     server_class=_Server, request_handler=_Handler)
         server.listener = self
         self.ae._servers.append(server)  # as ae.start_server() does; shutdown() expects it
         server.pdu_limit = max(p.max_pdu_size + 6, _MIN_PDU_ALLOWANCE)

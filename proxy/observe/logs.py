@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from collections.abc import Iterable, Mapping
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import IO, Any, TextIO, cast
 
 import structlog
@@ -113,7 +112,7 @@ class LogObserver:
         out = self.phi.scrub(out, phi)
         getattr(self.log, level)(name, **out)
 
-    def __call__(self, event: ev.Event) -> None:  # noqa: C901 - one visible table
+    def __call__(self, event: ev.Event) -> None:
         match event:
             case ev.ProxyStarted():
                 self._emit("info", "proxy_started", {
