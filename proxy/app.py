@@ -12,14 +12,15 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 
+from proxy import federation, forwarder, health, retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
-from proxy.operations import echo, find
+from proxy.operations import echo, find, get, move, store
 from proxy.operations.base import Services
 from proxy.upstream import ArchiveClient, Peer
 
@@ -29,13 +30,21 @@ Handler = Callable[..., Any]
 HANDLERS: list[tuple[Any, Handler]] = [
     (evt.EVT_C_ECHO, echo.handle),
     (evt.EVT_C_FIND, find.handle),
+    (evt.EVT_C_STORE, store.handle),
+    (evt.EVT_C_MOVE, move.handle),      # answered by proxy.retrieve.scp's pump
+    (evt.EVT_C_GET, get.handle),
 ]
 
 # Subsystems that extend the proxy (federation, retrieve, spool, health) add
 # themselves here: each is called once with the Services and may add handlers
 # or start threads; each returns an optional stop function.
 Extension = Callable[[Services], Callable[[], None] | None]
-EXTENSIONS: list[Extension] = []
+EXTENSIONS: list[Extension] = [
+    health.start,                   # periodic C-ECHO to archives and destinations
+    federation.install,             # C-FIND cap recovery, location cache, locate()
+    forwarder.start,                # spool + one store-and-forward thread per archive
+    retrieve.install,               # C-MOVE/C-GET pump, move-mode inbound matching
+]
 
 
 class Proxy:
@@ -44,10 +53,11 @@ class Proxy:
     def __init__(self, config: Config, stream: IO[str] | None = None) -> None:
         self.config = config
         _quiet_pynetdicom()
-        self.metrics = MetricsObserver(list(config.archives))
+        self.metrics = MetricsObserver(list(config.archives),
+                                       [r.called_ae for r in config.routes])
         self.logger = make_logger(config.log.format, config.log.level, stream)
-        self.bus = ev.EventBus([LogObserver(self.logger, PhiFilter(config.log.phi)),
-                                self.metrics])
+        phi = PhiFilter(config.log.phi, config.log.phi_key)
+        self.bus = ev.EventBus([LogObserver(self.logger, phi), self.metrics])
         p = config.proxy
         self.archives = {
             name: ArchiveClient(Peer.of(a, p.ae_title), p.network_timeout, p.max_pdu_size)
@@ -96,12 +106,19 @@ class Proxy:
         unfinished = len(self.listener.active_sessions())
         if unfinished:
             self.listener.abort_all()
+            # A handler still waiting on an archive sees its workstation gone and
+            # ends at once; give each the moment it needs to report its request.
+            self.listener.wait_finished(timeout=5.0)
         for stop in reversed(self._stops):
             try:
                 stop()
             except Exception as exc:
                 self.bus.emit(ev.Noted("error", "extension_stop_failed",
                                        {"error": f"{type(exc).__name__}: {exc}"}))
+        # Upstream associations still open (an abandoned answer draining) would keep
+        # the process alive: pynetdicom's DUL threads are not daemon threads.
+        for client in [*self.archives.values(), *self.destinations.values()]:
+            client.abort_all()
         self.bus.emit(ev.ProxyStopped(unfinished))
         self._stopped.set()
         return unfinished
@@ -113,3 +130,10 @@ def _quiet_pynetdicom() -> None:
     log = logging.getLogger("pynetdicom")
     log.handlers = [logging.NullHandler()]
     log.propagate = False
+    # pynetdicom formats every C-FIND identifier for that log whatever its level:
+    # about half the CPU of relaying a match, and patient data in a log we drop.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # Its "standard" handlers format a debug line for every PDU and DIMSE message sent
+    # or received (32 PDUs per CT image at a 16 KB PDU size) for that same dropped log.
+    _config.LOG_HANDLER_LEVEL = "none"

@@ -1,4 +1,4 @@
-"""The ``dicom-proxy`` command: run, check, demo.
+"""The ``dicom-proxy`` command: run, check, doctor, demo.
 
 Exit statuses: 0 fine; 1 a runtime failure (port in use, …); 2 an invalid rules
 file — one line on stderr naming the key path, and nothing started.
@@ -25,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ("check", "validate the rules file and exit")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--rules", default="rules.toml", help="rules file (default ./rules.toml)")
+    doctor = sub.add_parser("doctor", help="check every archive and destination; one line "
+                                           "per finding, exit 1 when something is broken")
+    doctor.add_argument("--rules", default="rules.toml", help="rules file (default ./rules.toml)")
+    doctor.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds each check may wait (default 10)")
     demo = sub.add_parser("demo", help="sandbox archives + the proxy on loopback, with "
                                        "commands to paste")
     demo.add_argument("--port", type=int, default=11112, help="proxy port (0 = any free)")
@@ -38,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.rules)
     if args.command == "run":
         return _run(args.rules)
+    if args.command == "doctor":
+        return _doctor(args.rules, args.timeout)
     from proxy.demo import run_demo
     return run_demo(port=args.port, metrics_port=args.metrics_port, studies=args.studies,
                     workdir=args.dir, exit_after_ready=args.exit_after_ready)
@@ -60,6 +67,19 @@ def _check(path: str) -> int:
     return EXIT_OK
 
 
+def _doctor(path: str, timeout: float) -> int:
+    """Exit 0: nothing broken (warnings allowed); 1: something broken; 2: invalid rules."""
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    from proxy.doctor import diagnose, exit_status, render
+
+    findings = diagnose(config, timeout)
+    for line in render(findings):
+        print(line, flush=True)
+    return exit_status(findings)
+
+
 def _run(path: str) -> int:
     config = _load(path)
     if config is None:
@@ -71,14 +91,6 @@ def serve(config: Config) -> int:
     """Run a proxy until SIGTERM/SIGINT; stop gracefully; exit 0."""
     from proxy.app import Proxy
 
-    proxy = Proxy(config)
-    try:
-        proxy.start()
-    except OSError as exc:
-        print(f"dicom-proxy: cannot listen on {config.proxy.host}:{config.proxy.port} "
-              f"or {config.metrics.host}:{config.metrics.port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return EXIT_FAILURE
     stop = threading.Event()
     reason = {"why": "signal"}
 
@@ -86,13 +98,31 @@ def serve(config: Config) -> int:
         reason["why"] = signal.Signals(signum).name
         stop.set()
 
+    # Before start(): a SIGTERM while starting still means "stop cleanly, exit 0".
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    proxy = Proxy(config)
+    try:
+        proxy.start()
+    except OSError as exc:
+        print(f"dicom-proxy: {_startup_failure(config, exc)}", file=sys.stderr)
+        proxy.stop(reason="startup failed", grace=0)   # whatever did start (threads)
+        return EXIT_FAILURE
     while not stop.wait(0.5):
         pass
     proxy.stop(reason=reason["why"])
     sys.stdout.flush()
     return EXIT_OK
+
+
+def _startup_failure(config: Config, exc: OSError) -> str:
+    """One line saying what could not start: the spool, or a listening port."""
+    from proxy.spool import SpoolError
+
+    if isinstance(exc, SpoolError):
+        return f"[spool] dir: {exc}"
+    return (f"cannot listen on {config.proxy.host}:{config.proxy.port} or metrics "
+            f"{config.metrics.host}:{config.metrics.port}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Rule 4: AE titles are validated with pynetdicom's own rules, plus "not empty".
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+_CS = re.compile(r"[A-Z0-9_]{1,16}")                  # a modality code (CS, PS3.5 6.2)
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1
 
 LOG_FORMATS = ("json", "console")
 PHI_MODES = ("hash", "clear", "drop")
@@ -66,6 +69,7 @@ class MetricsConfig:
 class LogConfig:
     format: str = "json"
     phi: str = "hash"
+    phi_key: str = ""                 # site secret: phi tokens become an HMAC (not reversible)
     level: str = "info"
 
 
@@ -73,6 +77,24 @@ class LogConfig:
 class SpoolConfig:
     dir: Path = Path("./spool")
     max_bytes: int = 10 * 1024**3     # above this, new C-STOREs get Out of Resources
+    retry_initial: float = 1.0        # seconds before the first retry of an unreachable archive
+    retry_max: float = 60.0           # the backoff doubles up to this many seconds
+    max_attempts: int = 5             # tries per instance on a retryable failure status
+    retrieve_max_bytes: int = 1024**3  # per C-MOVE/C-GET: received, not yet delivered, on disk
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = True              # periodic C-ECHO to every archive and destination
+    interval: float = 30.0            # seconds between two rounds of health C-ECHOs
+    timeout: float = 10.0             # seconds one health C-ECHO may take (capped by the peer's)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    location_cache_entries: int = 100_000  # UIDs whose archive(s) the proxy remembers (LRU)
+    location_cache_ttl: float = 3600.0     # seconds a "this archive holds that UID" fact lasts
+    max_subqueries: int = 500              # per archive per C-FIND, when splitting past a cap
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,16 @@ class DestinationConfig:
 
 
 @dataclass(frozen=True)
+class StoreFilter:
+    """Which instances of a route one of its ``store_to`` archives gets (all keys must match)."""
+
+    archive: str
+    modality: tuple[str, ...] = ()    # Modality (0008,0060) in this list
+    calling_ae: tuple[str, ...] = ()  # the sending AE title in this list
+    sop_class: tuple[str, ...] = ()   # SOP Class UID in this list
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     called_ae: str
     archives: tuple[str, ...]
@@ -104,6 +136,7 @@ class RouteConfig:
     echo: str = "upstream"            # "upstream": C-ECHO the archives; "local": answer here
     merge: str = "stream"             # federation: stream first answers, or "complete" merge
     recheck_matches: bool = False     # re-check every match against the query (PS3.4 C.2.2.2)
+    store_filters: tuple[StoreFilter, ...] = ()  # per store_to archive; absent: every instance
 
     @property
     def is_federated(self) -> bool:
@@ -119,6 +152,8 @@ class Config:
     archives: Mapping[str, ArchiveConfig]
     destinations: Mapping[str, DestinationConfig]
     routes: tuple[RouteConfig, ...]
+    health: HealthConfig = field(default_factory=HealthConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     source: Path | None = field(default=None, compare=False)
 
     def route_for(self, called_ae: str) -> RouteConfig | None:
@@ -143,20 +178,22 @@ def load(path: str | Path) -> Config:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError("", f"cannot read rules file {str(p)!r}: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read the rules file: {exc.strerror}") from None
+    # The caller names the file; these messages say what is wrong with it.
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError("", f"{p}: not UTF-8 text") from None
+        raise ConfigError("", "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{p}: invalid TOML: {exc}") from None
+        raise ConfigError("", f"invalid TOML: {exc}") from None
     cfg = parse(data)
     return Config(**{**cfg.__dict__, "source": p})
 
 
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations", "routes"})
+    _only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations", "routes",
+                          "health", "federation"})
     if "proxy" not in data:
         raise ConfigError("proxy", "section is required")
     proxy = _section("proxy", data["proxy"], ProxyConfig, {
@@ -170,16 +207,26 @@ def parse(data: Mapping[str, Any]) -> Config:
         "host": _host, "port": _port, "enabled": _bool,
     })
     log = _section("log", data.get("log", {}), LogConfig, {
-        "format": _choice(LOG_FORMATS), "phi": _choice(PHI_MODES),
+        "format": _choice(LOG_FORMATS), "phi": _choice(PHI_MODES), "phi_key": _text,
         "level": _choice(("debug", "info", "warning", "error")),
     })
     spool = _section("spool", data.get("spool", {}), SpoolConfig, {
-        "dir": _path, "max_bytes": _positive_int,
+        "dir": _path, "max_bytes": _positive_int, "retry_initial": _positive_float,
+        "retry_max": _positive_float, "max_attempts": _positive_int,
+        "retrieve_max_bytes": _positive_int,
     })
     archives = _archives(data.get("archives"), proxy.ae_title)
     destinations = _destinations(data.get("destinations", {}))
     routes = _routes(data.get("routes"), archives)
-    return Config(proxy, metrics, log, spool, archives, destinations, routes)
+    health = _section("health", data.get("health", {}), HealthConfig, {
+        "enabled": _bool, "interval": _positive_float, "timeout": _positive_float,
+    })
+    federation = _section("federation", data.get("federation", {}), FederationConfig, {
+        "location_cache_entries": _positive_int, "location_cache_ttl": _positive_float,
+        "max_subqueries": _positive_int,
+    })
+    return Config(proxy, metrics, log, spool, archives, destinations, routes, health=health,
+                  federation=federation)
 
 
 def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
@@ -190,7 +237,7 @@ def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
     for name, body in table.items():
         path = f"archives.{name}"
         fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
-            "ae_title": _ae, "host": _host, "port": _port, "calling_ae": _ae,
+            "ae_title": _ae, "host": _host, "port": _peer_port, "calling_ae": _ae,
             "retrieve": _choice(RETRIEVE_MODES), "max_results": _non_negative_int,
             "timeout": _positive_float,
         })
@@ -206,7 +253,7 @@ def _destinations(raw: Any) -> dict[str, DestinationConfig]:
     for name, body in table.items():
         path = f"destinations.{name}"
         fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
-            "ae_title": _ae, "host": _host, "port": _port,
+            "ae_title": _ae, "host": _host, "port": _peer_port,
         })
         if fields["ae_title"] in seen:
             raise ConfigError(f"{path}.ae_title", f"{fields['ae_title']!r} is already used by "
@@ -229,6 +276,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
             "called_ae": _ae, "archives": _name_list, "allow": _ae_list,
             "store_to": _name_list, "echo": _choice(ECHO_MODES),
             "merge": _choice(MERGE_MODES), "recheck_matches": _bool,
+            "store_filter": _any,
         })
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
@@ -243,8 +291,59 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
             raise ConfigError(f"{path}.called_ae",
                               f"{called!r} is already used by routes[{seen[called]}]")
         seen[called] = i
+        if "store_filter" in fields:
+            fields["store_filters"] = _store_filters(f"{path}.store_filter",
+                                                     fields.pop("store_filter"),
+                                                     fields.get("store_to", ()))
         routes.append(RouteConfig(**fields))
     return tuple(routes)
+
+
+def _store_filters(path: str, raw: Any, store_to: tuple[str, ...]) -> tuple[StoreFilter, ...]:
+    """``store_filter.<archive> = { modality = [...], calling_ae = [...], sop_class = [...] }``."""
+    out: list[StoreFilter] = []
+    for name, body in _table(path, raw).items():
+        where = f"{path}.{name}"
+        if name not in store_to:
+            raise ConfigError(where, f"{name!r} is not in store_to of this route "
+                                     f"({', '.join(store_to) or 'store_to is empty'})")
+        fields = _fields(where, body, required=set(), checks={
+            "modality": _modality_list, "calling_ae": _ae_list, "sop_class": _uid_list})
+        if not fields:
+            raise ConfigError(where, "has no condition (modality, calling_ae, sop_class); "
+                                     "remove it to forward every instance")
+        for key, values in fields.items():
+            if not values:
+                raise ConfigError(f"{where}.{key}", "must not be empty")
+        out.append(StoreFilter(archive=name, **fields))
+    return tuple(out)
+
+
+def _modality_list(path: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of modality codes, not {_kind(value)}")
+    out = []
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not _CS.fullmatch(v):
+            raise ConfigError(f"{path}[{i}]", f"must be a modality code such as \"CT\" "
+                                              f"(1-16 of A-Z, 0-9, _), not {v!r}")
+        out.append(v)
+    return tuple(out)
+
+
+def _uid_list(path: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of UIDs, not {_kind(value)}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or len(v) > 64 or not _UID.fullmatch(v):
+            raise ConfigError(f"{path}[{i}]", f"must be a UID such as \"1.2.840.10008.5.1.4.1.1.2\""
+                                              f", not {v!r}")
+    return tuple(value)
+
+
+def _any(path: str, value: Any) -> Any:
+    del path
+    return value
 
 
 # -- generic helpers -------------------------------------------------------------
@@ -324,6 +423,14 @@ def _port(path: str, value: Any) -> int:
     return value
 
 
+def _peer_port(path: str, value: Any) -> int:
+    # A port the proxy connects to; 0 ("any free port") only makes sense for listening.
+    port = _port(path, value)
+    if port == 0:
+        raise ConfigError(path, "port 0 is out of range for a peer (1-65535)")
+    return port
+
+
 def _positive_int(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(path, f"must be a positive integer, not {value!r}")
@@ -347,6 +454,12 @@ def _positive_float(path: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(path, f"must be a positive number of seconds, not {value!r}")
     return float(value)
+
+
+def _text(path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(path, f"must be a string, not {_kind(value)}")
+    return value
 
 
 def _bool(path: str, value: Any) -> bool:

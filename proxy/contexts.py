@@ -6,12 +6,17 @@ Rule 1: accept only what the proxy can serve: Verification, the Q/R models it
         selection accepted).
 Rule 2: transfer syntaxes are accepted as proposed for storage, so pixel data
         passes through in its original encoding — never decoded by the proxy.
+        When one context offers several, the peer's own order decides
+        (``in_requestor_order``): pynetdicom would pick by the acceptor's list,
+        which starts with Implicit VR Little Endian.
 Rule 3: Deflated transfer syntaxes are never accepted: inflating is unbounded
         work for a few bytes on the wire (a zlib bomb); peers fall back to an
         uncompressed syntax in the same negotiation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from pydicom.uid import (
     AllTransferSyntaxes,
@@ -80,12 +85,49 @@ def storage_contexts() -> list[PresentationContext]:
 
 _QUERY = query_contexts()
 _STORAGE = storage_contexts()
+_ALL = (*_QUERY, *_STORAGE)
 
 
 def contexts_for_route(route: RouteConfig, config: Config) -> list[PresentationContext]:
-    """What the acceptor offers on this route (fresh copies: pynetdicom mutates them)."""
+    """What the acceptor offers on this route.
+
+    The same context objects serve every association: pynetdicom's acceptor only
+    reads them (``negotiate_as_acceptor`` builds new result contexts), and
+    building 177 fresh ones cost ~190 ms of CPU per association.
+    """
     del route, config  # every route serves Q/R and storage today; kept for per-route policy
-    return [_copy(cx) for cx in (*_QUERY, *_STORAGE)]
+    return list(_ALL)
+
+
+def contexts_for_inbound() -> list[PresentationContext]:
+    """What an archive delivering C-MOVE sub-operations to the proxy's own AE title gets:
+    Verification and storage (any non-deflated syntax, so instances keep their encoding)."""
+    return [_copy(cx) for cx in (build_context(Verification), *_STORAGE)]
+
+
+def in_requestor_order(contexts: list[PresentationContext],
+                       proposed: Iterable[PresentationContext]) -> list[PresentationContext]:
+    """``contexts`` with each transfer syntax list re-ordered as the requestor listed it.
+
+    pynetdicom accepts, per proposed context, the first of the *acceptor's* syntaxes
+    the requestor offered; a modality or a C-GET workstation lists the syntax it
+    prefers (normally the one its data is in) first, so that one must win (Rule 2).
+    """
+    preferred: dict[str, list[str]] = {}
+    for cx in proposed:
+        preferred.setdefault(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+    out = []
+    for cx in contexts:
+        wanted = preferred.get(str(cx.abstract_syntax))
+        if wanted and len(cx.transfer_syntax) > 1:
+            ours = [str(ts) for ts in cx.transfer_syntax]
+            ordered = build_context(cx.abstract_syntax,
+                                    [ts for ts in wanted if ts in ours]
+                                    + [ts for ts in ours if ts not in wanted])
+            ordered.scu_role, ordered.scp_role = cx.scu_role, cx.scp_role
+            cx = ordered
+        out.append(cx)
+    return out
 
 
 def _copy(cx: PresentationContext) -> PresentationContext:

@@ -45,22 +45,31 @@ Query = Callable[[ArchiveClient, CancelToken], Iterator[tuple[int | None, Datase
 
 
 def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
-            poll: Callable[[], None] | None = None, poll_interval: float = 0.05) -> Iterator[Item]:
+            poll: Callable[[], None] | None = None, poll_interval: float = 0.05,
+            abandon: Callable[[], bool] | None = None) -> Iterator[Item]:
     """Yield every Match and exactly one Outcome per archive, in arrival order.
 
     ``poll`` is called at least every ``poll_interval`` seconds while waiting —
-    the caller checks for the workstation's C-CANCEL there.
+    the caller checks for the workstation's C-CANCEL there. When ``abandon``
+    returns True (checked as often; the workstation went away) the stream ends
+    early, without waiting for the archives, which are cancelled.
     """
     items: queue.Queue[Item] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    closed = threading.Event()          # the caller stopped reading: drop everything
 
     def put(item: Item) -> bool:
-        while True:
+        # After a cancel, matches are dropped at once, so the archive's remaining
+        # answer (up to its Cancel status) drains at network speed; once the
+        # caller is gone nothing is queued, so no pump thread waits forever.
+        while not closed.is_set():
+            if token.is_set and isinstance(item, Match):
+                return False
             try:
                 items.put(item, timeout=poll_interval)
                 return True
             except queue.Full:
-                if token.is_set and isinstance(item, Match):
-                    return False
+                continue
+        return False
 
     def pump(name: str, client: ArchiveClient) -> None:
         count = 0
@@ -92,6 +101,8 @@ def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
             except queue.Empty:
                 if poll:
                     poll()
+                if abandon is not None and abandon():
+                    return
                 continue
             if isinstance(item, Outcome):
                 remaining -= 1
@@ -99,5 +110,6 @@ def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
             if poll:
                 poll()
     finally:
+        closed.set()
         if remaining:
             token.cancel()      # the caller stopped early: stop the archives too

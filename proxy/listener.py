@@ -10,6 +10,12 @@ Rule 2: limits are enforced *before* pynetdicom can be hurt by a peer:
           cannot block a send forever (pynetdicom leaves accepted sockets blocking).
 Rule 3: association admission is decided by ``routing.admit`` (pure); this
         module only carries the decision out and reports it.
+Rule 4: streamed responses are back-pressured (``wait_for_room``): pynetdicom
+        queues outgoing PDUs without limit, so a workstation that reads slowly
+        would otherwise make the proxy hold a whole C-FIND answer in memory.
+Rule 5: a workstation waiting for an answer is not idle: every response sent
+        restarts pynetdicom's network_timeout idle timer, so an operation that
+        took longer than network_timeout is not followed by an abort.
 """
 
 from __future__ import annotations
@@ -27,13 +33,20 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from proxy.config import Config, RouteConfig
-from proxy.contexts import contexts_for_route, query_contexts
+from proxy.contexts import (
+    contexts_for_inbound,
+    contexts_for_route,
+    in_requestor_order,
+    query_contexts,
+)
 from proxy.observe import events as ev
-from proxy.routing import Rejection, admit, too_many_associations
+from proxy.routing import Inbound, Rejection, admit, too_many_associations
 
 # An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
 # identity items, so it gets its own (still bounded) allowance.
 _MIN_PDU_ALLOWANCE = 256 * 1024
+# Outgoing PDUs (about two per C-FIND response) queued before a handler waits (Rule 4).
+SEND_BACKLOG = 64
 _ids = itertools.count(1)
 
 
@@ -45,6 +58,7 @@ class Session:
     route: RouteConfig | None = None
     started: float = field(default_factory=time.monotonic)
     accepted: bool = False
+    admitted: bool = False              # holds one of the max_associations slots
     ended: bool = False                 # released or aborted already reported
     violation: str | None = None        # why the proxy cut the link, if it did
     data: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +125,8 @@ class _Server(ThreadedAssociationServer):
                           f"({self.listener.config.proxy.max_connections} open)"))
             raise OSError("connection limit reached")  # socketserver drops it quietly
         client.settimeout(self.listener.config.proxy.network_timeout)
+        # Whole PDUs are written at once: Nagle only adds delayed-ACK stalls (C-GET relay).
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -144,6 +160,8 @@ class Listener:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
+        # Whether a move-mode retrieve is in flight (set by proxy.retrieve; routing Rule 4).
+        self.retrieving: Callable[[], bool] = lambda: False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -167,6 +185,9 @@ class Listener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_closed),
+            (evt.EVT_DIMSE_SENT, _restart_idle_timer),
             *self._handlers,
         ]
         server = self.ae.make_server((p.host, p.port), ae_title=p.ae_title,
@@ -189,6 +210,19 @@ class Listener:
     def active_sessions(self) -> list[Session]:
         with self._lock:
             return [s for s in self._sessions.values() if s.accepted and not s.ended]
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait (bounded) until every accepted association's thread has ended, so
+        each handler has reported its request; False if some were still running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                running = any(s.accepted for s in self._sessions.values())
+            if not running:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def abort_all(self) -> None:
         for assoc in list(self.ae.active_associations):
@@ -213,6 +247,22 @@ class Listener:
     def note_violation(self, assoc: Association, why: str) -> None:
         self.session(assoc).violation = why
 
+    def wait_for_room(self, assoc: Association, poll: Callable[[], None] | None = None) -> bool:
+        """Wait until the workstation has taken most of what was sent (Rule 4).
+
+        True when the next response may be queued; False when the workstation's
+        link is gone (it aborted, went away, or stopped reading for longer than
+        network_timeout, which makes the blocked send fail) — stop relaying then.
+        ``poll`` runs while waiting (the caller watches for C-CANCEL there).
+        """
+        while link_up(assoc):
+            if assoc.dul.to_provider_queue.qsize() < SEND_BACKLOG:
+                return True
+            if poll is not None:
+                poll()
+            time.sleep(0.002)
+        return False
+
     # -- sessions ----------------------------------------------------------------
 
     def session(self, assoc: Association) -> Session:
@@ -223,7 +273,7 @@ class Listener:
                 self._sessions[assoc] = found
             return found
 
-    def _describe(self, assoc: Association) -> ev.AssocInfo:
+    def _describe(self, assoc: Association, assoc_id: str | None = None) -> ev.AssocInfo:
         rq = assoc.requestor
         primitive = rq.primitive
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
@@ -231,29 +281,57 @@ class Listener:
         addr = rq.address_info
         peer = f"{addr.address}:{addr.port}" if addr is not None else "unknown"
         route = self.config.route_for(called) if called else None
-        return ev.AssocInfo(f"a{next(_ids):06d}", calling or "unknown", called or "unknown",
+        return ev.AssocInfo(assoc_id or f"a{next(_ids):06d}", calling or "unknown",
+                            called or "unknown",
                             peer, route.called_ae if route else "unknown")
 
     # -- pynetdicom events ---------------------------------------------------------
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
-        with self._lock:
-            self._sessions.pop(assoc, None)  # describe afresh now that the RQ is known
         session = self.session(assoc)
+        # Describe afresh now that the RQ is known; keep the id given at connection open.
+        session.info = self._describe(assoc, session.info.assoc_id)
         info = session.info
-        decision = admit(self.config, info.calling_ae, info.called_ae)
+        decision = admit(self.config, info.calling_ae, info.called_ae, self.retrieving())
         if isinstance(decision, Rejection):
             self._reject(assoc, session, decision)
             return
-        busy = too_many_associations(len(self.active_sessions()),
-                                     self.config.proxy.max_associations)
+        with self._lock:  # count and claim in one step, so simultaneous requests cannot overshoot
+            busy = too_many_associations(
+                sum(1 for s in self._sessions.values() if s.admitted and not s.ended),
+                self.config.proxy.max_associations)
+            session.admitted = busy is None
         if busy is not None:
             self._reject(assoc, session, busy)
             return
+        if isinstance(decision, Inbound):   # an archive delivering C-MOVE sub-operations
+            session.data["inbound"] = True
+            session.data["inbound_archive"] = decision.archive
+            assoc.acceptor.ae_title = decision.called_ae
+            assoc.acceptor.supported_contexts = in_requestor_order(
+                contexts_for_inbound(), self._proposed(assoc))
+            return
         session.route = decision
         assoc.acceptor.ae_title = decision.called_ae
-        assoc.acceptor.supported_contexts = contexts_for_route(decision, self.config)
+        assoc.acceptor.supported_contexts = in_requestor_order(
+            contexts_for_route(decision, self.config), self._proposed(assoc))
+
+    @staticmethod
+    def _proposed(assoc: Association) -> list[Any]:
+        primitive = assoc.requestor.primitive
+        return list(getattr(primitive, "presentation_context_definition_list", None) or [])
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        self.session(event.assoc)  # id and start time from the moment the connection opens
+
+    def _on_conn_closed(self, event: evt.Event) -> None:
+        # The link went down before any A-ASSOCIATE-RQ was read (garbage, an
+        # oversized PDU, a peer that hung up): wake the association thread,
+        # which would otherwise wait out acse_timeout holding a connection slot.
+        assoc = event.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None:
+            assoc.dul.to_user_queue.put(None)
 
     def _reject(self, assoc: Association, session: Session, why: Rejection) -> None:
         session.ended = True
@@ -278,7 +356,20 @@ class Listener:
             self.bus.emit(ev.AssociationReleased(session.info, session.elapsed))
 
     def _on_aborted(self, event: evt.Event) -> None:
-        self._report_abort(self.session(event.assoc), "aborted")
+        self._report_abort(self.session(event.assoc), self._abort_reason(event.assoc))
+
+    def _abort_reason(self, assoc: Association) -> str:
+        p = self.config.proxy
+        unsent = assoc.dul.to_provider_queue.qsize()
+        if getattr(assoc, "_sent_abort", False):
+            if assoc.dul.idle_timer_expired():
+                return (f"no PDU from the workstation for network_timeout "
+                        f"({p.network_timeout:g}s); the proxy aborted")
+            return "aborted by the proxy"
+        if unsent:
+            return (f"connection lost with {unsent} PDUs still unsent: the workstation "
+                    f"stopped reading for network_timeout ({p.network_timeout:g}s) or went away")
+        return "the workstation aborted (A-ABORT) or dropped the connection without A-RELEASE"
 
     def association_ended(self, assoc: Association) -> None:
         """The association's thread is gone: report anything not yet reported."""
@@ -290,8 +381,11 @@ class Listener:
             elif session.violation:
                 reason = session.violation
             elif assoc.requestor.primitive is None:
-                reason = ("no valid A-ASSOCIATE-RQ received (garbage, a non-DICOM client, "
-                          f"or silence for {self.config.proxy.acse_timeout:g}s)")
+                acse = self.config.proxy.acse_timeout
+                reason = (f"no A-ASSOCIATE-RQ within acse_timeout ({acse:g}s): the peer "
+                          "connected and said nothing" if session.elapsed >= acse * 0.9 else
+                          "no valid A-ASSOCIATE-RQ received: invalid PDU or garbage bytes "
+                          "(a non-DICOM client?), or the peer hung up")
             else:
                 reason = "connection lost during association negotiation"
             self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, reason))
@@ -306,3 +400,17 @@ class Listener:
         session.ended = True
         reason = session.violation or session.data.get("abort_reason") or default
         self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, str(reason)))
+
+
+def link_up(assoc: Association) -> bool:
+    """Whether a workstation association can still carry responses.
+
+    While a handler runs, pynetdicom's reactor is inside it and does not update
+    ``is_established``; a dead sending thread or a queued abort tells the truth.
+    """
+    return bool(assoc.is_established and assoc.dul.is_alive()
+                and not assoc.acse.is_aborted())
+
+
+def _restart_idle_timer(event: evt.Event) -> None:
+    event.assoc.dul._idle_timer.restart()  # Rule 5

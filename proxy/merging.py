@@ -26,7 +26,10 @@ Rule 4: complete mode (merge): the first answer wins. Each attribute it lacks, o
 Rule 5: character sets: values are filled decoded (Python ``str``). When the answers declare
         different Specific Character Sets and a text value is taken from the later one, the
         result declares ISO_IR 192 (UTF-8, PS3.3 C.12.1.1.2), which encodes both.
-Rule 6: inputs are never mutated: every Dataset returned is new.
+Rule 6: inputs are never mutated: every Dataset returned is new — except with
+        ``merge_all(..., consume=True)``, where the caller gives its answers away (the C-FIND
+        handler does: nothing else holds them) and they are merged in place, uncopied, some
+        ten times faster.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
@@ -60,6 +64,7 @@ COUNT_KEYWORDS: Final = frozenset({
 UNION_KEYWORDS: Final = frozenset({"ModalitiesInStudy", "SOPClassesInStudy"})
 
 _NOT_MERGED: Final = frozenset({Tag("RetrieveAETitle"), Tag("SpecificCharacterSet")})
+_COMBINED_TAGS: Final = frozenset(Tag(k) for k in COUNT_KEYWORDS | UNION_KEYWORDS)
 _CHARSET: Final = Tag("SpecificCharacterSet")
 _UTF8: Final = "ISO_IR 192"
 _DEFAULT_CHARSET: Final = ("ISO_IR 6",)
@@ -118,15 +123,26 @@ class Deduplicator:
 
 def merge(a: Dataset, b: Dataset) -> Dataset:
     """One identifier from two answers for the same entity, ``a`` winning (rules 4-6)."""
-    result, later = copy.deepcopy(a), copy.deepcopy(b)
+    result = copy.deepcopy(a)
+    _merge_into(result, copy.deepcopy(b))
+    return result
+
+
+def _merge_into(result: Dataset, later: Dataset) -> Dataset:
+    """Rules 4-5, merging ``later`` into ``result``; both are the caller's to change."""
     mixed_charsets = _charset(result) != _charset(later)
     if mixed_charsets:             # decode with each answer's own charset before mixing
         result.decode()
         later.decode()
     took_text = False
-    for theirs in later:
-        tag = BaseTag(theirs.tag)
-        if tag.is_private or tag in _NOT_MERGED or _is_blank(theirs):
+    for tag in list(later.keys()):
+        tag = BaseTag(tag)
+        if tag.is_private or tag in _NOT_MERGED:
+            continue
+        if tag not in _COMBINED_TAGS and tag in result and _known_filled(result.get_item(tag)):
+            continue               # ours stands: no need to decode theirs
+        theirs = later[tag]
+        if _is_blank(theirs):
             continue
         mine = result.get(tag)
         if mine is not None and not _is_blank(mine):
@@ -142,10 +158,12 @@ def merge(a: Dataset, b: Dataset) -> Dataset:
     return result
 
 
-def merge_all(level: str, identifiers: Iterable[Dataset]) -> list[Dataset]:
+def merge_all(level: str, identifiers: Iterable[Dataset], *,
+              consume: bool = False) -> list[Dataset]:
     """Group answers by unique key and merge each group, in order of first appearance.
 
-    Answers without a unique key stay, each on its own (rule 2).
+    Answers without a unique key stay, each on its own (rule 2). ``consume``: the answers
+    may be changed and returned themselves (rule 6).
     """
     _unique_keywords(level)
     merged: list[Dataset] = []
@@ -154,11 +172,14 @@ def merge_all(level: str, identifiers: Iterable[Dataset]) -> list[Dataset]:
         key = unique_key(level, identifier)
         at = None if key is None else position.get(key)
         if at is not None:
-            merged[at] = merge(merged[at], identifier)
+            if consume:
+                _merge_into(merged[at], identifier)
+            else:
+                merged[at] = merge(merged[at], identifier)
             continue
         if key is not None:
             position[key] = len(merged)
-        merged.append(copy.deepcopy(identifier))
+        merged.append(identifier if consume else copy.deepcopy(identifier))
     return merged
 
 
@@ -182,6 +203,22 @@ def _values(elem: DataElement) -> list[str]:
         return []
     items = list(elem.value) if elem.VM > 1 else [elem.value]
     return [str(v).strip(" \0") for v in items]
+
+
+def _known_filled(elem: DataElement | RawDataElement) -> bool:
+    """True when ``elem`` surely holds a value, read without decoding it (not for sequences)."""
+    if isinstance(elem, RawDataElement):
+        if (elem.VR or _dictionary_vr(elem.tag)) == "SQ" or elem.value is None:
+            return False
+        return bytes(elem.value).strip(b" \0\\") != b""
+    return elem.VR != "SQ" and not _is_blank(elem)
+
+
+def _dictionary_vr(tag: BaseTag) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
 
 
 def _is_blank(elem: DataElement) -> bool:

@@ -6,13 +6,18 @@ Rule 2: an association is admitted only to a configured route (by called AE)
         A-ASSOCIATE-RJ reason the standard defines for it (PS3.8 9.3.4).
 Rule 3: upstream, the proxy presents the AE titles the archive expects: the
         archive's ``calling_ae`` as calling AE and its ``ae_title`` as called AE.
+Rule 4: the proxy's own AE title (``[proxy] ae_title``) is where archives with
+        ``retrieve = "move"`` deliver C-MOVE sub-operations: an association calling
+        it is admitted as ``Inbound`` when the calling AE is a configured archive's
+        AE title, or while a move-mode retrieve is in flight (archives may call
+        with another title); otherwise it is rejected (calling AE not recognised).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.config import ArchiveConfig, Config, DestinationConfig, RouteConfig
+from proxy.config import ArchiveConfig, Config, DestinationConfig, RouteConfig, StoreFilter
 
 # A-ASSOCIATE-RJ fields, PS3.8 Table 9-21.
 RESULT_PERMANENT = 0x01
@@ -34,11 +39,37 @@ class Rejection:
     diagnostic: int
 
 
-def admit(config: Config, calling_ae: str, called_ae: str) -> RouteConfig | Rejection:
-    """Decide whether a workstation may associate, and on which route."""
+@dataclass(frozen=True)
+class Inbound:
+    """An archive delivering C-MOVE sub-operations to the proxy's own AE title (Rule 4)."""
+
+    called_ae: str
+    archive: str | None                # the archive whose AE title called, if one did
+
+
+def admit(config: Config, calling_ae: str, called_ae: str,
+          retrieving: bool = False) -> RouteConfig | Inbound | Rejection:
+    """Decide whether a workstation may associate, and on which route.
+
+    ``retrieving``: a move-mode retrieve is in flight (Rule 4).
+    """
     called = called_ae.strip()
     calling = calling_ae.strip()
     route = config.route_for(called)
+    if called == config.proxy.ae_title:
+        archive = next((a.name for a in config.archives.values() if a.ae_title == calling),
+                       None)
+        if archive is not None or retrieving:
+            return Inbound(called, archive)
+        if route is None:
+            known = ", ".join(r.called_ae for r in config.routes)
+            return Rejection(
+                reason=f"called AE title {called!r} is the proxy's own retrieve AE title; "
+                       f"calling AE {calling!r} is not an archive and no retrieve is in flight",
+                hint=f"workstations call a route ({known}); an archive delivering C-MOVE "
+                     f"sub-operations must be in [archives] with ae_title = {calling!r}",
+                result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
+                diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED)
     if route is None:
         known = ", ".join(r.called_ae for r in config.routes)
         return Rejection(
@@ -82,3 +113,30 @@ def archives_for(config: Config, route: RouteConfig, operation: str) -> list[Arc
 def move_destination(config: Config, move_ae: str) -> DestinationConfig | None:
     """Resolve a C-MOVE destination from the proxy's own table (never the archive's)."""
     return config.destination_by_ae(move_ae)
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What content routing may look at in one received C-STORE."""
+
+    calling_ae: str
+    sop_class: str
+    modality: str = ""
+
+
+def store_targets(route: RouteConfig, facts: InstanceFacts) -> list[str]:
+    """The ``store_to`` archives of ``route`` that take this instance, in configured order.
+
+    An archive without a ``store_filter`` takes every instance; with one, the
+    instance must match every condition given (each is "value in list").
+    """
+    filters = {f.archive: f for f in route.store_filters}
+    return [name for name in route.store_to
+            if name not in filters or filter_matches(filters[name], facts)]
+
+
+def filter_matches(rule: StoreFilter, facts: InstanceFacts) -> bool:
+    checks = ((rule.modality, facts.modality.strip().upper()),
+              (rule.calling_ae, facts.calling_ae.strip()),
+              (rule.sop_class, facts.sop_class.strip()))
+    return all(not allowed or value in allowed for allowed, value in checks)

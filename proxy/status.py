@@ -26,6 +26,10 @@ class Status(IntEnum):
     UNABLE_TO_PROCESS = 0xC000                # PS3.4 C.4.1.1.4: failed, unable to process
     PROCESSING_FAILURE = 0x0110               # PS3.7 C.4.2: general processing failure
     SOP_CLASS_NOT_SUPPORTED = 0x0122          # PS3.7 C.5.12: refused, SOP class not supported
+    NOT_AUTHORIZED = 0x0124                   # PS3.7 Annex C.5: refused, not authorized
+    RESOURCE_LIMITATION = 0x0213              # PS3.7 Annex C.5: refused, resource limitation
+    ELEMENTS_DISCARDED = 0xB006               # PS3.4 B.2.3 (C-STORE warning)
+    DATA_SET_MISMATCH_WARNING = 0xB007        # PS3.4 B.2.3 (C-STORE warning)
 
 
 def category(code: int | None) -> str:

@@ -6,12 +6,18 @@ Rule 1: every association is bounded in time — connect, ACSE, DIMSE, and the
 Rule 2: a failure to associate becomes an UpstreamError whose ``reason`` a
         person understands and whose ``hint`` says what to change.
 Rule 3: this module talks DICOM; it does not log or count. Callers emit events.
+Rule 4: a response is only ever taken by the thread waiting for it: pynetdicom's
+        association reactor polls the same DIMSE queue and, in a race its pause
+        handshake does not close, can take (and drop) a C-STORE/C-FIND/C-GET
+        response meant for the sending thread, which then times out
+        (``_responses_to_waiters``).
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
@@ -108,6 +115,19 @@ class ArchiveClient:
         self.peer = peer
         self.network_timeout = network_timeout
         self.max_pdu_size = max_pdu_size
+        self._active: set[Association] = set()
+        self._active_lock = threading.Lock()
+
+    def abort_all(self) -> int:
+        """Abort every association still open to this peer (shutdown); how many."""
+        with self._active_lock:
+            open_now = list(self._active)
+        for assoc in open_now:
+            try:
+                assoc.abort()
+            except Exception:  # already going down
+                pass
+        return len(open_now)
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.peer.calling_ae)
@@ -124,12 +144,23 @@ class ArchiveClient:
                   handlers: list[Any] | None = None) -> Iterator[Association]:
         """An established association, released (or aborted) on exit."""
         ae = self._make_ae()
-        bound = [(evt.EVT_CONN_OPEN, self._bound_socket), *(handlers or [])]
+        rejections: list[Any] = []
+
+        def note_rejection(event: evt.Event) -> None:
+            if isinstance(event.pdu, A_ASSOCIATE_RJ):
+                rejections.append(event.pdu)
+
+        bound = [(evt.EVT_CONN_OPEN, self._bound_socket), (evt.EVT_PDU_RECV, note_rejection),
+                 *(handlers or [])]
         assoc = ae.associate(self.peer.host, self.peer.port, contexts=list(contexts),
                              ae_title=self.peer.ae_title, ext_neg=ext_neg,
                              evt_handlers=bound)
         if not assoc.is_established:
-            raise self._why_not(assoc)
+            raise self._why_not(assoc, rejections)
+        assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
+        _responses_to_waiters(assoc)
+        with self._active_lock:
+            self._active.add(assoc)
         try:
             yield assoc
         except BaseException:
@@ -139,18 +170,30 @@ class ArchiveClient:
         else:
             if assoc.is_established:
                 assoc.release()
+        finally:
+            with self._active_lock:
+                self._active.discard(assoc)
 
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)
+            # pynetdicom writes whole PDUs: Nagle only adds delayed-ACK stalls (~40 ms
+            # per C-STORE on loopback), which dominate retrieve throughput.
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _why_not(self, assoc: Association) -> UpstreamError:
+    def _why_not(self, assoc: Association, rejections: Sequence[Any] = ()) -> UpstreamError:
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
             p = assoc.acceptor.primitive
             return explain_rejection(self.peer, int(p.result), int(p.result_source),
                                      int(p.diagnostic))
+        if rejections:
+            # The archive sent A-ASSOCIATE-RJ and closed at once; pynetdicom 3.0 can see
+            # the close first and report an abort (~3% against Orthanc). The PDU says why.
+            rj = rejections[-1]
+            return explain_rejection(self.peer, int(rj.result), int(rj.source),
+                                     int(rj.reason_diagnostic))
         probe = tcp_probe(self.peer.host, self.peer.port, min(self.peer.timeout, 5.0))
         if probe is not None:
             kind = "timeout" if "timed out" in probe else "refused"
@@ -166,8 +209,11 @@ class ArchiveClient:
     def echo(self) -> int | None:
         """C-ECHO; the status, or raise UpstreamError."""
         with self.associate([build_context(Verification)]) as assoc:
-            status = assoc.send_c_echo()
-            return _status_of(status)
+            sent = time.monotonic()
+            code = _status_of(assoc.send_c_echo())
+            if code is None:
+                raise self._no_response("C-ECHO", time.monotonic() - sent)
+            return code
 
     def find(self, identifier: Dataset, model: str,
              cancelled: CancelToken | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
@@ -185,17 +231,105 @@ class ArchiveClient:
                     assoc.send_c_cancel(msg_id, cx)
 
             with (cancelled or CancelToken()).on_cancel(send_cancel):
+                last = time.monotonic()
                 for status, ds in assoc.send_c_find(identifier, model, msg_id=msg_id):
                     code = _status_of(status)
                     if code is None:
-                        if not assoc.is_established:
-                            raise UpstreamError(self.peer.name, "the archive aborted the "
-                                                "association during C-FIND", kind="aborted")
-                        raise UpstreamError(self.peer.name, f"no C-FIND response within "
-                                            f"{self.peer.timeout:g}s", kind="timeout",
-                                            hint=f"raise archives.{self.peer.name}.timeout or "
-                                                 "narrow the query")
+                        raise self._no_response("C-FIND", time.monotonic() - last)
+                    last = time.monotonic()
                     yield code, ds
+
+    def get(self, identifier: Dataset, model: str, storage: Sequence[PresentationContext],
+            roles: list[Any], on_store: Callable[[evt.Event], int],
+            cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
+        """C-GET over one association, taking the C-STORE sub-operations on it.
+
+        ``storage`` are the storage contexts to propose (with ``roles``, the SCP role
+        selection items); ``on_store(event)`` answers each C-STORE the archive sends
+        and runs on the calling thread. Yields (status, response) for every C-GET
+        response, final included (response carries the sub-operation counts).
+        """
+        contexts = [build_context(model, QUERY_TRANSFER_SYNTAXES), *storage]
+        with self.associate(contexts, ext_neg=roles,
+                            handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            yield from self._retrieve(assoc, "C-GET", model, cancelled,
+                                      lambda msg_id: assoc.send_c_get(identifier, model,
+                                                                      msg_id=msg_id))
+
+    def move(self, identifier: Dataset, model: str, move_destination: str, msg_id: int,
+             cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
+        """C-MOVE to ``move_destination``; yields (status, response) for every response.
+
+        ``msg_id`` comes back in the archive's C-STOREs as Move Originator Message ID.
+        """
+        with self.associate([build_context(model, QUERY_TRANSFER_SYNTAXES)]) as assoc:
+            yield from self._retrieve(assoc, "C-MOVE", model, cancelled,
+                                      lambda _: assoc.send_c_move(identifier, move_destination,
+                                                                  model, msg_id=msg_id),
+                                      msg_id)
+
+    def _retrieve(self, assoc: Association, operation: str, model: str,
+                  cancelled: CancelToken | None,
+                  send: Callable[[int], Iterator[tuple[Dataset, Dataset | None]]],
+                  msg_id: int = 1) -> Iterator[tuple[int, Dataset]]:
+        cx = _context_for(assoc, model, self.peer)
+
+        def send_cancel() -> None:
+            if assoc.is_established:
+                assoc.send_c_cancel(msg_id, cx)
+
+        with (cancelled or CancelToken()).on_cancel(send_cancel):
+            last = time.monotonic()
+            for status, identifier in send(msg_id):
+                code = _status_of(status)
+                if code is None:
+                    raise self._no_response(operation, time.monotonic() - last)
+                last = time.monotonic()
+                if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+                    status.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
+                yield code, status
+
+    def _no_response(self, operation: str, waited: float) -> UpstreamError:
+        """Why a response stream ended without a status: our DIMSE timeout, or the link."""
+        # pynetdicom aborts the association itself on a DIMSE timeout, so the
+        # association's state cannot tell the two apart; the time waited can.
+        if waited >= self.peer.timeout * 0.95:
+            return UpstreamError(self.peer.name, f"no {operation} response within timeout "
+                                 f"({self.peer.timeout:g}s); the proxy aborted the association",
+                                 kind="timeout",
+                                 hint=f"raise archives.{self.peer.name}.timeout or narrow "
+                                      "the query")
+        return UpstreamError(self.peer.name, f"the archive aborted or closed the association "
+                             f"during {operation}", kind="aborted",
+                             hint="see the archive's log for why")
+
+
+def _responses_to_waiters(assoc: Association) -> None:
+    """Let the reactor's non-blocking poll take requests only (Rule 4).
+
+    ``send_c_store`` pauses the reactor with a flag the reactor sets *before* it
+    blocks, so a thread switch right after the reactor passed the checkpoint lets
+    it poll the queue once more, after the response arrived ("Received unexpected
+    C-STORE service message", then a DIMSE timeout). Requests (e.g. C-STOREs during
+    a C-GET) are still served by whoever takes them.
+    """
+    dimse = assoc.dimse
+    messages = dimse.msg_queue
+    blocking_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[Any, Any]:
+        if block:
+            return blocking_get(True)  # type: ignore[no-any-return]
+        with messages.mutex:
+            if messages.queue:
+                _, msg = messages.queue[0]
+                if msg is not None and msg.is_valid_request:   # abort sentinel: a waiter's
+                    item = messages.queue.popleft()
+                    messages.not_full.notify()
+                    return item  # type: ignore[no-any-return]
+            return None, None
+
+    dimse.get_msg = get_msg
 
 
 def _status_of(status: Dataset | None) -> int | None:

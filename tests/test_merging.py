@@ -330,3 +330,18 @@ def test_merge_all_has_one_answer_per_key(keys: list[str]) -> None:
     with_key = [m.StudyInstanceUID for m in merged if m.StudyInstanceUID]
     assert with_key == list(dict.fromkeys(k for k in keys if k))
     assert len(merged) - len(with_key) == keys.count("")
+
+
+def test_merge_all_consuming_gives_the_same_answer_without_copies() -> None:
+    def answers() -> list[Dataset]:
+        return [_ds(StudyInstanceUID="1", ModalitiesInStudy="CT"),
+                _ds(StudyInstanceUID="2", StudyDescription="two"),
+                _ds(StudyInstanceUID="1", ModalitiesInStudy="MR", StudyDescription="one",
+                    NumberOfStudyRelatedInstances="3"),
+                _ds(StudyInstanceUID="1", NumberOfStudyRelatedInstances="7")]
+    given = answers()
+    merged = merge_all("STUDY", given, consume=True)
+    assert merged == merge_all("STUDY", answers())
+    assert merged[0] is given[0] and merged[1] is given[1]
+    assert merged[0].NumberOfStudyRelatedInstances == 7
+

@@ -148,21 +148,27 @@ class SubOperationsCounted(Event):
 
 @dataclass(frozen=True)
 class ArchiveProbed(Event):
-    """Every health C-ECHO (feeds the up gauge and latency; not logged)."""
+    """Every health C-ECHO (feeds the up gauge and latency; not logged).
+
+    ``archive`` is the configured name; ``kind`` says which table it is from
+    ("archive" or "destination"), since the two name spaces are separate.
+    """
 
     archive: str
     up: bool
     latency_s: float | None = None
+    kind: str = "archive"
 
 
 @dataclass(frozen=True)
 class ArchiveHealthChanged(Event):
-    """Only when a peer goes up → down or down → up (logged)."""
+    """Only when a peer goes up → down or down → up (logged); the first probe counts."""
 
     archive: str
     up: bool
     reason: str | None = None
     hint: str | None = None
+    kind: str = "archive"             # "archive" or "destination"
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,21 @@ class SpoolChanged(Event):
     pending: int
     pending_bytes: int = 0
     oldest_age_s: float = 0.0
+    dead: int = 0                     # (instance, archive) pairs in the dead-letter folder
+
+
+@dataclass(frozen=True)
+class ForwardDeadLettered(Event):
+    """An archive refused a spooled instance for good; it went to the dead-letter folder."""
+
+    archive: str
+    instance: str                     # spool id
+    sop_class: str
+    sop_instance_uid: str
+    status: int | None
+    reason: str
+    path: str                         # where the instance now lies
+    hint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 Rule 1: every line has ``timestamp`` (ISO 8601 UTC), ``level``, ``event``;
         association-scoped lines add ``assoc_id``, ``calling_ae``, ``called_ae``, ``peer``.
+        The contract names two things ``level``: the line's severity, and the
+        Query/Retrieve level of an ``operation`` line. An ``operation`` line with
+        a Q/R level (C-FIND, C-MOVE, C-GET) carries that level in ``level`` as the
+        contract lists it (also in ``query_level``); every line carries its
+        severity in ``severity`` (the same as ``level`` everywhere else).
 Rule 2: ``phi = "hash"`` (default) replaces patient name, ID and birth date with a
         short stable token everywhere — fields, query keys and free text such as
         exception messages; ``"drop"`` removes them; ``"clear"`` leaves them.
@@ -10,6 +15,7 @@ Rule 2: ``phi = "hash"`` (default) replaces patient name, ID and birth date with
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -30,11 +36,18 @@ PHI_KEYWORDS = frozenset({
 class PhiFilter:
     """Hashes, drops or keeps patient identifiers in log fields and text."""
 
-    def __init__(self, mode: str = "hash") -> None:
+    def __init__(self, mode: str = "hash", key: str = "") -> None:
         self.mode = mode
+        # With a site secret the tokens are an HMAC: stable for one installation,
+        # but a short patient ID can no longer be recovered by hashing every value.
+        self._key = key.encode("utf-8")
 
     def token(self, value: str) -> str:
-        digest = hashlib.sha256(value.strip().encode("utf-8", "replace")).hexdigest()
+        data = value.strip().encode("utf-8", "replace")
+        if self._key:
+            digest = hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        else:
+            digest = hashlib.sha256(data).hexdigest()
         return "phi:" + digest[:12]
 
     def field(self, value: Any) -> Any:
@@ -61,9 +74,13 @@ class PhiFilter:
         if isinstance(value, Mapping):
             return {k: (self.field(v) if k in PHI_KEYWORDS else self._scrub(v, secrets))
                     for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if isinstance(value, list | tuple | set | frozenset):
             return [self._scrub(v, secrets) for v in value]
-        return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # Anything else (pydicom PersonName, an exception, a Dataset element…) is
+        # rendered as text by the JSON renderer anyway: scrub that text here.
+        return self._scrub(str(value), secrets)
 
 
 def make_logger(fmt: str = "json", level: str = "info",
@@ -78,6 +95,7 @@ def make_logger(fmt: str = "json", level: str = "info",
         structlog.PrintLogger(cast(TextIO, stream or sys.stdout)),
         processors=[
             structlog.processors.add_log_level,
+            _severity_and_query_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             _timestamp_first,
             renderer,
@@ -87,9 +105,18 @@ def make_logger(fmt: str = "json", level: str = "info",
     return logger
 
 
+def _severity_and_query_level(_: Any, __: str,
+                              event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict["severity"] = event_dict.get("level")
+    if event_dict.get("event") == "operation" and event_dict.get("query_level"):
+        event_dict["level"] = event_dict["query_level"]   # Rule 1
+    return event_dict
+
+
 def _timestamp_first(_: Any, __: str,
                      event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    head: dict[str, Any] = {k: event_dict.pop(k) for k in ("timestamp", "level", "event")
+    head: dict[str, Any] = {k: event_dict.pop(k) for k in ("timestamp", "level", "event",
+                                                            "severity")
                             if k in event_dict}
     return {**head, **event_dict}
 
@@ -147,6 +174,10 @@ class LogObserver:
                     "duration_ms": _ms(event.duration_s), "archives": list(event.archives),
                     "route": event.assoc.route}
                 fields.update(event.details)
+                # Every line's ``level`` is the log level (Rule 1); the Q/R level of a
+                # C-FIND/C-MOVE/C-GET would be overwritten by it, so it is ``query_level``.
+                if "level" in fields:
+                    fields["query_level"] = fields.pop("level")
                 fields["hint"] = event.hint
                 level = "info" if event.status in (0x0000, 0xFE00) else "warning"
                 self._emit(level, "operation", fields, event.phi, event.assoc)
@@ -164,9 +195,16 @@ class LogObserver:
                     "hint": "the archive probably capped its answer; the proxy splits the query "
                             "to recover the rest"}, assoc=event.assoc)
             case ev.ArchiveHealthChanged():
+                kind = "destination" if event.kind == "destination" else "archive"
                 self._emit("info" if event.up else "warning",
-                           "archive_up" if event.up else "archive_down",
-                           {"archive": event.archive, "reason": event.reason, "hint": event.hint})
+                           f"{kind}_up" if event.up else f"{kind}_down",
+                           {kind: event.archive, "reason": event.reason, "hint": event.hint})
+            case ev.ForwardDeadLettered():
+                self._emit("warning", "forward_dead_lettered", {
+                    "archive": event.archive, "instance": event.instance,
+                    "sop_class": event.sop_class, "sop_instance_uid": event.sop_instance_uid,
+                    "status": hex_status(event.status), "reason": event.reason,
+                    "path": event.path, "hint": event.hint})
             case ev.Noted():
                 self._emit(event.level, event.message, dict(event.fields), event.phi, event.assoc)
             case _:

@@ -11,13 +11,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from proxy.observe import events as ev
 from proxy.status import category
 
+_DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class MetricsObserver:
     """Owns a registry with the contract's metrics and updates it from events."""
 
-    def __init__(self, archives: list[str] | None = None) -> None:
+    def __init__(self, archives: list[str] | None = None,
+                 routes: list[str] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         p = "dicom_proxy_"
@@ -47,6 +49,12 @@ class MetricsObserver:
         self.echo_latency = Gauge(p + "archive_echo_seconds",
                                   "Latency of the last health C-ECHO to each archive",
                                   ["archive"], registry=r)
+        self.destination_up = Gauge(p + "destination_up",
+                                    "1 when the destination's last health C-ECHO succeeded",
+                                    ["destination"], registry=r)
+        self.destination_echo = Gauge(p + "destination_echo_seconds",
+                                      "Latency of the last health C-ECHO to each destination",
+                                      ["destination"], registry=r)
         self.spool_pending = Gauge(p + "spool_pending", "Instances waiting to be forwarded",
                                    registry=r)
         self.spool_bytes = Gauge(p + "spool_pending_bytes", "Bytes waiting to be forwarded",
@@ -54,6 +62,11 @@ class MetricsObserver:
         self.spool_oldest = Gauge(p + "spool_oldest_age_seconds",
                                   "Age of the oldest instance waiting to be forwarded",
                                   registry=r)
+        self.dead_letters = Counter(p + "forward_dead_letters",
+                                    "Instances an archive refused for good (dead-letter folder)",
+                                    ["archive"], registry=r)
+        self.spool_dead = Gauge(p + "spool_dead_letters",
+                                "Instances waiting in the dead-letter folder", registry=r)
         self.refused = Counter(p + "connections_refused",
                                "TCP connections closed before association (limits)", ["reason"],
                                registry=r)
@@ -61,9 +74,17 @@ class MetricsObserver:
             # Pre-create series so dashboards show zeros rather than "no data".
             self.matches.labels(name)
             self.truncated.labels(name)
+            self.dead_letters.labels(name)
         for op in ("C-MOVE", "C-GET", "C-STORE-forward"):
             for result in ("completed", "failed", "warning"):
                 self.subops.labels(op, result)
+        # A counter series born at its first failure starts at 1, and Prometheus never
+        # sees that increase: failure-ratio alerts would miss it. Failures start at 0.
+        for op in _DIMSE:
+            for name in archives or []:
+                self.upstream.labels(name, op, "failure")
+            for called in routes or []:
+                self.operations.labels(op, called, "failure")
 
     def serve(self, host: str, port: int) -> int:
         """Start the exposition endpoint; return the bound port."""
@@ -93,11 +114,18 @@ class MetricsObserver:
                 for result, n in (("completed", c), ("failed", f), ("warning", w)):
                     if n:
                         self.subops.labels(op, result).inc(n)
+            case ev.ArchiveProbed(archive=name, up=up, latency_s=lat, kind="destination"):
+                self.destination_up.labels(name).set(1 if up else 0)
+                if lat is not None:
+                    self.destination_echo.labels(name).set(lat)
             case ev.ArchiveProbed(archive=name, up=up, latency_s=lat):
                 self.archive_up.labels(name).set(1 if up else 0)
                 if lat is not None:
                     self.echo_latency.labels(name).set(lat)
-            case ev.SpoolChanged(pending=n, pending_bytes=b, oldest_age_s=age):
+            case ev.ForwardDeadLettered(archive=name):
+                self.dead_letters.labels(name).inc()
+            case ev.SpoolChanged(pending=n, pending_bytes=b, oldest_age_s=age, dead=dead):
+                self.spool_dead.set(dead)
                 self.spool_pending.set(n)
                 self.spool_bytes.set(b)
                 self.spool_oldest.set(age)

@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pynetdicom import evt
 
 from proxy.config import Config
 from proxy.listener import Listener, Session
 from proxy.observe import events as ev
 from proxy.observe.logs import PHI_KEYWORDS
+from proxy.rawtext import text_values
 from proxy.upstream import ArchiveClient, UpstreamError
+
+# The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
+_PHI_TAGS = tuple(tag for keyword in sorted(PHI_KEYWORDS)
+                  if (tag := tag_for_keyword(keyword)) is not None)
 
 
 @dataclass
@@ -42,10 +48,9 @@ class OperationRecord:
         """Remember the patient identifiers in ``ds`` so logs never show them."""
         if ds is None:
             return
-        for keyword in PHI_KEYWORDS:
-            value = ds.get(keyword) if keyword[0].isupper() else None
-            if value not in (None, ""):
-                self.phi.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+        for tag in _PHI_TAGS:       # runs once per C-FIND match: read, never convert
+            if tag in ds:
+                self.phi.extend(text_values(ds, tag))
 
 
 @dataclass

@@ -35,7 +35,8 @@ def handle(event: evt.Event, services: Services) -> int:
             with services.upstream_call(name, "C-ECHO", event) as call:
                 try:
                     call["status"] = services.archives[name].echo()
-                except UpstreamError:
+                except UpstreamError as exc:  # reported on the upstream line, not raised
+                    call["error"], call["hint"] = exc.reason, exc.hint
                     return False
                 return bool(call["status"] == Status.SUCCESS)
 

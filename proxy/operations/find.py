@@ -5,10 +5,23 @@ Rule 1: the workstation's identifier goes upstream unchanged (match and return
 Rule 2: one archive: its final status is passed back as is. Several archives
         (federation): matches are de-duplicated by the level's unique key, and
         the final status is chosen by ``final_status`` (documented there).
+        Route ``merge = "stream"`` (default): the first answer for an entity is
+        sent at once, later ones dropped and counted (``duplicates``).
+        ``merge = "complete"``: every answer is collected, then merged per entity
+        by ``proxy.merging.merge_all`` (empty keys filled from later archives,
+        counts take the larger) and sent when the last archive has answered.
+Rule 2b: ``recheck_matches = true``: each match is re-checked against the
+        workstation's query with ``proxy.matching.matches`` (PS3.4 C.2.2.2);
+        non-matching ones are dropped and counted (``recheck_dropped``).
+Rule 2c: every archive that answers for an entity is remembered
+        (``remember_location``), duplicates included, before de-duplication.
 Rule 3: Retrieve AE Title (0008,0054) in every match names the route's AE
         title, so the workstation retrieves through the proxy.
 Rule 4: a C-CANCEL from the workstation is passed to every archive; the
         workstation then gets Cancel (0xFE00).
+Rule 5: back-pressure: before each match is sent the handler waits while the
+        workstation is behind (``Listener.wait_for_room``); when its link is gone
+        the archives get a C-CANCEL and the operation ends with no status.
 """
 
 from __future__ import annotations
@@ -20,7 +33,9 @@ from pydicom import Dataset
 from pynetdicom import evt
 
 from proxy.fanout import Match, Outcome, fan_out
-from proxy.merging import Deduplicator
+from proxy.listener import link_up
+from proxy.matching import matches
+from proxy.merging import Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.operations.base import OperationRecord, Services
 from proxy.status import Status
@@ -45,15 +60,20 @@ def handle(event: evt.Event, services: Services) -> Iterator[Response]:
         record.archives = list(route.archives)
         clients = {name: services.archives[name] for name in route.archives}
         yield from _relay(event, services, record, clients, identifier, model, level,
-                          route.called_ae)
+                          route.called_ae, merge=route.merge, recheck=route.recheck_matches)
 
 
 def _relay(event: evt.Event, services: Services, record: OperationRecord,
            clients: dict[str, ArchiveClient], identifier: Dataset, model: str, level: str,
-           retrieve_ae: str) -> Iterator[Response]:
+           retrieve_ae: str, merge: str = "stream", recheck: bool = False) -> Iterator[Response]:
     token = CancelToken()
     federated = len(clients) > 1
-    dedupe = Deduplicator(level) if federated else None
+    complete = federated and merge == "complete" and level in ("PATIENT", "STUDY", "SERIES",
+                                                                "IMAGE")
+    dedupe = Deduplicator(level) if federated and not complete else None
+    collected: list[Dataset] = []
+    if recheck:
+        record.details["recheck_dropped"] = 0
     outcomes: list[Outcome] = []
     started = time.monotonic()
     info = services.session(event).info
@@ -69,28 +89,48 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
         if not token.is_set and event.is_cancelled:
             token.cancel()
 
+    lost = False  # the workstation's link went away mid-answer (Rule 5)
     try:
-        for item in fan_out(clients, query, token, poll=watch_cancel):
+        for item in fan_out(clients, query, token, poll=watch_cancel,
+                            abandon=lambda: not link_up(event.assoc)):
             if isinstance(item, Outcome):
                 outcomes.append(item)
                 services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
                                                   record.phi))
-                services.bus.emit(_matched_event(services, event, item))
+                if finder is None:  # the finder accounts for each request it makes
+                    services.bus.emit(_matched_event(services, event, item))
                 continue
             assert isinstance(item, Match)
             if token.is_set:
                 continue
             ds = item.identifier
-            if dedupe is not None and not dedupe.offer(ds):
+            if recheck and not matches(identifier, ds):
+                record.details["recheck_dropped"] += 1
                 continue
-            if "RetrieveAETitle" in ds:
-                ds.RetrieveAETitle = retrieve_ae
-            record.details["matches"] += 1
-            record.protect(ds)
             remember = services.extras.get("remember_location")
             if remember is not None:
                 remember(item.archive, level, ds)
-            yield item.status, ds
+            if complete:
+                collected.append(ds)
+                continue
+            if dedupe is not None and not dedupe.offer(ds):
+                continue
+            if not services.listener.wait_for_room(event.assoc, watch_cancel):
+                lost = True
+                break
+            yield _deliver(record, ds, item.status, retrieve_ae)
+        lost = lost or not link_up(event.assoc)
+        if complete and not token.is_set:
+            merged = merge_all(level, collected, consume=True)  # ours to give away
+            record.details["duplicates"] = len(collected) - len(merged)
+            for ds in merged:
+                watch_cancel()
+                if token.is_set:
+                    break
+                if not services.listener.wait_for_room(event.assoc, watch_cancel):
+                    lost = True
+                    break
+                yield _deliver(record, ds, Status.PENDING, retrieve_ae)
     finally:
         answered = {o.archive for o in outcomes}
         for name in clients:
@@ -99,6 +139,11 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                     Outcome(name, None, 0, UpstreamError(name, "abandoned: the workstation "
                                                          "association ended first")),
                     time.monotonic() - started, info, record.phi))
+    if lost:
+        token.cancel()
+        record.details["error"] = ("the workstation's association ended before the answer "
+                                   "was sent (it stopped reading, aborted or went away)")
+        return
     record.status, record.hint = final_status(outcomes, token.is_set, federated)
     if dedupe is not None:
         record.details["duplicates"] = dedupe.duplicates
@@ -109,6 +154,14 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
         return
     comment = record.hint if record.status not in (Status.CANCEL,) else None
     yield _failure(record.status, comment)
+
+
+def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str) -> Response:
+    if "RetrieveAETitle" in ds:
+        ds.RetrieveAETitle = retrieve_ae
+    record.details["matches"] += 1
+    record.protect(ds)
+    return status, ds
 
 
 def final_status(outcomes: list[Outcome], cancelled: bool,
@@ -122,8 +175,9 @@ def final_status(outcomes: list[Outcome], cancelled: bool,
       but others did, the matches already sent stand and the status is
       Out of resources (0xA700, "Refused: Out of Resources") — the one C-FIND
       failure status that says "the answer is not complete" without claiming the
-      query itself was wrong; the hint names the archives that failed. When no
-      archive answered: Unable to process (0xC000).
+      query itself was wrong; the hint names the archives that failed (or whose
+      silent cap could not be fully recovered: "capped, partly recovered").
+      When no archive answered and no match was sent: Unable to process (0xC000).
     """
     if cancelled:
         return Status.CANCEL, None
@@ -137,14 +191,16 @@ def final_status(outcomes: list[Outcome], cancelled: bool,
     if not bad:
         return Status.SUCCESS, None
     names = ", ".join(f"{o.archive} ({_why(o)})" for o in bad)
-    if len(bad) == len(outcomes):
+    if len(bad) == len(outcomes) and not any(o.matches for o in outcomes):
         return Status.UNABLE_TO_PROCESS, f"no archive answered: {names}"
-    return Status.REFUSED_OUT_OF_RESOURCES, f"incomplete answer, missing: {names}"
+    return Status.REFUSED_OUT_OF_RESOURCES, f"incomplete answer from: {names}"
 
 
 def _why(outcome: Outcome) -> str:
     if outcome.error is not None:
         return outcome.error.kind
+    if outcome.status == Status.REFUSED_OUT_OF_RESOURCES:
+        return "capped, partly recovered"   # see the find_incomplete log line
     return f"status 0x{outcome.status:04X}" if outcome.status is not None else "no status"
 
 

@@ -221,6 +221,7 @@ def getscu(
     keys: Sequence[str] = (),
     output_dir: str | Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    extra_args: Sequence[str] = (),
 ) -> RetrieveResult:
     """C-GET; received instances are written to ``output_dir`` (``<MOD>.<SOPInstanceUID>``).
 
@@ -232,7 +233,7 @@ def getscu(
         out.mkdir(parents=True, exist_ok=True)
         before = set(out.iterdir())
         args = [*_network_args(called_ae, calling_ae, timeout), *_query_args(model, level, keys)]
-        args += ["-od", str(out), host, str(port)]
+        args += [*extra_args, "-od", str(out), host, str(port)]
         result = _run(RetrieveResult, "getscu", args, timeout, "C-GET RSP")
         files = sorted(set(out.iterdir()) - before)
         result.datasets = [dcmread(path) for path in files]

@@ -37,13 +37,16 @@ def toml_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table, e.g. a route's store_filter
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}"
+                                for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def to_toml(rules: Mapping[str, Any]) -> str:
     """Write the rules dict (sections, archives.*, destinations.*, routes[]) as TOML."""
     out: list[str] = []
-    for section in ("proxy", "metrics", "log", "spool"):
+    for section in ("proxy", "metrics", "log", "spool", "health"):
         if section in rules:
             out.append(f"[{section}]")
             out += [f"{k} = {toml_value(v)}" for k, v in rules[section].items()]
@@ -71,6 +74,9 @@ class ProxyProcess:
         rules["proxy"] = {"ae_title": "QR_PROXY", "host": LOOPBACK, "port": 0, **rules["proxy"]}
         rules.setdefault("metrics", {"host": LOOPBACK, "port": 0})
         rules.setdefault("spool", {"dir": str(workdir / "spool")})
+        # Health C-ECHOs would add associations the peers of other tests count;
+        # tests of health itself pass a [health] section.
+        rules.setdefault("health", {"enabled": False})
         self.rules = rules
         self.workdir = workdir
         self.rules_path = workdir / "rules.toml"

@@ -1,0 +1,190 @@
+"""Store-and-forward throughput: storescu → proxy → Orthanc vs storescu → Orthanc directly.
+
+    python3 bench/bench_store.py [--instances 200] [--size 512] [--small 200]
+
+For each instance size, three runs, each against a fresh Orthanc (same config):
+  direct      storescu → archive; the time until storescu is done (= all stored);
+  proxy       storescu → proxy → archive; "ingest" is when storescu is done (every
+              instance durable in the spool, acknowledged), "delivered" when the
+              archive holds them all — the sustained end-to-end rate;
+  archive down  storescu → proxy with the archive stopped: ingest into the spool alone.
+Ratios are proxy rate / direct rate (≥ 0.8 is the target for "delivered").
+Prints a markdown table. Needs DCMTK (/usr/bin/storescu) and Orthanc (/usr/sbin/Orthanc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from proxy.synthetic import make_studies, write_studies  # noqa: E402
+from tests.e2e.orthanc import OrthancArchive  # noqa: E402
+from tests.e2e.ports import free_port  # noqa: E402
+
+STORESCU = "/usr/bin/storescu"
+
+
+@dataclass
+class Run:
+    label: str
+    instances: int
+    bytes: int
+    seconds: float
+    cpu_s: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def storescu(port: int, called: str, files: Sequence[Path]) -> float:
+    started = time.perf_counter()
+    subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port),
+                    *map(str, files)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=600)
+    return time.perf_counter() - started
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 600, step: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("archive did not receive every instance")
+        time.sleep(step)
+
+
+def count(archive: OrthancArchive) -> int:
+    return int(archive.rest("GET", "/statistics")["CountInstances"])
+
+
+class Proxy:
+    """``dicom-proxy run`` in a subprocess, ready when it logs proxy_started."""
+
+    def __init__(self, workdir: Path, archive_port: int) -> None:
+        rules = workdir / "rules.toml"
+        rules.write_text(f"""
+[proxy]
+ae_title = "QR_PROXY"
+host = "127.0.0.1"
+port = 0
+[metrics]
+enabled = false
+[spool]
+dir = "{workdir / 'spool'}"
+[health]
+enabled = false
+[archives.pacs]
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {archive_port}
+[[routes]]
+called_ae = "STORE"
+archives = ["pacs"]
+store_to = ["pacs"]
+""")
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "--rules",
+                                      str(rules)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "proxy_started":
+                self.port = int(event["port"])
+                break
+        else:
+            raise RuntimeError("proxy exited before proxy_started")
+        self.forwarded = 0
+
+        def drain() -> None:
+            assert self.proc.stdout is not None
+            for text in self.proc.stdout:
+                if '"upstream"' in text and '"0x0000"' in text:
+                    self.forwarded += 1
+
+        threading.Thread(target=drain, daemon=True).start()
+
+    def stop(self) -> float:
+        cpu = cpu_seconds(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(60)
+        return cpu
+
+
+def bench(files: list[Path], workdir: Path) -> list[Run]:
+    n, size = len(files), sum(p.stat().st_size for p in files)
+    runs: list[Run] = []
+    with OrthancArchive("PACS") as archive:
+        runs.append(Run("direct: storescu → Orthanc", n, size,
+                        storescu(archive.dicom_port, "PACS", files)))
+    with OrthancArchive("PACS") as archive:
+        (workdir / "up").mkdir()
+        proxy = Proxy(workdir / "up", archive.dicom_port)
+        started = time.perf_counter()
+        ingest = storescu(proxy.port, "STORE", files)
+        wait_until(lambda: proxy.forwarded >= n and count(archive) >= n)
+        delivered = time.perf_counter() - started
+        cpu = proxy.stop()
+        runs.append(Run("proxy: ingest (modality done)", n, size, ingest))
+        runs.append(Run("proxy: delivered to Orthanc", n, size, delivered, cpu))
+    (workdir / "down").mkdir()
+    proxy = Proxy(workdir / "down", free_port())
+    ingest = storescu(proxy.port, "STORE", files)
+    runs.append(Run("archive down: ingest into spool", n, size, ingest, proxy.stop()))
+    return runs
+
+
+def table(title: str, runs: list[Run]) -> str:
+    direct = runs[0].rate
+    out = [f"**{title}**", "", "| path | instances/s | MB/s | ratio vs direct | proxy CPU s |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for r in runs:
+        cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else ""
+        out.append(f"| {r.label} | {r.rate:.1f} | {r.mb_s:.1f} | {r.rate / direct:.2f} | {cpu} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=200, help="large instances per run")
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of large ones")
+    parser.add_argument("--small", type=int, default=200, help="64x64 instances per run (0: skip)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        root = Path(tmp)
+        sets = [(f"{args.instances} CT instances {args.size}x{args.size} (16-bit)",
+                 args.instances, args.size)]
+        if args.small:
+            sets.append((f"{args.small} CT instances 64x64 (16-bit)", args.small, 64))
+        for i, (title, n, rows) in enumerate(sets):
+            files = write_studies(root / f"data{i}", make_studies(
+                1, instances_per_series=n, rows=rows, cols=rows, seed=f"bench{i}"))
+            work = root / f"run{i}"
+            work.mkdir()
+            size = files[0].stat().st_size
+            print(table(f"{title}, {size / 1e3:.0f} kB each", bench(files, work)), "\n",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

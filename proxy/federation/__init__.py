@@ -1,0 +1,36 @@
+"""Federation: one AE title in front of several archives, one merged C-FIND answer.
+
+The C-FIND fan-out, de-duplication, Retrieve AE Title rewrite and final status live in
+``proxy.operations.find`` (with ``proxy.fanout`` and ``proxy.merging``). This package adds:
+
+- ``caps`` (pure): is an answer capped, and how to split its query (Study Date ranges,
+  Study Time ranges, UID lists, parent drill-down, Patient ID prefixes);
+- ``recovery``: runs a query against one archive and recovers past its cap;
+- ``locations``: the bounded, expiring location cache and ``locate`` for retrieve code.
+
+``install`` is registered in ``proxy.app.EXTENSIONS``. It puts into ``services.extras``:
+  "find_query"        → recovery.make_finder(services): every C-FIND request to an archive;
+  "remember_location" → LocationCache.remember(archive, level, identifier);
+  "locations"         → the LocationCache itself (``lookup(level, uid)``);
+  "locate"            → Locator.locate(level, identifier_or_uids, archives, event=None,
+                        refresh=False) → Location (archives per UID, unreachable archives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proxy.federation.locations import LocationCache, Locator
+from proxy.federation.recovery import make_finder
+from proxy.operations.base import Services
+
+
+def install(services: Services) -> Callable[[], None] | None:
+    """Plug cap recovery and the location cache into the C-FIND handler (no threads)."""
+    settings = services.config.federation
+    cache = LocationCache(settings.location_cache_entries, settings.location_cache_ttl)
+    services.extras["locations"] = cache
+    services.extras["remember_location"] = cache.remember
+    services.extras["locate"] = Locator(services, cache).locate
+    services.extras["find_query"] = make_finder(services)
+    return None

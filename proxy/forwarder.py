@@ -1,0 +1,347 @@
+"""Forward spooled instances to their archives: one thread per archive, oldest first.
+
+The extension ``start`` (in ``proxy.app.EXTENSIONS``) opens the spool, has
+C-STOREs received straight into its temp dir (``proxy.chunked``), and starts a
+``Forwarder`` per archive named in a route's ``store_to`` (or still holding
+pending instances). ``services.extras["spool"]`` is the open ``Spool``.
+
+Rule 1: an archive's instances go in spool order (arrival order) over one
+        association for as long as there is work; a new association only when
+        an instance needs a presentation context not yet negotiated, after
+        ``_MAX_PER_ASSOCIATION`` instances, or after ``_LINGER`` s of quiet.
+Rule 2: each instance is proposed in its own transfer syntax and, if the
+        archive accepts that, sent from the spool file as stored — never
+        decoded (``forwarding.plan_contexts`` / ``choose``).
+Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
+        removed from the queue; archive unreachable, rejecting, timing out or
+        out of resources → retried after ``backoff_delay`` (exponential, capped,
+        forever); a retryable failure status of one instance → retried up to
+        ``max_attempts``; a permanent refusal (SOP class or transfer syntax not
+        accepted, 0x0122, 0xA9xx, 0xCxxx, ...) → dead-letter folder with the
+        reason, a ``forward_dead_lettered`` log line and metric.
+Rule 4: every C-STORE to an archive is one ``upstream`` event (an association
+        that cannot be opened is one too); every outcome is counted in
+        ``dicom_proxy_suboperations_total{operation="C-STORE-forward"}``.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydicom import dcmread
+from pynetdicom import evt
+from pynetdicom.presentation import build_context
+
+from proxy import chunked
+from proxy.config import SpoolConfig
+from proxy.forwarding import (
+    Key,
+    Verdict,
+    backoff_delay,
+    choose,
+    classify,
+    key,
+    plan_contexts,
+    status_text,
+    uid_name,
+)
+from proxy.observe import events as ev
+from proxy.operations.base import Services
+from proxy.spool import Entry, InstanceMeta, Spool
+from proxy.status import Status
+from proxy.upstream import ArchiveClient, UpstreamError
+
+_BATCH = 64                       # queue entries looked at per planning round
+_MAX_PER_ASSOCIATION = 2000
+_LINGER = 2.0                     # seconds an idle upstream association waits for more
+_STATS_INTERVAL = 5.0             # seconds between spool gauge refreshes (age keeps growing)
+_CONTEXT_RESULTS = {0x01: "rejected by the archive", 0x02: "rejected, no reason given",
+                    0x03: "SOP class not supported", 0x04: "transfer syntax not supported"}
+
+
+class Forwarder:
+    """Drains one archive's queue; see the module rules."""
+
+    def __init__(self, archive: str, client: ArchiveClient, spool: Spool, services: Services,
+                 settings: SpoolConfig, publish: Callable[[], None]) -> None:
+        self.archive = archive
+        self.client = client
+        self.spool = spool
+        self.services = services
+        self.settings = settings
+        self.publish = publish
+        self._stop = threading.Event()
+        self._assoc: Any = None
+        self._attempts: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, name=f"forward-{archive}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        with self.spool.changed:
+            self.spool.changed.notify_all()
+        self.thread.join(grace)
+        assoc = self._assoc
+        if self.thread.is_alive() and assoc is not None:
+            assoc.abort()               # stuck on a slow archive: the instance stays pending
+            self.thread.join(2.0)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            if not self.spool.head(self.archive, 1):
+                self.spool.wait(1.0)
+                continue
+            try:
+                ok = self._session()
+            except Exception as exc:  # a bug must not end forwarding; report and back off
+                ok = False
+                self.services.bus.emit(ev.Noted("error", "forwarder_failed", {
+                    "archive": self.archive, "error": f"{type(exc).__name__}: {exc}"}))
+            failures = 0 if ok else failures + 1
+            if failures:
+                self._stop.wait(backoff_delay(failures, self.settings.retry_initial,
+                                              self.settings.retry_max, random.random()))
+
+    # One upstream association; False when the archive could not take anything (back off).
+    def _session(self) -> bool:
+        batch = self._readable(self.spool.head(self.archive, _BATCH))
+        if not batch:
+            return True
+        contexts, covered = plan_contexts([m for _, m in batch])
+        batch = batch[:covered]
+        proposed = {key(m) for _, m in batch}
+        negotiated: dict[str, list[Any]] = {}
+
+        def on_accepted(event: evt.Event) -> None:
+            negotiated["accepted"] = list(event.assoc.accepted_contexts)
+            negotiated["rejected"] = list(event.assoc.rejected_contexts)
+
+        try:
+            with self.client.associate([build_context(sop, ts) for sop, ts in contexts],
+                                       handlers=[(evt.EVT_CONN_OPEN, _no_delay),
+                                                 (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
+                self._assoc = assoc
+                return self._stream(assoc, batch, proposed, negotiated)
+        except UpstreamError as exc:
+            if negotiated and not negotiated["accepted"]:
+                # The archive accepted the association but none of the contexts: every
+                # instance proposed is refused for good (Rule 3), not the archive down.
+                for entry, meta in batch:
+                    self._dead(entry, meta, None, self._no_context_reason(meta, negotiated))
+                return True
+            with self.services.upstream_call(self.archive, "C-STORE") as call:
+                call.update(error=exc.reason, hint=exc.hint)
+                call["details"] = {"pending": len(self.spool.head(self.archive, _BATCH)),
+                                   "forward": "association"}
+            return False
+        finally:
+            self._assoc = None
+
+    def _stream(self, assoc: Any, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
+                negotiated: dict[str, list[Any]]) -> bool:
+        accepted = [(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                    for cx in assoc.accepted_contexts]
+        sent = 0
+        while batch:
+            for entry, meta in batch:
+                if self._stop.is_set():
+                    return True
+                if not self._forward(assoc, entry, meta, accepted, negotiated):
+                    return False
+                sent += 1
+            if sent >= _MAX_PER_ASSOCIATION or not assoc.is_established:
+                return True
+            batch = self._more(proposed)
+        return True
+
+    def _more(self, proposed: set[Key]) -> list[tuple[Entry, InstanceMeta]]:
+        """The next entries this association can carry, waiting up to _LINGER for some."""
+        deadline = time.monotonic() + _LINGER
+        while not self._stop.is_set():
+            head = self._readable(self.spool.head(self.archive, _BATCH))
+            fits: list[tuple[Entry, InstanceMeta]] = []
+            for entry, meta in head:
+                if key(meta) not in proposed:
+                    break               # needs a new negotiation; keep the order
+                fits.append((entry, meta))
+            if fits or head:
+                return fits
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self.spool.wait(min(remaining, 0.5))
+        return []
+
+    def _readable(self, entries: list[Entry]) -> list[tuple[Entry, InstanceMeta]]:
+        out = []
+        for entry in entries:
+            try:
+                out.append((entry, self.spool.meta(self.archive, entry)))
+            except Exception as exc:   # not a DICOM file any more: nothing to retry
+                meta = InstanceMeta("", "", "")
+                entry.meta = meta
+                self._dead(entry, meta, None, f"spool file unreadable: {type(exc).__name__}: "
+                                              f"{exc}")
+        return out
+
+    # One C-STORE; False when the caller must back off (the instance stays pending).
+    def _forward(self, assoc: Any, entry: Entry, meta: InstanceMeta,
+                 accepted: list[tuple[str, str]], negotiated: dict[str, list[Any]]) -> bool:
+        choice = choose(meta, accepted)
+        if choice is None:
+            self._dead(entry, meta, None, self._no_context_reason(meta, negotiated))
+            return True
+        status: int | None = None
+        with self.services.upstream_call(self.archive, "C-STORE") as call:
+            call["details"] = {"instance": entry.id, "sop_instance_uid": meta.sop_instance,
+                               "transfer_syntax": choice.transfer_syntax, "bytes": entry.size,
+                               "raw": choice.raw}
+            try:
+                path = self.spool.path(self.archive, entry)
+                with chunked.sending_raw(choice.raw):
+                    rsp = assoc.send_c_store(path if choice.raw else dcmread(path))
+                status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+                if status is None:
+                    call["error"] = ("no C-STORE response (timeout or association aborted)"
+                                     if assoc.is_established or assoc.is_aborted else
+                                     "association ended before the response")
+            except Exception as exc:
+                call["error"] = f"{type(exc).__name__}: {exc}"
+                status = None
+                if assoc.is_established:     # the file, not the archive: count an attempt
+                    status = Status.PROCESSING_FAILURE
+            call["status"] = status
+        verdict = classify(status)
+        if verdict in (Verdict.DELIVERED, Verdict.WARNING):
+            self.spool.forwarded(self.archive, entry)
+            self._attempts.pop(entry.id, None)
+            self._count(completed=verdict is Verdict.DELIVERED,
+                        warning=verdict is Verdict.WARNING)
+            self.publish()
+            return True
+        if verdict is Verdict.REFUSED:
+            assert status is not None
+            self._dead(entry, meta, status, f"archive answered {status_text(status)}")
+            return True
+        if verdict is Verdict.RETRY_INSTANCE:
+            tries = self._attempts[entry.id] = self._attempts.get(entry.id, 0) + 1
+            if tries >= self.settings.max_attempts:
+                self._attempts.pop(entry.id, None)
+                why = status_text(status) if status is not None else "no status"
+                self._dead(entry, meta, status, f"gave up after {tries} attempts; last: {why}")
+                return True
+        return False
+
+    def _dead(self, entry: Entry, meta: InstanceMeta, status: int | None, reason: str) -> None:
+        hint = (f"fix the cause, then move {entry.id}.dcm from the dead-letter folder back to "
+                f"the archive's pending folder and restart the proxy")
+        path = self.spool.dead_letter(self.archive, entry, {
+            "status": None if status is None else f"0x{status:04X}", "reason": reason,
+            "hint": hint})
+        self.services.bus.emit(ev.ForwardDeadLettered(
+            self.archive, entry.id, meta.sop_class, meta.sop_instance, status, reason,
+            str(path), hint))
+        self._count(failed=True)
+        self.publish()
+
+    def _count(self, completed: bool = False, failed: bool = False,
+               warning: bool = False) -> None:
+        self.services.bus.emit(ev.SubOperationsCounted(
+            "C-STORE-forward", int(completed), int(failed), int(warning)))
+
+    def _no_context_reason(self, meta: InstanceMeta, negotiated: dict[str, list[Any]]) -> str:
+        results = [_CONTEXT_RESULTS.get(int(cx.result), f"result {cx.result}")
+                   for cx in negotiated.get("rejected", [])
+                   if str(cx.abstract_syntax) == meta.sop_class]
+        why = f" ({', '.join(sorted(set(results)))})" if results else ""
+        return (f"archive {self.client.peer.ae_title} did not accept "
+                f"{uid_name(meta.sop_class)} in {uid_name(meta.transfer_syntax)}{why}; the "
+                f"proxy does not transcode compressed pixel data")
+
+
+# -- the extension ------------------------------------------------------------------------
+
+
+def publish(services: Services, spool: Spool) -> None:
+    """Refresh the spool gauges (pending, bytes, oldest age, dead letters)."""
+    s = spool.stats()
+    services.bus.emit(ev.SpoolChanged(s.pending, s.pending_bytes, s.oldest_age_s, s.dead))
+
+
+def start(services: Services) -> Callable[[], None]:
+    """Open the spool, receive C-STOREs into it, start one forwarder per archive."""
+    config = services.config
+    spool = Spool(config.spool.dir, config.spool.max_bytes)
+    stats = spool.open()
+    services.extras["spool"] = spool
+    listener = services.listener
+
+    def receives_into_spool(assoc: Any) -> bool:
+        return not listener.session(assoc).data.get("inbound")
+
+    chunked.receive_into(listener.ae, spool.tmp, receives_into_spool)
+    services.extras.setdefault("handlers", []).append((evt.EVT_CONN_CLOSE, _forget_temp_files))
+
+    wanted = {name for route in config.routes for name in route.store_to}
+    orphaned = sorted(set(spool.archives()) - set(config.archives))
+    names = sorted((wanted | set(spool.archives())) & set(config.archives))
+    services.bus.emit(ev.Noted("info", "spool_opened", {
+        "dir": str(spool.root), "pending": stats.pending, "pending_bytes": stats.pending_bytes,
+        "dead_letters": stats.dead, "used_bytes": stats.used_bytes,
+        "max_bytes": spool.max_bytes, "forward_to": names}))
+    if orphaned:
+        services.bus.emit(ev.Noted("warning", "spool_orphaned", {
+            "archives": orphaned, "hint": "instances are pending for archives no longer in "
+                                          "rules.toml; they stay in the spool until it names "
+                                          "them again or they are moved by hand"}))
+
+    def refresh() -> None:
+        publish(services, spool)
+
+    forwarders = [Forwarder(name, services.archives[name], spool, services, config.spool,
+                            refresh) for name in names]
+    for forwarder in forwarders:
+        forwarder.start()
+    stopping = threading.Event()
+
+    def tick() -> None:
+        while not stopping.wait(_STATS_INTERVAL):
+            refresh()
+
+    threading.Thread(target=tick, name="spool-gauges", daemon=True).start()
+    refresh()
+
+    def stop() -> None:
+        stopping.set()
+        chunked.stop_receiving(listener.ae)
+        for forwarder in forwarders:
+            forwarder.request_stop()       # all at once, then wait for each
+        for forwarder in forwarders:
+            forwarder.stop()
+        refresh()
+
+    return stop
+
+
+def _no_delay(event: evt.Event) -> None:
+    # A C-STORE is a small command PDU then data PDUs: with Nagle's algorithm each
+    # waits for the archive's delayed ACK (~40 ms per instance on Linux).
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _forget_temp_files(event: evt.Event, services: Services) -> None:
+    del services
+    chunked.forget(event.assoc)

@@ -1,0 +1,31 @@
+"""C-GET: the workstation receives the instances over its own association.
+
+Rule 1: the proxy pulls from the archive exactly as for C-MOVE (``proxy.retrieve.relay``)
+        and sends each instance back as a C-STORE sub-operation on the storage
+        contexts the workstation negotiated with the SCP role, in the instance's
+        own transfer syntax when the workstation accepted it.
+Rule 2: counts, final status and cancel behave as for C-MOVE (``proxy.retrieve.tally``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from proxy.operations.base import Services
+from proxy.retrieve.forwarder import Sink, WorkstationSink
+from proxy.retrieve.relay import relay
+from proxy.retrieve.sopclasses import Instance
+
+
+def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:
+    with services.operation(event, "C-GET") as record:
+        record.details.update(completed=0, failed=0, warning=0)
+
+        def open_sink(instances: list[Instance]) -> Sink:
+            del instances       # the workstation chose its contexts when it associated
+            return WorkstationSink(event.assoc, int(event.request.MessageID))
+
+        yield from relay(services, event, record, "C-GET", open_sink)

@@ -1,0 +1,55 @@
+"""C-MOVE: the workstation names a Move Destination; the proxy pulls and forwards.
+
+Rule 1: the Move Destination is resolved in the proxy's own ``[destinations]`` table
+        (``routing.move_destination``), never the archive's; unknown → 0xA801 (Move
+        Destination unknown, PS3.4 C.4.2.1.5), logged with the AE title asked for.
+Rule 2: the archive never connects to the destination: the proxy pulls (C-GET, or
+        C-MOVE to itself for ``retrieve = "move"`` archives) and C-STOREs each
+        instance to the destination over its own association as it arrives
+        (``proxy.retrieve.relay``), with true counts in every response.
+Rule 3: the destination association is opened first: a destination that cannot be
+        reached gets nothing pulled for it and the workstation gets Failed = N
+        (0xA702), never "Success" with nothing delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from proxy.operations.base import Services
+from proxy.retrieve.forwarder import DestinationSink, Sink
+from proxy.retrieve.relay import relay
+from proxy.retrieve.sopclasses import Instance, propose
+from proxy.retrieve.tally import Tally, response
+from proxy.routing import move_destination
+from proxy.status import Status
+
+
+def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:
+    session = services.session(event)
+    with services.operation(event, "C-MOVE") as record:
+        asked = str(event.request.MoveDestination or "").strip()
+        record.details.update(destination=asked, completed=0, failed=0, warning=0)
+        destination = move_destination(services.config, asked)
+        if destination is None:
+            known = ", ".join(d.ae_title for d in services.config.destinations.values())
+            record.status = Status.MOVE_DESTINATION_UNKNOWN
+            record.hint = (f"Move Destination {asked!r} is not in [destinations] "
+                           f"(known: {known or 'none'}); add [destinations.<name>] with "
+                           f"ae_title = {asked!r}, host and port to rules.toml")
+            yield response(record.status, Tally(), f"unknown Move Destination {asked}")
+            return
+        record.details["destination_name"] = destination.name
+
+        def open_sink(instances: list[Instance]) -> Sink:
+            sink = DestinationSink(services, destination.name,
+                                   services.destinations[destination.name],
+                                   propose(instances), session.info.calling_ae,
+                                   int(event.request.MessageID), session.info)
+            sink.open()
+            return sink
+
+        yield from relay(services, event, record, "C-MOVE", open_sink)

@@ -1,0 +1,143 @@
+"""C-STORE: make the instance durable in the spool, answer, let the forwarders deliver it.
+
+Rule 1: Success (0x0000) is answered only once the instance is on disk for
+        every archive that will receive it (``Spool.commit``: fsync, rename,
+        fsync directory). The bytes are kept exactly as received, in the
+        negotiated transfer syntax — normally the file pynetdicom received the
+        data set into (``proxy.chunked``), moved into the spool, never decoded.
+Rule 2: which archives get it: the route's ``store_to``, narrowed per archive by
+        ``store_filter`` (``routing.store_targets``). A route without
+        ``store_to``, or an instance no archive of the route takes, is refused
+        with 0x0124 (Refused: Not Authorized, PS3.7 Annex C.5) and a hint —
+        the sender learns it was not stored, nothing is silently dropped.
+Rule 3: when the instance would take the spool past ``[spool] max_bytes``, or the
+        disk is full, the answer is 0xA700 (Refused: Out of Resources, PS3.4
+        B.2.3) and nothing is written; any other failure to store is 0x0110
+        (Processing Failure, PS3.7 C.4.2).
+Rule 4: C-STOREs on a session marked ``inbound`` (instances an archive sends
+        back for a C-MOVE, retrieve = "move") are not spooled: they go to
+        ``services.extras["inbound_store"](event)``, which answers them.
+Rule 5: one ``operation`` event per C-STORE answered; patient identifiers read
+        from the header are protected in it (``record.protect``).
+"""
+
+from __future__ import annotations
+
+import errno
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pynetdicom import evt
+
+from proxy.forwarder import publish
+from proxy.observe.logs import PHI_KEYWORDS
+from proxy.operations.base import OperationRecord, Services
+from proxy.routing import InstanceFacts, store_targets
+from proxy.spool import InstanceMeta, Spool, SpoolFull
+from proxy.status import Status
+
+_HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+Reply = tuple[int, str | None]
+
+
+def handle(event: evt.Event, services: Services) -> int | Dataset:
+    session = services.session(event)
+    if session.data.get("inbound"):
+        return services.extras["inbound_store"](event)  # type: ignore[no-any-return]
+    received = _received_file(event)
+    try:
+        with services.operation(event, "C-STORE") as record:
+            try:
+                status, comment = _store(event, services, record, received)
+            except Exception as exc:
+                record.details["error"] = f"{type(exc).__name__}: {exc}"
+                status, comment = Status.PROCESSING_FAILURE, "the proxy could not store it"
+            record.status = status
+        return _reply(status, comment)
+    finally:
+        if received is not None:
+            # Still there only when it was not committed; pynetdicom would not
+            # delete it if this handler raised (Rule 1 of proxy.chunked).
+            received.unlink(missing_ok=True)
+
+
+def _store(event: evt.Event, services: Services, record: OperationRecord,
+           received: Path | None) -> Reply:
+    session = services.session(event)
+    route = session.route
+    request = event.request
+    meta = InstanceMeta(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
+                        str(event.context.transfer_syntax))
+    record.details.update(sop_class=meta.sop_class, sop_instance_uid=meta.sop_instance,
+                          transfer_syntax=meta.transfer_syntax)
+    if route is None or not route.store_to:
+        name = route.called_ae if route else session.info.called_ae
+        record.hint = (f"route {name} does not store instances: give it store_to = "
+                       f"[\"<archive>\"] in rules.toml, or send to a route that has one")
+        return Status.NOT_AUTHORIZED, f"{name} does not store instances"
+    encoded = None if received is not None else event.encoded_dataset()
+    size = received.stat().st_size if received is not None else len(encoded or b"")
+    record.details["bytes"] = size
+    header = _header(received if received is not None else BytesIO(encoded or b""), record)
+    modality = str(header.get("Modality", "") or "") if header is not None else ""
+    facts = InstanceFacts(session.info.calling_ae, meta.sop_class, modality)
+    targets = store_targets(route, facts)
+    record.archives = targets
+    if not targets:
+        record.hint = (f"no store_filter of route {route.called_ae} takes Modality "
+                       f"{modality or '(none)'} from {facts.calling_ae}; widen store_filter in "
+                       f"rules.toml if these instances should be kept")
+        return Status.NOT_AUTHORIZED, "no archive of this route takes this instance"
+    spool: Spool = services.extras["spool"]
+    try:
+        if not spool.admits(size):
+            raise SpoolFull
+        if received is not None:
+            entry = spool.commit(received, targets, meta)
+        else:
+            entry = spool.commit_bytes([encoded or b""], targets, meta)
+    except SpoolFull:
+        stats = spool.stats()
+        record.hint = (f"spool full: {stats.used_bytes} of {spool.max_bytes} bytes used "
+                       f"({stats.pending} instances pending, {stats.dead} dead letters); "
+                       f"bring the archives back or raise [spool] max_bytes")
+        return Status.REFUSED_OUT_OF_RESOURCES, "proxy spool full, retry later"
+    except OSError as exc:
+        record.details["error"] = f"{type(exc).__name__}: {exc}"
+        if exc.errno in _DISK_FULL:
+            record.hint = f"the disk holding {spool.root} is full"
+            return Status.REFUSED_OUT_OF_RESOURCES, "proxy disk full, retry later"
+        record.hint = f"check that {spool.root} is writable"
+        return Status.PROCESSING_FAILURE, "the proxy could not store it"
+    record.details["instance"] = entry.id
+    publish(services, spool)
+    return Status.SUCCESS, None
+
+
+def _received_file(event: evt.Event) -> Path | None:
+    """The file pynetdicom received the data set into, if it did (``proxy.chunked``)."""
+    location = getattr(event.request, "_dataset_path", None)
+    return Path(location) if isinstance(location, (str, Path)) else None
+
+
+def _header(source: Path | BytesIO, record: OperationRecord) -> Dataset | None:
+    """Modality and patient identifiers only; the pixel data is never read."""
+    try:
+        header = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        record.protect(header)
+        return header
+    except Exception as exc:  # a header pydicom cannot parse is still the archive's to judge
+        record.details["header_error"] = f"{type(exc).__name__}"
+        return None
+
+
+def _reply(status: int, comment: str | None) -> int | Dataset:
+    if status == Status.SUCCESS or not comment:
+        return int(status)
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:64]
+    return ds

@@ -1,0 +1,52 @@
+"""Retrieve: C-MOVE becomes a proxied C-GET (or C-MOVE-to-proxy), C-GET is relayed, counts are true.
+
+One workstation C-MOVE or C-GET, in the order the work happens (``relay``):
+  1. survey   — an IMAGE-level C-FIND per archive: how many instances, which SOP
+                classes and transfer syntaxes, who holds what (``puller.survey``);
+  2. sink     — C-MOVE: the proxy's own association to the Move Destination, opened
+                first; C-GET: the workstation's association (``forwarder``);
+  3. pull     — C-GET with the storage SCP role over the proxy's association, or
+                C-MOVE to the proxy's own AE title, deliveries matched back by
+                ``inbound`` (``puller``);
+  4. buffer   — each instance a file under ``[spool] dir``/retrieve, never decoded
+                (``buffer``);
+  5. deliver  — each instance C-STOREd onward as soon as it is there; Pending
+                responses with the counts; the final status from ``tally``.
+``scp`` replaces pynetdicom's C-MOVE/C-GET SCP loop on the proxy's listener by a pump
+that sends the handler's responses (pynetdicom's cannot report true counts).
+``sopclasses`` and ``tally`` are pure.
+
+``install`` is registered in ``proxy.app.EXTENSIONS``. It puts into ``services.extras``:
+  "retrieve_inbound" → the ``inbound.InboundRegistry`` of move-mode retrieves in flight;
+  "inbound_store"    → its ``deliver(event)``, the C-STORE handler ``operations.store``
+                       calls for sessions marked ``inbound`` (routing Rule 4).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+from proxy import chunked
+from proxy.operations.base import Services
+from proxy.retrieve import scp
+from proxy.retrieve.inbound import InboundRegistry
+
+
+def install(services: Services) -> Callable[[], None]:
+    """Serve C-MOVE/C-GET with the pump; accept move-mode deliveries; clear old buffers."""
+    listener = services.listener
+    scp.install(listener.ae)
+    chunked.install()                   # thread-local raw sending (forwarder Rule 1)
+    # Buffers of retrieves that were running when the proxy last stopped are dead weight.
+    shutil.rmtree(services.config.spool.dir / "retrieve", ignore_errors=True)
+    registry = InboundRegistry(services)
+    services.extras["retrieve_inbound"] = registry
+    services.extras["inbound_store"] = registry.deliver
+    listener.retrieving = registry.expecting
+
+    def stop() -> None:
+        listener.retrieving = lambda: False
+        scp.uninstall(listener.ae)
+
+    return stop

@@ -1,0 +1,205 @@
+"""Instances pulled from an archive, waiting for their C-STORE onward: files, not memory.
+
+Rule 1 (bounded memory): every instance received from an archive goes straight to a
+        file under ``[spool] dir``/retrieve/<retrieve>/ — the data set as received,
+        in its negotiated transfer syntax, never decoded; only its path and UIDs stay
+        in memory. The proxy's resident memory does not depend on the study size.
+Rule 2 (bounded disk, back-pressure): when the files waiting exceed ``max_bytes``
+        (``[spool] retrieve_max_bytes``) the receiving thread waits — the archive's
+        next C-STORE is answered late — until the destination catches up.
+Rule 3: an instance already received in this retrieve (a second archive holding
+        it too) is answered Success and dropped, so no destination gets it twice.
+Rule 4: a file leaves the buffer by ``done`` (forwarded: deleted) or ``close``
+        (everything left deleted, the directory removed); after ``close`` new
+        instances are refused with 0xA700 (Refused: Out of Resources, PS3.4 B.2.3).
+        pynetdicom's chunked-receive temp files are moved in with ``os.replace``
+        before the handler returns (so no temp file outlives it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+
+from proxy.status import Status
+
+
+@dataclass(frozen=True)
+class Buffered:
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    archive: str
+
+
+class InstanceBuffer:
+    """A FIFO of received instances backed by files; one producer side, one consumer."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cond = threading.Condition()
+        self._queue: deque[Buffered] = deque()
+        self._seen: set[str] = set()
+        self._seq = 0
+        self._closed = False
+        self._finished = False
+        self.pending_bytes = 0
+        self.peak_bytes = 0
+        self.peak_items = 0
+        self.received = 0
+        self.duplicates = 0
+        self.waited = 0           # instances that had to wait for room (Rule 2)
+
+    # -- producer side ---------------------------------------------------------------
+
+    def accept(self, event: evt.Event, archive: str) -> int:
+        """The body of a C-STORE handler for instances an archive sends (Rules 1-4)."""
+        request = event.request
+        uid = str(request.AffectedSOPInstanceUID)
+        received = _received_file(event)
+        try:
+            with self._cond:
+                if self._closed:
+                    return Status.REFUSED_OUT_OF_RESOURCES
+                if uid in self._seen:
+                    self.duplicates += 1
+                    return Status.SUCCESS
+                if self.pending_bytes > self.max_bytes:
+                    self.waited += 1
+                while self.pending_bytes > self.max_bytes and not self._closed:
+                    self._cond.wait(0.2)
+                if self._closed:
+                    return Status.REFUSED_OUT_OF_RESOURCES
+                self._seen.add(uid)
+                self._seq += 1
+                path = self.directory / f"{self._seq:07d}.dcm"
+            size = _store(event, received, path, uid)
+            item = Buffered(path, uid, str(request.AffectedSOPClassUID),
+                            str(event.context.transfer_syntax), size, archive)
+            with self._cond:
+                if self._closed:
+                    path.unlink(missing_ok=True)
+                    return Status.REFUSED_OUT_OF_RESOURCES
+                self._queue.append(item)
+                self.received += 1
+                self.pending_bytes += size
+                self.peak_bytes = max(self.peak_bytes, self.pending_bytes)
+                self.peak_items = max(self.peak_items, len(self._queue))
+                self._cond.notify_all()
+            return Status.SUCCESS
+        except OSError:
+            with self._cond:
+                self._seen.discard(uid)
+            return Status.REFUSED_OUT_OF_RESOURCES
+        finally:
+            if received is not None:
+                received.unlink(missing_ok=True)   # not moved in: never leave it behind
+
+    def finish(self) -> None:
+        """The producers are done: ``take`` returns None once the queue is empty."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def has(self, uid: str) -> bool:
+        with self._cond:
+            return uid in self._seen
+
+    # -- consumer side -----------------------------------------------------------------
+
+    def take(self, timeout: float) -> Buffered | None:
+        with self._cond:
+            if not self._queue and not self._finished:
+                self._cond.wait(timeout)
+            return self._queue.popleft() if self._queue else None
+
+    @property
+    def drained(self) -> bool:
+        with self._cond:
+            return self._finished and not self._queue
+
+    def done(self, item: Buffered) -> None:
+        item.path.unlink(missing_ok=True)
+        with self._cond:
+            self.pending_bytes -= item.size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            left, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for item in left:
+            item.path.unlink(missing_ok=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def stats(self) -> dict[str, int]:
+        return {"received": self.received, "duplicates": self.duplicates,
+                "buffer_peak_bytes": self.peak_bytes, "buffer_peak_instances": self.peak_items,
+                "buffer_waits": self.waited}
+
+
+def _received_file(event: evt.Event) -> Path | None:
+    """The file pynetdicom received the data set into (chunked receive), if it did."""
+    location = getattr(event.request, "_dataset_path", None)
+    return Path(location) if isinstance(location, (str, Path)) else None
+
+
+def _store(event: evt.Event, received: Path | None, path: Path, uid: str) -> int:
+    if received is not None:
+        handle = getattr(event.request, "_dataset_file", None)
+        if handle is not None:      # pynetdicom leaves it open on the requester path
+            with contextlib.suppress(OSError):
+                handle.close()
+        try:
+            os.replace(received, path)
+        except OSError:             # another filesystem: copy, then the caller unlinks
+            shutil.copyfile(received, path)
+        return path.stat().st_size
+    # In memory: write preamble, file meta and the data set exactly as received.
+    meta = file_meta(str(event.request.AffectedSOPClassUID), uid,
+                     str(event.context.transfer_syntax))
+    data = event.request.DataSet.getbuffer()
+    with open(path, "wb") as out:
+        out.write(meta)
+        out.write(data)
+    return len(meta) + len(data)
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble, "DICM" and the File Meta Information group (PS3.10 7.1), encoded directly.
+
+    pydicom's writer validates every value and costs milliseconds per instance; these
+    seven elements are all a Part-10 file needs to be sent on as is.
+    """
+    def element(elem: int, vr: bytes, value: bytes) -> bytes:
+        if vr == b"OB":
+            return struct.pack("<HH2s2xI", 2, elem, vr, len(value)) + value
+        return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
+
+    def text(value: str, pad: bytes) -> bytes:
+        raw = value.encode("ascii")
+        return raw + pad if len(raw) % 2 else raw
+
+    body = b"".join((
+        element(0x0001, b"OB", b"\x00\x01"),
+        element(0x0002, b"UI", text(sop_class, b"\x00")),
+        element(0x0003, b"UI", text(sop_instance, b"\x00")),
+        element(0x0010, b"UI", text(transfer_syntax, b"\x00")),
+        element(0x0012, b"UI", text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        element(0x0013, b"SH", text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+    ))
+    group_length = element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body

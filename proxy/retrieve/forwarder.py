@@ -1,0 +1,197 @@
+"""Where retrieved instances go next: the Move Destination (C-MOVE) or the workstation (C-GET).
+
+Both sinks C-STORE one buffered instance at a time while the puller keeps
+receiving the next ones (pipelined: the archive never waits for the destination
+unless the buffer is full).
+
+Rule 1 (original encoding): an instance is sent from its buffer file as received,
+        without decoding (``proxy.chunked.sending_raw``), over a context with its
+        own SOP class and transfer syntax. Only when the peer accepted no such
+        context is it decoded and re-encoded — pynetdicom allows that between
+        Explicit and Implicit VR Little Endian only (same byte order, no
+        compression), so pixel data bytes never change. Otherwise the
+        sub-operation fails, saying which syntax the peer did not accept.
+Rule 2 (destination): one association for the whole retrieve, opened *before*
+        anything is pulled, so a dead destination costs no archive traffic
+        (every sub-operation then fails with the reason). If it drops mid-way it
+        is re-opened once; if that fails too, the rest fail without more attempts.
+        C-STOREs carry the workstation's AE title and C-MOVE Message ID as Move
+        Originator (PS3.4 C.4.2.2.1). One ``upstream`` event per association.
+Rule 3 (workstation, C-GET): C-STOREs go back over the workstation's own association,
+        on the storage contexts it negotiated with the SCP role.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydicom import dcmread
+from pydicom.uid import UID
+from pynetdicom import Association
+from pynetdicom.presentation import PresentationContext
+
+from proxy import chunked
+from proxy.observe import events as ev
+from proxy.operations.base import Services
+from proxy.retrieve.buffer import Buffered
+from proxy.status import Status, category
+from proxy.upstream import ArchiveClient, UpstreamError
+
+
+@dataclass(frozen=True)
+class Delivery:
+    status: int | None
+    reason: str | None = None
+    fatal: bool = False        # the peer is gone: nothing more can be delivered
+
+
+class Sink(Protocol):
+    def store(self, item: Buffered) -> Delivery: ...
+    def close(self) -> None: ...
+
+
+def _message_ids(start: int) -> Iterator[int]:
+    return (1 + (start + i) % 65535 for i in itertools.count())
+
+
+def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
+         **originator: Any) -> Delivery:
+    """One C-STORE of a buffered instance (Rule 1)."""
+    exact = any(cx.abstract_syntax == item.sop_class_uid
+                and cx.transfer_syntax[0] == item.transfer_syntax and cx.as_scu
+                for cx in assoc.accepted_contexts)
+    try:
+        if exact:
+            with chunked.sending_raw():
+                rsp = assoc.send_c_store(item.path, msg_id=msg_id, **originator)
+        else:
+            rsp = assoc.send_c_store(dcmread(item.path), msg_id=msg_id, **originator)
+    except ValueError:
+        return Delivery(None, f"{peer} accepted no context for {_name(item.sop_class_uid)} "
+                              f"in {_name(item.transfer_syntax)}")
+    except (OSError, RuntimeError, AttributeError) as exc:
+        if not assoc.is_established:
+            return Delivery(None, f"{peer} association lost", fatal=True)
+        return Delivery(None, f"{type(exc).__name__}: {exc}")
+    if rsp is None or "Status" not in rsp:
+        return Delivery(None, f"no C-STORE response from {peer} (timeout or abort)",
+                        fatal=not assoc.is_established)
+    status = int(rsp.Status)
+    reason = None if category(status) != "failure" else f"{peer} answered 0x{status:04X}"
+    return Delivery(status, reason)
+
+
+@dataclass
+class DestinationSink:
+    """C-STORE to the Move Destination over the proxy's own association (Rule 2)."""
+
+    services: Services
+    name: str                              # [destinations.<name>]
+    client: ArchiveClient
+    contexts: list[PresentationContext]
+    originator_ae: str
+    originator_id: int
+    info: Any = None                       # the workstation's AssocInfo, for the event
+    counts: dict[str, int] = field(default_factory=lambda: {
+        "completed": 0, "failed": 0, "warning": 0, "associations": 0})
+    _stack: ExitStack | None = None
+    _assoc: Association | None = None
+    _reopened: bool = False
+    _dead: str | None = None
+    _ids: Iterator[int] = field(default_factory=lambda: _message_ids(0))
+    _started: float = field(default_factory=time.monotonic)
+
+    def open(self) -> None:
+        """Associate; raises UpstreamError (reported as one upstream event) when it fails."""
+        stack = ExitStack()
+        try:
+            self._assoc = stack.enter_context(self.client.associate(self.contexts))
+        except UpstreamError as exc:
+            stack.close()
+            self._report(None, exc.reason, exc.hint)
+            raise
+        self._stack = stack
+        self.counts["associations"] += 1
+
+    def store(self, item: Buffered) -> Delivery:
+        delivery = self._store(item)
+        kind = category(delivery.status)
+        self.counts[{"success": "completed", "warning": "warning"}.get(kind, "failed")] += 1
+        # Fatal only once re-opening failed too: the relay then stops pulling (Rule 2).
+        return Delivery(delivery.status, delivery.reason, fatal=self._dead is not None)
+
+    def _store(self, item: Buffered) -> Delivery:
+        if self._dead is None and (self._assoc is None or not self._assoc.is_established):
+            self._reconnect()
+        if self._dead is not None or self._assoc is None:
+            return Delivery(None, self._dead or "no association to the destination")
+        delivery = send(self._assoc, item, next(self._ids), self.client.peer.ae_title,
+                        originator_aet=self.originator_ae, originator_id=self.originator_id)
+        if delivery.fatal and self._reconnect() and self._assoc is not None:
+            delivery = send(self._assoc, item, next(self._ids), self.client.peer.ae_title,
+                            originator_aet=self.originator_ae, originator_id=self.originator_id)
+        return delivery
+
+    def _reconnect(self) -> bool:
+        self._release(abort=True)
+        if self._reopened:
+            self._dead = self._dead or f"destination {self.client.peer.ae_title} association lost"
+            return False
+        self._reopened = True
+        try:
+            self.open()
+            return True
+        except UpstreamError as exc:
+            self._dead = f"destination unreachable: {exc.reason}"
+            return False
+
+    def _release(self, abort: bool = False) -> None:
+        if self._stack is not None:
+            if abort and self._assoc is not None and self._assoc.is_established:
+                self._assoc.abort()
+            self._stack.close()
+        self._stack, self._assoc = None, None
+
+    def close(self) -> None:
+        self._release()
+        if self.counts["associations"]:
+            status = (Status.SUCCESS if not self.counts["failed"] and self._dead is None
+                      else Status.WARNING_SUBOPS_FAILED if self.counts["completed"]
+                      else Status.REFUSED_OUT_OF_RESOURCES_SUBOPS)
+            self._report(status, self._dead, None)
+
+    def _report(self, status: int | None, error: str | None, hint: str | None) -> None:
+        self.services.bus.emit(ev.UpstreamCompleted(
+            self.name, "C-STORE", status, time.monotonic() - self._started, self.info, error,
+            hint,
+            {"role": "move destination", "destination": self.client.peer.ae_title,
+             **self.counts}))
+
+
+@dataclass
+class WorkstationSink:
+    """C-STORE sub-operations back over the workstation's association (C-GET, Rule 3)."""
+
+    assoc: Association
+    first_msg_id: int
+    _ids: Iterator[int] | None = None
+
+    def store(self, item: Buffered) -> Delivery:
+        if self._ids is None:
+            self._ids = _message_ids(self.first_msg_id)
+        if not self.assoc.is_established:
+            return Delivery(None, "workstation association ended", fatal=True)
+        return send(self.assoc, item, next(self._ids), "the workstation")
+
+    def close(self) -> None:
+        pass
+
+
+def _name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name and name != uid else uid

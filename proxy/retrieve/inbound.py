@@ -1,0 +1,134 @@
+"""Instances an archive C-MOVEs to the proxy (``retrieve = "move"``), matched to their retrieve.
+
+In move mode the proxy asks the archive to C-MOVE to the proxy's own AE title; the
+archive then opens an association to the proxy's listener and C-STOREs each
+instance. Several workstation retrieves may be in flight at once — possibly of the
+same study — and each instance must reach exactly the retrieve it belongs to.
+
+Rule 1 (matching, ``match``, pure): by the Move Originator Message ID (and AE title)
+        the archive copies from the proxy's C-MOVE into each C-STORE (PS3.7 9.1.1.1);
+        every in-flight move-mode retrieve uses a Message ID unique in the proxy, so
+        this is unambiguous; an originator AE title that is not the proxy's means
+        somebody else's C-MOVE. When the archive leaves them out: by SOP Instance UID,
+        to the oldest retrieve from that archive that expects the instance and has
+        not received it yet. A retrieve that could not survey (expects nothing in
+        particular) takes instances only when it is the one retrieve in flight
+        from that archive. Nothing else is accepted.
+Rule 2: an instance that matches nothing is refused with 0x0124 (Refused: Not
+        Authorized, PS3.7 Annex C) — never delivered to a workstation that did not
+        ask for it.
+Rule 3: each inbound C-STORE is one ``operation`` event (C-STORE, ``inbound``).
+
+services.extras keys (set by ``proxy.retrieve.install``):
+  "inbound_store"     → ``InboundRegistry.deliver`` (called by ``operations.store``);
+  "retrieve_inbound"  → the ``InboundRegistry``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pydicom import Dataset
+from pynetdicom import evt
+
+from proxy.operations.base import Services
+from proxy.status import Status, category
+
+Deliver = Callable[[evt.Event], int]
+
+
+@dataclass(eq=False)
+class Expectation:
+    """One in-flight C-MOVE from an archive to the proxy."""
+
+    message_id: int
+    archive: str
+    archive_ae: str              # who will call us with the instances
+    calling_ae: str              # the AE title we used in the C-MOVE (the Move Originator)
+    expected: set[str]
+    deliver: Deliver
+    received: set[str] = field(default_factory=set)
+    seq: int = 0
+
+
+def match(expectations: Sequence[Expectation], sender_ae: str, originator_ae: str | None,
+          originator_id: int | None, sop_uid: str) -> Expectation | None:
+    """The retrieve an inbound instance belongs to, or None (Rule 1)."""
+    if originator_id is not None:
+        for exp in expectations:
+            if exp.message_id == originator_id and (
+                    not originator_ae or originator_ae.strip() == exp.calling_ae):
+                return exp
+    if originator_ae and originator_ae.strip() not in {e.calling_ae for e in expectations}:
+        return None                  # a C-MOVE someone else asked for, not the proxy
+    waiting = sorted((e for e in expectations
+                      if sop_uid in e.expected and sop_uid not in e.received),
+                     key=lambda e: (e.archive_ae != sender_ae, e.seq))
+    if waiting:
+        return waiting[0]
+    blind = [e for e in expectations if not e.expected and e.archive_ae == sender_ae]
+    return blind[0] if len(blind) == 1 else None
+
+
+class InboundRegistry:
+    """The move-mode retrieves in flight; answers the C-STOREs archives send for them."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._lock = threading.Lock()
+        self._open: list[Expectation] = []
+        self._ids = itertools.cycle(range(1, 65536))
+        self._seq = itertools.count()
+
+    def expecting(self) -> bool:
+        with self._lock:
+            return bool(self._open)
+
+    def open(self, archive: str, archive_ae: str, calling_ae: str, expected: set[str],
+             deliver: Deliver) -> Expectation:
+        with self._lock:
+            used = {e.message_id for e in self._open}
+            message_id = next(i for i in self._ids if i not in used)
+            exp = Expectation(message_id, archive, archive_ae, calling_ae, set(expected),
+                              deliver, seq=next(self._seq))
+            self._open.append(exp)
+            return exp
+
+    def close(self, exp: Expectation) -> None:
+        with self._lock:
+            if exp in self._open:
+                self._open.remove(exp)
+
+    def deliver(self, event: evt.Event) -> int | Dataset:
+        """The C-STORE handler for inbound sessions (``operations.store`` calls it)."""
+        session = self.services.session(event)
+        request = event.request
+        uid = str(request.AffectedSOPInstanceUID)
+        originator_ae = request.MoveOriginatorApplicationEntityTitle
+        originator_id = request.MoveOriginatorMessageID
+        with self.services.operation(event, "C-STORE") as record:
+            record.details.update(inbound=True, sop_instance_uid=uid)
+            with self._lock:
+                exp = match(self._open, session.info.calling_ae,
+                            str(originator_ae) if originator_ae else None,
+                            int(originator_id) if originator_id is not None else None, uid)
+                if exp is not None:
+                    exp.received.add(uid)
+            if exp is None:
+                record.status = Status.NOT_AUTHORIZED
+                record.hint = ("no retrieve in flight expects this instance (Move Originator "
+                               f"{originator_ae or '-'}/{originator_id or '-'})")
+                ds = Dataset()
+                ds.Status = int(record.status)
+                ds.ErrorComment = "no retrieve in flight expects this instance"
+                return ds
+            record.archives = [exp.archive]
+            record.details["move_message_id"] = exp.message_id
+            record.status = exp.deliver(event)
+            if category(record.status) == "failure":
+                with self._lock:
+                    exp.received.discard(uid)
+            return int(record.status)

@@ -1,0 +1,186 @@
+"""Pull a retrieve's instances from the archive(s) the survey found: C-GET or C-MOVE-to-proxy.
+
+Rule 1: what to negotiate and where the instances are comes from ``survey``; an
+        archive whose survey failed is still tried.
+Rule 2 (order, "trying each"): archives in the given order; an archive is pulled from
+        only while it holds an expected instance not received yet, so in a
+        federation the next archive fills in what the previous one could not deliver.
+        With no survey at all (every C-FIND failed) the archives are tried in order
+        until one answers Success.
+Rule 3 (``retrieve = "get"``): C-GET over the proxy's own association, with the storage
+        SCP role on the surveyed contexts (``sopclasses.propose``): the archive never
+        connects to anyone.
+Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
+        unique in the proxy; the archive's C-STOREs arrive on the listener and are
+        matched back (``inbound``).
+Rule 5: every request to an archive is one ``upstream`` event (``Services.upstream_call``);
+        received instances go to the ``InstanceBuffer``, never to memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import StoragePresentationContexts, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from proxy.contexts import GET_MODELS, MOVE_MODELS
+from proxy.operations.base import Services
+from proxy.retrieve import sopclasses
+from proxy.retrieve.buffer import InstanceBuffer
+from proxy.retrieve.inbound import InboundRegistry
+from proxy.retrieve.survey import Survey
+from proxy.status import Status, category
+from proxy.upstream import CancelToken, UpstreamError
+
+_RETRIEVE_MODELS = {
+    ("PATIENT", "get"): PatientRootQueryRetrieveInformationModelGet,
+    ("PATIENT", "move"): PatientRootQueryRetrieveInformationModelMove,
+    ("STUDY", "get"): StudyRootQueryRetrieveInformationModelGet,
+    ("STUDY", "move"): StudyRootQueryRetrieveInformationModelMove,
+}
+_PENDING = (Status.PENDING, Status.PENDING_WARNING)
+
+
+@dataclass
+class Pulled:
+    """How one request to one archive went."""
+
+    archive: str
+    operation: str
+    status: int | None
+    received: int
+    error: str | None = None
+    hint: str | None = None
+
+
+class Puller:
+    """Runs the pulls on one thread, feeding ``buffer``; ends with ``buffer.finish()``."""
+
+    def __init__(self, services: Services, event: evt.Event, found: Survey, order: list[str],
+                 identifier: Dataset, model: str, buffer: InstanceBuffer, token: CancelToken,
+                 phi: list[str], on_total: Callable[[int], None]) -> None:
+        self.services = services
+        self.event = event
+        self.survey = found
+        self.order = order
+        self.identifier = identifier
+        self.root = MOVE_MODELS.get(model) or GET_MODELS.get(model) or "STUDY"
+        self.buffer = buffer
+        self.token = token
+        self.phi = phi
+        self.on_total = on_total
+        self.outcomes: list[Pulled] = []
+        self._thread = threading.Thread(target=self._run, name="retrieve-pull", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            for name in self.order:
+                if self.token.is_set:
+                    break
+                if not self._worth(name):
+                    continue
+                outcome = self._pull(name)
+                self.outcomes.append(outcome)
+                if not self.survey.instances and outcome.status == Status.SUCCESS:
+                    break                    # nothing surveyed: the first Success answers
+        finally:
+            self.buffer.finish()
+
+    def _worth(self, name: str) -> bool:
+        if self.survey.fast:                 # one archive holds the study (survey Rule 1)
+            return name in self.survey.holdings and not self.outcomes
+        held = self.survey.holdings.get(name)
+        if held is None:                     # its survey failed: it may hold the rest
+            return not self.survey.instances or any(
+                not self.buffer.has(uid) for uid in self.survey.instances)
+        return any(not self.buffer.has(inst.uid) for inst in held)
+
+    def _pull(self, name: str) -> Pulled:
+        mode = self.services.config.archives[name].retrieve
+        model = _RETRIEVE_MODELS[(self.root, mode)]
+        operation = "C-GET" if mode == "get" else "C-MOVE"
+        before = self.buffer.received
+        final: int | None = None
+        try:
+            with self.services.upstream_call(name, operation, self.event, self.phi) as call:
+                responses = (self._get(name, model) if mode == "get"
+                             else self._move(name, model))
+                last = Dataset()
+                for code, rsp in responses:
+                    last = rsp
+                    if code in _PENDING:
+                        self.on_total(sum(int(rsp.get(k) or 0) for k in (
+                            "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+                            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")))
+                    else:
+                        final = code
+                call["status"] = final
+                call["details"] = {
+                    "received": self.buffer.received - before,
+                    "completed": int(last.get("NumberOfCompletedSuboperations") or 0),
+                    "failed": int(last.get("NumberOfFailedSuboperations") or 0),
+                    "warning": int(last.get("NumberOfWarningSuboperations") or 0)}
+                hint = self._hint(name, final, self.buffer.received - before)
+                if hint:
+                    call["hint"] = hint
+        except UpstreamError as exc:
+            return Pulled(name, operation, None, self.buffer.received - before, exc.reason,
+                          exc.hint)
+        error = None if final in (Status.SUCCESS, Status.CANCEL) else (
+            f"{operation} answered 0x{final or 0:04X}")
+        received = self.buffer.received - before
+        return Pulled(name, operation, final, received, error,
+                      self._hint(name, final, received))
+
+    def _get(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
+        held = self.survey.holdings.get(name) or self.survey.described()
+        if held:
+            contexts = sopclasses.propose(held, sopclasses.MAX_CONTEXTS - 1)
+        else:   # blind: the common storage classes; the archive converts if it must
+            contexts = [build_context(cx.abstract_syntax, [ExplicitVRLittleEndian,
+                                                           ImplicitVRLittleEndian])
+                        for cx in StoragePresentationContexts[:sopclasses.MAX_CONTEXTS - 1]]
+        client = self.services.archives[name]
+        return client.get(self.identifier, model, contexts, sopclasses.roles(contexts),
+                          lambda e: self.buffer.accept(e, name), self.token)
+
+    def _move(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
+        registry: InboundRegistry = self.services.extras["retrieve_inbound"]
+        archive = self.services.config.archives[name]
+        held = self.survey.holdings.get(name) or []
+        exp = registry.open(name, archive.ae_title, archive.calling_ae,
+                            {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
+        try:
+            yield from self.services.archives[name].move(
+                self.identifier, model, self.services.config.proxy.ae_title, exp.message_id,
+                self.token)
+        finally:
+            registry.close(exp)
+
+    def _hint(self, name: str, final: int | None, received: int) -> str | None:
+        archive = self.services.config.archives[name]
+        failed = final is not None and category(final) == "failure"
+        if archive.retrieve == "move" and failed and not received:
+            p = self.services.config.proxy
+            return (f"archive {archive.ae_title} sent nothing to the proxy: it must know "
+                    f"{p.ae_title} (the proxy's address, port {p.port}) as a move destination "
+                    f"in its modalities, or set archives.{name}.retrieve = \"get\"")
+        return None

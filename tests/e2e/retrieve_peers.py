@@ -1,0 +1,135 @@
+"""Test data and the two pynetdicom peers the retrieve tests need a fault from.
+
+- ``encoded_study``: the real-world encodings bundled with pydicom (JPEG baseline,
+  extended and lossless, JPEG 2000, JPEG-LS lossless and near-lossless, RLE, big
+  endian, deflated, an implicit-VR RT Plan) re-identified into one study, so each
+  file's pixel data can be compared byte for byte after a trip through the proxy.
+- ``RecordingSCP``: a storage SCP accepting only the SOP classes it is given (a
+  destination that rejects the others) and recording every data set it received.
+- ``AbortingArchive``: a Q/R SCP that answers the survey C-FIND truthfully, then
+  sends ``deliver`` instances of the C-GET and aborts the association.
+
+Rule: everything binds 127.0.0.1 port 0 and is shut down by ``close()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import AllTransferSyntaxes, generate_uid
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+PENDING = 0xFF00
+ENCODED_FILES = (
+    "SC_rgb_jpeg_dcmtk.dcm",          # JPEG Baseline (Process 1)
+    "JPEG-lossy.dcm",                 # JPEG Extended (Process 2 & 4)
+    "SC_rgb_jpeg_gdcm.dcm",           # JPEG Lossless SV1 (Process 14)
+    "JPEG2000.dcm",                   # JPEG 2000
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS Lossless
+    "JPEGLSNearLossless_16.dcm",      # JPEG-LS Near-lossless
+    "MR_small_RLE.dcm",               # RLE Lossless
+    "SC_rgb_rle.dcm",                 # RLE Lossless, RGB
+    "MR_small_bigendian.dcm",         # Explicit VR Big Endian
+    "CT_small.dcm",                   # Explicit VR Little Endian
+    "rtplan.dcm",                     # Implicit VR Little Endian, no pixel data
+)
+DEFLATED_FILE = "image_dfl.dcm"     # Deflated Explicit VR Little Endian
+
+
+def reidentify(ds: Dataset, study_uid: str, patient_id: str) -> Dataset:
+    """New Study/Series/SOP Instance UIDs (the bundled files share some); pixels untouched."""
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = patient_id
+    ds.PatientName = "ENCODED^TEST"
+    return ds
+
+
+def encoded_study(directory: Path, names: Sequence[str] = ENCODED_FILES,
+                  patient_id: str = "ENC0001") -> tuple[str, list[Path]]:
+    """Write the bundled encodings as one study in ``directory``; (study UID, paths)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    study_uid = generate_uid()
+    paths = []
+    for name in names:
+        ds = reidentify(dcmread(get_testdata_file(name)), study_uid, patient_id)
+        path = directory / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study_uid, paths
+
+
+class RecordingSCP:
+    """A storage SCP that accepts only ``sop_classes`` and records what it received."""
+
+    def __init__(self, aet: str, sop_classes: Sequence[str]) -> None:
+        self.aet = aet
+        self.received: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+        ae = AE(aet)
+        for uid in sop_classes:
+            ae.add_supported_context(uid, list(AllTransferSyntaxes))
+        self._server = ae.start_server(("127.0.0.1", 0), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self._server.server_address[1])
+
+    def _on_store(self, event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with self._lock:
+            self.received[str(ds.SOPInstanceUID)] = ds
+        return 0x0000
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+class AbortingArchive:
+    """A Study Root Q/R SCP holding ``datasets``; its C-GET aborts after ``deliver`` of them."""
+
+    def __init__(self, aet: str, datasets: Sequence[Dataset], deliver: int) -> None:
+        self.aet = aet
+        self.datasets = list(datasets)
+        self.deliver = deliver
+        self.get_requests = 0
+        ae = AE(aet)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes),
+                                     scu_role=True, scp_role=True)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_FIND, self._on_find), (evt.EVT_C_GET, self._on_get)])
+        self.port = int(self._server.server_address[1])
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        for ds in self.datasets:
+            match = Dataset()
+            match.QueryRetrieveLevel = "IMAGE"
+            match.StudyInstanceUID = ds.StudyInstanceUID
+            match.SeriesInstanceUID = ds.SeriesInstanceUID
+            match.SOPInstanceUID = ds.SOPInstanceUID
+            match.SOPClassUID = ds.SOPClassUID
+            yield PENDING, match
+        yield 0x0000, None
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        self.get_requests += 1
+        yield len(self.datasets)
+        for ds in self.datasets[:self.deliver]:
+            yield PENDING, ds
+        event.assoc.abort()
+
+    def close(self) -> None:
+        self._server.shutdown()

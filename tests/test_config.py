@@ -1,0 +1,213 @@
+"""rules.toml validation: every mistake is one ConfigError naming its key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.config import ConfigError, load, parse
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "proxy": {"ae_title": "QR_PROXY", "port": 11112},
+        "archives": {"site_a": {"ae_title": "PACS_A", "host": "10.0.0.5", "port": 104}},
+        "routes": [{"called_ae": "RELAY", "archives": ["site_a"]}],
+    }
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """``minimal()`` with one value set (``None`` deletes it); path like ``routes.0.allow``."""
+    data = copy.deepcopy(minimal())
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    key: Any = int(last) if isinstance(node, list) else last
+    if value is None:
+        del node[key]
+    else:
+        node[key] = value
+    return data
+
+
+def test_the_example_rules_file_is_valid() -> None:
+    config = load(REPO / "rules.toml")
+    assert config.routes and config.archives
+    assert config.source == REPO / "rules.toml"
+
+
+def test_defaults_and_calling_ae_fallback() -> None:
+    config = parse(minimal())
+    archive = config.archives["site_a"]
+    assert archive.calling_ae == "QR_PROXY"          # proxy.ae_title unless set
+    assert (archive.retrieve, archive.max_results, archive.timeout) == ("get", 0, 30.0)
+    route = config.routes[0]
+    assert (route.allow, route.echo, route.is_federated) == ((), "upstream", False)
+    assert (config.log.format, config.log.phi) == ("json", "hash")
+    p = config.proxy
+    assert p.max_associations > 0 and p.max_connections >= p.max_associations
+    assert p.acse_timeout > 0 and p.dimse_timeout > 0 and p.network_timeout > 0
+
+
+def test_explicit_values_are_kept() -> None:
+    data = with_change("archives.site_a.calling_ae", "PROXY_AT_A")
+    data["routes"][0].update(allow=["WS1", "WS2"], echo="local")
+    data["proxy"].update(max_associations=3, max_connections=5, acse_timeout=1.5,
+                         network_timeout=2, dimse_timeout=4)
+    config = parse(data)
+    assert config.archives["site_a"].calling_ae == "PROXY_AT_A"
+    assert config.routes[0].allow == ("WS1", "WS2") and config.routes[0].echo == "local"
+    p = config.proxy
+    assert (p.max_associations, p.max_connections, p.acse_timeout, p.network_timeout,
+            p.dimse_timeout) == (3, 5, 1.5, 2.0, 4.0)
+
+
+def test_route_lookup_ignores_dicom_padding() -> None:
+    config = parse(minimal())
+    route = config.route_for("RELAY ")
+    assert route is not None and route.called_ae == "RELAY"
+    assert config.route_for("relay") is None            # AE titles are case-sensitive
+    assert config.route_for("NOPE") is None
+
+
+BROKEN: list[tuple[str, Any, str]] = [
+    # (path to change, new value or None to delete, expected start of the message)
+    ("prox", {}, "prox: unknown key"),
+    ("proxy.portt", 11112, "proxy.portt: unknown key"),
+    ("archives.site_a.timout", 5, "archives.site_a.timout: unknown key"),
+    ("routes.0.alow", ["WS1"], "routes[0].alow: unknown key"),
+    ("proxy.ae_title", "A" * 17, "proxy.ae_title: invalid AE title"),
+    ("proxy.ae_title", "BAD\\AE", "proxy.ae_title: invalid AE title"),
+    ("archives.site_a.ae_title", "CTRL\x01AE", "archives.site_a.ae_title: invalid AE title"),
+    ("archives.site_a.ae_title", "   ", "archives.site_a.ae_title: AE title must not be empty"),
+    ("archives.site_a.calling_ae", "", "archives.site_a.calling_ae: AE title must not be empty"),
+    ("archives.site_a.ae_title", 104, "archives.site_a.ae_title: AE title must be a string"),
+    ("routes.0.called_ae", "ÉCHO", "routes[0].called_ae: invalid AE title"),
+    ("routes.0.allow", ["WS1", "X" * 17], "routes[0].allow[1]: invalid AE title"),
+    ("proxy.port", 65536, "proxy.port: port 65536 is out of range"),
+    ("proxy.port", -1, "proxy.port: port -1 is out of range"),
+    ("proxy.port", "104", "proxy.port: port must be an integer"),
+    ("proxy.port", True, "proxy.port: port must be an integer"),
+    ("archives.site_a.port", 0, "archives.site_a.port: port 0 is out of range"),
+    ("archives.site_a.port", 70000, "archives.site_a.port: port 70000 is out of range"),
+    ("archives.site_a.port", None, "archives.site_a.port: is required"),
+    ("archives.site_a.host", "", "archives.site_a.host: must be a host name"),
+    ("archives.site_a.retrieve", "push", "archives.site_a.retrieve: must be one of"),
+    ("archives.site_a.timeout", 0, "archives.site_a.timeout: must be a positive number"),
+    ("archives.site_a.max_results", -1, "archives.site_a.max_results: must be an integer >= 0"),
+    ("routes.0.archives", ["site_a", "nope"], "routes[0].archives[1]: no archive named 'nope'"),
+    ("routes.0.archives", [], "routes[0].archives: must name at least one archive"),
+    ("routes.0.archives", "site_a", "routes[0].archives: must be an array"),
+    ("routes.0.archives", ["site_a", "site_a"], "routes[0].archives: names an archive twice"),
+    ("routes.0.store_to", ["elsewhere"], "routes[0].store_to[0]: no archive named 'elsewhere'"),
+    ("routes.0.echo", "remote", "routes[0].echo: must be one of"),
+    ("routes.0.called_ae", None, "routes[0].called_ae: is required"),
+    ("proxy.acse_timeout", 0, "proxy.acse_timeout: must be a positive number"),
+    ("proxy.network_timeout", -5, "proxy.network_timeout: must be a positive number"),
+    ("proxy.dimse_timeout", "60", "proxy.dimse_timeout: must be a positive number"),
+    ("proxy.max_associations", 0, "proxy.max_associations: must be a positive integer"),
+    ("proxy.max_connections", 1.5, "proxy.max_connections: must be a positive integer"),
+    ("proxy.max_pdu_size", 100, "proxy.max_pdu_size: must be between"),
+    ("log.phi", "maybe", "log.phi: must be one of"),
+    ("log.format", "xml", "log.format: must be one of"),
+    ("metrics.port", 99999, "metrics.port: port 99999 is out of range"),
+    ("proxy", None, "proxy: section is required"),
+    ("proxy", "QR_PROXY", "proxy: must be a table"),
+    ("archives", None, "archives: at least one archive is required"),
+    ("archives", [], "archives: must be a table"),
+    ("archives", {}, "archives: at least one archive is required"),
+    ("archives.site_a", "PACS_A", "archives.site_a: must be a table"),
+    ("routes", None, "routes: at least one [[routes]] entry is required"),
+    ("routes", {"called_ae": "X"}, "routes: must be an array of tables"),
+    ("routes.0", "RELAY", "routes[0]: must be a table"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), BROKEN,
+                         ids=[f"{p}={v!r}"[:60] for p, v, _ in BROKEN])
+def test_each_mistake_names_its_key_path(path: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_change(path, value))
+    message = str(caught.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_duplicate_called_ae_titles_are_rejected() -> None:
+    data = minimal()
+    data["routes"].append({"called_ae": "RELAY ", "archives": ["site_a"]})  # same after padding
+    with pytest.raises(ConfigError, match=r"^routes\[1\]\.called_ae: 'RELAY' is already used "
+                                          r"by routes\[0\]"):
+        parse(data)
+
+
+def test_duplicate_destination_ae_titles_are_rejected() -> None:
+    data = minimal()
+    data["destinations"] = {"ws1": {"ae_title": "WS", "host": "h", "port": 1},
+                            "ws2": {"ae_title": "WS", "host": "h", "port": 2}}
+    with pytest.raises(ConfigError, match=r"^destinations\.ws2\.ae_title: 'WS' is already used"):
+        parse(data)
+
+
+def test_unknown_key_lists_what_was_expected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_change("archives.site_a.calling_aet", "X"))
+    assert "calling_ae" in str(caught.value) and "timeout" in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[proxy\nae_title = 'X'\n", "invalid TOML"),
+    ("[proxy]\nae_title = \n", "invalid TOML"),
+    ("[proxy]\nport = 1\nport = 2\n", "invalid TOML"),
+])
+def test_toml_syntax_errors_are_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load(rules)
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)
+    assert "line" in str(caught.value)          # tomllib says where
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the rules file"):
+        load(tmp_path / "missing.toml")
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes(b"[proxy]\nae_title = \"\xe9\"\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(latin)
+
+
+# Anything a TOML file can hold, nested a little: whatever it is, parse() either
+# accepts it or raises ConfigError — never another exception (no traceback).
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.floats(-1, 1e6),
+                     st.sampled_from(["", "RELAY", "site_a", "A" * 17, "x\\y", "hash", "get"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["ae_title", "host", "port", "archives", "called_ae",
+                                     "allow", "calling_ae", "timeout", "site_a", "phi"]),
+                    inner, max_size=4)), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(["proxy", "archives", "routes", "log", "metrics",
+                                "destinations", "spool"]),
+       value=_values, key=st.sampled_from(["", "ae_title", "port", "site_a", "0"]))
+def test_any_document_gives_config_or_config_error(section: str, value: Any, key: str) -> None:
+    data = minimal()
+    if key and isinstance(data.get(section), dict):
+        data[section] = {**data[section], key: value}
+    else:
+        data[section] = value
+    try:
+        parse(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

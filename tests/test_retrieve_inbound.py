@@ -1,0 +1,47 @@
+"""Matching move-mode deliveries to their retrieve (proxy.retrieve.inbound.match)."""
+
+from __future__ import annotations
+
+from proxy.retrieve.inbound import Expectation, match
+
+
+def exp(msg_id: int, expected: set[str], archive_ae: str = "PACS", calling: str = "QR_PROXY",
+        seq: int = 0) -> Expectation:
+    return Expectation(msg_id, "a", archive_ae, calling, expected, lambda e: 0, seq=seq)
+
+
+def test_move_originator_message_id_decides() -> None:
+    one, two = exp(1, {"u1"}, seq=0), exp(2, {"u1"}, seq=1)   # both want the same study
+    assert match([one, two], "PACS", "QR_PROXY", 2, "u1") is two
+    assert match([one, two], "PACS", "QR_PROXY", 1, "u1") is one
+
+
+def test_originator_ae_must_be_ours() -> None:
+    one = exp(1, set())
+    assert match([one], "PACS", "SOMEONE_ELSE", 1, "u9") is None
+
+
+def test_without_originator_the_oldest_waiting_retrieve_gets_each_copy() -> None:
+    one, two = exp(1, {"u1", "u2"}, seq=0), exp(2, {"u1"}, seq=1)
+    first = match([one, two], "PACS", None, None, "u1")
+    assert first is one
+    one.received.add("u1")
+    assert match([one, two], "PACS", None, None, "u1") is two   # the second copy
+    two.received.add("u1")
+    assert match([one, two], "PACS", None, None, "u1") is None  # a third copy: nobody
+
+
+def test_the_sending_archive_is_preferred() -> None:
+    other, mine = exp(1, {"u1"}, archive_ae="OTHER", seq=0), exp(2, {"u1"}, seq=1)
+    assert match([other, mine], "PACS", None, None, "u1") is mine
+
+
+def test_unexpected_instances_match_nothing() -> None:
+    assert match([exp(1, {"u1"})], "PACS", None, None, "u2") is None
+    assert match([], "PACS", "QR_PROXY", 1, "u1") is None
+
+
+def test_a_blind_retrieve_takes_instances_only_when_alone() -> None:
+    blind = exp(1, set())
+    assert match([blind], "PACS", None, None, "u5") is blind
+    assert match([blind, exp(2, set(), seq=1)], "PACS", None, None, "u5") is None

@@ -1,0 +1,103 @@
+"""Survey query and presentation-context proposal (proxy.retrieve.sopclasses)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom import Dataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    MRImageStorage,
+    RLELossless,
+)
+
+from proxy.retrieve.sopclasses import (
+    AVAILABLE_TRANSFER_SYNTAX,
+    CANDIDATE_SYNTAXES,
+    MAX_CONTEXTS,
+    Instance,
+    instance_of,
+    propose,
+    roles,
+    survey_identifier,
+    wishes,
+)
+
+
+def test_survey_keeps_unique_keys_and_asks_for_what_the_proxy_needs() -> None:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "SERIES"
+    ident.StudyInstanceUID = "1.2.3"
+    ident.SeriesInstanceUID = ["1.2.3.1", "1.2.3.2"]      # a UID list (PS3.4 C.2.2.2.2)
+    q = survey_identifier(ident)
+    assert q.QueryRetrieveLevel == "IMAGE"
+    assert q.StudyInstanceUID == "1.2.3"
+    assert list(q.SeriesInstanceUID) == ["1.2.3.1", "1.2.3.2"]
+    assert q.SOPInstanceUID == "" and q.SOPClassUID == ""
+    assert AVAILABLE_TRANSFER_SYNTAX in q
+    assert "PatientID" not in q                            # not a Study Root key
+
+
+def test_instance_of_reads_available_syntaxes_and_drops_deflated() -> None:
+    match = Dataset()
+    match.SOPInstanceUID = "1.2.3.4"
+    match.SOPClassUID = CTImageStorage
+    match.add_new(AVAILABLE_TRANSFER_SYNTAX, "UI",
+                  [JPEG2000Lossless, DeflatedExplicitVRLittleEndian])
+    assert instance_of(match) == Instance("1.2.3.4", CTImageStorage, (JPEG2000Lossless,))
+    assert instance_of(Dataset()) is None
+
+
+def test_each_context_has_exactly_one_syntax_and_known_ones_come_first() -> None:
+    cts = propose([Instance("1", CTImageStorage, (JPEG2000Lossless,)),
+                   Instance("2", CTImageStorage, (RLELossless,))])
+    assert all(len(cx.transfer_syntax) == 1 for cx in cts)
+    assert [cx.transfer_syntax[0] for cx in cts] == [
+        JPEG2000Lossless, RLELossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def test_unknown_syntaxes_get_the_candidates() -> None:
+    cts = propose([Instance("1", MRImageStorage)])
+    syntaxes = [cx.transfer_syntax[0] for cx in cts]
+    assert syntaxes[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    assert JPEGBaseline8Bit in syntaxes and len(syntaxes) == 2 + len(CANDIDATE_SYNTAXES)
+
+
+def test_every_class_gets_its_first_wish_before_any_gets_a_second() -> None:
+    classes = [f"1.2.840.10008.5.1.4.1.1.{i}" for i in range(60)]
+    cts = propose([Instance(str(i), c) for i, c in enumerate(classes)], limit=100)
+    assert len(cts) == 100
+    firsts = [cx for cx in cts if cx.transfer_syntax[0] == ExplicitVRLittleEndian]
+    assert {cx.abstract_syntax for cx in firsts} == set(classes)
+
+
+def test_most_frequent_class_is_served_first() -> None:
+    insts = [Instance("1", MRImageStorage)] + [Instance(str(i), CTImageStorage)
+                                               for i in range(2, 5)]
+    assert [sop for sop, _ in wishes(insts)] == [CTImageStorage, MRImageStorage]
+
+
+def test_roles_once_per_class() -> None:
+    cts = propose([Instance("1", CTImageStorage), Instance("2", MRImageStorage)])
+    items = roles(cts)
+    assert sorted(i.sop_class_uid for i in items) == sorted([CTImageStorage, MRImageStorage])
+    assert all(i.scp_role and not i.scu_role for i in items)
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.sampled_from(
+    [None, JPEG2000Lossless, RLELossless, JPEGBaseline8Bit])), max_size=400),
+       st.integers(1, MAX_CONTEXTS))
+def test_never_more_than_the_limit_and_no_duplicates(pairs: list[tuple[int, str | None]],
+                                                     limit: int) -> None:
+    insts = [Instance(str(n), f"1.2.840.10008.5.1.4.1.1.{c}", (ts,) if ts else ())
+             for n, (c, ts) in enumerate(pairs)]
+    cts = propose(insts, limit)
+    keys = [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in cts]
+    assert len(keys) <= limit and len(set(keys)) == len(keys)
+    classes = {i.sop_class for i in insts}
+    assert len({k[0] for k in keys}) == min(len(classes), limit)
