@@ -205,9 +205,45 @@ def _self_check(port: int) -> tuple[bool, str, list[Dataset]]:
                 final = int(status.Status)
         ok = final == 0x0000
         summary = f"C-ECHO ok; federated C-FIND: {len(matches)} studies, status 0x{final or 0:04X}"
-        return ok, summary, matches
     finally:
         assoc.release()
+    if not ok or not matches:
+        return ok, summary, matches
+    got, status = _self_check_get(port, str(matches[0].StudyInstanceUID))
+    summary += f"; C-GET of one study: {got} instances, status 0x{status:04X}"
+    return ok and got > 0 and status == 0x0000, summary, matches
+
+
+def _self_check_get(port: int, study_uid: str) -> tuple[int, int]:
+    """C-GET one study through the proxy, as a workstation would (storage SCP role)."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="DEMO_CHECK")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(LOOPBACK, port, ae_title="FEDERATION",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    if not assoc.is_established:
+        return 0, 0xC000
+    final = 0xC000
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            if status is not None and status.Status not in (0xFF00, 0xFF01):
+                final = int(status.Status)
+    finally:
+        assoc.release()
+    return len(received), final
 
 
 def _banner(port: int, metrics_port: int, dest_port: int, workdir: Path,

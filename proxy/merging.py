@@ -44,6 +44,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
+from proxy.rawtext import text_values
+
 __all__ = [
     "COUNT_KEYWORDS", "LEVEL_UNIQUE_KEYS", "UNION_KEYWORDS", "Deduplicator",
     "merge", "merge_all", "unique_key",
@@ -192,10 +194,8 @@ def _unique_keywords(level: str) -> tuple[str, ...]:
 
 
 def _text(identifier: Dataset, keyword: str) -> str:
-    elem = identifier.get(Tag(keyword))
-    if elem is None or elem.is_empty:
-        return ""
-    return "\\".join(_values(elem))
+    # Per streamed match: read the raw bytes, do not convert the element (proxy.rawtext).
+    return "\\".join(v.strip(" \0") for v in text_values(identifier, Tag(keyword)))
 
 
 def _values(elem: DataElement) -> list[str]:

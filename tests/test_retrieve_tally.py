@@ -23,7 +23,7 @@ def tally_of(expected: int, completed: int = 0, failed: int = 0, warning: int = 
 
 @pytest.mark.parametrize(("t", "upstream", "sink", "expected"), [
     (tally_of(3, completed=3), None, None, Status.SUCCESS),
-    (tally_of(0), None, None, Status.SUCCESS),                   # nothing matched
+    (tally_of(0), None, None, Status.UNABLE_TO_PROCESS),         # nothing matched: no "Success"
     (tally_of(0), "a: refused", None, Status.UNABLE_TO_PROCESS),  # could not even ask
     (tally_of(3, completed=2, failed=1), None, None, Status.WARNING_SUBOPS_FAILED),
     (tally_of(3, completed=2, warning=1), None, None, Status.WARNING_SUBOPS_FAILED),

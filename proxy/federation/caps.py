@@ -58,6 +58,7 @@ from proxy.federation.ranges import (
     time_range,
     time_span,
 )
+from proxy.rawtext import text_values
 from proxy.status import Status
 
 __all__ = [
@@ -307,8 +308,6 @@ def _single(ds: Dataset, keyword: str) -> str | None:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    elem = ds.get(Tag(keyword))
-    if elem is None or elem.is_empty:
-        return ""
-    value = elem.value[0] if elem.VM > 1 else elem.value
-    return str(value).strip(" \0")
+    # Per streamed match (Sample.add): read the raw bytes, do not convert (proxy.rawtext).
+    values = text_values(ds, Tag(keyword))
+    return values[0].strip(" \0") if values else ""

@@ -40,6 +40,7 @@ from pynetdicom.sop_class import (
 
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.operations.base import OperationRecord, Services
+from proxy.rawtext import text_values
 from proxy.upstream import ArchiveClient, CancelToken
 
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
@@ -209,8 +210,5 @@ class Locator:
 
 
 def _values(identifier: Dataset, keyword: str) -> list[str]:
-    elem = identifier.get(Tag(keyword))
-    if elem is None or elem.is_empty:
-        return []
-    values = list(elem.value) if elem.VM > 1 else [elem.value]
-    return [str(v).strip(" \0") for v in values if str(v).strip(" \0")]
+    # Per streamed match (remember): read the raw bytes, do not convert (proxy.rawtext).
+    return [s for v in text_values(identifier, Tag(keyword)) if (s := v.strip(" \0"))]

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 
 from pydicom import Dataset
+from pydicom.tag import Tag
 from pynetdicom import evt
 
 from proxy.fanout import Match, Outcome, fan_out
@@ -38,10 +39,12 @@ from proxy.matching import matches
 from proxy.merging import Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.operations.base import OperationRecord, Services
+from proxy.rawtext import set_text
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
 
 Response = tuple[int | Dataset, Dataset | None]
+_RETRIEVE_AE = Tag(0x00080054)
 
 
 def handle(event: evt.Event, services: Services) -> Iterator[Response]:
@@ -157,8 +160,8 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
 
 
 def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str) -> Response:
-    if "RetrieveAETitle" in ds:
-        ds.RetrieveAETitle = retrieve_ae
+    if _RETRIEVE_AE in ds:          # raw bytes: the SCP copies them, no value conversion
+        set_text(ds, _RETRIEVE_AE, "AE", retrieve_ae)
     record.details["matches"] += 1
     record.protect(ds)
     return status, ds

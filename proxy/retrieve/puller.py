@@ -152,9 +152,9 @@ class Puller:
 
     def _get(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
         held = self.survey.holdings.get(name) or self.survey.described()
-        if held:
+        if held and all(inst.sop_class for inst in held):
             contexts = sopclasses.propose(held, sopclasses.MAX_CONTEXTS - 1)
-        else:   # blind: the common storage classes; the archive converts if it must
+        else:   # blind or unknown classes: the common storage classes; the archive converts
             contexts = [build_context(cx.abstract_syntax, [ExplicitVRLittleEndian,
                                                            ImplicitVRLittleEndian])
                         for cx in StoragePresentationContexts[:sopclasses.MAX_CONTEXTS - 1]]

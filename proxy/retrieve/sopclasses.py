@@ -48,6 +48,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pynetdicom import StoragePresentationContexts
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context, build_role
 
@@ -134,10 +135,15 @@ def count_of(match: Dataset) -> tuple[int, list[str]] | None:
 
 
 def instance_of(match: Dataset) -> Instance | None:
-    """The instance one survey match describes (None when it lacks its UIDs)."""
+    """The instance one survey match describes (None without its SOP Instance UID).
+
+    Some archives (pynetdicom's qrscp among them) do not return SOP Class UID at
+    IMAGE level: the instance still counts, with an unknown class ("") for which
+    the common storage classes are proposed.
+    """
     uid = _text(match.get("SOPInstanceUID"))
-    sop_class = _text(match.get("SOPClassUID"))
-    if not uid or not sop_class:
+    sop_class = _text(match.get("SOPClassUID"))   # "" when the archive does not say
+    if not uid:
         return None
     syntaxes: list[str] = []
     for tag in (TRANSFER_SYNTAX, AVAILABLE_TRANSFER_SYNTAX):
@@ -175,8 +181,17 @@ def wishes(instances: Iterable[Instance]) -> list[tuple[str, list[str]]]:
 
 
 def propose(instances: Iterable[Instance], limit: int = MAX_CONTEXTS) -> list[PresentationContext]:
-    """Single-syntax storage contexts for ``instances``, at most ``limit`` (Rules 1-2)."""
-    table = wishes(instances)
+    """Single-syntax storage contexts for ``instances``, at most ``limit`` (Rules 1-2).
+
+    Instances of unknown class ("") bring in the common storage classes, uncompressed.
+    """
+    listed = list(instances)
+    table = wishes(inst for inst in listed if inst.sop_class)
+    if any(not inst.sop_class for inst in listed):
+        named = {sop_class for sop_class, _ in table}
+        table += [(str(cx.abstract_syntax), list(FALLBACK_SYNTAXES))
+                  for cx in StoragePresentationContexts
+                  if str(cx.abstract_syntax) not in named]
     contexts: list[PresentationContext] = []
     depth = 0
     while len(contexts) < limit:

@@ -101,9 +101,11 @@ def final_status(tally: Tally, *, cancelled: bool, upstream_failure: str | None,
     """The final status and, when it is not Success, a hint saying why.
 
     - C-CANCEL from the workstation: Cancel (0xFE00, PS3.4 C.4.2.1.5).
+    - Nothing at all to report (0 completed, failed, warning): 0xC000, Unable to
+      process, with why (nothing matched, or an archive could not be asked) — a
+      workstation must never hear "Success" when nothing arrived.
     - No sub-operation failed or warned: Success — unless an archive failed and nothing
-      at all was retrieved (then 0xC000, Unable to process: "0 of 0" is not an answer
-      when the archive could not be asked).
+      at all was retrieved (then 0xC000, Unable to process).
     - Some completed (or warned) and some failed, or only warnings: 0xB000, Warning:
       sub-operations complete, one or more failures or warnings.
     - Nothing delivered: 0xA702 (Refused: out of resources, unable to perform
@@ -112,6 +114,11 @@ def final_status(tally: Tally, *, cancelled: bool, upstream_failure: str | None,
     """
     if cancelled:
         return Status.CANCEL, None
+    if tally.completed == tally.failed == tally.warning == 0:
+        # "Success, 0 sub-operations" is what a workstation hears as "it worked"
+        # while nothing arrived; the proxy never says that (0xC000, with why).
+        return Status.UNABLE_TO_PROCESS, upstream_failure or (
+            "nothing to retrieve: no instance matched the identifier in the route's archives")
     if tally.failed == 0 and tally.warning == 0:
         if upstream_failure and tally.completed == 0:
             return Status.UNABLE_TO_PROCESS, upstream_failure
