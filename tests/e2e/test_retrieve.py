@@ -27,7 +27,7 @@ from pydicom.uid import (
 
 from tests.e2e.conftest import StoreSCPFactory
 from tests.e2e.data import SyntheticSet, build_synthetic_set
-from tests.e2e.dcmtk import getscu, movescu
+from tests.e2e.dcmtk import StoreSCP, getscu, movescu
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK, free_port
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
@@ -202,6 +202,20 @@ def test_unknown_move_destination_is_a801_and_named(
     op = proxy.operations("C-MOVE")[-1]
     assert op["destination"] == "NOBODY" and "NOBODY" in op["hint"]
     assert not [e for e in proxy.events("upstream") if e["operation"] == "C-GET"]
+
+
+def test_a_move_that_matches_nothing_is_never_reported_as_success(
+        pacs: OrthancArchive, studies: SyntheticSet, proxy_factory: ProxyFactory) -> None:
+    # "C-MOVE succeeded" with nothing arriving is the failure this product exists to
+    # prevent: a study no archive holds gets 0xC000 and says why, not Success 0/0/0.
+    with StoreSCP("WS1") as scp:
+        proxy = proxy_factory(rules(pacs, {"WS1": scp.port}))
+        result = move(proxy, "WS1", "1.2.3.4.5.6.7.8.9.999")
+        assert scp.received_files() == []
+    assert result.final_status == 0xC000, result.output[-2000:]
+    assert (result.completed, result.failed) in ((0, 0), (None, None))
+    op = proxy.operations("C-MOVE")[-1]
+    assert op["status"] == "0xC000" and "no instance matched" in op["hint"]
 
 
 def test_a_dead_destination_fails_every_instance_and_pulls_nothing(
