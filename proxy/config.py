@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pynetdicom._validators import validate_ae
+from proxy import config_checks as check
+from proxy.config_checks import ConfigError as ConfigError
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - the card asks for tomli below 3.11
     import tomllib
@@ -33,15 +34,6 @@ PHI_MODES = ("hash", "clear", "drop")
 RETRIEVE_MODES = ("get", "move")
 ECHO_MODES = ("upstream", "local")
 MERGE_MODES = ("stream", "complete")
-
-
-class ConfigError(ValueError):
-    """A rules file problem; ``str()`` is the one line shown to the user."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}" if path else problem)
-        self.path = path
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -192,38 +184,39 @@ def load(path: str | Path) -> Config:
 
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations", "routes",
-                          "health", "federation"})
+    check.only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations",
+                               "routes", "health", "federation"})
     if "proxy" not in data:
         raise ConfigError("proxy", "section is required")
-    proxy = _section("proxy", data["proxy"], ProxyConfig, {
-        "ae_title": _ae, "host": _host, "port": _port,
-        "max_associations": _positive_int, "max_connections": _positive_int,
-        "max_pdu_size": _pdu_size, "acse_timeout": _positive_float,
-        "dimse_timeout": _positive_float, "network_timeout": _positive_float,
-        "shutdown_grace": _positive_float,
+    proxy = check.section("proxy", data["proxy"], ProxyConfig, {
+        "ae_title": check.ae, "host": check.host, "port": check.port,
+        "max_associations": check.positive_int, "max_connections": check.positive_int,
+        "max_pdu_size": check.pdu_size, "acse_timeout": check.positive_float,
+        "dimse_timeout": check.positive_float, "network_timeout": check.positive_float,
+        "shutdown_grace": check.positive_float,
     })
-    metrics = _section("metrics", data.get("metrics", {}), MetricsConfig, {
-        "host": _host, "port": _port, "enabled": _bool,
+    metrics = check.section("metrics", data.get("metrics", {}), MetricsConfig, {
+        "host": check.host, "port": check.port, "enabled": check.boolean,
     })
-    log = _section("log", data.get("log", {}), LogConfig, {
-        "format": _choice(LOG_FORMATS), "phi": _choice(PHI_MODES), "phi_key": _text,
-        "level": _choice(("debug", "info", "warning", "error")),
+    log = check.section("log", data.get("log", {}), LogConfig, {
+        "format": check.choice(LOG_FORMATS), "phi": check.choice(PHI_MODES), "phi_key": check.text,
+        "level": check.choice(("debug", "info", "warning", "error")),
     })
-    spool = _section("spool", data.get("spool", {}), SpoolConfig, {
-        "dir": _path, "max_bytes": _positive_int, "retry_initial": _positive_float,
-        "retry_max": _positive_float, "max_attempts": _positive_int,
-        "retrieve_max_bytes": _positive_int,
+    spool = check.section("spool", data.get("spool", {}), SpoolConfig, {
+        "dir": check.path_value, "max_bytes": check.positive_int,
+        "retry_initial": check.positive_float,
+        "retry_max": check.positive_float, "max_attempts": check.positive_int,
+        "retrieve_max_bytes": check.positive_int,
     })
     archives = _archives(data.get("archives"), proxy.ae_title)
     destinations = _destinations(data.get("destinations", {}))
     routes = _routes(data.get("routes"), archives)
-    health = _section("health", data.get("health", {}), HealthConfig, {
-        "enabled": _bool, "interval": _positive_float, "timeout": _positive_float,
+    health = check.section("health", data.get("health", {}), HealthConfig, {
+        "enabled": check.boolean, "interval": check.positive_float, "timeout": check.positive_float,
     })
-    federation = _section("federation", data.get("federation", {}), FederationConfig, {
-        "location_cache_entries": _positive_int, "location_cache_ttl": _positive_float,
-        "max_subqueries": _positive_int,
+    federation = check.section("federation", data.get("federation", {}), FederationConfig, {
+        "location_cache_entries": check.positive_int, "location_cache_ttl": check.positive_float,
+        "max_subqueries": check.positive_int,
     })
     return Config(proxy, metrics, log, spool, archives, destinations, routes, health=health,
                   federation=federation)
@@ -232,14 +225,15 @@ def parse(data: Mapping[str, Any]) -> Config:
 def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
     if raw is None or (isinstance(raw, Mapping) and not raw):
         raise ConfigError("archives", "at least one archive is required")
-    table = _table("archives", raw)
+    table = check.table("archives", raw)
     out: dict[str, ArchiveConfig] = {}
     for name, body in table.items():
         path = f"archives.{name}"
-        fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
-            "ae_title": _ae, "host": _host, "port": _peer_port, "calling_ae": _ae,
-            "retrieve": _choice(RETRIEVE_MODES), "max_results": _non_negative_int,
-            "timeout": _positive_float,
+        fields = check.fields(path, body, required={"ae_title", "host", "port"}, checks={
+            "ae_title": check.ae, "host": check.host, "port": check.peer_port,
+            "calling_ae": check.ae,
+            "retrieve": check.choice(RETRIEVE_MODES), "max_results": check.non_negative_int,
+            "timeout": check.positive_float,
         })
         fields.setdefault("calling_ae", default_calling)
         out[name] = ArchiveConfig(name=name, **fields)
@@ -247,13 +241,13 @@ def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
 
 
 def _destinations(raw: Any) -> dict[str, DestinationConfig]:
-    table = _table("destinations", raw)
+    table = check.table("destinations", raw)
     out: dict[str, DestinationConfig] = {}
     seen: dict[str, str] = {}
     for name, body in table.items():
         path = f"destinations.{name}"
-        fields = _fields(path, body, required={"ae_title", "host", "port"}, checks={
-            "ae_title": _ae, "host": _host, "port": _peer_port,
+        fields = check.fields(path, body, required={"ae_title", "host", "port"}, checks={
+            "ae_title": check.ae, "host": check.host, "port": check.peer_port,
         })
         if fields["ae_title"] in seen:
             raise ConfigError(f"{path}.ae_title", f"{fields['ae_title']!r} is already used by "
@@ -272,10 +266,10 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
     seen: dict[str, int] = {}
     for i, body in enumerate(raw):
         path = f"routes[{i}]"
-        fields = _fields(path, body, required={"called_ae", "archives"}, checks={
-            "called_ae": _ae, "archives": _name_list, "allow": _ae_list,
-            "store_to": _name_list, "echo": _choice(ECHO_MODES),
-            "merge": _choice(MERGE_MODES), "recheck_matches": _bool,
+        fields = check.fields(path, body, required={"called_ae", "archives"}, checks={
+            "called_ae": check.ae, "archives": check.name_list, "allow": check.ae_list,
+            "store_to": check.name_list, "echo": check.choice(ECHO_MODES),
+            "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
             "store_filter": _any,
         })
         if not fields["archives"]:
@@ -302,13 +296,13 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
 def _store_filters(path: str, raw: Any, store_to: tuple[str, ...]) -> tuple[StoreFilter, ...]:
     """``store_filter.<archive> = { modality = [...], calling_ae = [...], sop_class = [...] }``."""
     out: list[StoreFilter] = []
-    for name, body in _table(path, raw).items():
+    for name, body in check.table(path, raw).items():
         where = f"{path}.{name}"
         if name not in store_to:
             raise ConfigError(where, f"{name!r} is not in store_to of this route "
                                      f"({', '.join(store_to) or 'store_to is empty'})")
-        fields = _fields(where, body, required=set(), checks={
-            "modality": _modality_list, "calling_ae": _ae_list, "sop_class": _uid_list})
+        fields = check.fields(where, body, required=set(), checks={
+            "modality": _modality_list, "calling_ae": check.ae_list, "sop_class": _uid_list})
         if not fields:
             raise ConfigError(where, "has no condition (modality, calling_ae, sop_class); "
                                      "remove it to forward every instance")
@@ -321,7 +315,7 @@ def _store_filters(path: str, raw: Any, store_to: tuple[str, ...]) -> tuple[Stor
 
 def _modality_list(path: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ConfigError(path, f"must be an array of modality codes, not {_kind(value)}")
+        raise ConfigError(path, f"must be an array of modality codes, not {check.kind(value)}")
     out = []
     for i, v in enumerate(value):
         if not isinstance(v, str) or not _CS.fullmatch(v):
@@ -333,7 +327,7 @@ def _modality_list(path: str, value: Any) -> tuple[str, ...]:
 
 def _uid_list(path: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ConfigError(path, f"must be an array of UIDs, not {_kind(value)}")
+        raise ConfigError(path, f"must be an array of UIDs, not {check.kind(value)}")
     for i, v in enumerate(value):
         if not isinstance(v, str) or len(v) > 64 or not _UID.fullmatch(v):
             raise ConfigError(f"{path}[{i}]", f"must be a UID such as \"1.2.840.10008.5.1.4.1.1.2\""
@@ -344,140 +338,3 @@ def _uid_list(path: str, value: Any) -> tuple[str, ...]:
 def _any(path: str, value: Any) -> Any:
     del path
     return value
-
-
-# -- generic helpers -------------------------------------------------------------
-
-Check = Callable[[str, Any], Any]
-
-
-def _section(path: str, raw: Any, cls: Callable[..., T], checks: dict[str, Check]) -> T:
-    return cls(**_fields(path, raw, required=set(), checks=checks))
-
-
-def _fields(path: str, raw: Any, *, required: set[str], checks: dict[str, Check]) -> dict[str, Any]:
-    table = _table(path, raw)
-    _only_keys(path, table, set(checks))
-    for key in sorted(required):
-        if key not in table:
-            raise ConfigError(f"{path}.{key}", "is required")
-    return {key: checks[key](f"{path}.{key}", value) for key, value in table.items()}
-
-
-def _table(path: str, raw: Any) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(path, f"must be a table, not {_kind(raw)}")
-    return raw
-
-
-def _only_keys(path: str, table: Mapping[str, Any], allowed: set[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else key
-            hint = ", ".join(sorted(allowed))
-            raise ConfigError(where, f"unknown key (expected one of: {hint})")
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _ae(path: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(path, f"AE title must be a string, not {_kind(value)}")
-    ok, why = validate_ae(value)
-    if not ok:
-        raise ConfigError(path, f"invalid AE title {value!r}: {why}")
-    if not value.strip():
-        raise ConfigError(path, "AE title must not be empty or all spaces")
-    return value.strip()
-
-
-def _ae_list(path: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(path, f"must be an array of AE titles, not {_kind(value)}")
-    return tuple(_ae(f"{path}[{i}]", v) for i, v in enumerate(value))
-
-
-def _name_list(path: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(path, f"must be an array of names, not {_kind(value)}")
-    for i, v in enumerate(value):
-        if not isinstance(v, str) or not v:
-            raise ConfigError(f"{path}[{i}]", "must be a non-empty string")
-    return tuple(value)
-
-
-def _host(path: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ConfigError(path, f"must be a host name or IP address, not {value!r}")
-    return value
-
-
-def _port(path: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(path, f"port must be an integer, not {_kind(value)}")
-    if not 0 <= value <= 65535:
-        raise ConfigError(path, f"port {value} is out of range (0-65535)")
-    return value
-
-
-def _peer_port(path: str, value: Any) -> int:
-    # A port the proxy connects to; 0 ("any free port") only makes sense for listening.
-    port = _port(path, value)
-    if port == 0:
-        raise ConfigError(path, "port 0 is out of range for a peer (1-65535)")
-    return port
-
-
-def _positive_int(path: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(path, f"must be a positive integer, not {value!r}")
-    return value
-
-
-def _non_negative_int(path: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(path, f"must be an integer >= 0, not {value!r}")
-    return value
-
-
-def _pdu_size(path: str, value: Any) -> int:
-    size = _positive_int(path, value)
-    if not 4096 <= size <= 16 * 1024 * 1024:
-        raise ConfigError(path, f"must be between 4096 and 16777216 bytes, not {size}")
-    return size
-
-
-def _positive_float(path: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(path, f"must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _text(path: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(path, f"must be a string, not {_kind(value)}")
-    return value
-
-
-def _bool(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, f"must be true or false, not {value!r}")
-    return value
-
-
-def _path(path: str, value: Any) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"must be a non-empty path string, not {value!r}")
-    return Path(value)
-
-
-def _choice(options: tuple[str, ...]) -> Check:
-    def check(path: str, value: Any) -> str:
-        if value not in options:
-            raise ConfigError(path, f"must be one of {', '.join(map(repr, options))}, "
-                                    f"not {value!r}")
-        return str(value)
-    return check

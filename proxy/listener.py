@@ -40,7 +40,6 @@ from proxy.contexts import (
     query_contexts,
 )
 from proxy.observe import events as ev
-from proxy.pynetdicom_tuning import tune
 from proxy.routing import Inbound, Rejection, admit, too_many_associations
 
 # An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
@@ -91,7 +90,6 @@ class _Handler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        tune(assoc)
         sock = assoc.dul.socket
         sock.__class__ = _BoundedSocket
         sock.pdu_limit = self.server.pdu_limit

@@ -31,7 +31,6 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from proxy.config import ArchiveConfig, DestinationConfig
-from proxy.pynetdicom_tuning import tune
 from proxy.routing import upstream_titles
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -177,7 +176,6 @@ class ArchiveClient:
 
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
-        tune(event.assoc)
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)
