@@ -12,13 +12,16 @@ each run the same way with and without the proxy:
 - pynetdicom's SCU in this process: time to the first match and to the final
   status, so the per-match relay cost and the streaming latency show separately.
 
-Ratios are relayed / direct. pynetdicom's reactors poll with ``time.sleep(0.001)``,
-which is where most of the proxy's per-message cost comes from.
+Ratios are relayed / direct. "Proxy CPU per match" is the proxy process's user+system
+CPU time (``/proc/<pid>/stat``, Linux) over the relayed queries, divided by the matches
+relayed: what one match costs the proxy, whatever else shares the machine. pynetdicom's
+SCU proposes Implicit VR first, DCMTK's findscu Explicit VR: both paths are covered.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -81,6 +84,12 @@ def pynetdicom_once(port: int, called: str) -> tuple[float, float, int]:
     return first, time.perf_counter() - started, count
 
 
+def proxy_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -105,14 +114,21 @@ def main() -> int:
             if counts["direct"] != args.matches or counts["proxy"] != args.matches:
                 raise RuntimeError(f"expected {args.matches} matches each, got {counts}")
             rows: dict[str, dict[str, float]] = {}
+            pid = proxy.proc.pid if proxy.proc is not None else 0
             for name, (port, called) in targets.items():
                 findscu_once(port, called)                 # warm-up (caches, imports)
                 pynetdicom_once(port, called)
+                cpu = proxy_cpu(pid)
                 walls = [findscu_once(port, called) for _ in range(args.rounds)]
+                cpu_findscu = proxy_cpu(pid) - cpu
                 runs = [pynetdicom_once(port, called) for _ in range(args.rounds)]
+                cpu_pynetdicom = proxy_cpu(pid) - cpu - cpu_findscu
+                per_match = 1e6 / (args.rounds * args.matches)
                 rows[name] = {"findscu": median(walls),
                               "first": median([r[0] for r in runs]),
-                              "total": median([r[1] for r in runs])}
+                              "total": median([r[1] for r in runs]),
+                              "cpu_findscu": cpu_findscu * per_match,
+                              "cpu_pynetdicom": cpu_pynetdicom * per_match}
         finally:
             code = proxy.stop()
         if code != 0:
@@ -129,7 +145,9 @@ def main() -> int:
         print(f"| {label} | {d[key] * 1000:.0f} ms | {p[key] * 1000:.0f} ms "
               f"| {p[key] / d[key]:.2f}x |")
     per_match = (p["total"] - d["total"]) / args.matches * 1e6
-    print(f"\nRelay cost per match (pynetdicom SCU): {per_match:.0f} µs.")
+    print(f"\nRelay cost per match (pynetdicom SCU): {per_match:.0f} µs of wall time.")
+    print(f"Proxy CPU per match: {p['cpu_findscu']:.0f} µs (findscu, Explicit VR), "
+          f"{p['cpu_pynetdicom']:.0f} µs (pynetdicom SCU, Implicit VR).")
     return 0
 
 

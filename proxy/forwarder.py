@@ -37,7 +37,7 @@ from pydicom import dcmread
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
 
-from proxy import chunked
+from proxy import chunked, wire
 from proxy.config import SpoolConfig
 from proxy.forwarding import (
     Key,
@@ -132,6 +132,7 @@ class Forwarder:
                                        handlers=[(evt.EVT_CONN_OPEN, _no_delay),
                                                  (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
                 self._assoc = assoc
+                wire.write_directly(assoc)   # C-STOREs written by this thread, batched
                 return self._stream(assoc, batch, proposed, negotiated)
         except UpstreamError as exc:
             if negotiated and not negotiated["accepted"]:

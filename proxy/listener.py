@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import AE, Association, evt
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from proxy.config import Config, RouteConfig
 from proxy.contexts import (
@@ -41,6 +41,7 @@ from proxy.contexts import (
 )
 from proxy.observe import events as ev
 from proxy.routing import Inbound, Rejection, admit, too_many_associations
+from proxy.wire import ReadAheadSocket
 
 # An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
 # identity items, so it gets its own (still bounded) allowance.
@@ -68,7 +69,7 @@ class Session:
         return time.monotonic() - self.started
 
 
-class _BoundedSocket(AssociationSocket):
+class _BoundedSocket(ReadAheadSocket):
     """Refuses to read a PDU body larger than the proxy's limit (Rule 2)."""
 
     pdu_limit: int = _MIN_PDU_ALLOWANCE

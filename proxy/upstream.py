@@ -32,6 +32,7 @@ from pynetdicom.sop_class import Verification
 
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.routing import upstream_titles
+from proxy.wire import use_read_ahead
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -176,6 +177,7 @@ class ArchiveClient:
 
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
+        use_read_ahead(event.assoc)      # fewer recv/select calls per PDU (proxy.wire)
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)
@@ -215,14 +217,17 @@ class ArchiveClient:
                 raise self._no_response("C-ECHO", time.monotonic() - sent)
             return code
 
-    def find(self, identifier: Dataset, model: str,
-             cancelled: CancelToken | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
+    def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
+             syntax: str | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
         """C-FIND: yield (status, identifier) for every response, final included.
 
         When ``cancelled`` fires, a C-CANCEL is sent upstream once; the archive's
         answer to it (normally 0xFE00) still comes through this iterator.
+        ``syntax`` (the workstation's transfer syntax) gets a presentation context
+        of its own, used when the archive accepts it: each match is then passed on
+        as the bytes it came in, without re-encoding (``query_contexts``).
         """
-        with self.associate([build_context(model, QUERY_TRANSFER_SYNTAXES)]) as assoc:
+        with self.associate(query_contexts(model, syntax)) as assoc:
             cx = _context_for(assoc, model, self.peer)
             msg_id = 1
 
@@ -302,6 +307,22 @@ class ArchiveClient:
         return UpstreamError(self.peer.name, f"the archive aborted or closed the association "
                              f"during {operation}", kind="aborted",
                              hint="see the archive's log for why")
+
+
+def query_contexts(model: str, syntax: str | None = None) -> list[PresentationContext]:
+    """The C-FIND contexts to propose: ``syntax`` alone first, when it is a query syntax.
+
+    pydicom re-encodes every element of a match when the workstation's transfer syntax
+    differs from the archive's (implicit/explicit VR), and copies each element's bytes
+    when they agree. An acceptor picks the syntax of a context by its own preference
+    (Orthanc: explicit VR whatever the order proposed), so the workstation's syntax gets
+    a context of its own; pynetdicom (and ``_context_for``) use the first accepted
+    context of a SOP class, the lowest ID; the second context is the fallback.
+    """
+    if syntax is None or syntax not in QUERY_TRANSFER_SYNTAXES:
+        return [build_context(model, QUERY_TRANSFER_SYNTAXES)]
+    others = [ts for ts in QUERY_TRANSFER_SYNTAXES if ts != syntax]
+    return [build_context(model, [syntax]), build_context(model, others)]
 
 
 def _responses_to_waiters(assoc: Association) -> None:

@@ -38,6 +38,7 @@ from proxy.federation import caps
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
 from proxy.operations.base import OperationRecord, Services
+from proxy.operations.find import workstation_syntax
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, CancelToken
 
@@ -71,6 +72,7 @@ class Recovery:
         self.problems: list[str] = []
         self._info: AssocInfo | None = services.session(event).info if event is not None else None
         self._phi: list[str] = []
+        self.syntax = workstation_syntax(event)     # matches pass through unconverted
 
     def run(self, identifier: Dataset) -> Iterator[Response]:
         record = OperationRecord("C-FIND")
@@ -100,13 +102,18 @@ class Recovery:
 
     def _plain(self, identifier: Dataset) -> Iterator[Response]:
         answer = _Answer()
-        for status, ds in self.client.find(identifier, self.model, self.token):
+        for status, ds in self._find(identifier):
             if status in _PENDING and ds is not None:
                 answer.matches += 1
             else:
                 answer.status = status
             yield status, ds
         self._account(answer, is_capped=False)
+
+    def _find(self, query: Dataset) -> Iterator[tuple[int | None, Dataset | None]]:
+        if self.syntax is None:     # no workstation (e.g. a location survey): the default
+            return self.client.find(query, self.model, self.token)
+        return self.client.find(query, self.model, self.token, syntax=self.syntax)
 
     def _walk(self, start: caps.Piece, level: str, root: _Answer | None,
               ) -> Iterator[tuple[int, Dataset]]:
@@ -158,7 +165,7 @@ class Recovery:
     def _ask(self, piece: caps.Piece, is_root: bool, answer: _Answer, sample: caps.Sample,
              dedupe: Deduplicator) -> Iterator[tuple[int, Dataset]]:
         def stream() -> Iterator[tuple[int, Dataset]]:
-            for status, ds in self.client.find(piece.query, self.model, self.token):
+            for status, ds in self._find(piece.query):
                 if status in _PENDING and ds is not None:
                     answer.matches += 1
                     sample.add(ds)

@@ -86,7 +86,10 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                                                                          Dataset | None]]:
         if finder is not None:
             return finder(client, identifier, model, tok, event)  # type: ignore[no-any-return]
-        return client.find(identifier, model, tok)
+        syntax = workstation_syntax(event)
+        if syntax is None:
+            return client.find(identifier, model, tok)
+        return client.find(identifier, model, tok, syntax=syntax)
 
     def watch_cancel() -> None:
         if not token.is_set and event.is_cancelled:
@@ -165,6 +168,14 @@ def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str
     record.details["matches"] += 1
     record.protect(ds)
     return status, ds
+
+
+def workstation_syntax(event: evt.Event | None) -> str | None:
+    """The transfer syntax of the workstation's request: ask archives in it first, so
+    matches pass through as their bytes (``ArchiveClient.find``, ``proxy.rawtext``)."""
+    context = getattr(event, "context", None)
+    syntax = getattr(context, "transfer_syntax", None)
+    return str(syntax) if syntax else None
 
 
 def final_status(outcomes: list[Outcome], cancelled: bool,

@@ -11,6 +11,8 @@ Rule 1 (original encoding): an instance is sent from its buffer file as received
         Explicit and Implicit VR Little Endian only (same byte order, no
         compression), so pixel data bytes never change. Otherwise the
         sub-operation fails, saying which syntax the peer did not accept.
+        The sending thread writes each C-STORE's PDUs itself, batched
+        (``proxy.wire.write_directly``), at the peer's maximum PDU size.
 Rule 2 (destination): one association for the whole retrieve, opened *before*
         anything is pulled, so a dead destination costs no archive traffic
         (every sub-operation then fails with the reason). If it drops mid-way it
@@ -35,7 +37,7 @@ from pydicom.uid import UID
 from pynetdicom import Association
 from pynetdicom.presentation import PresentationContext
 
-from proxy import chunked
+from proxy import chunked, wire
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.retrieve.buffer import Buffered
@@ -115,6 +117,7 @@ class DestinationSink:
             stack.close()
             self._report(None, exc.reason, exc.hint)
             raise
+        wire.write_directly(self._assoc)     # C-STOREs written by this thread, batched
         self._stack = stack
         self.counts["associations"] += 1
 
@@ -184,6 +187,7 @@ class WorkstationSink:
     def store(self, item: Buffered) -> Delivery:
         if self._ids is None:
             self._ids = _message_ids(self.first_msg_id)
+            wire.write_directly(self.assoc)
         if not self.assoc.is_established:
             return Delivery(None, "workstation association ended", fatal=True)
         return send(self.assoc, item, next(self._ids), "the workstation")

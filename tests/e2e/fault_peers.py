@@ -69,7 +69,9 @@ class ScriptedArchive:
     """A pynetdicom C-FIND SCP on a free loopback port, answering per ``script``.
 
     ``identifiers`` holds every C-FIND identifier received, ``calling_aets`` every
-    calling AE title; ``cancelled`` is set when the script saw a C-CANCEL;
+    calling AE title; ``cancelled`` is set when a C-CANCEL arrived (seen by the script,
+    or received by the DIMSE layer after the script had already queued everything:
+    pynetdicom reads nothing while it still has PDUs to send);
     ``first_sent`` when the first match left the script; ``gate`` is an Event
     scripts may wait on (set by the test, and by ``close()``). One archive can
     serve several tests: assign ``script`` and call ``reset()`` between them.
@@ -93,7 +95,8 @@ class ScriptedArchive:
         self._ae = ae
         self._server = ae.start_server(
             (LOOPBACK, 0), block=False,
-            evt_handlers=[(evt.EVT_C_FIND, self._on_find), (evt.EVT_REQUESTED, self._on_rq)])
+            evt_handlers=[(evt.EVT_C_FIND, self._on_find), (evt.EVT_REQUESTED, self._on_rq),
+                          (evt.EVT_DIMSE_RECV, self._on_dimse)])
         self.host = LOOPBACK
         self.dicom_port = int(self._server.server_address[1])
 
@@ -104,6 +107,10 @@ class ScriptedArchive:
         for flag in (self.cancelled, self.first_sent, self.finished, self.gate):
             flag.clear()
         return self
+
+    def _on_dimse(self, event: Any) -> None:
+        if type(event.message).__name__ == "C_CANCEL_RQ":
+            self.cancelled.set()
 
     def _on_rq(self, event: Any) -> None:
         self.calling_aets.append(str(event.assoc.requestor.primitive.calling_ae_title).strip())
