@@ -74,6 +74,7 @@ class _BoundedSocket(ReadAheadSocket):
 
     pdu_limit: int = _MIN_PDU_ALLOWANCE
     on_violation: Callable[[str], None] | None = None
+    bytes_seen: int = 0               # 0 at the end: a port probe, not a DICOM peer
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > self.pdu_limit:
@@ -83,6 +84,7 @@ class _BoundedSocket(ReadAheadSocket):
                 self.on_violation(reason)
             raise OSError(reason)
         data: bytearray = super().recv(nr_bytes)
+        self.bytes_seen += len(data)
         return data
 
 
@@ -377,10 +379,18 @@ class Listener:
         session = self.session(assoc)
         if not session.ended:
             session.ended = True
+            reason: str | None = None
             if session.accepted:
                 reason = session.violation or "connection closed without A-RELEASE"
             elif session.violation:
                 reason = session.violation
+            elif _is_port_probe(assoc, session, self.config.proxy.acse_timeout):
+                # A load balancer's or a monitoring system's TCP check: connect, close.
+                # Worth a debug line, not a warning every few seconds.
+                self.bus.emit(ev.Noted("debug", "connection_probed", {
+                    "peer": session.info.peer,
+                    "reason": "TCP connection opened and closed without a byte "
+                              "(a port probe or health check)"}))
             elif assoc.requestor.primitive is None:
                 acse = self.config.proxy.acse_timeout
                 reason = (f"no A-ASSOCIATE-RQ within acse_timeout ({acse:g}s): the peer "
@@ -389,7 +399,8 @@ class Listener:
                           "(a non-DICOM client?), or the peer hung up")
             else:
                 reason = "connection lost during association negotiation"
-            self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, reason))
+            if reason is not None:
+                self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, reason))
         if session.accepted:
             self.bus.emit(ev.AssociationClosed(session.info))
         with self._lock:
@@ -401,6 +412,14 @@ class Listener:
         session.ended = True
         reason = session.violation or session.data.get("abort_reason") or default
         self.bus.emit(ev.AssociationAborted(session.info, session.elapsed, str(reason)))
+
+
+def _is_port_probe(assoc: Association, session: Session, acse_timeout: float) -> bool:
+    """Closed before acse_timeout without sending a single byte."""
+    sock = assoc.dul.socket
+    return (assoc.requestor.primitive is None and session.violation is None
+            and session.elapsed < acse_timeout * 0.9
+            and getattr(sock, "bytes_seen", 1) == 0)
 
 
 def link_up(assoc: Association) -> bool:

@@ -162,6 +162,23 @@ def test_garbage_ends_that_connection_only(proxy: ProxyProcess, healthy: Associa
     still_serving(proxy, healthy)
 
 
+def test_a_port_probe_is_not_reported_as_an_aborted_association(proxy: ProxyProcess,
+                                                                healthy: Association) -> None:
+    # Load balancers and monitoring open and close the port every few seconds;
+    # that must not become a warning line each time. A real peer's garbage still does.
+    probe = connect(proxy)
+    probe_peer = peer_of(probe)
+    probe.close()
+    sock = connect(proxy)
+    peer = peer_of(sock)
+    sock.sendall(GARBAGE["http"])
+    read_pdu(sock, timeout=ACSE_TIMEOUT + NETWORK_TIMEOUT + 2)
+    sock.close()
+    aborted_line(proxy, peer)            # the garbage connection is reported...
+    assert not [e for e in proxy.events("association_aborted") if e["peer"] == probe_peer]
+    still_serving(proxy, healthy)
+
+
 def test_a_client_that_says_nothing_is_closed_after_acse_timeout(proxy: ProxyProcess,
                                                                healthy: Association) -> None:
     sock = connect(proxy)
@@ -226,7 +243,8 @@ def test_association_limit_rejects_transiently(proxy: ProxyProcess,
 
 def test_connection_limit_closes_extra_connections_at_once(scripted: ScriptedArchive,
                                                            proxy_factory: ProxyFactory) -> None:
-    limited = proxy_factory(rules_for(scripted, max_connections=3, acse_timeout=10))
+    limited = proxy_factory({**rules_for(scripted, max_connections=3, acse_timeout=10),
+                             "log": {"level": "debug"}})
     held = [connect(limited) for _ in range(3)]
     extra = connect(limited)
     peers = [peer_of(sock) for sock in held]
@@ -243,7 +261,9 @@ def test_connection_limit_closes_extra_connections_at_once(scripted: ScriptedArc
         for sock in [*held, extra]:
             sock.close()
     for peer in peers:             # their slots come back as soon as they hang up
-        aborted_line(limited, peer)
+        # (connected, said nothing, hung up: a port probe, logged at debug level only)
+        limited.wait_event("connection_probed", lambda e, p=peer: e["peer"] == p, timeout=15)
+    assert not [e for e in limited.events("association_aborted") if e["peer"] in peers]
     assert echoscu(LOOPBACK, limited.port, "RELAY", "WS_AFTER", timeout=15).ok
     assert limited.metric("dicom_proxy_connections_refused_total") >= 1
 
