@@ -41,7 +41,14 @@ from pynetdicom.sop_class import (
 
 from proxy.config import ArchiveConfig, Config, DestinationConfig
 from proxy.status import Status, category, hex_status
-from proxy.upstream import QUERY_TRANSFER_SYNTAXES, ArchiveClient, Peer, UpstreamError, tcp_probe
+from proxy.upstream import (
+    QUERY_TRANSFER_SYNTAXES,
+    ArchiveClient,
+    Peer,
+    UpstreamError,
+    status_of,
+    tcp_probe,
+)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _LABEL = {OK: "ok  ", WARN: "WARN", FAIL: "FAIL"}
@@ -116,7 +123,7 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float) -> PeerRepo
     try:
         with ArchiveClient(peer, timeout).associate(contexts) as assoc:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            echo = _status(assoc.send_c_echo()) if ECHO in accepted else None
+            echo = status_of(assoc.send_c_echo()) if ECHO in accepted else None
             query = _test_query(assoc, cfg.max_results) if FIND in accepted else None
     except UpstreamError as exc:
         return PeerReport("archive", cfg.name, False, (_association_failed(exc, subject),))
@@ -133,7 +140,7 @@ def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float) -> 
         return PeerReport("destination", cfg.name, False, (down,))
     try:
         with ArchiveClient(peer, timeout).associate([build_context(ECHO)]) as assoc:
-            echo = _status(assoc.send_c_echo())
+            echo = status_of(assoc.send_c_echo())
     except UpstreamError as exc:
         finding = _association_failed(exc, subject)
         if exc.kind == "rejected" and "calling AE title" in exc.reason:
@@ -165,10 +172,6 @@ def _association_failed(exc: UpstreamError, subject: str) -> Finding:
     return Finding(FAIL, subject, exc.reason, exc.hint)
 
 
-def _status(rsp: Dataset | None) -> int | None:
-    return int(rsp.Status) if rsp is not None and "Status" in rsp else None
-
-
 def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
     """STUDY-level, universal, StudyInstanceUID only; cancelled after ``cap + 1`` matches."""
     identifier = Dataset()
@@ -179,7 +182,7 @@ def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
                       if cx.abstract_syntax == FIND)
     matches, final, cancelled = 0, None, False
     for rsp, _ds in assoc.send_c_find(identifier, FIND, msg_id=1):
-        status = _status(rsp)
+        status = status_of(rsp)
         if status in (Status.PENDING, Status.PENDING_WARNING):
             matches += 1
             if matches >= enough and not cancelled:

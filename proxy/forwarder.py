@@ -54,7 +54,7 @@ from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.spool import Entry, InstanceMeta, Spool
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, UpstreamError
+from proxy.upstream import ArchiveClient, UpstreamError, status_of
 
 _BATCH = 64                       # queue entries looked at per planning round
 _MAX_PER_ASSOCIATION = 2000
@@ -212,7 +212,7 @@ class Forwarder:
                 path = self.spool.path(self.archive, entry)
                 with chunked.sending_raw(choice.raw):
                     rsp = assoc.send_c_store(path if choice.raw else dcmread(path))
-                status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+                status = status_of(rsp)
                 if status is None:
                     call["error"] = ("no C-STORE response (timeout or association aborted)"
                                      if assoc.is_established or assoc.is_aborted else

@@ -212,7 +212,7 @@ class ArchiveClient:
         """C-ECHO; the status, or raise UpstreamError."""
         with self.associate([build_context(Verification)]) as assoc:
             sent = time.monotonic()
-            code = _status_of(assoc.send_c_echo())
+            code = status_of(assoc.send_c_echo())
             if code is None:
                 raise self._no_response("C-ECHO", time.monotonic() - sent)
             return code
@@ -238,7 +238,7 @@ class ArchiveClient:
             with (cancelled or CancelToken()).on_cancel(send_cancel):
                 last = time.monotonic()
                 for status, ds in assoc.send_c_find(identifier, model, msg_id=msg_id):
-                    code = _status_of(status)
+                    code = status_of(status)
                     if code is None:
                         raise self._no_response("C-FIND", time.monotonic() - last)
                     last = time.monotonic()
@@ -286,7 +286,7 @@ class ArchiveClient:
         with (cancelled or CancelToken()).on_cancel(send_cancel):
             last = time.monotonic()
             for status, identifier in send(msg_id):
-                code = _status_of(status)
+                code = status_of(status)
                 if code is None:
                     raise self._no_response(operation, time.monotonic() - last)
                 last = time.monotonic()
@@ -353,7 +353,8 @@ def _responses_to_waiters(assoc: Association) -> None:
     dimse.get_msg = get_msg
 
 
-def _status_of(status: Dataset | None) -> int | None:
+def status_of(status: Dataset | None) -> int | None:
+    """The Status of a response dataset; None when there is no response (timeout, abort)."""
     if status is None or "Status" not in status:
         return None
     return int(status.Status)

@@ -251,8 +251,8 @@ class CappedArchive:
         self.queries: list[Dataset] = []
         self.fail_after: int | None = None
 
-    def find(self, identifier: Dataset, model: str,
-             cancelled: CancelToken | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
+    def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
+             syntax: str | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
         self.queries.append(identifier)
         if self.fail_after is not None and len(self.queries) > self.fail_after:
             raise UpstreamError(self.peer.name, "gone", kind="refused")

@@ -136,8 +136,8 @@ class FakeArchive:
         self.down = down
         self.queries: list[Dataset] = []
 
-    def find(self, identifier: Dataset, model: str,
-             cancelled: CancelToken | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
+    def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
+             syntax: str | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
         self.queries.append(identifier)
         if self.down:
             raise UpstreamError(self.peer.name, "connection refused", kind="refused")

@@ -111,8 +111,7 @@ class Recovery:
         self._account(answer, is_capped=False)
 
     def _find(self, query: Dataset) -> Iterator[tuple[int | None, Dataset | None]]:
-        if self.syntax is None:     # no workstation (e.g. a location survey): the default
-            return self.client.find(query, self.model, self.token)
+        # No workstation (a location survey): syntax None, the default contexts.
         return self.client.find(query, self.model, self.token, syntax=self.syntax)
 
     def _walk(self, start: caps.Piece, level: str, root: _Answer | None,

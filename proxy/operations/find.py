@@ -36,7 +36,7 @@ from pynetdicom import evt
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.listener import link_up
 from proxy.matching import matches
-from proxy.merging import Deduplicator, merge_all
+from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.operations.base import OperationRecord, Services
 from proxy.rawtext import set_text
@@ -71,8 +71,7 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
            retrieve_ae: str, merge: str = "stream", recheck: bool = False) -> Iterator[Response]:
     token = CancelToken()
     federated = len(clients) > 1
-    complete = federated and merge == "complete" and level in ("PATIENT", "STUDY", "SERIES",
-                                                                "IMAGE")
+    complete = federated and merge == "complete" and level in LEVEL_UNIQUE_KEYS
     dedupe = Deduplicator(level) if federated and not complete else None
     collected: list[Dataset] = []
     if recheck:
@@ -81,14 +80,12 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     started = time.monotonic()
     info = services.session(event).info
     finder = services.extras.get("find_query")  # federation may plug in cap recovery
+    syntax = workstation_syntax(event)
 
     def query(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
                                                                          Dataset | None]]:
         if finder is not None:
             return finder(client, identifier, model, tok, event)  # type: ignore[no-any-return]
-        syntax = workstation_syntax(event)
-        if syntax is None:
-            return client.find(identifier, model, tok)
         return client.find(identifier, model, tok, syntax=syntax)
 
     def watch_cancel() -> None:
