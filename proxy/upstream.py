@@ -228,21 +228,11 @@ class ArchiveClient:
         as the bytes it came in, without re-encoding (``query_contexts``).
         """
         with self.associate(query_contexts(model, syntax)) as assoc:
-            cx = _context_for(assoc, model, self.peer)
-            msg_id = 1
-
-            def send_cancel() -> None:
-                if assoc.is_established:
-                    assoc.send_c_cancel(msg_id, cx)
-
-            with (cancelled or CancelToken()).on_cancel(send_cancel):
-                last = time.monotonic()
-                for status, ds in assoc.send_c_find(identifier, model, msg_id=msg_id):
-                    code = status_of(status)
-                    if code is None:
-                        raise self._no_response("C-FIND", time.monotonic() - last)
-                    last = time.monotonic()
-                    yield code, ds
+            responses = self._exchange(
+                assoc, "C-FIND", model, cancelled,
+                lambda msg_id: assoc.send_c_find(identifier, model, msg_id=msg_id))
+            for code, _status, ds in responses:
+                yield code, ds
 
     def get(self, identifier: Dataset, model: str, storage: Sequence[PresentationContext],
             roles: list[Any], on_store: Callable[[evt.Event], int],
@@ -277,6 +267,21 @@ class ArchiveClient:
                   cancelled: CancelToken | None,
                   send: Callable[[int], Iterator[tuple[Dataset, Dataset | None]]],
                   msg_id: int = 1) -> Iterator[tuple[int, Dataset]]:
+        for code, status, identifier in self._exchange(assoc, operation, model, cancelled,
+                                                       send, msg_id):
+            if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
+                status.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
+            yield code, status
+
+    def _exchange(self, assoc: Association, operation: str, model: str,
+                  cancelled: CancelToken | None,
+                  send: Callable[[int], Iterator[tuple[Dataset, Dataset | None]]],
+                  msg_id: int = 1) -> Iterator[tuple[int, Dataset, Dataset | None]]:
+        """Every response to one request: (status code, status, identifier).
+
+        A C-CANCEL goes upstream once ``cancelled`` fires; a response stream that
+        ends without a status raises ``_no_response`` (Rule 1).
+        """
         cx = _context_for(assoc, model, self.peer)
 
         def send_cancel() -> None:
@@ -290,9 +295,7 @@ class ArchiveClient:
                 if code is None:
                     raise self._no_response(operation, time.monotonic() - last)
                 last = time.monotonic()
-                if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
-                    status.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
-                yield code, status
+                yield code, status, identifier
 
     def _no_response(self, operation: str, waited: float) -> UpstreamError:
         """Why a response stream ended without a status: our DIMSE timeout, or the link."""
