@@ -25,13 +25,21 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, Association, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    Association,
+    evt,
+)
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.routing import upstream_titles
+from proxy.ul import pdu
+from proxy.ul.link import Link, LinkClosed, Rejected
 from proxy.wire import use_read_ahead
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -116,7 +124,7 @@ class ArchiveClient:
         self.peer = peer
         self.network_timeout = network_timeout
         self.max_pdu_size = max_pdu_size
-        self._active: set[Association] = set()
+        self._active: set[Association | Link] = set()
         self._active_lock = threading.Lock()
 
     def abort_all(self) -> int:
@@ -175,6 +183,55 @@ class ArchiveClient:
             with self._active_lock:
                 self._active.discard(assoc)
 
+    @contextmanager
+    def link(self, contexts: Sequence[PresentationContext],
+             roles: Sequence[Any] = ()) -> Iterator[Link]:
+        """An established lean association (``proxy.ul``) for bulk transfers.
+
+        Refusals and failures are explained as ``associate`` explains them; the link
+        is released on exit, or aborted when the block raises.
+        """
+        proposed = [pdu.ProposedContext(2 * i + 1, cx.abstract_syntax,
+                                        tuple(cx.transfer_syntax))
+                    for i, cx in enumerate(contexts)]
+        request = pdu.AssociateRequest(
+            self.peer.ae_title, self.peer.calling_ae, proposed, self.max_pdu_size,
+            PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
+            [pdu.RoleSelection(str(r.sop_class_uid), bool(r.scu_role), bool(r.scp_role))
+             for r in roles])
+        try:
+            link = Link.open(self.peer.host, self.peer.port, request,
+                             min(self.peer.timeout, 10.0), self.peer.timeout)
+        except Rejected as exc:
+            raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
+                                    exc.rj.diagnostic) from None
+        except (OSError, LinkClosed, pdu.PduError) as exc:
+            probe = tcp_probe(self.peer.host, self.peer.port, min(self.peer.timeout, 5.0))
+            if probe is not None:
+                kind = "timeout" if "timed out" in probe else "refused"
+                raise UpstreamError(
+                    self.peer.name, f"{self.peer.host}:{self.peer.port}: {probe}",
+                    f"check that {self.peer.ae_title} is running and reachable from the "
+                    f"proxy at {self.peer.host}:{self.peer.port}", kind=kind) from None
+            raise UpstreamError(
+                self.peer.name, f"association to {self.peer.ae_title} at {self.peer.host}:"
+                f"{self.peer.port} failed during negotiation: {exc}",
+                "the peer accepted TCP but did not complete the DICOM handshake; is it a "
+                "DICOM port?", kind="aborted") from None
+        link.abstract = {cx.context_id: cx.abstract_syntax for cx in proposed}
+        with self._active_lock:
+            self._active.add(link)
+        try:
+            yield link
+        except BaseException:
+            link.abort()
+            raise
+        else:
+            link.release()
+        finally:
+            with self._active_lock:
+                self._active.discard(link)
+
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
         use_read_ahead(event.assoc)      # fewer recv/select calls per PDU (proxy.wire)
@@ -214,7 +271,7 @@ class ArchiveClient:
             sent = time.monotonic()
             code = status_of(assoc.send_c_echo())
             if code is None:
-                raise self._no_response("C-ECHO", time.monotonic() - sent)
+                raise self.no_response("C-ECHO", time.monotonic() - sent)
             return code
 
     def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
@@ -280,7 +337,7 @@ class ArchiveClient:
         """Every response to one request: (status code, status, identifier).
 
         A C-CANCEL goes upstream once ``cancelled`` fires; a response stream that
-        ends without a status raises ``_no_response`` (Rule 1).
+        ends without a status raises ``no_response`` (Rule 1).
         """
         cx = _context_for(assoc, model, self.peer)
 
@@ -293,11 +350,11 @@ class ArchiveClient:
             for status, identifier in send(msg_id):
                 code = status_of(status)
                 if code is None:
-                    raise self._no_response(operation, time.monotonic() - last)
+                    raise self.no_response(operation, time.monotonic() - last)
                 last = time.monotonic()
                 yield code, status, identifier
 
-    def _no_response(self, operation: str, waited: float) -> UpstreamError:
+    def no_response(self, operation: str, waited: float) -> UpstreamError:
         """Why a response stream ended without a status: our DIMSE timeout, or the link."""
         # pynetdicom aborts the association itself on a DIMSE timeout, so the
         # association's state cannot tell the two apart; the time waited can.

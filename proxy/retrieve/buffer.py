@@ -26,7 +26,9 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 
 from proxy.status import Status
@@ -40,6 +42,63 @@ class Buffered:
     transfer_syntax: str
     size: int
     archive: str
+    data_offset: int          # where the data set starts in the file (after the file meta)
+
+
+class Reception:
+    """One C-STORE arriving fragment by fragment into its buffer file (``receive``)."""
+
+    def __init__(self, buffer: InstanceBuffer, path: Path | None, uid: str, sop_class: str,
+                 transfer_syntax: str, archive: str, status: int = Status.SUCCESS) -> None:
+        self.buffer, self.path, self.uid = buffer, path, uid
+        self.sop_class, self.transfer_syntax, self.archive = sop_class, transfer_syntax, archive
+        self.status = status
+        self.size = 0
+        self._file: BinaryIO | None = None
+        self._meta = 0
+        if path is not None:
+            try:
+                meta = file_meta(sop_class, uid, transfer_syntax)
+                self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish
+                self._file.write(meta)
+                self._meta = self.size = len(meta)
+            except OSError:
+                self._failed()
+
+    def write(self, fragment: memoryview) -> None:
+        if self._file is None:
+            return                               # answered without a file: dropped
+        try:
+            self.size += self._file.write(fragment) or 0
+        except OSError:
+            self._failed()
+
+    def finish(self) -> int:
+        """All fragments are in: queue the instance; the C-STORE status to answer."""
+        if self._file is None:
+            return self.status
+        self._file.close()
+        self._file = None
+        assert self.path is not None
+        return self.buffer._commit(Buffered(self.path, self.uid, self.sop_class,
+                                            self.transfer_syntax, self.size, self.archive,
+                                            self._meta))
+
+    def abandon(self) -> None:
+        """The association ended mid-instance: nothing of it stays."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._failed()
+
+    def _failed(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.buffer._forget(self.uid)
+        self.status = Status.REFUSED_OUT_OF_RESOURCES
 
 
 class InstanceBuffer:
@@ -65,47 +124,76 @@ class InstanceBuffer:
     # -- producer side ---------------------------------------------------------------
 
     def accept(self, event: evt.Event, archive: str) -> int:
-        """The body of a C-STORE handler for instances an archive sends (Rules 1-4)."""
+        """The body of a pynetdicom C-STORE handler for instances an archive sends."""
         request = event.request
         uid = str(request.AffectedSOPInstanceUID)
         received = _received_file(event)
         try:
-            with self._cond:
-                if self._closed:
-                    return Status.REFUSED_OUT_OF_RESOURCES
-                if uid in self._seen:
-                    self.duplicates += 1
-                    return Status.SUCCESS
-                if self.pending_bytes > self.max_bytes:
-                    self.waited += 1
-                while self.pending_bytes > self.max_bytes and not self._closed:
-                    self._cond.wait(0.2)
-                if self._closed:
-                    return Status.REFUSED_OUT_OF_RESOURCES
-                self._seen.add(uid)
-                self._seq += 1
-                path = self.directory / f"{self._seq:07d}.dcm"
-            size = _store(event, received, path, uid)
-            item = Buffered(path, uid, str(request.AffectedSOPClassUID),
-                            str(event.context.transfer_syntax), size, archive)
-            with self._cond:
-                if self._closed:
-                    path.unlink(missing_ok=True)
-                    return Status.REFUSED_OUT_OF_RESOURCES
-                self._queue.append(item)
-                self.received += 1
-                self.pending_bytes += size
-                self.peak_bytes = max(self.peak_bytes, self.pending_bytes)
-                self.peak_items = max(self.peak_items, len(self._queue))
-                self._cond.notify_all()
-            return Status.SUCCESS
+            slot = self._reserve(uid)
+            if isinstance(slot, int):
+                return slot
+            size = _store(event, received, slot, uid)
+            meta = _meta_length(slot)
+            return self._commit(Buffered(slot, uid, str(request.AffectedSOPClassUID),
+                                         str(event.context.transfer_syntax), size, archive,
+                                         meta))
         except OSError:
-            with self._cond:
-                self._seen.discard(uid)
+            self._forget(uid)
             return Status.REFUSED_OUT_OF_RESOURCES
         finally:
             if received is not None:
                 received.unlink(missing_ok=True)   # not moved in: never leave it behind
+
+    def receive(self, uid: str, sop_class: str, transfer_syntax: str,
+                archive: str) -> Reception:
+        """Where the fragments of one incoming C-STORE go (the lean C-GET path, Rule 1).
+
+        May wait for room (Rule 2); the caller writes every fragment to the reception,
+        then takes its ``finish()`` status for the C-STORE response.
+        """
+        slot = self._reserve(uid)
+        if isinstance(slot, int):
+            return Reception(self, None, uid, sop_class, transfer_syntax, archive, slot)
+        return Reception(self, slot, uid, sop_class, transfer_syntax, archive)
+
+    def refuse(self, uid: str, sop_class: str, status: int) -> Reception:
+        """A reception that drops the data and answers ``status``."""
+        return Reception(self, None, uid, sop_class, "", "", status)
+
+    def _reserve(self, uid: str) -> Path | int:
+        """A file path for a new instance, or the status that answers it without one."""
+        with self._cond:
+            if self._closed:
+                return Status.REFUSED_OUT_OF_RESOURCES
+            if uid in self._seen:
+                self.duplicates += 1
+                return Status.SUCCESS
+            if self.pending_bytes > self.max_bytes:
+                self.waited += 1
+            while self.pending_bytes > self.max_bytes and not self._closed:
+                self._cond.wait(0.2)
+            if self._closed:
+                return Status.REFUSED_OUT_OF_RESOURCES
+            self._seen.add(uid)
+            self._seq += 1
+            return self.directory / f"{self._seq:07d}.dcm"
+
+    def _commit(self, item: Buffered) -> int:
+        with self._cond:
+            if self._closed:
+                item.path.unlink(missing_ok=True)
+                return Status.REFUSED_OUT_OF_RESOURCES
+            self._queue.append(item)
+            self.received += 1
+            self.pending_bytes += item.size
+            self.peak_bytes = max(self.peak_bytes, self.pending_bytes)
+            self.peak_items = max(self.peak_items, len(self._queue))
+            self._cond.notify_all()
+        return Status.SUCCESS
+
+    def _forget(self, uid: str) -> None:
+        with self._cond:
+            self._seen.discard(uid)
 
     def finish(self) -> None:
         """The producers are done: ``take`` returns None once the queue is empty."""
@@ -155,6 +243,19 @@ def _received_file(event: evt.Event) -> Path | None:
     """The file pynetdicom received the data set into (chunked receive), if it did."""
     location = getattr(event.request, "_dataset_path", None)
     return Path(location) if isinstance(location, (str, Path)) else None
+
+
+def _meta_length(path: Path) -> int:
+    """Bytes before the data set in a Part-10 file whose meta group has a group length."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:136] == b"\x02\x00\x00\x00":
+        length: int = struct.unpack_from("<I", head, 140)[0]
+        return 144 + length
+    with open(path, "rb") as f:               # no group length: let pydicom walk the meta
+        read_preamble(f, False)
+        _read_file_meta_info(f)
+        return f.tell()
 
 
 def _store(event: evt.Event, received: Path | None, path: Path, uid: str) -> int:

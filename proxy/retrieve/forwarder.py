@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydicom import dcmread
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
 from proxy import chunked, wire
@@ -42,7 +43,11 @@ from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.retrieve.buffer import Buffered
 from proxy.status import Status, category
+from proxy.ul import commands, pdu
+from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
+
+_LITTLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,59 @@ def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
     return Delivery(status, reason)
 
 
+def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
+                   originator_ae: str, originator_id: int) -> Delivery:
+    """One C-STORE of a buffered instance over a lean association (Rules 1, 2)."""
+    exact = next((cx for cx, ts in link.accept.accepted.items()
+                  if ts == item.transfer_syntax
+                  and link.abstract.get(cx) == item.sop_class_uid), None)
+    try:
+        command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid,
+                                      originator_ae, originator_id)
+        if exact is not None:
+            with open(item.path, "rb") as source:
+                source.seek(item.data_offset)
+                link.send_message(exact, command, source=source,
+                                  length=item.size - item.data_offset)
+        else:
+            converted = _converted(link, item)
+            if converted is None:
+                return Delivery(None, f"{peer} accepted no context for "
+                                      f"{_name(item.sop_class_uid)} in "
+                                      f"{_name(item.transfer_syntax)}")
+            link.send_message(converted[0], command, data=converted[1])
+        rsp = link.read_message(lambda _cx, _command: None).command
+    except TimeoutError:
+        link.abort()
+        return Delivery(None, f"no C-STORE response from {peer} (timeout or abort)", fatal=True)
+    except (LinkClosed, pdu.PduError, ConnectionError) as exc:
+        link.abort()
+        return Delivery(None, f"{peer} association lost ({exc})", fatal=True)
+    except OSError as exc:             # the buffer file, not the link
+        if link.closed:
+            return Delivery(None, f"{peer} association lost ({exc})", fatal=True)
+        return Delivery(None, f"{type(exc).__name__}: {exc}")
+    if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
+            or rsp.get(commands.RESPONDED_TO) != msg_id or commands.STATUS not in rsp):
+        link.abort()
+        return Delivery(None, f"{peer} answered the C-STORE with something else", fatal=True)
+    status = int(rsp[commands.STATUS])
+    reason = None if category(status) != "failure" else f"{peer} answered 0x{status:04X}"
+    return Delivery(status, reason)
+
+
+def _converted(link: Link, item: Buffered) -> tuple[int, bytes] | None:
+    """Explicit <-> Implicit VR Little Endian re-encoding, when that is all it takes."""
+    if item.transfer_syntax not in _LITTLE:
+        return None
+    for cx, ts in link.accept.accepted.items():
+        if link.abstract.get(cx) == item.sop_class_uid and ts in _LITTLE:
+            ds = dcmread(item.path)
+            data = encode(ds, ts == ImplicitVRLittleEndian, True)
+            return (cx, data) if data is not None else None
+    return None
+
+
 @dataclass
 class DestinationSink:
     """C-STORE to the Move Destination over the proxy's own association (Rule 2)."""
@@ -102,7 +160,7 @@ class DestinationSink:
     counts: dict[str, int] = field(default_factory=lambda: {
         "completed": 0, "failed": 0, "warning": 0, "associations": 0})
     _stack: ExitStack | None = None
-    _assoc: Association | None = None
+    _link: Link | None = None
     _reopened: bool = False
     _dead: str | None = None
     _ids: Iterator[int] = field(default_factory=lambda: _message_ids(0))
@@ -112,12 +170,11 @@ class DestinationSink:
         """Associate; raises UpstreamError (reported as one upstream event) when it fails."""
         stack = ExitStack()
         try:
-            self._assoc = stack.enter_context(self.client.associate(self.contexts))
+            self._link = stack.enter_context(self.client.link(self.contexts))
         except UpstreamError as exc:
             stack.close()
             self._report(None, exc.reason, exc.hint)
             raise
-        wire.write_directly(self._assoc)     # C-STOREs written by this thread, batched
         self._stack = stack
         self.counts["associations"] += 1
 
@@ -129,15 +186,16 @@ class DestinationSink:
         return Delivery(delivery.status, delivery.reason, fatal=self._dead is not None)
 
     def _store(self, item: Buffered) -> Delivery:
-        if self._dead is None and (self._assoc is None or not self._assoc.is_established):
+        if self._dead is None and (self._link is None or self._link.closed):
             self._reconnect()
-        if self._dead is not None or self._assoc is None:
+        if self._dead is not None or self._link is None:
             return Delivery(None, self._dead or "no association to the destination")
-        delivery = send(self._assoc, item, next(self._ids), self.client.peer.ae_title,
-                        originator_aet=self.originator_ae, originator_id=self.originator_id)
-        if delivery.fatal and self._reconnect() and self._assoc is not None:
-            delivery = send(self._assoc, item, next(self._ids), self.client.peer.ae_title,
-                            originator_aet=self.originator_ae, originator_id=self.originator_id)
+        delivery = send_over_link(self._link, item, next(self._ids), self.client.peer.ae_title,
+                                  self.originator_ae, self.originator_id)
+        if delivery.fatal and self._reconnect() and self._link is not None:
+            delivery = send_over_link(self._link, item, next(self._ids),
+                                      self.client.peer.ae_title, self.originator_ae,
+                                      self.originator_id)
         return delivery
 
     def _reconnect(self) -> bool:
@@ -155,10 +213,10 @@ class DestinationSink:
 
     def _release(self, abort: bool = False) -> None:
         if self._stack is not None:
-            if abort and self._assoc is not None and self._assoc.is_established:
-                self._assoc.abort()
+            if abort and self._link is not None:
+                self._link.abort()
             self._stack.close()
-        self._stack, self._assoc = None, None
+        self._stack, self._link = None, None
 
     def close(self) -> None:
         self._release()

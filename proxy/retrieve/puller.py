@@ -9,7 +9,8 @@ Rule 2 (order, "trying each"): archives in the given order; an archive is pulled
         until one answers Success.
 Rule 3 (``retrieve = "get"``): C-GET over the proxy's own association, with the storage
         SCP role on the surveyed contexts (``sopclasses.propose``): the archive never
-        connects to anyone.
+        connects to anyone. That association is a lean one (``getter``, ``proxy.ul``):
+        the instances' bytes are the bulk of the proxy's work.
 Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
         unique in the proxy; the archive's C-STOREs arrive on the listener and are
         matched back (``inbound``).
@@ -36,7 +37,7 @@ from pynetdicom.sop_class import (
 
 from proxy.contexts import GET_MODELS, MOVE_MODELS
 from proxy.operations.base import Services
-from proxy.retrieve import sopclasses
+from proxy.retrieve import getter, sopclasses
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.inbound import InboundRegistry
 from proxy.retrieve.survey import Survey
@@ -159,8 +160,8 @@ class Puller:
                                                            ImplicitVRLittleEndian])
                         for cx in StoragePresentationContexts[:sopclasses.MAX_CONTEXTS - 1]]
         client = self.services.archives[name]
-        return client.get(self.identifier, model, contexts, sopclasses.roles(contexts),
-                          lambda e: self.buffer.accept(e, name), self.token)
+        return getter.get(client, self.identifier, model, contexts, sopclasses.roles(contexts),
+                          self.buffer, name, self.token)
 
     def _move(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
         registry: InboundRegistry = self.services.extras["retrieve_inbound"]

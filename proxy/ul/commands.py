@@ -1,0 +1,102 @@
+"""DIMSE command sets (PS3.7 9.3, E.1): group 0000 in Implicit VR Little Endian, both ways.
+
+Rule 1: pure; a command is a ``dict`` of element number (the low 16 bits of
+        (0000,xxxx)) to value — ``int`` for US/UL, ``str`` for UI/AE/LO.
+Rule 2: encoding writes elements in ascending order with (0000,0000) Command Group
+        Length first (PS3.7 6.3.1); UIDs are padded with NUL, text with spaces, to
+        an even length.
+Rule 3: decoding keeps every element; the VR of the ones the proxy reads is known
+        (``_INTS``), anything else stays text. A truncated element raises
+        ``CommandError``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0100, 0x0110, 0x0120
+AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
+PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
+MOVE_ORIGINATOR_AE, MOVE_ORIGINATOR_ID = 0x1030, 0x1031
+REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
+NO_DATA_SET = 0x0101
+
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_CANCEL_RQ = 0x0FFF
+
+_UL = {0x0000}
+_INTS = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATA_SET_TYPE, STATUS,
+         MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, 0x0000}
+_UIDS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, 0x0003, 0x1001}
+_ELEMENT = struct.Struct("<HHL")
+
+Command = dict[int, "int | str"]
+
+
+class CommandError(ValueError):
+    """A command set that cannot be read."""
+
+
+def encode(command: Command) -> bytes:
+    body = bytearray()
+    for elem in sorted(command):
+        value = command[elem]
+        if isinstance(value, int):
+            raw = struct.pack("<L" if elem in _UL else "<H", value)
+        else:
+            raw = value.encode("ascii")
+            if len(raw) % 2:
+                raw += b"\x00" if elem in _UIDS else b" "
+        body += _ELEMENT.pack(0, elem, len(raw)) + raw
+    return _ELEMENT.pack(0, 0, 4) + struct.pack("<L", len(body)) + bytes(body)
+
+
+def decode(data: bytes) -> Command:
+    out: Command = {}
+    at = 0
+    while at < len(data):
+        if at + 8 > len(data):
+            raise CommandError("truncated command element header")
+        group, elem, length = _ELEMENT.unpack_from(data, at)
+        value = data[at + 8:at + 8 + length]
+        if group != 0 or len(value) != length:
+            raise CommandError(f"command element ({group:04X},{elem:04X}) is not a "
+                               "complete group 0000 element")
+        if elem in _INTS and length in (2, 4):
+            out[elem] = int.from_bytes(value, "little")
+        else:
+            out[elem] = bytes(value).decode("ascii", "replace").rstrip("\x00 ")
+        at += 8 + length
+    return out
+
+
+def has_data_set(command: Command) -> bool:
+    return command.get(DATA_SET_TYPE, NO_DATA_SET) != NO_DATA_SET
+
+
+def c_get_rq(msg_id: int, sop_class: str, priority: int = 0) -> bytes:
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_GET_RQ, MESSAGE_ID: msg_id,
+                   PRIORITY: priority, DATA_SET_TYPE: 0x0000})
+
+
+def c_cancel_rq(responded_to: int) -> bytes:
+    return encode({COMMAND_FIELD: C_CANCEL_RQ, RESPONDED_TO: responded_to,
+                   DATA_SET_TYPE: NO_DATA_SET})
+
+
+def c_store_rq(msg_id: int, sop_class: str, sop_instance: str, originator_ae: str | None = None,
+               originator_id: int | None = None, priority: int = 0) -> bytes:
+    command: Command = {AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_STORE_RQ,
+                        MESSAGE_ID: msg_id, PRIORITY: priority, DATA_SET_TYPE: 0x0000,
+                        AFFECTED_SOP_INSTANCE: sop_instance}
+    if originator_ae and originator_id is not None:
+        command[MOVE_ORIGINATOR_AE] = originator_ae
+        command[MOVE_ORIGINATOR_ID] = originator_id
+    return encode(command)
+
+
+def c_store_rsp(responded_to: int, sop_class: str, sop_instance: str, status: int) -> bytes:
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_STORE_RSP,
+                   RESPONDED_TO: responded_to, DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
+                   AFFECTED_SOP_INSTANCE: sop_instance})

@@ -1,0 +1,294 @@
+"""One requestor association on a plain TCP socket: negotiate, send and receive DIMSE messages.
+
+Job: the retrieve's bulk path (C-GET from an archive, C-STORE to a Move Destination)
+moves every byte of a study twice through the proxy. pynetdicom spends a thread
+hand-off, a state-machine step and a DIMSE re-assembly per 16 KB PDU there; this
+link reads PDUs into one buffer and hands each data fragment to its consumer as a
+``memoryview`` (no copy, no per-PDU thread hop) and writes fragments with
+``sendmsg`` straight from the caller's buffer.
+
+Rule 1 (who owns what): one thread reads (``read_message``); any thread may send, a
+        whole message at a time under one lock, so PDUs of two messages never
+        interleave (a C-CANCEL sent while a C-STORE-RSP goes out).
+Rule 2 (bounded): the read buffer holds at most one PDU beyond what the kernel gave
+        us; a PDU longer than the maximum the proxy proposed (``max_pdu_length``)
+        is a protocol error, answered with A-ABORT, never a larger buffer. Data set
+        fragments go to the caller's ``DataTarget`` as they arrive: a C-STORE of any
+        size costs no memory beyond the buffer.
+Rule 3 (timeouts): every socket operation is bounded by ``timeout`` (TimeoutError);
+        the peer closing or aborting raises ``LinkClosed`` saying which.
+Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC; no
+        limit → ``MAX_FRAGMENT``), one PDV per P-DATA-TF, as DCMTK and pynetdicom do.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BufferedIOBase
+from typing import Protocol
+
+from proxy.ul import commands, pdu
+from proxy.ul.commands import Command
+
+MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
+SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg
+COMMAND, LAST = 0x01, 0x02       # message control header bits (PS3.8 E.2)
+
+
+class LinkClosed(ConnectionError):
+    """The association ended under us: aborted, released or the connection closed."""
+
+
+class Rejected(Exception):
+    """The acceptor answered A-ASSOCIATE-RJ."""
+
+    def __init__(self, rj: pdu.AssociateReject) -> None:
+        super().__init__(f"A-ASSOCIATE-RJ result {rj.result} source {rj.source} "
+                         f"diagnostic {rj.diagnostic}")
+        self.rj = rj
+
+
+class DataTarget(Protocol):
+    def write(self, fragment: memoryview) -> object: ...
+
+
+@dataclass
+class Message:
+    context_id: int
+    command: Command
+    data: bytes | None = None          # when no DataTarget took it
+
+
+class Link:
+    """An established association; ``open`` negotiates it."""
+
+    def __init__(self, sock: socket.socket, accept: pdu.AssociateAccept,
+                 max_pdu_length: int) -> None:
+        self.sock = sock
+        self.accept = accept
+        self.max_pdu_length = max_pdu_length
+        peer = accept.max_pdu_length
+        self.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
+        self._buf = bytearray(max(max_pdu_length + 6, 64 * 1024) + 64 * 1024)
+        self._start = self._end = 0
+        self._pdvs: deque[tuple[int, int, memoryview]] = deque()
+        self._send_lock = threading.Lock()
+        self.closed = False
+        self.abstract: dict[int, str] = {}     # context ID -> abstract syntax proposed
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, host: str, port: int, request: pdu.AssociateRequest,
+             connect_timeout: float, timeout: float) -> Link:
+        """Connect and negotiate; raises OSError (TCP), Rejected, LinkClosed, TimeoutError."""
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(timeout)
+            sock.sendall(pdu.encode_associate_rq(request))
+            link = cls(sock, pdu.AssociateAccept(), request.max_pdu_length)
+            kind, body = link._read_pdu()
+            if kind == pdu.A_ASSOCIATE_RJ:
+                raise Rejected(pdu.parse_associate_rj(bytes(body)))
+            if kind != pdu.A_ASSOCIATE_AC:
+                raise LinkClosed(f"the peer answered the association request with PDU "
+                                 f"type 0x{kind:02X}")
+            link.accept = accept = pdu.parse_associate_ac(bytes(body))
+            peer = accept.max_pdu_length
+            link.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
+            return link
+        except BaseException:
+            sock.close()
+            raise
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send_message(self, context_id: int, command: bytes,
+                     data: memoryview | bytes | None = None,
+                     source: BufferedIOBase | None = None, length: int = 0) -> None:
+        """One DIMSE message: command, then the data set from ``data`` or ``length``
+        bytes read from ``source`` (Rule 1)."""
+        with self._send_lock:
+            self._send_fragments(context_id, COMMAND, memoryview(command))
+            if data is not None:
+                self._send_fragments(context_id, 0, memoryview(data))
+            elif source is not None:
+                self._send_from(context_id, source, length)
+
+    def _send_fragments(self, cx: int, kind: int, view: memoryview) -> None:
+        parts: list[bytes | memoryview] = []
+        size, at, total = 0, 0, len(view)
+        while True:
+            n = min(self.fragment, total - at)
+            last = at + n >= total
+            parts.append(pdu.pdata_header(cx, kind | (LAST if last else 0), n))
+            parts.append(view[at:at + n])
+            size += n + 12
+            at += n
+            if last or size >= SEND_BATCH:
+                self._sendmsg_all(parts)
+                parts, size = [], 0
+            if last:
+                return
+
+    def _send_from(self, cx: int, source: BufferedIOBase, length: int) -> None:
+        per_batch = max(1, SEND_BATCH // self.fragment) * self.fragment
+        chunk = bytearray(min(per_batch, max(length, 1)))
+        view = memoryview(chunk)
+        left = length
+        while True:
+            want = min(len(chunk), left)
+            got = (source.readinto(view[:want]) or 0) if want else 0
+            if got != want:
+                raise OSError(f"buffered instance ended {left - got} bytes early")
+            left -= got
+            parts: list[bytes | memoryview] = []
+            at = 0
+            while at < got or not parts:
+                n = min(self.fragment, got - at)
+                last = left == 0 and at + n >= got
+                parts.append(pdu.pdata_header(cx, LAST if last else 0, n))
+                parts.append(view[at:at + n])
+                at += n
+            self._sendmsg_all(parts)
+            if left == 0:
+                return
+
+    def _sendmsg_all(self, parts: list[bytes | memoryview]) -> None:
+        while parts:
+            sent = self.sock.sendmsg(parts)
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                parts.pop(0)
+            if parts and sent:
+                parts[0] = memoryview(parts[0])[sent:]
+
+    # -- receiving -------------------------------------------------------------------
+
+    def read_message(self, target_for: Callable[[int, Command], DataTarget | None]
+                     ) -> Message:
+        """The next whole DIMSE message; its data set goes to ``target_for(cx, command)``
+        fragment by fragment, or is collected when that returns None (Rule 2)."""
+        command_bytes = bytearray()
+        while True:
+            cx, control, fragment = self._next_pdv()
+            if not control & COMMAND:
+                raise LinkClosed("the peer sent a data set fragment without a command")
+            command_bytes += fragment
+            if control & LAST:
+                break
+        try:
+            command = commands.decode(bytes(command_bytes))
+        except commands.CommandError as exc:
+            raise pdu.PduError(str(exc)) from exc
+        message = Message(cx, command)
+        if not commands.has_data_set(command):
+            return message
+        target = target_for(cx, command)
+        collected = bytearray() if target is None else None
+        while True:
+            dcx, control, fragment = self._next_pdv()
+            if control & COMMAND or dcx != cx:
+                raise LinkClosed("the peer interleaved another message into a data set")
+            if target is not None:
+                target.write(fragment)
+            elif collected is not None:
+                collected += fragment
+            if control & LAST:
+                break
+        if collected is not None:
+            message.data = bytes(collected)
+        return message
+
+    def _next_pdv(self) -> tuple[int, int, memoryview]:
+        while not self._pdvs:
+            kind, body = self._read_pdu()
+            if kind == pdu.P_DATA_TF:
+                self._pdvs.extend(pdu.pdv_items(body))
+            elif kind == pdu.A_ABORT:
+                self._shut()
+                raise LinkClosed("the peer aborted the association (A-ABORT)")
+            elif kind == pdu.A_RELEASE_RQ:
+                self._send_raw(pdu.RELEASE_RP)
+                self._shut()
+                raise LinkClosed("the peer released the association mid-operation")
+            else:
+                self.abort()
+                raise pdu.PduError(f"unexpected PDU type 0x{kind:02X} in an association")
+        return self._pdvs.popleft()
+
+    def _read_pdu(self) -> tuple[int, memoryview]:
+        header = self._take(6)
+        kind, length = pdu.HEADER.unpack_from(header)
+        if kind not in pdu.PDU_TYPES or (self.max_pdu_length and kind == pdu.P_DATA_TF
+                                         and length > self.max_pdu_length):
+            self.abort()
+            raise pdu.PduError(f"PDU type 0x{kind:02X} of {length} bytes (the proxy "
+                               f"accepts at most {self.max_pdu_length})")
+        if length + 6 > len(self._buf):      # an A-ASSOCIATE-AC is a few kB at most
+            self.abort()
+            raise pdu.PduError(f"PDU type 0x{kind:02X} of {length} bytes")
+        return kind, self._take(length)
+
+    def _take(self, n: int) -> memoryview:
+        """``n`` bytes from the buffer; valid until the next ``_take``."""
+        if self._end - self._start < n:
+            if self._start + n > len(self._buf):       # compact: move the tail to the front
+                tail = self._end - self._start
+                self._buf[:tail] = self._buf[self._start:self._end]
+                self._start, self._end = 0, tail
+            with memoryview(self._buf) as view:
+                while self._end - self._start < n:
+                    got = self.sock.recv_into(view[self._end:])
+                    if not got:
+                        self._shut()
+                        raise LinkClosed("the peer closed the connection")
+                    self._end += got
+        start = self._start
+        self._start += n
+        return memoryview(self._buf)[start:start + n]
+
+    # -- ending ------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """A-RELEASE; what arrives meanwhile is discarded; abort if the peer does not answer."""
+        if self.closed:
+            return
+        try:
+            self._send_raw(pdu.RELEASE_RQ)
+            while True:
+                kind, _body = self._read_pdu()
+                if kind in (pdu.A_RELEASE_RP, pdu.A_ABORT):
+                    break
+        except (OSError, pdu.PduError):
+            pass
+        self._shut()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._send_raw(pdu.abort())
+        except OSError:
+            pass
+        self._shut()
+
+    def _send_raw(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def _shut(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)    # wakes a thread blocked reading
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
