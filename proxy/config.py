@@ -73,6 +73,7 @@ class SpoolConfig:
     retry_max: float = 60.0           # the backoff doubles up to this many seconds
     max_attempts: int = 5             # tries per instance on a retryable failure status
     retrieve_max_bytes: int = 1024**3  # per C-MOVE/C-GET: received, not yet delivered, on disk
+    retrieve_memory_bytes: int = 64 * 1024**2  # per C-MOVE: of those, held in memory
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         "retry_initial": check.positive_float,
         "retry_max": check.positive_float, "max_attempts": check.positive_int,
         "retrieve_max_bytes": check.positive_int,
+        "retrieve_memory_bytes": check.non_negative_int,
     })
     archives = _archives(data.get("archives"), proxy.ae_title)
     destinations = _destinations(data.get("destinations", {}))

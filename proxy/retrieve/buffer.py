@@ -1,9 +1,14 @@
-"""Instances pulled from an archive, waiting for their C-STORE onward: files, not memory.
+"""Instances pulled from an archive, waiting for their C-STORE onward: a memory window, then files.
 
-Rule 1 (bounded memory): every instance received from an archive goes straight to a
-        file under ``[spool] dir``/retrieve/<retrieve>/ — the data set as received,
-        in its negotiated transfer syntax, never decoded; only its path and UIDs stay
-        in memory. The proxy's resident memory does not depend on the study size.
+Rule 1 (bounded memory): an instance received from an archive is kept as received (the
+        data set in its negotiated transfer syntax, never decoded) in memory while the
+        instances held there stay within ``memory_bytes`` (``[spool]
+        retrieve_memory_bytes``); beyond that — the destination slower than the
+        archive, or one instance larger than the window — it goes to a file under
+        ``[spool] dir``/retrieve/<retrieve>/, mid-instance if need be. The proxy's
+        resident memory does not depend on the study size. (Each reception reserves
+        the whole free window and gives back what it did not use, so the bound holds
+        with a receiving and a sending thread.)
 Rule 2 (bounded disk, back-pressure): when the files waiting exceed ``max_bytes``
         (``[spool] retrieve_max_bytes``) the receiving thread waits — the archive's
         next C-STORE is answered late — until the destination catches up.
@@ -36,45 +41,67 @@ from proxy.status import Status
 
 @dataclass(frozen=True)
 class Buffered:
-    path: Path
+    path: Path | None          # the Part-10 file, or None while the instance is in memory
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    size: int
+    size: int                  # bytes held: the file's, or the in-memory data set's
     archive: str
-    data_offset: int          # where the data set starts in the file (after the file meta)
+    data_offset: int = 0       # where the data set starts in the file (after the file meta)
+    data: bytearray | None = None   # the data set as received, when held in memory
 
 
 class Reception:
-    """One C-STORE arriving fragment by fragment into its buffer file (``receive``)."""
+    """One C-STORE arriving fragment by fragment (``InstanceBuffer.receive``, Rule 1)."""
 
     def __init__(self, buffer: InstanceBuffer, path: Path | None, uid: str, sop_class: str,
-                 transfer_syntax: str, archive: str, status: int = Status.SUCCESS) -> None:
+                 transfer_syntax: str, archive: str, status: int = Status.SUCCESS,
+                 memory: int = 0) -> None:
         self.buffer, self.path, self.uid = buffer, path, uid
         self.sop_class, self.transfer_syntax, self.archive = sop_class, transfer_syntax, archive
         self.status = status
         self.size = 0
         self._file: BinaryIO | None = None
         self._meta = 0
-        if path is not None:
-            try:
-                meta = file_meta(sop_class, uid, transfer_syntax)
-                self._file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in finish
-                self._file.write(meta)
-                self._meta = self.size = len(meta)
-            except OSError:
-                self._failed()
+        self._memory = memory                  # bytes it may hold in memory
+        self._data: bytearray | None = bytearray() if memory and path is not None else None
+        if path is not None and self._data is None:
+            self._to_file(b"")
 
     def write(self, fragment: memoryview) -> None:
+        if self._data is not None:
+            if len(self._data) + len(fragment) <= self._memory:
+                self._data += fragment
+                return
+            data, self._data = self._data, None    # over its share: spill (Rule 1)
+            self._to_file(data)
         if self._file is None:
-            return                               # answered without a file: dropped
+            return                                 # answered without a file: dropped
         try:
             self.size += self._file.write(fragment) or 0
         except OSError:
             self._failed()
 
+    def _to_file(self, data: bytes | bytearray) -> None:
+        assert self.path is not None
+        try:
+            meta = file_meta(self.sop_class, self.uid, self.transfer_syntax)
+            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in finish
+            self._file.write(meta)
+            self._file.write(data)
+            self._meta = len(meta)
+            self.size = len(meta) + len(data)
+        except OSError:
+            self._failed()
+
     def finish(self) -> int:
         """All fragments are in: queue the instance; the C-STORE status to answer."""
+        if self._data is not None:
+            assert self.path is not None
+            return self.buffer._commit(Buffered(None, self.uid, self.sop_class,
+                                                self.transfer_syntax, len(self._data),
+                                                self.archive, 0, self._data), self._memory)
+        self.buffer._release_memory(self._memory)
         if self._file is None:
             return self.status
         self._file.close()
@@ -86,10 +113,11 @@ class Reception:
 
     def abandon(self) -> None:
         """The association ended mid-instance: nothing of it stays."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._data is not None or self._file is not None:
+            self._data = None
             self._failed()
+        self.buffer._release_memory(self._memory)
+        self._memory = 0
 
     def _failed(self) -> None:
         if self._file is not None:
@@ -104,9 +132,12 @@ class Reception:
 class InstanceBuffer:
     """A FIFO of received instances backed by files; one producer side, one consumer."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, memory_bytes: int = 0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.memory_bytes = memory_bytes       # Rule 1: the in-memory window
+        self.memory_used = 0                   # reserved by receptions and queued items
+        self.peak_memory = 0
         directory.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()
         self._queue: deque[Buffered] = deque()
@@ -154,7 +185,10 @@ class InstanceBuffer:
         slot = self._reserve(uid)
         if isinstance(slot, int):
             return Reception(self, None, uid, sop_class, transfer_syntax, archive, slot)
-        return Reception(self, slot, uid, sop_class, transfer_syntax, archive)
+        with self._cond:
+            share = max(0, self.memory_bytes - self.memory_used)
+            self.memory_used += share
+        return Reception(self, slot, uid, sop_class, transfer_syntax, archive, memory=share)
 
     def refuse(self, uid: str, sop_class: str, status: int) -> Reception:
         """A reception that drops the data and answers ``status``."""
@@ -178,10 +212,17 @@ class InstanceBuffer:
             self._seq += 1
             return self.directory / f"{self._seq:07d}.dcm"
 
-    def _commit(self, item: Buffered) -> int:
+    def _release_memory(self, share: int) -> None:
         with self._cond:
+            self.memory_used -= share
+
+    def _commit(self, item: Buffered, share: int = 0) -> int:
+        """Queue ``item``; an in-memory one keeps its size of the reception's ``share``."""
+        with self._cond:
+            self.memory_used -= share - (item.size if item.data is not None else 0)
+            self.peak_memory = max(self.peak_memory, self.memory_used)
             if self._closed:
-                item.path.unlink(missing_ok=True)
+                self._drop(item)
                 return Status.REFUSED_OUT_OF_RESOURCES
             self._queue.append(item)
             self.received += 1
@@ -219,23 +260,31 @@ class InstanceBuffer:
             return self._finished and not self._queue
 
     def done(self, item: Buffered) -> None:
-        item.path.unlink(missing_ok=True)
         with self._cond:
+            self._drop(item)
             self.pending_bytes -= item.size
             self._cond.notify_all()
+
+    def _drop(self, item: Buffered) -> None:
+        if item.path is not None:
+            item.path.unlink(missing_ok=True)
+        else:
+            self.memory_used -= item.size
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             left, self._queue = list(self._queue), deque()
             self._cond.notify_all()
-        for item in left:
-            item.path.unlink(missing_ok=True)
+        with self._cond:
+            for item in left:
+                self._drop(item)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def stats(self) -> dict[str, int]:
         return {"received": self.received, "duplicates": self.duplicates,
                 "buffer_peak_bytes": self.peak_bytes, "buffer_peak_instances": self.peak_items,
+                "buffer_peak_memory_bytes": self.peak_memory,
                 "buffer_waits": self.waited}
 
 

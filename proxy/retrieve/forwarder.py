@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, Protocol
 
 from pydicom import dcmread
@@ -41,7 +42,7 @@ from pynetdicom.presentation import PresentationContext
 from proxy import chunked, wire
 from proxy.observe import events as ev
 from proxy.operations.base import Services
-from proxy.retrieve.buffer import Buffered
+from proxy.retrieve.buffer import Buffered, file_meta
 from proxy.status import Status, category
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
@@ -68,7 +69,9 @@ def _message_ids(start: int) -> Iterator[int]:
 
 def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
          **originator: Any) -> Delivery:
-    """One C-STORE of a buffered instance (Rule 1)."""
+    """One C-STORE of a buffered instance from its file (Rule 1)."""
+    if item.path is None:               # buffers feeding this sink hold files only (relay)
+        return Delivery(None, "internal: an in-memory instance reached a file sink")
     exact = any(cx.abstract_syntax == item.sop_class_uid
                 and cx.transfer_syntax[0] == item.transfer_syntax and cx.as_scu
                 for cx in assoc.accepted_contexts)
@@ -102,7 +105,9 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
     try:
         command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid,
                                       originator_ae, originator_id)
-        if exact is not None:
+        if exact is not None and item.data is not None:
+            link.send_message(exact, command, data=memoryview(item.data))
+        elif exact is not None and item.path is not None:
             with open(item.path, "rb") as source:
                 source.seek(item.data_offset)
                 link.send_message(exact, command, source=source,
@@ -140,7 +145,9 @@ def _converted(link: Link, item: Buffered) -> tuple[int, bytes] | None:
         return None
     for cx, ts in link.accept.accepted.items():
         if link.abstract.get(cx) == item.sop_class_uid and ts in _LITTLE:
-            ds = dcmread(item.path)
+            ds = dcmread(item.path if item.path is not None else BytesIO(
+                file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
+                + item.data if item.data is not None else b""))
             data = encode(ds, ts == ImplicitVRLittleEndian, True)
             return (cx, data) if data is not None else None
     return None
