@@ -8,11 +8,13 @@ Same peers both ways: one Orthanc archive holding a synthetic CT study (512x512,
            to storescp as instances arrive (Orthanc knows nobody)
 
 Reported: wall time of the whole C-MOVE (movescu start to final response), MB/s,
-the ratio proxy/direct throughput, and the time until the first instance file
-appears at the destination. Then the proxy's resident memory (peak of
-/proc/<pid>/status VmRSS, sampled every 20 ms) while moving a small study and a
-study 10x larger than that, to the destination in ``--ignore`` mode (received,
-not written): flat memory means the study is streamed, not held.
+the ratio proxy/direct throughput, the time until the first instance file
+appears at the destination, and the proxy's CPU time per move. Then the proxy's
+resident memory (peak of /proc/<pid>/status VmRSS, sampled every 20 ms) while
+moving a small study and a study 10x larger than that — both many times the
+proxy's memory window (``[spool] retrieve_memory_bytes``, set to 32 MiB here) —
+to a destination that receives without writing (``--ignore``) and to one that
+writes every file: flat memory means the study is streamed, never held.
 
 DCMTK's own peers (Orthanc, storescp, movescu) leave Nagle's algorithm on unless
 TCP_NODELAY=1 is in their environment; on loopback that costs ~40 ms of
@@ -44,6 +46,13 @@ from tests.e2e.ports import LOOPBACK, free_port
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
 
 ROUTE = "PACS_VIA_PROXY"
+MEMORY_WINDOW = 32 * 1024 * 1024     # [spool] retrieve_memory_bytes for the benchmark's proxy
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def build_study(directory: Path, images: int, seed: str) -> tuple[str, list[Path], int]:
@@ -168,30 +177,45 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
             "archives": {"pacs": archive_entry(pacs)},
             "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": dest.port},
                              "sink": {"ae_title": "SINK", "host": LOOPBACK, "port": sink.port}},
-            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}]}, work)
+            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}],
+            "spool": {"retrieve_memory_bytes": MEMORY_WINDOW}}, work)
         proxy.start()
+        pid: int = proxy.proc.pid       # type: ignore[union-attr]
         try:
             direct = [timed_move(pacs.dicom_port, pacs.aet, study, dest) for _ in range(rounds)]
-            proxied = [timed_move(proxy.port, ROUTE, study, dest) for _ in range(rounds)]
+            proxied = []
+            cpu = []
+            for _ in range(rounds):
+                before = cpu_seconds(pid)
+                proxied.append(timed_move(proxy.port, ROUTE, study, dest))
+                cpu.append(cpu_seconds(pid) - before)
             memory = []
             for mem_study, _, mem_size in big:
-                with PeakRSS(proxy.proc.pid) as rss:        # type: ignore[union-attr]
-                    t0 = time.perf_counter()
-                    result = movescu(LOOPBACK, proxy.port, ROUTE, "BENCH",
-                                     move_destination="SINK",
-                                     keys=[f"StudyInstanceUID={mem_study}"], timeout=900)
-                    took = time.perf_counter() - t0
-                if result.final_status != 0:
-                    raise SystemExit(f"memory run failed: {result.output[-2000:]}")
-                memory.append((result.completed, mem_size, rss.baseline_kb, rss.peak_kb, took))
+                for target in ("SINK", dest.aet):
+                    if target == dest.aet:
+                        for f in dest.output_dir.iterdir():
+                            f.unlink()
+                    with PeakRSS(pid) as rss:
+                        t0 = time.perf_counter()
+                        result = movescu(LOOPBACK, proxy.port, ROUTE, "BENCH",
+                                         move_destination=target,
+                                         keys=[f"StudyInstanceUID={mem_study}"], timeout=900)
+                        took = time.perf_counter() - t0
+                    if result.final_status != 0:
+                        raise SystemExit(f"memory run failed: {result.output[-2000:]}")
+                    op = proxy.operations("C-MOVE")[-1]
+                    memory.append((target, result.completed, mem_size, rss.baseline_kb,
+                                   rss.peak_kb, took, int(op.get("buffer_peak_memory_bytes", 0)),
+                                   int(op.get("buffer_spilled", 0))))
         finally:
             proxy.stop()
-    report(images, size, direct, proxied, memory, stock, pdu)
+    report(images, size, direct, proxied, cpu, memory, stock, pdu)
 
 
 def report(images: int, size: int, direct: list[tuple[float, float | None]],
-           proxied: list[tuple[float, float | None]],
-           memory: list[tuple[int, int, int, int, float]], stock: bool, pdu: int) -> None:
+           proxied: list[tuple[float, float | None]], cpu: list[float],
+           memory: list[tuple[str, int, int, int, int, float, int, int]], stock: bool,
+           pdu: int) -> None:
     mb = size / 1e6
     d = statistics.median(t for t, _ in direct)
     p = statistics.median(t for t, _ in proxied)
@@ -208,19 +232,25 @@ def report(images: int, size: int, direct: list[tuple[float, float | None]],
     print(f"| proxy: C-MOVE → C-GET + C-STORE → storescp | {p:.2f} | {mb / p:.1f} | "
           f"{images / p:.0f} | {fp * 1000:.0f} ms |")
     print(f"\nthroughput ratio proxy/direct: **{d / p:.2f}**; first instance: proxy "
-          f"{fp * 1000:.0f} ms vs direct {fd * 1000:.0f} ms")
+          f"{fp * 1000:.0f} ms vs direct {fd * 1000:.0f} ms; proxy CPU per move "
+          f"{statistics.median(cpu):.2f} s ({statistics.median(cpu) / images * 1000:.2f} ms "
+          "per image)")
     if memory:
-        print("\n### Proxy resident memory while moving a study (destination receives, "
-              "does not store)\n")
-        print("| study | MB | proxy RSS before | proxy peak RSS | seconds |")
-        print("| --- | ---: | ---: | ---: | ---: |")
-        for n, mem_size, base, peak, took in memory:
-            print(f"| {n} images | {mem_size / 1e6:.0f} | {base / 1024:.0f} MB | "
-                  f"{peak / 1024:.0f} MB | {took:.1f} |")
-        (_, s1, _, p1, _), (_, s2, _, p2, _) = memory[0], memory[-1]
-        print(f"\nstudy {s2 / s1:.0f}x larger → peak RSS x{p2 / p1:.2f} "
-              f"({(p2 - p1) / 1024:+.0f} MB); the large study is "
-              f"{s2 / (p2 * 1024):.1f}x the proxy's whole peak RSS")
+        print(f"\n### Proxy resident memory while moving a study (retrieve_memory_bytes = "
+              f"{MEMORY_WINDOW / 2**20:.0f} MiB)\n")
+        print("| study | MB | destination | proxy RSS before | proxy peak RSS | "
+              "peak held in memory | instances spilled to files | seconds |")
+        print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for target, n, mem_size, base, peak, took, held, spilled in memory:
+            kind = "storescp --ignore" if target == "SINK" else "storescp writing files"
+            print(f"| {n} images | {mem_size / 1e6:.0f} | {kind} | {base / 1024:.0f} MB | "
+                  f"{peak / 1024:.0f} MB | {held / 2**20:.1f} MiB | {spilled} | {took:.1f} |")
+        small = max(m[4] for m in memory if m[2] == memory[0][2])
+        large = max(m[4] for m in memory if m[2] == memory[-1][2])
+        print(f"\nstudy {memory[-1][2] / memory[0][2]:.0f}x larger → peak RSS "
+              f"x{large / small:.2f} ({(large - small) / 1024:+.0f} MB); the large study is "
+              f"{memory[-1][2] / MEMORY_WINDOW:.0f}x the memory window and "
+              f"{memory[-1][2] / (large * 1024):.1f}x the proxy's whole peak RSS")
 
 
 if __name__ == "__main__":

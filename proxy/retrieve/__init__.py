@@ -5,11 +5,13 @@ One workstation C-MOVE or C-GET, in the order the work happens (``relay``):
                 classes and transfer syntaxes, who holds what (``puller.survey``);
   2. sink     — C-MOVE: the proxy's own association to the Move Destination, opened
                 first; C-GET: the workstation's association (``forwarder``);
-  3. pull     — C-GET with the storage SCP role over the proxy's association, or
+  3. pull     — C-GET with the storage SCP role over the proxy's lean association
+                (``getter``, ``proxy.ul``), or
                 C-MOVE to the proxy's own AE title, deliveries matched back by
                 ``inbound`` (``puller``);
-  4. buffer   — each instance a file under ``[spool] dir``/retrieve, never decoded
-                (``buffer``);
+  4. buffer   — each instance as received, never decoded: in memory up to
+                ``[spool] retrieve_memory_bytes``, beyond that a file under
+                ``[spool] dir``/retrieve (``buffer``);
   5. deliver  — each instance C-STOREd onward as soon as it is there; Pending
                 responses with the counts; the final status from ``tally``.
 ``scp`` replaces pynetdicom's C-MOVE/C-GET SCP loop on the proxy's listener by a pump

@@ -67,6 +67,7 @@ class Reception:
         self._data: bytearray | None = bytearray() if memory and path is not None else None
         if path is not None and self._data is None:
             self._to_file(b"")
+            buffer.spilled += 1
 
     def write(self, fragment: memoryview) -> None:
         if self._data is not None:
@@ -75,6 +76,7 @@ class Reception:
                 return
             data, self._data = self._data, None    # over its share: spill (Rule 1)
             self._to_file(data)
+            self.buffer.spilled += 1
         if self._file is None:
             return                                 # answered without a file: dropped
         try:
@@ -138,6 +140,7 @@ class InstanceBuffer:
         self.memory_bytes = memory_bytes       # Rule 1: the in-memory window
         self.memory_used = 0                   # reserved by receptions and queued items
         self.peak_memory = 0
+        self.spilled = 0                       # instances that went to a file (Rule 1)
         directory.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()
         self._queue: deque[Buffered] = deque()
@@ -284,7 +287,7 @@ class InstanceBuffer:
     def stats(self) -> dict[str, int]:
         return {"received": self.received, "duplicates": self.duplicates,
                 "buffer_peak_bytes": self.peak_bytes, "buffer_peak_instances": self.peak_items,
-                "buffer_peak_memory_bytes": self.peak_memory,
+                "buffer_peak_memory_bytes": self.peak_memory, "buffer_spilled": self.spilled,
                 "buffer_waits": self.waited}
 
 

@@ -4,15 +4,18 @@ Both sinks C-STORE one buffered instance at a time while the puller keeps
 receiving the next ones (pipelined: the archive never waits for the destination
 unless the buffer is full).
 
-Rule 1 (original encoding): an instance is sent from its buffer file as received,
-        without decoding (``proxy.chunked.sending_raw``), over a context with its
-        own SOP class and transfer syntax. Only when the peer accepted no such
-        context is it decoded and re-encoded — pynetdicom allows that between
-        Explicit and Implicit VR Little Endian only (same byte order, no
-        compression), so pixel data bytes never change. Otherwise the
-        sub-operation fails, saying which syntax the peer did not accept.
-        The sending thread writes each C-STORE's PDUs itself, batched
-        (``proxy.wire.write_directly``), at the peer's maximum PDU size.
+Rule 1 (original encoding): an instance is sent as received, without decoding, over a
+        context with its own SOP class and transfer syntax. Only when the peer
+        accepted no such context is it decoded and re-encoded — between Explicit and
+        Implicit VR Little Endian only (same byte order, no compression), so pixel
+        data bytes never change. Otherwise the sub-operation fails, saying which
+        syntax the peer did not accept.
+        To the Move Destination the C-STOREs go over a lean association
+        (``send_over_link``, ``proxy.ul``): fragments at the peer's maximum PDU
+        length written with ``sendmsg`` straight from the instance's memory or
+        file. Back to the workstation (C-GET) they go over its pynetdicom
+        association (``send``: ``proxy.chunked.sending_raw`` from the file,
+        PDUs batched by ``proxy.wire.write_directly``).
 Rule 2 (destination): one association for the whole retrieve, opened *before*
         anything is pulled, so a dead destination costs no archive traffic
         (every sub-operation then fails with the reason). If it drops mid-way it

@@ -73,8 +73,10 @@ def encoded_study(directory: Path, names: Sequence[str] = ENCODED_FILES,
 class RecordingSCP:
     """A storage SCP that accepts only ``sop_classes`` and records what it received."""
 
-    def __init__(self, aet: str, sop_classes: Sequence[str]) -> None:
+    def __init__(self, aet: str, sop_classes: Sequence[str],
+                 gate: threading.Event | None = None) -> None:
         self.aet = aet
+        self.gate = gate                   # C-STOREs wait until it is set (a stalled peer)
         self.received: dict[str, Dataset] = {}
         self._lock = threading.Lock()
         ae = AE(aet)
@@ -85,6 +87,8 @@ class RecordingSCP:
         self.port = int(self._server.server_address[1])
 
     def _on_store(self, event: evt.Event) -> int:
+        if self.gate is not None:
+            self.gate.wait(60)
         ds = event.dataset
         ds.file_meta = event.file_meta
         with self._lock:

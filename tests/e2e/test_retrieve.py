@@ -386,3 +386,34 @@ def test_a_destination_that_keeps_aborting_stops_the_pull(
     assert set(op["failed_sop_instance_uids"]) == set(studies.studies[1].sop_uids)
     store = [e for e in proxy.events("upstream") if e["operation"] == "C-STORE"][-1]
     assert store["associations"] == 2                 # re-opened once, then gave up
+
+
+def test_a_stalled_destination_fills_the_memory_window_then_files_and_loses_nothing(
+        pacs: OrthancArchive, studies: SyntheticSet, proxy_factory: ProxyFactory) -> None:
+    """The archive delivers everything while the destination is stalled: the proxy keeps
+    at most ``retrieve_memory_bytes`` in memory, the rest goes to files, all arrive."""
+    window = 2 * max(p.stat().st_size for p in studies.studies[2].paths)
+    gate = threading.Event()
+    dest = RecordingSCP("SLOW", [CTImageStorage], gate=gate)
+    try:
+        proxy = proxy_factory({**rules(pacs, {"SLOW": dest.port}),
+                               "spool": {"retrieve_memory_bytes": window}})
+        outcome: dict[str, Any] = {}
+        mover = threading.Thread(target=lambda: outcome.update(
+            result=move(proxy, "SLOW", studies.studies[2].study_uid)))
+        mover.start()
+        proxy.wait_event("upstream", where=lambda e: e.get("operation") == "C-GET",
+                         timeout=60)              # the archive has sent all six
+        gate.set()
+        mover.join(60)
+        result = outcome["result"]
+        assert result.final_status == SUCCESS, result.output[-3000:]
+        assert (result.completed, result.failed) == (6, 0)
+        assert_identical(dest.received, originals(studies, 2))
+        op = proxy.operations("C-MOVE")[-1]
+        assert 0 < op["buffer_peak_memory_bytes"] <= window
+        assert op["buffer_spilled"] >= 6 - 2 - 1     # one in flight, two in memory at most
+        assert list((proxy.workdir / "spool" / "retrieve").glob("**/*.dcm")) == []
+    finally:
+        gate.set()
+        dest.close()
