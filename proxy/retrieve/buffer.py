@@ -64,18 +64,31 @@ class Reception:
         self._file: BinaryIO | None = None
         self._meta = 0
         self._memory = memory                  # bytes it may hold in memory
-        self._data: bytearray | None = bytearray() if memory and path is not None else None
-        if path is not None and self._data is None:
+        self._data: bytearray | None = None
+        self._used = 0
+        if memory and path is not None:
+            # Sized like the previous instance (a series' images are alike): fragments are
+            # copied into place, not appended through repeated reallocations.
+            self._data = bytearray(min(buffer.last_size, memory))
+        elif path is not None:
             self._to_file(b"")
             buffer.spilled += 1
 
     def write(self, fragment: memoryview) -> None:
-        if self._data is not None:
-            if len(self._data) + len(fragment) <= self._memory:
-                self._data += fragment
+        data = self._data
+        if data is not None:
+            end = self._used + len(fragment)
+            if end <= len(data):
+                data[self._used:end] = fragment
+                self._used = end
                 return
-            data, self._data = self._data, None    # over its share: spill (Rule 1)
-            self._to_file(data)
+            if end <= self._memory:
+                del data[self._used:]
+                data += fragment
+                self._used = end
+                return
+            self._data = None                      # over its share: spill (Rule 1)
+            self._to_file(memoryview(data)[:self._used])
             self.buffer.spilled += 1
         if self._file is None:
             return                                 # answered without a file: dropped
@@ -84,7 +97,7 @@ class Reception:
         except OSError:
             self._failed()
 
-    def _to_file(self, data: bytes | bytearray) -> None:
+    def _to_file(self, data: bytes | memoryview) -> None:
         assert self.path is not None
         try:
             meta = file_meta(self.sop_class, self.uid, self.transfer_syntax)
@@ -99,9 +112,10 @@ class Reception:
     def finish(self) -> int:
         """All fragments are in: queue the instance; the C-STORE status to answer."""
         if self._data is not None:
-            assert self.path is not None
+            del self._data[self._used:]
+            self.buffer.last_size = self._used
             return self.buffer._commit(Buffered(None, self.uid, self.sop_class,
-                                                self.transfer_syntax, len(self._data),
+                                                self.transfer_syntax, self._used,
                                                 self.archive, 0, self._data), self._memory)
         self.buffer._release_memory(self._memory)
         if self._file is None:
@@ -141,6 +155,7 @@ class InstanceBuffer:
         self.memory_used = 0                   # reserved by receptions and queued items
         self.peak_memory = 0
         self.spilled = 0                       # instances that went to a file (Rule 1)
+        self.last_size = 0                     # of the last instance held in memory
         directory.mkdir(parents=True, exist_ok=True)
         self._cond = threading.Condition()
         self._queue: deque[Buffered] = deque()

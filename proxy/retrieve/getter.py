@@ -13,9 +13,10 @@ Rule 2 (sub-operations): each C-STORE the archive sends goes to
         status the buffer gives (Success, duplicate Success, 0xA700 when the retrieve
         is over); a C-STORE on a context the proxy did not accept for storage is
         answered 0x0122 (SOP class not supported, PS3.7 C.5.12) and dropped.
-Rule 3 (responses): every C-GET response is yielded as a status ``Dataset`` (Status,
-        the four counts, ErrorComment, and the Failed SOP Instance UID List from its
-        identifier), final included — the shape ``ArchiveClient.get`` yields.
+Rule 3 (responses): every C-GET response is yielded as (Status, its sub-operation counts
+        by keyword), final included; an archive sends one after every sub-operation,
+        so nothing is decoded beyond the command set (the proxy keeps its own count
+        of what arrived, ``tally``).
 Rule 4 (ending): C-CANCEL goes upstream once the token fires; a timeout (no PDU for
         the archive's ``timeout``) or the archive closing/aborting raises the
         ``UpstreamError`` the pynetdicom path raises; a half-received instance is
@@ -25,12 +26,11 @@ Rule 4 (ending): C-CANCEL goes upstream once the token fires; a timeout (no PDU 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context
 
 from proxy.retrieve.buffer import InstanceBuffer, Reception
@@ -50,8 +50,8 @@ _COUNTS = {cmd.REMAINING: "NumberOfRemainingSuboperations",
 def get(client: ArchiveClient, identifier: Dataset, model: str,
         storage: Sequence[PresentationContext], roles: Sequence[Any],
         buffer: InstanceBuffer, archive: str,
-        cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
-    """C-GET ``identifier``; yields (status, response) for every C-GET response."""
+        cancelled: CancelToken | None = None) -> Iterator[tuple[int, dict[str, int]]]:
+    """C-GET ``identifier``; yields (status, sub-operation counts) for every response."""
     contexts = [build_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
                 *storage]
     with client.link(contexts, roles) as link:
@@ -68,7 +68,7 @@ def get(client: ArchiveClient, identifier: Dataset, model: str,
             link.send_message(cx, cmd.c_get_rq(1, model), query)
             with (cancelled or CancelToken()).on_cancel(
                     lambda: _cancel(link, cx)):
-                yield from _responses(link, buffer, archive, implicit)
+                yield from _responses(link, buffer, archive)
         except TimeoutError:
             raise client.no_response("C-GET", client.peer.timeout) from None
         except (LinkClosed, OSError, pdu.PduError):
@@ -80,8 +80,8 @@ def _cancel(link: Link, cx: int) -> None:
         link.send_message(cx, cmd.c_cancel_rq(1))
 
 
-def _responses(link: Link, buffer: InstanceBuffer, archive: str,
-               implicit: bool) -> Iterator[tuple[int, Dataset]]:
+def _responses(link: Link, buffer: InstanceBuffer, archive: str
+               ) -> Iterator[tuple[int, dict[str, int]]]:
     incoming: list[Reception] = []
 
     def target(cx: int, command: cmd.Command) -> Reception | None:
@@ -110,8 +110,8 @@ def _responses(link: Link, buffer: InstanceBuffer, archive: str,
                     int(command.get(cmd.MESSAGE_ID, 0)), reception.sop_class, reception.uid,
                     status))
             elif kind == cmd.C_GET_RSP:
-                code, response = _status(command, message.data, implicit)
-                yield code, response
+                code = int(command.get(cmd.STATUS, Status.PROCESSING_FAILURE))
+                yield code, _counts(command)
                 if code not in _PENDING:
                     return
             else:
@@ -121,20 +121,12 @@ def _responses(link: Link, buffer: InstanceBuffer, archive: str,
             reception.abandon()
 
 
-def _status(command: cmd.Command, data: bytes | None, implicit: bool) -> tuple[int, Dataset]:
-    code = int(command.get(cmd.STATUS, Status.PROCESSING_FAILURE))
-    response = Dataset()
-    response.Status = code
-    for elem, keyword in _COUNTS.items():
-        if elem in command:
-            setattr(response, keyword, int(command[elem]))
-    if cmd.ERROR_COMMENT in command:
-        response.ErrorComment = str(command[cmd.ERROR_COMMENT])[:64]
-    if data:
-        try:
-            identifier = decode(BytesIO(data), implicit, True)
-        except Exception:                   # a broken identifier still has its status
-            identifier = Dataset()
-        if "FailedSOPInstanceUIDList" in identifier:
-            response.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
-    return code, response
+def _counts(command: cmd.Command) -> dict[str, int]:
+    return {keyword: int(command[elem]) for elem, keyword in _COUNTS.items()
+            if isinstance(command.get(elem), int)}
+
+
+def counts_of(response: Dataset) -> dict[str, int]:
+    """The sub-operation counts a pynetdicom C-GET/C-MOVE response carries."""
+    return {keyword: int(response.get(keyword)) for keyword in _COUNTS.values()
+            if response.get(keyword) is not None}

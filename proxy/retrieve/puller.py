@@ -51,6 +51,7 @@ _RETRIEVE_MODELS = {
     ("STUDY", "move"): StudyRootQueryRetrieveInformationModelMove,
 }
 _PENDING = (Status.PENDING, Status.PENDING_WARNING)
+Counts = dict[str, int]      # a C-GET/C-MOVE response's sub-operation counts, by keyword
 
 
 @dataclass
@@ -124,21 +125,19 @@ class Puller:
             with self.services.upstream_call(name, operation, self.event, self.phi) as call:
                 responses = (self._get(name, model) if mode == "get"
                              else self._move(name, model))
-                last = Dataset()
-                for code, rsp in responses:
-                    last = rsp
+                last: Counts = {}
+                for code, counts in responses:
+                    last = counts
                     if code in _PENDING:
-                        self.on_total(sum(int(rsp.get(k) or 0) for k in (
-                            "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
-                            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")))
+                        self.on_total(sum(counts.values()))
                     else:
                         final = code
                 call["status"] = final
                 call["details"] = {
                     "received": self.buffer.received - before,
-                    "completed": int(last.get("NumberOfCompletedSuboperations") or 0),
-                    "failed": int(last.get("NumberOfFailedSuboperations") or 0),
-                    "warning": int(last.get("NumberOfWarningSuboperations") or 0)}
+                    "completed": last.get("NumberOfCompletedSuboperations", 0),
+                    "failed": last.get("NumberOfFailedSuboperations", 0),
+                    "warning": last.get("NumberOfWarningSuboperations", 0)}
                 hint = self._hint(name, final, self.buffer.received - before)
                 if hint:
                     call["hint"] = hint
@@ -151,7 +150,7 @@ class Puller:
         return Pulled(name, operation, final, received, error,
                       self._hint(name, final, received))
 
-    def _get(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
+    def _get(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
         held = self.survey.holdings.get(name) or self.survey.described()
         if held and all(inst.sop_class for inst in held):
             contexts = sopclasses.propose(held, sopclasses.MAX_CONTEXTS - 1)
@@ -163,16 +162,17 @@ class Puller:
         return getter.get(client, self.identifier, model, contexts, sopclasses.roles(contexts),
                           self.buffer, name, self.token)
 
-    def _move(self, name: str, model: str) -> Iterator[tuple[int, Dataset]]:
+    def _move(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
         registry: InboundRegistry = self.services.extras["retrieve_inbound"]
         archive = self.services.config.archives[name]
         held = self.survey.holdings.get(name) or []
         exp = registry.open(name, archive.ae_title, archive.calling_ae,
                             {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
         try:
-            yield from self.services.archives[name].move(
-                self.identifier, model, self.services.config.proxy.ae_title, exp.message_id,
-                self.token)
+            for code, rsp in self.services.archives[name].move(
+                    self.identifier, model, self.services.config.proxy.ae_title,
+                    exp.message_id, self.token):
+                yield code, getter.counts_of(rsp)
         finally:
             registry.close(exp)
 

@@ -35,7 +35,8 @@ from proxy.ul import commands, pdu
 from proxy.ul.commands import Command
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
-SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg
+SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
+MAX_PARTS = 512                  # ... in at most this many buffers (IOV_MAX is 1024)
 COMMAND, LAST = 0x01, 0x02       # message control header bits (PS3.8 E.2)
 
 
@@ -121,43 +122,45 @@ class Link:
                 self._send_from(context_id, source, length)
 
     def _send_fragments(self, cx: int, kind: int, view: memoryview) -> None:
+        step = self.fragment
+        full = pdu.pdata_header(cx, kind, step)       # every fragment but the last
         parts: list[bytes | memoryview] = []
         size, at, total = 0, 0, len(view)
-        while True:
-            n = min(self.fragment, total - at)
-            last = at + n >= total
-            parts.append(pdu.pdata_header(cx, kind | (LAST if last else 0), n))
-            parts.append(view[at:at + n])
-            size += n + 12
-            at += n
-            if last or size >= SEND_BATCH:
+        while total - at > step:
+            parts.append(full)
+            parts.append(view[at:at + step])
+            at += step
+            size += step
+            if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
                 self._sendmsg_all(parts)
                 parts, size = [], 0
-            if last:
-                return
+        parts.append(pdu.pdata_header(cx, kind | LAST, total - at))
+        parts.append(view[at:])
+        self._sendmsg_all(parts)
 
     def _send_from(self, cx: int, source: BufferedIOBase, length: int) -> None:
-        per_batch = max(1, SEND_BATCH // self.fragment) * self.fragment
+        per_batch = max(1, min(SEND_BATCH // self.fragment, MAX_PARTS // 2)) * self.fragment
         chunk = bytearray(min(per_batch, max(length, 1)))
         view = memoryview(chunk)
         left = length
-        while True:
-            want = min(len(chunk), left)
-            got = (source.readinto(view[:want]) or 0) if want else 0
-            if got != want:
-                raise OSError(f"buffered instance ended {left - got} bytes early")
-            left -= got
-            parts: list[bytes | memoryview] = []
-            at = 0
-            while at < got or not parts:
-                n = min(self.fragment, got - at)
-                last = left == 0 and at + n >= got
-                parts.append(pdu.pdata_header(cx, LAST if last else 0, n))
-                parts.append(view[at:at + n])
-                at += n
-            self._sendmsg_all(parts)
-            if left == 0:
-                return
+        while left > len(chunk):
+            if source.readinto(view) != len(chunk):
+                raise OSError("buffered instance ended early")
+            self._send_fragments_open(cx, view)
+            left -= len(chunk)
+        if left and source.readinto(view[:left]) != left:
+            raise OSError("buffered instance ended early")
+        self._send_fragments(cx, 0, view[:left])
+
+    def _send_fragments_open(self, cx: int, view: memoryview) -> None:
+        """Whole fragments of a data set that goes on (none of them is the last)."""
+        step = self.fragment
+        full = pdu.pdata_header(cx, 0, step)
+        parts: list[bytes | memoryview] = []
+        for at in range(0, len(view), step):
+            parts.append(full)
+            parts.append(view[at:at + step])
+        self._sendmsg_all(parts)
 
     def _sendmsg_all(self, parts: list[bytes | memoryview]) -> None:
         while parts:

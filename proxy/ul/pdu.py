@@ -74,9 +74,12 @@ def _item(kind: int, value: bytes) -> bytes:
 
 
 def _ae(title: str) -> bytes:
-    raw = title.encode("ascii")
-    if not 0 < len(raw) <= 16:
-        raise PduError(f"AE title {title!r} must be 1 to 16 characters")
+    # PS3.5 6.2 (AE): printable ASCII without backslash, not all spaces
+    raw = title.encode("utf-8", "surrogatepass")
+    if (not 0 < len(raw) <= 16 or not raw.strip(b" ")
+            or any(c < 0x20 or c > 0x7E or c == 0x5C for c in raw)):
+        raise PduError(f"AE title {title!r} must be 1 to 16 printable ASCII characters, "
+                       "not all spaces, no backslash")
     return raw.ljust(16, b" ")
 
 
