@@ -11,6 +11,10 @@ Rule 4: a response is only ever taken by the thread waiting for it: pynetdicom's
         handshake does not close, can take (and drop) a C-STORE/C-FIND/C-GET
         response meant for the sending thread, which then times out
         (``_responses_to_waiters``).
+Rule 5: ``link`` opens the same kind of association on the proxy's lean upper layer
+        (``proxy.ul``) for the retrieve's bulk transfers, with the same AE titles,
+        time bounds (the peer's ``timeout`` on every socket operation) and the same
+        explanations when it fails.
 """
 
 from __future__ import annotations
@@ -290,23 +294,6 @@ class ArchiveClient:
                 lambda msg_id: assoc.send_c_find(identifier, model, msg_id=msg_id))
             for code, _status, ds in responses:
                 yield code, ds
-
-    def get(self, identifier: Dataset, model: str, storage: Sequence[PresentationContext],
-            roles: list[Any], on_store: Callable[[evt.Event], int],
-            cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
-        """C-GET over one association, taking the C-STORE sub-operations on it.
-
-        ``storage`` are the storage contexts to propose (with ``roles``, the SCP role
-        selection items); ``on_store(event)`` answers each C-STORE the archive sends
-        and runs on the calling thread. Yields (status, response) for every C-GET
-        response, final included (response carries the sub-operation counts).
-        """
-        contexts = [build_context(model, QUERY_TRANSFER_SYNTAXES), *storage]
-        with self.associate(contexts, ext_neg=roles,
-                            handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
-            yield from self._retrieve(assoc, "C-GET", model, cancelled,
-                                      lambda msg_id: assoc.send_c_get(identifier, model,
-                                                                      msg_id=msg_id))
 
     def move(self, identifier: Dataset, model: str, move_destination: str, msg_id: int,
              cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:

@@ -1,7 +1,8 @@
-"""Pulling over C-GET into the file buffer (ArchiveClient.get + InstanceBuffer), in process.
+"""Pulling over C-GET into the buffer (getter.get + InstanceBuffer), in process.
 
-A pynetdicom C-GET SCP plays the archive; what lands in the buffer must be the data
-sets exactly as the archive encoded them, in their own transfer syntaxes.
+A pynetdicom C-GET SCP plays the archive; what lands in the buffer — in memory, in
+files, or spilled to a file mid-instance — must be the data sets exactly as the
+archive encoded them, in their own transfer syntaxes.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
-from proxy.retrieve import sopclasses
-from proxy.retrieve.buffer import InstanceBuffer
+from proxy.retrieve import getter, sopclasses
+from proxy.retrieve.buffer import Buffered, InstanceBuffer, file_meta
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, Peer
 
@@ -60,7 +62,8 @@ def archive() -> Iterator[tuple[int, list[Dataset]]]:
     server.shutdown()
 
 
-def pull(port: int, held: list[Dataset], buffer: InstanceBuffer) -> list[tuple[int, Any]]:
+def pull(port: int, held: list[Dataset], buffer: InstanceBuffer
+         ) -> list[tuple[int, dict[str, int]]]:
     client = ArchiveClient(Peer("a", "ARCHIVE", "127.0.0.1", port, "QR_PROXY", 10.0))
     instances = [sopclasses.Instance(str(d.SOPInstanceUID), str(d.SOPClassUID),
                                      (str(d.file_meta.TransferSyntaxUID),)) for d in held]
@@ -68,14 +71,24 @@ def pull(port: int, held: list[Dataset], buffer: InstanceBuffer) -> list[tuple[i
     ident = Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = held[0].StudyInstanceUID
-    return list(client.get(ident, GET, contexts, sopclasses.roles(contexts),
-                           lambda e: buffer.accept(e, "a")))
+    return list(getter.get(client, ident, GET, contexts, sopclasses.roles(contexts), buffer,
+                           "a"))
 
 
+def stored(item: Buffered) -> Dataset:
+    """The instance as the buffer holds it, read back as a Part-10 file."""
+    if item.path is not None:
+        return dcmread(item.path)
+    assert item.data is not None
+    meta = file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
+    return dcmread(BytesIO(meta + bytes(item.data)))
+
+
+@pytest.mark.parametrize("memory", [0, 10**8, 3000], ids=["files", "memory", "spilled"])
 def test_instances_land_byte_for_byte_in_their_own_syntax(
-        archive: tuple[int, list[Dataset]], tmp_path: Path) -> None:
+        archive: tuple[int, list[Dataset]], tmp_path: Path, memory: int) -> None:
     port, held = archive
-    buffer = InstanceBuffer(tmp_path / "buf", 10**9)
+    buffer = InstanceBuffer(tmp_path / "buf", 10**9, memory)
     responses = pull(port, held, buffer)
     assert responses[-1][0] == Status.SUCCESS
     buffer.finish()
@@ -83,13 +96,18 @@ def test_instances_land_byte_for_byte_in_their_own_syntax(
     while (item := buffer.take(0.1)) is not None:
         got.append(item)
     assert buffer.duplicates == 1 and len(got) == len(held)
+    in_memory = [item.path is None for item in got]
+    assert all(in_memory) if memory == 10**8 else not any(in_memory)
+    if memory == 3000:                           # every one of them outgrew the window
+        assert buffer.spilled == len(held)
     for original, item in zip(held, got, strict=True):
-        stored = dcmread(item.path)
+        back = stored(item)
         assert item.sop_instance_uid == original.SOPInstanceUID
         assert item.transfer_syntax == original.file_meta.TransferSyntaxUID
-        assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
-        assert stored.PixelData == original.PixelData
+        assert back.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert back.PixelData == original.PixelData
         buffer.done(item)
+    assert buffer.memory_used == 0 and buffer.pending_bytes == 0
     buffer.close()
     assert not (tmp_path / "buf").exists()
 
@@ -130,5 +148,5 @@ def test_a_closed_buffer_refuses_and_leaves_nothing(
     buffer.close()
     responses = pull(port, held, buffer)
     final = responses[-1][1]
-    assert final.NumberOfFailedSuboperations == len(held) + 1
+    assert final["NumberOfFailedSuboperations"] == len(held) + 1
     assert not (tmp_path / "buf").exists()
