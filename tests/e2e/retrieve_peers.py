@@ -100,12 +100,15 @@ class RecordingSCP:
 
 
 class AbortingArchive:
-    """A Study Root Q/R SCP holding ``datasets``; its C-GET aborts after ``deliver`` of them."""
+    """A Study Root Q/R SCP holding ``datasets``; its C-GET aborts after ``deliver`` of them
+    (or, given ``stall``, falls silent: no PDU at all until the event is set)."""
 
-    def __init__(self, aet: str, datasets: Sequence[Dataset], deliver: int) -> None:
+    def __init__(self, aet: str, datasets: Sequence[Dataset], deliver: int,
+                 stall: threading.Event | None = None) -> None:
         self.aet = aet
         self.datasets = list(datasets)
         self.deliver = deliver
+        self.stall = stall          # when given: go silent after ``deliver`` until it is set
         self.get_requests = 0
         ae = AE(aet)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -133,6 +136,9 @@ class AbortingArchive:
         yield len(self.datasets)
         for ds in self.datasets[:self.deliver]:
             yield PENDING, ds
+        if self.stall is not None:
+            self.stall.wait(60)
+            return
         event.assoc.abort()
 
     def close(self) -> None:

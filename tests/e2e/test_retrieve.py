@@ -274,6 +274,31 @@ def test_an_archive_aborting_mid_retrieve_gives_true_counts(
         archive.close()
 
 
+def test_an_archive_falling_silent_mid_retrieve_is_given_up_on_after_its_timeout(
+        studies: SyntheticSet, proxy_factory: ProxyFactory,
+        store_scp_factory: StoreSCPFactory) -> None:
+    datasets = [dcmread(p) for p in studies.studies[2].paths]
+    stall = threading.Event()
+    archive = AbortingArchive("SILENT", datasets, deliver=3, stall=stall)
+    dest = store_scp_factory("WS1")
+    try:
+        proxy = proxy_factory({
+            "archives": {"pacs": {"ae_title": "SILENT", "host": LOOPBACK,
+                                  "port": archive.port, "timeout": 2}},
+            "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": dest.port}},
+            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}]})
+        result = move(proxy, "WS1", studies.studies[2].study_uid)
+        assert result.final_status == WARNING, result.output[-3000:]
+        assert (result.completed, result.failed) == (3, 3)
+        assert dest.received_sop_uids() == {str(d.SOPInstanceUID) for d in datasets[:3]}
+        get = [e for e in proxy.events("upstream") if e["operation"] == "C-GET"][-1]
+        assert "within timeout (2s)" in get["error"] and 1900 < get["duration_ms"] < 10000
+        assert "archives.pacs.timeout" in (get.get("hint") or "")
+    finally:
+        stall.set()
+        archive.close()
+
+
 def test_cancel_stops_the_archive_and_the_forwarding(
         pacs: OrthancArchive, studies: SyntheticSet, proxy_factory: ProxyFactory,
         store_scp_factory: StoreSCPFactory) -> None:
