@@ -145,10 +145,13 @@ def main() -> None:
                         help="images in the small memory run (0: skip the memory runs)")
     parser.add_argument("--dest-pdu", type=int, default=0,
                         help="storescp's maximum PDU (default: DCMTK's 16384)")
+    parser.add_argument("--memory-window", type=int, default=MEMORY_WINDOW // 2**20,
+                        help="the proxy's [spool] retrieve_memory_bytes, in MiB")
     parser.add_argument("--dcmtk-defaults", action="store_true",
                         help="leave Nagle on in the DCMTK peers (their stock behaviour)")
     args = parser.parse_args()
     images = 1000 if args.full else args.images
+    globals()["MEMORY_WINDOW"] = args.memory_window * 2**20
     if not args.dcmtk_defaults:
         os.environ["TCP_NODELAY"] = "1"       # read by DCMTK in Orthanc, storescp, movescu
     work = Path(tempfile.mkdtemp(prefix="bench-retrieve-"))
@@ -245,12 +248,12 @@ def report(images: int, size: int, direct: list[tuple[float, float | None]],
             kind = "storescp --ignore" if target == "SINK" else "storescp writing files"
             print(f"| {n} images | {mem_size / 1e6:.0f} | {kind} | {base / 1024:.0f} MB | "
                   f"{peak / 1024:.0f} MB | {held / 2**20:.1f} MiB | {spilled} | {took:.1f} |")
-        small = max(m[4] for m in memory if m[2] == memory[0][2])
-        large = max(m[4] for m in memory if m[2] == memory[-1][2])
-        print(f"\nstudy {memory[-1][2] / memory[0][2]:.0f}x larger → peak RSS "
-              f"x{large / small:.2f} ({(large - small) / 1024:+.0f} MB); the large study is "
-              f"{memory[-1][2] / MEMORY_WINDOW:.0f}x the memory window and "
-              f"{memory[-1][2] / (large * 1024):.1f}x the proxy's whole peak RSS")
+        growth = {size: max(m[4] - m[3] for m in memory if m[2] == size)
+                  for size in dict.fromkeys(m[2] for m in memory)}
+        print("\npeak RSS above the proxy's idle RSS: " + ", ".join(
+            f"{g / 1024:.0f} MB for a {size / 1e6:.0f} MB study" for size, g in growth.items())
+            + f" — bounded by the {MEMORY_WINDOW / 2**20:.0f} MiB window, whatever the study "
+            f"size (the largest is {max(growth) / MEMORY_WINDOW:.0f}x the window)")
 
 
 if __name__ == "__main__":
