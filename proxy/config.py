@@ -74,6 +74,7 @@ class SpoolConfig:
     max_attempts: int = 5             # tries per instance on a retryable failure status
     retrieve_max_bytes: int = 1024**3  # per C-MOVE/C-GET: received, not yet delivered, on disk
     retrieve_memory_bytes: int = 64 * 1024**2  # per C-MOVE: of those, held in memory
+    retrieve_spill_after: float = 1.0  # seconds the memory window may stay full before files
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         "retry_max": check.positive_float, "max_attempts": check.positive_int,
         "retrieve_max_bytes": check.positive_int,
         "retrieve_memory_bytes": check.non_negative_int,
+        "retrieve_spill_after": check.non_negative_float,
     })
     archives = _archives(data.get("archives"), proxy.ae_title)
     destinations = _destinations(data.get("destinations", {}))

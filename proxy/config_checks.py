@@ -132,6 +132,12 @@ def positive_float(path: str, value: Any) -> float:
     return float(value)
 
 
+def non_negative_float(path: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(path, f"must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
 def text(path: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(path, f"must be a string, not {kind(value)}")

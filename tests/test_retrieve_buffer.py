@@ -150,3 +150,48 @@ def test_a_closed_buffer_refuses_and_leaves_nothing(
     final = responses[-1][1]
     assert final["NumberOfFailedSuboperations"] == len(held) + 1
     assert not (tmp_path / "buf").exists()
+
+
+def put(buffer: InstanceBuffer, uid: str, size: int) -> tuple[Buffered | None, float]:
+    """Receive one instance of ``size`` bytes; (what was queued, seconds it took)."""
+    started = time.monotonic()
+    reception = buffer.receive(uid, "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "a")
+    reception.write(memoryview(bytes(size)))
+    assert reception.finish() == Status.SUCCESS
+    return buffer._queue[-1], time.monotonic() - started
+
+
+def test_a_full_window_paces_the_archive_then_spills_once_it_stays_full(
+        tmp_path: Path) -> None:
+    buffer = InstanceBuffer(tmp_path / "buf", 10**9, memory_bytes=100, spill_after=0.3)
+    a, _ = put(buffer, "1.1", 40)
+    b, _ = put(buffer, "1.2", 40)
+    assert a and b and a.data is not None and b.data is not None   # both fit the window
+    c, waited = put(buffer, "1.3", 40)                # no room: waits, then spills
+    assert c and c.path is not None and waited >= 0.3
+    d, waited = put(buffer, "1.4", 40)                # still full: spills at once
+    assert d and d.path is not None and waited < 0.2
+    buffer.done(buffer.take(0))                       # the destination takes one: room
+    e, waited = put(buffer, "1.5", 40)
+    assert e and e.data is not None and waited < 0.2
+    assert buffer.spilled == 2 and buffer.memory_used == 80
+    buffer.close()
+    assert buffer.memory_used == 0
+
+
+def test_room_freed_while_waiting_keeps_the_instance_in_memory(tmp_path: Path) -> None:
+    buffer = InstanceBuffer(tmp_path / "buf", 10**9, memory_bytes=100, spill_after=30)
+    put(buffer, "1.1", 60)
+
+    def destination() -> None:                        # frees room once the archive waits
+        deadline = time.monotonic() + 10
+        while buffer._full_since is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        buffer.done(buffer.take(0))
+
+    worker = threading.Thread(target=destination)
+    worker.start()
+    b, waited = put(buffer, "1.2", 60)
+    worker.join(10)
+    assert b and b.data is not None and buffer.spilled == 0 and waited < 10
+    buffer.close()

@@ -3,12 +3,18 @@
 Rule 1 (bounded memory): an instance received from an archive is kept as received (the
         data set in its negotiated transfer syntax, never decoded) in memory while the
         instances held there stay within ``memory_bytes`` (``[spool]
-        retrieve_memory_bytes``); beyond that — the destination slower than the
-        archive, or one instance larger than the window — it goes to a file under
-        ``[spool] dir``/retrieve/<retrieve>/, mid-instance if need be. The proxy's
-        resident memory does not depend on the study size. (Each reception reserves
-        the whole free window and gives back what it did not use, so the bound holds
-        with a receiving and a sending thread.)
+        retrieve_memory_bytes``). When the window is full the next instance waits
+        for room — the archive is paced by the destination, as a direct C-MOVE is —
+        but once the window has been full for ``spill_after`` seconds (``[spool]
+        retrieve_spill_after``: the destination has fallen behind, or stalled) the
+        instances go to files under ``[spool] dir``/retrieve/<retrieve>/ until room
+        comes back, so the archive is never held hostage; an instance larger than
+        the window goes to a file mid-instance. (Spilling when the destination is
+        merely a little slower would cost a write and a read of every byte and
+        slow the destination leg itself: measured, 0.60 of direct instead of 1.1.)
+        The proxy's resident memory does not depend on the study size. Each
+        reception reserves the whole free window and gives back what it did not
+        use, so the bound holds with a receiving and a sending thread.
 Rule 2 (bounded disk, back-pressure): when the files waiting exceed ``max_bytes``
         (``[spool] retrieve_max_bytes``) the receiving thread waits — the archive's
         next C-STORE is answered late — until the destination catches up.
@@ -28,6 +34,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +155,13 @@ class Reception:
 class InstanceBuffer:
     """A FIFO of received instances backed by files; one producer side, one consumer."""
 
-    def __init__(self, directory: Path, max_bytes: int, memory_bytes: int = 0) -> None:
+    def __init__(self, directory: Path, max_bytes: int, memory_bytes: int = 0,
+                 spill_after: float = 1.0) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.memory_bytes = memory_bytes       # Rule 1: the in-memory window
+        self.memory_bytes = memory_bytes       # Rule 1: the in-memory window ...
+        self.spill_after = spill_after         # ... full for this long: spill to files
+        self._full_since: float | None = None
         self.memory_used = 0                   # reserved by receptions and queued items
         self.peak_memory = 0
         self.spilled = 0                       # instances that went to a file (Rule 1)
@@ -204,9 +214,24 @@ class InstanceBuffer:
         if isinstance(slot, int):
             return Reception(self, None, uid, sop_class, transfer_syntax, archive, slot)
         with self._cond:
+            self._wait_for_memory()
             share = max(0, self.memory_bytes - self.memory_used)
             self.memory_used += share
         return Reception(self, slot, uid, sop_class, transfer_syntax, archive, memory=share)
+
+    def _wait_for_memory(self) -> None:
+        """Rule 1: wait for room in the window while it has been full < ``spill_after``."""
+        need = max(self.last_size, 1)
+        while (self.memory_bytes and self.memory_bytes - self.memory_used < need
+               and not self._closed):
+            now = time.monotonic()
+            if self._full_since is None:
+                self._full_since = now
+            left = self._full_since + self.spill_after - now
+            if left <= 0:
+                return                   # fallen behind for long enough: spill
+            self._cond.wait(left)
+        self._full_since = None
 
     def refuse(self, uid: str, sop_class: str, status: int) -> Reception:
         """A reception that drops the data and answers ``status``."""
@@ -233,6 +258,7 @@ class InstanceBuffer:
     def _release_memory(self, share: int) -> None:
         with self._cond:
             self.memory_used -= share
+            self._cond.notify_all()
 
     def _commit(self, item: Buffered, share: int = 0) -> int:
         """Queue ``item``; an in-memory one keeps its size of the reception's ``share``."""
@@ -268,8 +294,7 @@ class InstanceBuffer:
 
     def take(self, timeout: float) -> Buffered | None:
         with self._cond:
-            if not self._queue and not self._finished:
-                self._cond.wait(timeout)
+            self._cond.wait_for(lambda: self._queue or self._finished, timeout)
             return self._queue.popleft() if self._queue else None
 
     @property

@@ -96,7 +96,7 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     # Only the lean destination sink sends from memory; pynetdicom's sends from files.
     memory = spool.retrieve_memory_bytes if isinstance(sink, DestinationSink) else 0
     buffer = InstanceBuffer(root / f"{session.info.assoc_id}-{event.request.MessageID}",
-                            spool.retrieve_max_bytes, memory)
+                            spool.retrieve_max_bytes, memory, spool.retrieve_spill_after)
     puller = Puller(services, event, found, order, identifier, model, buffer, token,
                     record.phi, lambda n: setattr(tally, "upstream_total",
                                                   max(tally.upstream_total, n)))
