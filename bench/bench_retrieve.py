@@ -176,12 +176,14 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
             pacs.upload(p)
             for f in p:
                 f.unlink()
-        proxy = ProxyProcess({
+        rules = {
             "archives": {"pacs": archive_entry(pacs)},
             "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": dest.port},
                              "sink": {"ae_title": "SINK", "host": LOOPBACK, "port": sink.port}},
-            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}],
-            "spool": {"retrieve_memory_bytes": MEMORY_WINDOW}}, work)
+            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}]}
+        (work / "spiller").mkdir()
+        proxy = ProxyProcess({**rules, "spool": {"retrieve_memory_bytes": MEMORY_WINDOW,
+                                                 "dir": str(work / "spool")}}, work)
         proxy.start()
         pid: int = proxy.proc.pid       # type: ignore[union-attr]
         try:
@@ -193,26 +195,40 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
                 proxied.append(timed_move(proxy.port, ROUTE, study, dest))
                 cpu.append(cpu_seconds(pid) - before)
             memory = []
-            for mem_study, _, mem_size in big:
-                for target in ("SINK", dest.aet):
-                    if target == dest.aet:
-                        for f in dest.output_dir.iterdir():
-                            f.unlink()
-                    with PeakRSS(pid) as rss:
-                        t0 = time.perf_counter()
-                        result = movescu(LOOPBACK, proxy.port, ROUTE, "BENCH",
-                                         move_destination=target,
-                                         keys=[f"StudyInstanceUID={mem_study}"], timeout=900)
-                        took = time.perf_counter() - t0
-                    if result.final_status != 0:
-                        raise SystemExit(f"memory run failed: {result.output[-2000:]}")
-                    op = proxy.operations("C-MOVE")[-1]
-                    memory.append((target, result.completed, mem_size, rss.baseline_kb,
-                                   rss.peak_kb, took, int(op.get("buffer_peak_memory_bytes", 0)),
-                                   int(op.get("buffer_spilled", 0))))
+            spiller = ProxyProcess({**rules, "spool": {
+                "retrieve_memory_bytes": MEMORY_WINDOW, "retrieve_spill_after": 0,
+                "dir": str(work / "spill-spool")}}, work / "spiller")
+            spiller.start()
+            try:
+                for mem_study, _, mem_size in big:
+                    for target, via in (("SINK", proxy), (dest.aet, proxy), (dest.aet, spiller)):
+                        memory.append(memory_run(via, target, mem_study, mem_size, dest))
+            finally:
+                spiller.stop()
         finally:
             proxy.stop()
     report(images, size, direct, proxied, cpu, memory, stock, pdu)
+
+
+def memory_run(proxy: ProxyProcess, target: str, study: str, size: int,
+               dest: StoreSCP) -> tuple[str, int, int, int, int, float, int, int]:
+    """One C-MOVE through ``proxy`` to ``target`` with the proxy's peak RSS sampled."""
+    for f in dest.output_dir.iterdir():
+        f.unlink()
+    pid: int = proxy.proc.pid       # type: ignore[union-attr]
+    with PeakRSS(pid) as rss:
+        t0 = time.perf_counter()
+        result = movescu(LOOPBACK, proxy.port, ROUTE, "BENCH", move_destination=target,
+                         keys=[f"StudyInstanceUID={study}"], timeout=900)
+        took = time.perf_counter() - t0
+    if result.final_status != 0:
+        raise SystemExit(f"memory run failed: {result.output[-2000:]}")
+    op = proxy.operations("C-MOVE")[-1]
+    spill_at_once = proxy.rules["spool"].get("retrieve_spill_after") == 0
+    label = ("storescp --ignore" if target == "SINK" else "storescp writing files"
+             + (", spill_after = 0" if spill_at_once else ""))
+    return (label, result.completed or 0, size, rss.baseline_kb, rss.peak_kb, took,
+            int(op.get("buffer_peak_memory_bytes", 0)), int(op.get("buffer_spilled", 0)))
 
 
 def report(images: int, size: int, direct: list[tuple[float, float | None]],
@@ -244,8 +260,7 @@ def report(images: int, size: int, direct: list[tuple[float, float | None]],
         print("| study | MB | destination | proxy RSS before | proxy peak RSS | "
               "peak held in memory | instances spilled to files | seconds |")
         print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-        for target, n, mem_size, base, peak, took, held, spilled in memory:
-            kind = "storescp --ignore" if target == "SINK" else "storescp writing files"
+        for kind, n, mem_size, base, peak, took, held, spilled in memory:
             print(f"| {n} images | {mem_size / 1e6:.0f} | {kind} | {base / 1024:.0f} MB | "
                   f"{peak / 1024:.0f} MB | {held / 2**20:.1f} MiB | {spilled} | {took:.1f} |")
         growth = {size: max(m[4] - m[3] for m in memory if m[2] == size)
