@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from pynetdicom import _config, evt
 
-from proxy import federation, forwarder, health, retrieve
+from proxy import fastencode, federation, forwarder, health, retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
@@ -53,6 +53,7 @@ class Proxy:
     def __init__(self, config: Config, stream: IO[str] | None = None) -> None:
         self.config = config
         _quiet_pynetdicom()
+        fastencode.install()            # pynetdicom's encode, fast for relayed bytes
         self.metrics = MetricsObserver(list(config.archives),
                                        [r.called_ae for r in config.routes])
         self.logger = make_logger(config.log.format, config.log.level, stream)

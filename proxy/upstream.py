@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
@@ -36,17 +37,20 @@ from pynetdicom import (
     Association,
     evt,
 )
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.routing import upstream_titles
-from proxy.ul import pdu
+from proxy.status import Status
+from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
 from proxy.wire import use_read_ahead
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 
 # PS3.8 Table 9-21: A-ASSOCIATE-RJ diagnostics, source "service user".
 _RJ_USER = {0x01: "no reason given", 0x02: "application context name not supported",
@@ -288,12 +292,41 @@ class ArchiveClient:
         of its own, used when the archive accepts it: each match is then passed on
         as the bytes it came in, without re-encoding (``query_contexts``).
         """
-        with self.associate(query_contexts(model, syntax)) as assoc:
-            responses = self._exchange(
-                assoc, "C-FIND", model, cancelled,
-                lambda msg_id: assoc.send_c_find(identifier, model, msg_id=msg_id))
-            for code, _status, ds in responses:
-                yield code, ds
+        with self.link(query_contexts(model, syntax)) as link:
+            cx = self.link_context(link, model)
+            implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
+            query = encode(identifier, implicit, True)
+            if query is None:
+                raise UpstreamError(self.peer.name, "the C-FIND identifier could not be encoded")
+            last = time.monotonic()
+            try:
+                link.send_message(cx, commands.c_find_rq(1, model), query)
+                with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
+                    while True:
+                        message = link.read_message(_collect)
+                        code = message.command.get(commands.STATUS)
+                        if (not isinstance(code, int)
+                                or message.command.get(commands.COMMAND_FIELD)
+                                != commands.C_FIND_RSP):
+                            raise pdu.PduError("a C-FIND response without a status")
+                        last = time.monotonic()
+                        yield code, (decode(BytesIO(message.data), implicit, True)
+                                     if message.data else None)
+                        if code not in _PENDING:
+                            return
+            except TimeoutError:
+                raise self.no_response("C-FIND", time.monotonic() - last) from None
+            except (LinkClosed, OSError, pdu.PduError):
+                raise self.no_response("C-FIND", 0.0) from None
+
+    def link_context(self, link: Link, sop_class: str) -> int:
+        """The presentation context ``link`` accepted for ``sop_class`` (lowest ID)."""
+        ids = [cx for cx in link.accept.accepted if link.abstract.get(cx) == sop_class]
+        if not ids:
+            raise UpstreamError(self.peer.name, f"archive {self.peer.ae_title} did not accept "
+                                f"the presentation context for {sop_class}", kind="no_context",
+                                hint="the archive does not support this query/retrieve model")
+        return min(ids)
 
     def move(self, identifier: Dataset, model: str, move_destination: str, msg_id: int,
              cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
@@ -405,6 +438,16 @@ def status_of(status: Dataset | None) -> int | None:
     if status is None or "Status" not in status:
         return None
     return int(status.Status)
+
+
+def _collect(_cx: int, _command: commands.Command) -> None:
+    return None                          # a response's identifier is collected whole
+
+
+def cancel_on(link: Link, cx: int, msg_id: int = 1) -> None:
+    """C-CANCEL the request ``msg_id`` on ``link``, unless it has ended."""
+    if not link.closed:
+        link.send_message(cx, commands.c_cancel_rq(msg_id))
 
 
 def _context_for(assoc: Association, sop_class: str, peer: Peer) -> int:

@@ -38,7 +38,7 @@ from proxy.status import Status
 from proxy.ul import commands as cmd
 from proxy.ul import pdu
 from proxy.ul.link import Link, LinkClosed
-from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
+from proxy.upstream import ArchiveClient, CancelToken, UpstreamError, cancel_on
 
 _PENDING = (Status.PENDING, Status.PENDING_WARNING)
 _COUNTS = {cmd.REMAINING: "NumberOfRemainingSuboperations",
@@ -55,29 +55,19 @@ def get(client: ArchiveClient, identifier: Dataset, model: str,
     contexts = [build_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
                 *storage]
     with client.link(contexts, roles) as link:
-        cx = next((i for i, ts in link.accept.accepted.items()
-                   if link.abstract.get(i) == model), None)
-        if cx is None:
-            raise UpstreamError(client.peer.name, f"{client.peer.ae_title} accepted no "
-                                f"presentation context for {model}", kind="no_context")
+        cx = client.link_context(link, model)
         implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
         query = encode(identifier, implicit, True)
         if query is None:
             raise UpstreamError(client.peer.name, "the C-GET identifier could not be encoded")
         try:
             link.send_message(cx, cmd.c_get_rq(1, model), query)
-            with (cancelled or CancelToken()).on_cancel(
-                    lambda: _cancel(link, cx)):
+            with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
                 yield from _responses(link, buffer, archive)
         except TimeoutError:
             raise client.no_response("C-GET", client.peer.timeout) from None
         except (LinkClosed, OSError, pdu.PduError):
             raise client.no_response("C-GET", 0.0) from None
-
-
-def _cancel(link: Link, cx: int) -> None:
-    if not link.closed:
-        link.send_message(cx, cmd.c_cancel_rq(1))
 
 
 def _responses(link: Link, buffer: InstanceBuffer, archive: str

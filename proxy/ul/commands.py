@@ -23,6 +23,7 @@ NO_DATA_SET = 0x0101
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_CANCEL_RQ = 0x0FFF
 
 _UL = {0x0000}
@@ -77,6 +78,11 @@ def has_data_set(command: Command) -> bool:
 
 def c_get_rq(msg_id: int, sop_class: str, priority: int = 0) -> bytes:
     return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_GET_RQ, MESSAGE_ID: msg_id,
+                   PRIORITY: priority, DATA_SET_TYPE: 0x0000})
+
+
+def c_find_rq(msg_id: int, sop_class: str, priority: int = 0) -> bytes:
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_FIND_RQ, MESSAGE_ID: msg_id,
                    PRIORITY: priority, DATA_SET_TYPE: 0x0000})
 
 
