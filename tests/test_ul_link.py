@@ -115,14 +115,6 @@ class Collect:
 # -- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(5)
-    theirs.settimeout(5)
-    yield ours, theirs
-    ours.close()
-    theirs.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ def reader(sock: socket.socket) -> wire.ReadAheadSocket:
     return s
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.settimeout(5)
-    b.settimeout(5)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_recv_returns_exact_sizes_across_read_ahead(
