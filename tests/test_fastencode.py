@@ -40,6 +40,7 @@ def same(ds: Dataset, implicit: bool) -> bytes:
     return got
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")      # pydicom on its own test files
 @pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
 @pytest.mark.parametrize("name", FILES)
 def test_data_sets_as_received_encode_identically(name: str, implicit: bool) -> None:
