@@ -7,6 +7,8 @@ Same peers both ways: one Orthanc archive holding a synthetic CT study (512x512,
   proxy  : movescu → proxy → Orthanc C-GET over the proxy's association → proxy C-STOREs
            to storescp as instances arrive (Orthanc knows nobody)
 
+and a C-GET by DCMTK getscu, from Orthanc directly and relayed through the proxy.
+
 Reported: wall time of the whole C-MOVE (movescu start to final response), MB/s,
 the ratio proxy/direct throughput, the time until the first instance file
 appears at the destination, and the proxy's CPU time per move. Then the proxy's
@@ -31,6 +33,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -135,6 +138,21 @@ def timed_move(port: int, called: str, study: str, dest: StoreSCP) -> tuple[floa
     return elapsed, first.seconds
 
 
+def timed_get(port: int, called: str, study: str, out: Path) -> float:
+    """DCMTK getscu of the study into ``out``: seconds from start to exit."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    args = ["/usr/bin/getscu", "-aet", "BENCH", "-aec", called, "-S",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+            "-od", str(out), LOOPBACK, str(port)]
+    t0 = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0 or not any(out.iterdir()):
+        raise SystemExit(f"C-GET via {called} failed: {done.stderr[-2000:]}")
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +212,10 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
                 before = cpu_seconds(pid)
                 proxied.append(timed_move(proxy.port, ROUTE, study, dest))
                 cpu.append(cpu_seconds(pid) - before)
+            get_direct = [timed_get(pacs.dicom_port, pacs.aet, study, work / "got")
+                          for _ in range(rounds)]
+            get_proxied = [timed_get(proxy.port, ROUTE, study, work / "got")
+                           for _ in range(rounds)]
             memory = []
             spiller = ProxyProcess({**rules, "spool": {
                 "retrieve_memory_bytes": MEMORY_WINDOW, "retrieve_spill_after": 0,
@@ -208,6 +230,14 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
         finally:
             proxy.stop()
     report(images, size, direct, proxied, cpu, memory, stock, pdu)
+    gd, gp = statistics.median(get_direct), statistics.median(get_proxied)
+    print("\n### C-GET of the same study by DCMTK getscu (writing files)\n")
+    print("| path | seconds | MB/s |")
+    print("| --- | ---: | ---: |")
+    print(f"| direct: getscu ← Orthanc | {gd:.2f} | {size / 1e6 / gd:.1f} |")
+    print(f"| proxy: getscu ← proxy ← Orthanc (C-GET relayed) | {gp:.2f} | "
+          f"{size / 1e6 / gp:.1f} |")
+    print(f"\nthroughput ratio proxy/direct: **{gd / gp:.2f}**")
 
 
 def memory_run(proxy: ProxyProcess, target: str, study: str, size: int,
