@@ -41,7 +41,7 @@ from proxy.contexts import (
 )
 from proxy.observe import events as ev
 from proxy.routing import Inbound, Rejection, admit, too_many_associations
-from proxy.wire import ReadAheadSocket
+from proxy.wire import ReadAheadSocket, wake_on_data
 
 # An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
 # identity items, so it gets its own (still bounded) allowance.
@@ -97,6 +97,7 @@ class _Handler(RequestHandler):
         sock.__class__ = _BoundedSocket
         sock.pdu_limit = self.server.pdu_limit
         sock.on_violation = lambda why: self.server.listener.note_violation(assoc, why)
+        wake_on_data(assoc)
         return assoc
 
     def handle(self) -> None:

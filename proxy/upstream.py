@@ -47,7 +47,7 @@ from proxy.routing import upstream_titles
 from proxy.status import Status
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
-from proxy.wire import use_read_ahead
+from proxy.wire import use_read_ahead, wake_on_data
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _PENDING = (Status.PENDING, Status.PENDING_WARNING)
@@ -243,6 +243,7 @@ class ArchiveClient:
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
         use_read_ahead(event.assoc)      # fewer recv/select calls per PDU (proxy.wire)
+        wake_on_data(event.assoc)        # read a response when it arrives, not up to 1 ms later
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)

@@ -33,20 +33,40 @@ Rule 4: anything but a plain TCP socket (TLS: the SSL layer buffers on its own) 
         pynetdicom's behaviour. The swap is of the socket object's class only
         (``use_read_ahead``), on the proxy's own associations; pinned to pynetdicom
         >=3.0.4,<3.1 (``AssociationSocket.recv``/``ready``/``close`` as in 3.0).
+Rule 5 (``write_message``): a DIMSE message the caller encoded itself (the retrieve's
+        C-STOREs back to a C-GET workstation: command set by ``proxy.ul.commands``,
+        data set as received) is written the same way, under the same conditions
+        and lock, with ``proxy.ul.link``'s fragmenting; no EVT_DIMSE_SENT (no
+        pynetdicom message object exists). The response still arrives through
+        pynetdicom's DIMSE queue.
+Rule 6 (``wake_on_data``): pynetdicom's DUL thread sleeps 1 ms whenever a loop found
+        nothing to do, then polls the socket with a zero timeout — so a PDU waits up
+        to 1 ms before anyone reads it: a C-STORE response per instance, a request
+        per query. On opted-in associations it sleeps ~10 µs and waits up to
+        ``SELECT_WAIT`` in ``select`` instead: the same ~1,000 idle wake-ups a second,
+        but woken the moment data arrives. (Outgoing primitives queued for the DUL
+        thread still wait at most 1 ms, as before.)
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
+from io import BufferedIOBase
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.transport import AssociationSocket
 
+from proxy.ul import link
+from proxy.ul.link import MAX_FRAGMENT
+
 READ_AHEAD = 256 * 1024
+SELECT_WAIT = 0.001              # how long the DUL thread waits in select for a PDU ...
+RUN_LOOP_DELAY = 0.00001         # ... instead of pynetdicom's blind 1 ms sleep per idle loop
 WRITE_BATCH = 256 * 1024         # bytes of PDUs joined into one sendall
 _PDV_HEADER = struct.Struct(">BBLLB")   # P-DATA-TF type, reserved, length; PDV length, context
 
@@ -64,12 +84,22 @@ class ReadAheadSocket(AssociationSocket):  # type: ignore[misc]
         sock = self.socket
         return sock if type(sock) is socket.socket else None
 
+    _wait = 0.0                               # set by ``wake_on_data`` (Rule 6)
+
     @property
     def ready(self) -> bool:
         if self._end > self._start and self.socket is not None and self._is_connected:
             return True                     # a PDU (or its start) is already here
-        ready: bool = super().ready
-        return ready
+        sock = self._plain() if self._wait else None
+        if sock is None or not self._is_connected:
+            ready: bool = super().ready
+            return ready
+        try:                                # woken as soon as data arrives (Rule 6)
+            readable, _, _ = select.select([sock], [], [], self._wait)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")   # as pynetdicom's ``ready`` reports it
+            return False
+        return bool(readable)
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self._plain()
@@ -127,6 +157,15 @@ def use_read_ahead(assoc: Any) -> None:
         sock.__class__ = ReadAheadSocket
 
 
+def wake_on_data(assoc: Any) -> None:
+    """Let ``assoc``'s DUL thread wait for data in ``select`` instead of sleeping (Rule 6)."""
+    dul: Any = getattr(assoc, "dul", None)
+    sock = getattr(dul, "socket", None)
+    if isinstance(sock, ReadAheadSocket) and sock._plain() is not None:
+        sock._wait = SELECT_WAIT
+        dul._run_loop_delay = RUN_LOOP_DELAY
+
+
 def write_directly(assoc: Any) -> None:
     """Send ``assoc``'s DIMSE messages from the calling thread, PDUs batched (Rule 3)."""
     dimse, dul = assoc.dimse, assoc.dul
@@ -169,3 +208,29 @@ def write_directly(assoc: Any) -> None:
             dul.event_queue.put("Evt17")      # as AssociationSocket.send reports it
 
     dimse.send_msg = send_msg
+
+
+def write_message(assoc: Any, context_id: int, command: bytes,
+                  data: memoryview | bytes | None = None,
+                  source: BufferedIOBase | None = None, length: int = 0) -> bool:
+    """Write one already-encoded DIMSE message on ``assoc`` from this thread (Rule 5).
+
+    False (nothing written) when the association does not allow it: not opted in by
+    ``write_directly``, not established, or PDUs queued for its DUL thread.
+    """
+    dimse, dul = assoc.dimse, assoc.dul
+    sock = dul.socket
+    if not getattr(dimse, "_written_directly", False) or not isinstance(sock, ReadAheadSocket):
+        return False
+    raw, lock = sock._plain(), sock._wlock
+    if (raw is None or lock is None or dul.state_machine.current_state != "Sta6"
+            or dul.to_provider_queue.queue):
+        return False
+    peer_max = int(dimse.maximum_pdu_size or 0)
+    step = min(peer_max - 6, MAX_FRAGMENT) if peer_max > 6 else MAX_FRAGMENT
+    try:
+        with lock:
+            link.write_message(raw, step, context_id, command, data, source, length)
+    except OSError:
+        dul.event_queue.put("Evt17")          # as AssociationSocket.send reports it
+    return True

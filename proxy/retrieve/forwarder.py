@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Protocol
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import Association
 from pynetdicom.dsutils import encode
@@ -73,17 +73,15 @@ def _message_ids(start: int) -> Iterator[int]:
 def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
          **originator: Any) -> Delivery:
     """One C-STORE of a buffered instance from its file (Rule 1)."""
-    if item.path is None:               # buffers feeding this sink hold files only (relay)
-        return Delivery(None, "internal: an in-memory instance reached a file sink")
     exact = any(cx.abstract_syntax == item.sop_class_uid
                 and cx.transfer_syntax[0] == item.transfer_syntax and cx.as_scu
                 for cx in assoc.accepted_contexts)
     try:
-        if exact:
+        if exact and item.path is not None:
             with chunked.sending_raw():
                 rsp = assoc.send_c_store(item.path, msg_id=msg_id, **originator)
         else:
-            rsp = assoc.send_c_store(dcmread(item.path), msg_id=msg_id, **originator)
+            rsp = assoc.send_c_store(_dataset(item), msg_id=msg_id, **originator)
     except ValueError:
         return Delivery(None, f"{peer} accepted no context for {_name(item.sop_class_uid)} "
                               f"in {_name(item.transfer_syntax)}")
@@ -142,16 +140,21 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
     return Delivery(status, reason)
 
 
+def _dataset(item: Buffered) -> Dataset:
+    """The instance decoded (only for the Explicit <-> Implicit VR conversion, Rule 1)."""
+    if item.path is not None:
+        return dcmread(item.path)
+    meta = file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
+    return dcmread(BytesIO(meta + bytes(item.data or b"")))
+
+
 def _converted(link: Link, item: Buffered) -> tuple[int, bytes] | None:
     """Explicit <-> Implicit VR Little Endian re-encoding, when that is all it takes."""
     if item.transfer_syntax not in _LITTLE:
         return None
     for cx, ts in link.accept.accepted.items():
         if link.abstract.get(cx) == item.sop_class_uid and ts in _LITTLE:
-            ds = dcmread(item.path if item.path is not None else BytesIO(
-                file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
-                + item.data if item.data is not None else b""))
-            data = encode(ds, ts == ImplicitVRLittleEndian, True)
+            data = encode(_dataset(item), ts == ImplicitVRLittleEndian, True)
             return (cx, data) if data is not None else None
     return None
 
@@ -251,14 +254,46 @@ class WorkstationSink:
     assoc: Association
     first_msg_id: int
     _ids: Iterator[int] | None = None
+    _contexts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def store(self, item: Buffered) -> Delivery:
         if self._ids is None:
             self._ids = _message_ids(self.first_msg_id)
             wire.write_directly(self.assoc)
+            self._contexts = {(cx.abstract_syntax, cx.transfer_syntax[0]): cx.context_id
+                              for cx in reversed(self.assoc.accepted_contexts) if cx.as_scu}
         if not self.assoc.is_established:
             return Delivery(None, "workstation association ended", fatal=True)
-        return send(self.assoc, item, next(self._ids), "the workstation")
+        msg_id = next(self._ids)
+        cx = self._contexts.get((item.sop_class_uid, item.transfer_syntax))
+        if cx is not None:
+            delivery = self._direct(item, msg_id, cx)
+            if delivery is not None:
+                return delivery
+        return send(self.assoc, item, msg_id, "the workstation")
+
+    def _direct(self, item: Buffered, msg_id: int, cx: int) -> Delivery | None:
+        """The C-STORE written as received (``wire.write_message``); None: not possible."""
+        command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
+        if item.data is not None:
+            if not wire.write_message(self.assoc, cx, command, data=memoryview(item.data)):
+                return None
+        elif item.path is not None:
+            with open(item.path, "rb") as source:
+                source.seek(item.data_offset)
+                if not wire.write_message(self.assoc, cx, command, source=source,
+                                          length=item.size - item.data_offset):
+                    return None
+        _cx, rsp = self.assoc.dimse.get_msg(block=True)      # this thread is the reactor's
+        if rsp is None or getattr(rsp, "Status", None) is None:
+            return Delivery(None, "no C-STORE response from the workstation (timeout or "
+                                  "abort)", fatal=not self.assoc.is_established)
+        if getattr(rsp, "MessageIDBeingRespondedTo", msg_id) != msg_id:
+            return Delivery(None, "the workstation answered another C-STORE")
+        status = int(rsp.Status)
+        reason = None if category(status) != "failure" else (
+            f"the workstation answered 0x{status:04X}")
+        return Delivery(status, reason)
 
     def close(self) -> None:
         pass

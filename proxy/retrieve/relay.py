@@ -32,7 +32,7 @@ from proxy.contexts import FIND_MODEL_FOR
 from proxy.observe import events as ev
 from proxy.operations.base import OperationRecord, Services
 from proxy.retrieve.buffer import InstanceBuffer
-from proxy.retrieve.forwarder import DestinationSink, Sink
+from proxy.retrieve.forwarder import Sink
 from proxy.retrieve.puller import Puller
 from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
@@ -93,10 +93,9 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
         return
     root = services.config.spool.dir / "retrieve"
     spool = services.config.spool
-    # Only the lean destination sink sends from memory; pynetdicom's sends from files.
-    memory = spool.retrieve_memory_bytes if isinstance(sink, DestinationSink) else 0
     buffer = InstanceBuffer(root / f"{session.info.assoc_id}-{event.request.MessageID}",
-                            spool.retrieve_max_bytes, memory, spool.retrieve_spill_after)
+                            spool.retrieve_max_bytes, spool.retrieve_memory_bytes,
+                            spool.retrieve_spill_after)
     puller = Puller(services, event, found, order, identifier, model, buffer, token,
                     record.phi, lambda n: setattr(tally, "upstream_total",
                                                   max(tally.upstream_total, n)))

@@ -115,61 +115,7 @@ class Link:
         """One DIMSE message: command, then the data set from ``data`` or ``length``
         bytes read from ``source`` (Rule 1)."""
         with self._send_lock:
-            self._send_fragments(context_id, COMMAND, memoryview(command))
-            if data is not None:
-                self._send_fragments(context_id, 0, memoryview(data))
-            elif source is not None:
-                self._send_from(context_id, source, length)
-
-    def _send_fragments(self, cx: int, kind: int, view: memoryview) -> None:
-        step = self.fragment
-        full = pdu.pdata_header(cx, kind, step)       # every fragment but the last
-        parts: list[bytes | memoryview] = []
-        size, at, total = 0, 0, len(view)
-        while total - at > step:
-            parts.append(full)
-            parts.append(view[at:at + step])
-            at += step
-            size += step
-            if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
-                self._sendmsg_all(parts)
-                parts, size = [], 0
-        parts.append(pdu.pdata_header(cx, kind | LAST, total - at))
-        parts.append(view[at:])
-        self._sendmsg_all(parts)
-
-    def _send_from(self, cx: int, source: BufferedIOBase, length: int) -> None:
-        per_batch = max(1, min(SEND_BATCH // self.fragment, MAX_PARTS // 2)) * self.fragment
-        chunk = bytearray(min(per_batch, max(length, 1)))
-        view = memoryview(chunk)
-        left = length
-        while left > len(chunk):
-            if source.readinto(view) != len(chunk):
-                raise OSError("buffered instance ended early")
-            self._send_fragments_open(cx, view)
-            left -= len(chunk)
-        if left and source.readinto(view[:left]) != left:
-            raise OSError("buffered instance ended early")
-        self._send_fragments(cx, 0, view[:left])
-
-    def _send_fragments_open(self, cx: int, view: memoryview) -> None:
-        """Whole fragments of a data set that goes on (none of them is the last)."""
-        step = self.fragment
-        full = pdu.pdata_header(cx, 0, step)
-        parts: list[bytes | memoryview] = []
-        for at in range(0, len(view), step):
-            parts.append(full)
-            parts.append(view[at:at + step])
-        self._sendmsg_all(parts)
-
-    def _sendmsg_all(self, parts: list[bytes | memoryview]) -> None:
-        while parts:
-            sent = self.sock.sendmsg(parts)
-            while parts and sent >= len(parts[0]):
-                sent -= len(parts[0])
-                parts.pop(0)
-            if parts and sent:
-                parts[0] = memoryview(parts[0])[sent:]
+            write_message(self.sock, self.fragment, context_id, command, data, source, length)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -295,3 +241,65 @@ class Link:
             self.sock.close()
         except OSError:
             pass
+
+
+# -- writing P-DATA (also used on pynetdicom's associations, ``proxy.wire``) -------------
+
+def write_message(sock: socket.socket, step: int, cx: int, command: bytes,
+                  data: memoryview | bytes | None = None,
+                  source: BufferedIOBase | None = None, length: int = 0) -> None:
+    """Write one DIMSE message as P-DATA-TF PDUs of ``step``-byte fragments (Rule 4)."""
+    _fragments(sock, step, cx, COMMAND, memoryview(command))
+    if data is not None:
+        _fragments(sock, step, cx, 0, memoryview(data))
+    elif source is not None:
+        _from_file(sock, step, cx, source, length)
+
+
+def _fragments(sock: socket.socket, step: int, cx: int, kind: int, view: memoryview) -> None:
+    full = pdu.pdata_header(cx, kind, step)           # every fragment but the last
+    parts: list[bytes | memoryview] = []
+    size, at, total = 0, 0, len(view)
+    while total - at > step:
+        parts.append(full)
+        parts.append(view[at:at + step])
+        at += step
+        size += step
+        if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
+            sendmsg_all(sock, parts)
+            parts, size = [], 0
+    parts.append(pdu.pdata_header(cx, kind | LAST, total - at))
+    parts.append(view[at:])
+    sendmsg_all(sock, parts)
+
+
+def _from_file(sock: socket.socket, step: int, cx: int, source: BufferedIOBase,
+               length: int) -> None:
+    per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2)) * step
+    chunk = bytearray(min(per_batch, max(length, 1)))
+    view = memoryview(chunk)
+    full = pdu.pdata_header(cx, 0, step)
+    left = length
+    while left > len(chunk):                          # whole fragments, none of them last
+        if source.readinto(view) != len(chunk):
+            raise OSError("buffered instance ended early")
+        parts: list[bytes | memoryview] = []
+        for at in range(0, len(view), step):
+            parts.append(full)
+            parts.append(view[at:at + step])
+        sendmsg_all(sock, parts)
+        left -= len(chunk)
+    if left and source.readinto(view[:left]) != left:
+        raise OSError("buffered instance ended early")
+    _fragments(sock, step, cx, 0, view[:left])
+
+
+def sendmsg_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+    """``sendmsg`` until every byte of ``parts`` is written."""
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts[0])
+            parts.pop(0)
+        if parts and sent:
+            parts[0] = memoryview(parts[0])[sent:]
