@@ -16,6 +16,11 @@ Rule 4: streamed responses are back-pressured (``wait_for_room``): pynetdicom
 Rule 5: a workstation waiting for an answer is not idle: every response sent
         restarts pynetdicom's network_timeout idle timer, so an operation that
         took longer than network_timeout is not followed by an abort.
+Rule 6: every accepted association reads through ``proxy.wire`` (read-ahead, its DUL
+        thread woken by incoming data) and writes its responses from the handler
+        thread (``write_directly``), blocked by the socket's timeout when the
+        workstation stops reading (Rule 2) — measured: a 500-match C-FIND by findscu
+        2.7x → 2.2x direct.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from proxy.contexts import (
 )
 from proxy.observe import events as ev
 from proxy.routing import Inbound, Rejection, admit, too_many_associations
-from proxy.wire import ReadAheadSocket, wake_on_data
+from proxy.wire import ReadAheadSocket, wake_on_data, write_directly
 
 # An A-ASSOCIATE-RQ may legitimately carry many presentation contexts and user
 # identity items, so it gets its own (still bounded) allowance.
@@ -98,6 +103,7 @@ class _Handler(RequestHandler):
         sock.pdu_limit = self.server.pdu_limit
         sock.on_violation = lambda why: self.server.listener.note_violation(assoc, why)
         wake_on_data(assoc)
+        write_directly(assoc)           # responses written by the handler thread, batched
         return assoc
 
     def handle(self) -> None:
