@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 
-from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
+from proxy.cancel import CancelToken
+from proxy.upstream import ArchiveClient, UpstreamError
 
 _QUEUE_DEPTH = 512
 

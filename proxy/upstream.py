@@ -42,6 +42,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
+from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.routing import upstream_titles
 from proxy.status import Status
@@ -458,44 +459,3 @@ def _context_for(assoc: Association, sop_class: str, peer: Peer) -> int:
     raise UpstreamError(peer.name, f"archive {peer.ae_title} did not accept the presentation "
                         f"context for {sop_class}", kind="no_context",
                         hint="the archive does not support this query/retrieve model")
-
-
-class CancelToken:
-    """Set once by whoever sees the workstation's C-CANCEL; runs registered actions."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._set = False
-        self._actions: list[Callable[[], None]] = []
-
-    @property
-    def is_set(self) -> bool:
-        return self._set
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._set:
-                return
-            self._set = True
-            actions, self._actions = self._actions, []
-        for action in actions:
-            try:
-                action()
-            except Exception:  # a dead upstream link is already being handled
-                pass
-
-    @contextmanager
-    def on_cancel(self, action: Callable[[], None]) -> Iterator[None]:
-        """Run ``action`` if cancelled while inside this block (or already)."""
-        with self._lock:
-            run_now = self._set
-            if not run_now:
-                self._actions.append(action)
-        if run_now:
-            action()
-        try:
-            yield
-        finally:
-            with self._lock:
-                if action in self._actions:
-                    self._actions.remove(action)

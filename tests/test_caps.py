@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import Dataset
 
+from proxy.cancel import CancelToken
 from proxy.config import parse
 from proxy.federation import caps
 from proxy.federation.recovery import Recovery
@@ -25,7 +26,7 @@ from proxy.matching import matches
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.status import Status
-from proxy.upstream import CancelToken, UpstreamError
+from proxy.upstream import UpstreamError
 
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
 

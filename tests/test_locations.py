@@ -8,12 +8,13 @@ from collections.abc import Iterator
 import pytest
 from pydicom import Dataset
 
+from proxy.cancel import CancelToken
 from proxy.config import parse
 from proxy.federation.locations import LocationCache, Locator
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.status import Status
-from proxy.upstream import CancelToken, UpstreamError
+from proxy.upstream import UpstreamError
 
 
 class Clock:

@@ -22,7 +22,8 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
 from proxy.retrieve import getter, sopclasses
-from proxy.retrieve.buffer import Buffered, InstanceBuffer, file_meta
+from proxy.retrieve.buffer import InstanceBuffer
+from proxy.retrieve.reception import Buffered, file_meta
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, Peer
 

@@ -38,10 +38,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.operations.base import OperationRecord, Services
 from proxy.rawtext import text_values
-from proxy.upstream import ArchiveClient, CancelToken
+from proxy.upstream import ArchiveClient
 
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
               "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from pydicom import Dataset
 from pynetdicom import evt
 
+from proxy.cancel import CancelToken
 from proxy.federation import caps
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
 from proxy.operations.base import OperationRecord, Services
 from proxy.operations.find import workstation_syntax
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, CancelToken
+from proxy.upstream import ArchiveClient
 
 Response = tuple[int | None, Dataset | None]
 _PENDING = (Status.PENDING, Status.PENDING_WARNING)

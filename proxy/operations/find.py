@@ -33,6 +33,7 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 from pynetdicom import evt
 
+from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.listener import link_up
 from proxy.matching import matches
@@ -41,7 +42,7 @@ from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.operations.base import OperationRecord, Services
 from proxy.rawtext import set_text
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, CancelToken, UpstreamError
+from proxy.upstream import ArchiveClient, UpstreamError
 
 Response = tuple[int | Dataset, Dataset | None]
 _RETRIEVE_AE = Tag(0x00080054)

@@ -36,120 +36,13 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom import evt
 
+from proxy.retrieve.reception import Buffered, Reception, file_meta
 from proxy.status import Status
-
-
-@dataclass(frozen=True)
-class Buffered:
-    path: Path | None          # the Part-10 file, or None while the instance is in memory
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    size: int                  # bytes held: the file's, or the in-memory data set's
-    archive: str
-    data_offset: int = 0       # where the data set starts in the file (after the file meta)
-    data: bytearray | None = None   # the data set as received, when held in memory
-
-
-class Reception:
-    """One C-STORE arriving fragment by fragment (``InstanceBuffer.receive``, Rule 1)."""
-
-    def __init__(self, buffer: InstanceBuffer, path: Path | None, uid: str, sop_class: str,
-                 transfer_syntax: str, archive: str, status: int = Status.SUCCESS,
-                 memory: int = 0) -> None:
-        self.buffer, self.path, self.uid = buffer, path, uid
-        self.sop_class, self.transfer_syntax, self.archive = sop_class, transfer_syntax, archive
-        self.status = status
-        self.size = 0
-        self._file: BinaryIO | None = None
-        self._meta = 0
-        self._memory = memory                  # bytes it may hold in memory
-        self._data: bytearray | None = None
-        self._used = 0
-        if memory and path is not None:
-            # Sized like the previous instance (a series' images are alike): fragments are
-            # copied into place, not appended through repeated reallocations.
-            self._data = bytearray(min(buffer.last_size, memory))
-        elif path is not None:
-            self._to_file(b"")
-            buffer.spilled += 1
-
-    def write(self, fragment: memoryview) -> None:
-        data = self._data
-        if data is not None:
-            end = self._used + len(fragment)
-            if end <= len(data):
-                data[self._used:end] = fragment
-                self._used = end
-                return
-            if end <= self._memory:
-                del data[self._used:]
-                data += fragment
-                self._used = end
-                return
-            self._data = None                      # over its share: spill (Rule 1)
-            self._to_file(memoryview(data)[:self._used])
-            self.buffer.spilled += 1
-        if self._file is None:
-            return                                 # answered without a file: dropped
-        try:
-            self.size += self._file.write(fragment) or 0
-        except OSError:
-            self._failed()
-
-    def _to_file(self, data: bytes | memoryview) -> None:
-        assert self.path is not None
-        try:
-            meta = file_meta(self.sop_class, self.uid, self.transfer_syntax)
-            self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in finish
-            self._file.write(meta)
-            self._file.write(data)
-            self._meta = len(meta)
-            self.size = len(meta) + len(data)
-        except OSError:
-            self._failed()
-
-    def finish(self) -> int:
-        """All fragments are in: queue the instance; the C-STORE status to answer."""
-        if self._data is not None:
-            del self._data[self._used:]
-            self.buffer.last_size = self._used
-            return self.buffer._commit(Buffered(None, self.uid, self.sop_class,
-                                                self.transfer_syntax, self._used,
-                                                self.archive, 0, self._data), self._memory)
-        self.buffer._release_memory(self._memory)
-        if self._file is None:
-            return self.status
-        self._file.close()
-        self._file = None
-        assert self.path is not None
-        return self.buffer._commit(Buffered(self.path, self.uid, self.sop_class,
-                                            self.transfer_syntax, self.size, self.archive,
-                                            self._meta))
-
-    def abandon(self) -> None:
-        """The association ended mid-instance: nothing of it stays."""
-        if self._data is not None or self._file is not None:
-            self._data = None
-            self._failed()
-        self.buffer._release_memory(self._memory)
-        self._memory = 0
-
-    def _failed(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.buffer._forget(self.uid)
-        self.status = Status.REFUSED_OUT_OF_RESOURCES
 
 
 class InstanceBuffer:
@@ -369,30 +262,3 @@ def _store(event: evt.Event, received: Path | None, path: Path, uid: str) -> int
         out.write(meta)
         out.write(data)
     return len(meta) + len(data)
-
-
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, "DICM" and the File Meta Information group (PS3.10 7.1), encoded directly.
-
-    pydicom's writer validates every value and costs milliseconds per instance; these
-    seven elements are all a Part-10 file needs to be sent on as is.
-    """
-    def element(elem: int, vr: bytes, value: bytes) -> bytes:
-        if vr == b"OB":
-            return struct.pack("<HH2s2xI", 2, elem, vr, len(value)) + value
-        return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
-
-    def text(value: str, pad: bytes) -> bytes:
-        raw = value.encode("ascii")
-        return raw + pad if len(raw) % 2 else raw
-
-    body = b"".join((
-        element(0x0001, b"OB", b"\x00\x01"),
-        element(0x0002, b"UI", text(sop_class, b"\x00")),
-        element(0x0003, b"UI", text(sop_instance, b"\x00")),
-        element(0x0010, b"UI", text(transfer_syntax, b"\x00")),
-        element(0x0012, b"UI", text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        element(0x0013, b"SH", text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-    ))
-    group_length = element(0x0000, b"UL", struct.pack("<I", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_length + body

@@ -45,7 +45,7 @@ from pynetdicom.presentation import PresentationContext
 from proxy import chunked, wire
 from proxy.observe import events as ev
 from proxy.operations.base import Services
-from proxy.retrieve.buffer import Buffered, file_meta
+from proxy.retrieve.reception import Buffered, file_meta
 from proxy.status import Status, category
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed

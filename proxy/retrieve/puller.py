@@ -35,6 +35,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from proxy.cancel import CancelToken
 from proxy.contexts import GET_MODELS, MOVE_MODELS
 from proxy.operations.base import Services
 from proxy.retrieve import getter, sopclasses
@@ -42,7 +43,7 @@ from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.inbound import InboundRegistry
 from proxy.retrieve.survey import Survey
 from proxy.status import Status, category
-from proxy.upstream import CancelToken, UpstreamError
+from proxy.upstream import UpstreamError
 
 _RETRIEVE_MODELS = {
     ("PATIENT", "get"): PatientRootQueryRetrieveInformationModelGet,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pydicom import Dataset
 from pynetdicom import evt
 
+from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODEL_FOR
 from proxy.observe import events as ev
 from proxy.operations.base import OperationRecord, Services
@@ -38,7 +39,7 @@ from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
 from proxy.retrieve.tally import Tally, final_status, response
 from proxy.status import Status
-from proxy.upstream import CancelToken, UpstreamError
+from proxy.upstream import UpstreamError
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 from pynetdicom import evt
 
+from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.operations.base import Services
 from proxy.retrieve import sopclasses
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, CancelToken
+from proxy.upstream import ArchiveClient
 
 _PENDING = (Status.PENDING, Status.PENDING_WARNING)
 
