@@ -92,9 +92,7 @@ def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
     if rsp is None or "Status" not in rsp:
         return Delivery(None, f"no C-STORE response from {peer} (timeout or abort)",
                         fatal=not assoc.is_established)
-    status = int(rsp.Status)
-    reason = None if category(status) != "failure" else f"{peer} answered 0x{status:04X}"
-    return Delivery(status, reason)
+    return _answered(int(rsp.Status), peer)
 
 
 def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
@@ -106,13 +104,8 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
     try:
         command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid,
                                       originator_ae, originator_id)
-        if exact is not None and item.data is not None:
-            link.send_message(exact, command, data=memoryview(item.data))
-        elif exact is not None and item.path is not None:
-            with open(item.path, "rb") as source:
-                source.seek(item.data_offset)
-                link.send_message(exact, command, source=source,
-                                  length=item.size - item.data_offset)
+        if exact is not None:
+            item.write_data(lambda **where: link.send_message(exact, command, **where))
         else:
             converted = _converted(link, item)
             if converted is None:
@@ -135,9 +128,13 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
             or rsp.get(commands.RESPONDED_TO) != msg_id or commands.STATUS not in rsp):
         link.abort()
         return Delivery(None, f"{peer} answered the C-STORE with something else", fatal=True)
-    status = int(rsp[commands.STATUS])
-    reason = None if category(status) != "failure" else f"{peer} answered 0x{status:04X}"
-    return Delivery(status, reason)
+    return _answered(int(rsp[commands.STATUS]), peer)
+
+
+def _answered(status: int, peer: str) -> Delivery:
+    """A C-STORE response's status as a delivery; a failure names who answered it."""
+    failed = category(status) == "failure"
+    return Delivery(status, f"{peer} answered 0x{status:04X}" if failed else None)
 
 
 def _dataset(item: Buffered) -> Dataset:
@@ -275,25 +272,16 @@ class WorkstationSink:
     def _direct(self, item: Buffered, msg_id: int, cx: int) -> Delivery | None:
         """The C-STORE written as received (``wire.write_message``); None: not possible."""
         command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
-        if item.data is not None:
-            if not wire.write_message(self.assoc, cx, command, data=memoryview(item.data)):
-                return None
-        elif item.path is not None:
-            with open(item.path, "rb") as source:
-                source.seek(item.data_offset)
-                if not wire.write_message(self.assoc, cx, command, source=source,
-                                          length=item.size - item.data_offset):
-                    return None
+        if not item.write_data(lambda **where: wire.write_message(self.assoc, cx, command,
+                                                                  **where)):
+            return None
         _cx, rsp = self.assoc.dimse.get_msg(block=True)      # this thread is the reactor's
         if rsp is None or getattr(rsp, "Status", None) is None:
             return Delivery(None, "no C-STORE response from the workstation (timeout or "
                                   "abort)", fatal=not self.assoc.is_established)
         if getattr(rsp, "MessageIDBeingRespondedTo", msg_id) != msg_id:
             return Delivery(None, "the workstation answered another C-STORE")
-        status = int(rsp.Status)
-        reason = None if category(status) != "failure" else (
-            f"the workstation answered 0x{status:04X}")
-        return Delivery(status, reason)
+        return _answered(int(rsp.Status), "the workstation")
 
     def close(self) -> None:
         pass

@@ -16,9 +16,10 @@ Rule 3: ``Buffered`` is what the sinks send from; ``file_meta`` is the Part-10 h
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
@@ -26,6 +27,8 @@ from proxy.status import Status
 
 if TYPE_CHECKING:
     from proxy.retrieve.buffer import InstanceBuffer
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Buffered:
     archive: str
     data_offset: int = 0       # where the data set starts in the file (after the file meta)
     data: bytearray | None = None   # the data set as received, when held in memory
+
+    def write_data(self, write: Callable[..., T]) -> T:
+        """Hand the data set as received to ``write``: ``data=`` from memory, or
+        ``source=``/``length=`` from its file, positioned after the file meta."""
+        if self.data is not None:
+            return write(data=memoryview(self.data))
+        assert self.path is not None
+        with open(self.path, "rb") as source:
+            source.seek(self.data_offset)
+            return write(source=source, length=self.size - self.data_offset)
 
 
 class Reception:
