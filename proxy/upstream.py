@@ -215,18 +215,7 @@ class ArchiveClient:
             raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
                                     exc.rj.diagnostic) from None
         except (OSError, LinkClosed, pdu.PduError) as exc:
-            probe = tcp_probe(self.peer.host, self.peer.port, min(self.peer.timeout, 5.0))
-            if probe is not None:
-                kind = "timeout" if "timed out" in probe else "refused"
-                raise UpstreamError(
-                    self.peer.name, f"{self.peer.host}:{self.peer.port}: {probe}",
-                    f"check that {self.peer.ae_title} is running and reachable from the "
-                    f"proxy at {self.peer.host}:{self.peer.port}", kind=kind) from None
-            raise UpstreamError(
-                self.peer.name, f"association to {self.peer.ae_title} at {self.peer.host}:"
-                f"{self.peer.port} failed during negotiation: {exc}",
-                "the peer accepted TCP but did not complete the DICOM handshake; is it a "
-                "DICOM port?", kind="aborted") from None
+            raise self._not_associated(f"failed during negotiation: {exc}") from None
         link.abstract = {cx.context_id: cx.abstract_syntax for cx in proposed}
         with self._active_lock:
             self._active.add(link)
@@ -263,16 +252,19 @@ class ArchiveClient:
             rj = rejections[-1]
             return explain_rejection(self.peer, int(rj.result), int(rj.source),
                                      int(rj.reason_diagnostic))
-        probe = tcp_probe(self.peer.host, self.peer.port, min(self.peer.timeout, 5.0))
+        return self._not_associated("was aborted or timed out during negotiation")
+
+    def _not_associated(self, what: str) -> UpstreamError:
+        """No association: unreachable (a TCP probe says how), or the handshake ``what``."""
+        peer = self.peer
+        probe = tcp_probe(peer.host, peer.port, min(peer.timeout, 5.0))
         if probe is not None:
             kind = "timeout" if "timed out" in probe else "refused"
-            return UpstreamError(self.peer.name, f"{self.peer.host}:{self.peer.port}: {probe}",
-                                 f"check that {self.peer.ae_title} is running and reachable "
-                                 f"from the proxy at {self.peer.host}:{self.peer.port}",
-                                 kind=kind)
-        return UpstreamError(self.peer.name, f"association to {self.peer.ae_title} at "
-                             f"{self.peer.host}:{self.peer.port} was aborted or timed out "
-                             f"during negotiation", "the peer accepted TCP but did not "
+            return UpstreamError(peer.name, f"{peer.host}:{peer.port}: {probe}",
+                                 f"check that {peer.ae_title} is running and reachable "
+                                 f"from the proxy at {peer.host}:{peer.port}", kind=kind)
+        return UpstreamError(peer.name, f"association to {peer.ae_title} at {peer.host}:"
+                             f"{peer.port} {what}", "the peer accepted TCP but did not "
                              "complete the DICOM handshake; is it a DICOM port?", kind="aborted")
 
     def echo(self) -> int | None:
@@ -305,7 +297,7 @@ class ArchiveClient:
                 link.send_message(cx, commands.c_find_rq(1, model), query)
                 with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
                     while True:
-                        message = link.read_message(_collect)
+                        message = link.read_message()
                         code = message.command.get(commands.STATUS)
                         if (not isinstance(code, int)
                                 or message.command.get(commands.COMMAND_FIELD)
@@ -440,10 +432,6 @@ def status_of(status: Dataset | None) -> int | None:
     if status is None or "Status" not in status:
         return None
     return int(status.Status)
-
-
-def _collect(_cx: int, _command: commands.Command) -> None:
-    return None                          # a response's identifier is collected whole
 
 
 def cancel_on(link: Link, cx: int, msg_id: int = 1) -> None:

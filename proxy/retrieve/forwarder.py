@@ -113,7 +113,7 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
                                       f"{_name(item.sop_class_uid)} in "
                                       f"{_name(item.transfer_syntax)}")
             link.send_message(converted[0], command, data=converted[1])
-        rsp = link.read_message(lambda _cx, _command: None).command
+        rsp = link.read_message().command
     except TimeoutError:
         link.abort()
         return Delivery(None, f"no C-STORE response from {peer} (timeout or abort)", fatal=True)

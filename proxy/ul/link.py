@@ -119,10 +119,10 @@ class Link:
 
     # -- receiving -------------------------------------------------------------------
 
-    def read_message(self, target_for: Callable[[int, Command], DataTarget | None]
+    def read_message(self, target_for: Callable[[int, Command], DataTarget | None] | None = None
                      ) -> Message:
         """The next whole DIMSE message; its data set goes to ``target_for(cx, command)``
-        fragment by fragment, or is collected when that returns None (Rule 2)."""
+        fragment by fragment, or is collected (no ``target_for``, or it returns None)."""
         command_bytes = bytearray()
         while True:
             cx, control, fragment = self._next_pdv()
@@ -138,7 +138,7 @@ class Link:
         message = Message(cx, command)
         if not commands.has_data_set(command):
             return message
-        target = target_for(cx, command)
+        target = target_for(cx, command) if target_for is not None else None
         collected = bytearray() if target is None else None
         while True:
             dcx, control, fragment = self._next_pdv()
