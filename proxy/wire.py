@@ -178,12 +178,11 @@ def write_directly(assoc: Any) -> None:
     queued = dimse.send_msg
 
     def send_msg(primitive: Any, context_id: int) -> None:
-        raw = sock._plain()
-        lock = sock._wlock
-        if (raw is None or lock is None or dul.state_machine.current_state != "Sta6"
-                or dul.to_provider_queue.queue):     # never overtake a queued PDU
+        writer = _writer(sock, dul)
+        if writer is None:
             queued(primitive, context_id)
             return
+        raw, lock = writer
         table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
         message = table[primitive.__class__]()
         message.primitive_to_message(primitive)
@@ -210,6 +209,16 @@ def write_directly(assoc: Any) -> None:
     dimse.send_msg = send_msg
 
 
+def _writer(sock: ReadAheadSocket, dul: Any) -> tuple[socket.socket, threading.Lock] | None:
+    """The raw socket and its write lock, when a message may be written directly now:
+    established (Sta6) and nothing queued for the DUL thread, never overtaking a PDU."""
+    raw, lock = sock._plain(), sock._wlock
+    if (raw is None or lock is None or dul.state_machine.current_state != "Sta6"
+            or dul.to_provider_queue.queue):
+        return None
+    return raw, lock
+
+
 def write_message(assoc: Any, context_id: int, command: bytes,
                   data: memoryview | bytes | None = None,
                   source: BufferedIOBase | None = None, length: int = 0) -> bool:
@@ -222,10 +231,10 @@ def write_message(assoc: Any, context_id: int, command: bytes,
     sock = dul.socket
     if not getattr(dimse, "_written_directly", False) or not isinstance(sock, ReadAheadSocket):
         return False
-    raw, lock = sock._plain(), sock._wlock
-    if (raw is None or lock is None or dul.state_machine.current_state != "Sta6"
-            or dul.to_provider_queue.queue):
+    writer = _writer(sock, dul)
+    if writer is None:
         return False
+    raw, lock = writer
     peer_max = int(dimse.maximum_pdu_size or 0)
     step = min(peer_max - 6, MAX_FRAGMENT) if peer_max > 6 else MAX_FRAGMENT
     try:
