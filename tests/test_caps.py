@@ -27,6 +27,7 @@ from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
+from tests.recording import Recorder
 
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
 
@@ -293,17 +294,6 @@ def _series(studies: int, per_study: int) -> list[Dataset]:
     return [_query("SERIES", StudyInstanceUID=f"1.2.3.{k}", SeriesInstanceUID=f"1.2.3.{k}.{s}",
                    Modality="CT" if s % 2 == 0 else "MR")
             for k in range(studies) for s in range(per_study)]
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[ev.Event] = []
-
-    def __call__(self, event: ev.Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[ev.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def _services(archive: CappedArchive, max_results: int, budget: int = 500,

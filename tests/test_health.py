@@ -16,6 +16,7 @@ from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.upstream import UpstreamError
+from tests.recording import Recorder
 
 REFUSED = UpstreamError("site_a", "127.0.0.1:4242: TCP connection refused", "start PACS_A",
                         kind="refused")
@@ -34,17 +35,6 @@ class FakeEchoer:
         if isinstance(item, Exception):
             raise item
         return item
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[ev.Event] = []
-
-    def __call__(self, event: ev.Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: type[ev.Event]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 def monitor(peers: dict[tuple[str, str], FakeEchoer]) -> tuple[HealthMonitor, Recorder]:

@@ -156,13 +156,8 @@ def until_cancelled(first: Dataset, limit: float = 15.0) -> FindScript:
     def script(archive: ScriptedArchive, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         yield PENDING, first
         archive.first_sent.set()
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and not archive.closing.is_set():
-            if event.is_cancelled:
-                archive.cancelled.set()
-                yield CANCEL, None
-                return
-            archive.closing.wait(0.01)
+        if _cancelled_within(archive, event, limit):
+            yield CANCEL, None
     return script
 
 
@@ -171,16 +166,24 @@ def slow_stream(matches: Sequence[Dataset], interval: float) -> FindScript:
 
     def script(archive: ScriptedArchive, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         for ds in matches:
-            deadline = time.monotonic() + interval
-            while time.monotonic() < deadline and not archive.closing.is_set():
-                if event.is_cancelled:
-                    archive.cancelled.set()
-                    yield CANCEL, None
-                    return
-                archive.closing.wait(0.01)
+            if _cancelled_within(archive, event, interval):
+                yield CANCEL, None
+                return
             yield PENDING, ds
             archive.first_sent.set()
     return script
+
+
+def _cancelled_within(archive: ScriptedArchive, event: Any, seconds: float) -> bool:
+    """Wait up to ``seconds`` (less if the archive closes), polling for a C-CANCEL;
+    True, with ``archive.cancelled`` set, when one came."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not archive.closing.is_set():
+        if event.is_cancelled:
+            archive.cancelled.set()
+            return True
+        archive.closing.wait(0.01)
+    return False
 
 
 def never_answers(archive: ScriptedArchive, event: Any) -> Iterator[tuple[int, Dataset | None]]:
