@@ -40,7 +40,7 @@ from pynetdicom.sop_class import (
 )
 
 from proxy.config import ArchiveConfig, Config, DestinationConfig
-from proxy.status import Status, category, hex_status
+from proxy.status import PENDING, Status, category, hex_status
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
     ArchiveClient,
@@ -183,7 +183,7 @@ def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
     matches, final, cancelled = 0, None, False
     for rsp, _ds in assoc.send_c_find(identifier, FIND, msg_id=1):
         status = status_of(rsp)
-        if status in (Status.PENDING, Status.PENDING_WARNING):
+        if status in PENDING:
             matches += 1
             if matches >= enough and not cancelled:
                 assoc.send_c_cancel(1, context_id)

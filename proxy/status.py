@@ -32,6 +32,10 @@ class Status(IntEnum):
     DATA_SET_MISMATCH_WARNING = 0xB007        # PS3.4 B.2.3 (C-STORE warning)
 
 
+# The statuses that say more responses follow (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.5).
+PENDING = (Status.PENDING, Status.PENDING_WARNING)
+
+
 def category(code: int | None) -> str:
     """The metric/log category of a status: success, warning, failure, cancel, pending."""
     if code is None:

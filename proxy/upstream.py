@@ -45,13 +45,12 @@ from pynetdicom.sop_class import Verification
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.routing import upstream_titles
-from proxy.status import Status
+from proxy.status import PENDING
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
 from proxy.wire import use_read_ahead, wake_on_data
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 
 # PS3.8 Table 9-21: A-ASSOCIATE-RJ diagnostics, source "service user".
 _RJ_USER = {0x01: "no reason given", 0x02: "application context name not supported",
@@ -306,7 +305,7 @@ class ArchiveClient:
                         last = time.monotonic()
                         yield code, (decode(BytesIO(message.data), implicit, True)
                                      if message.data else None)
-                        if code not in _PENDING:
+                        if code not in PENDING:
                             return
             except TimeoutError:
                 raise self.no_response("C-FIND", time.monotonic() - last) from None

@@ -40,11 +40,10 @@ from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
 from proxy.operations.base import OperationRecord, Services
 from proxy.operations.find import workstation_syntax
-from proxy.status import Status
+from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 
 Response = tuple[int | None, Dataset | None]
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 
 
 @dataclass
@@ -104,7 +103,7 @@ class Recovery:
     def _plain(self, identifier: Dataset) -> Iterator[Response]:
         answer = _Answer()
         for status, ds in self._find(identifier):
-            if status in _PENDING and ds is not None:
+            if status in PENDING and ds is not None:
                 answer.matches += 1
             else:
                 answer.status = status
@@ -166,7 +165,7 @@ class Recovery:
              dedupe: Deduplicator) -> Iterator[tuple[int, Dataset]]:
         def stream() -> Iterator[tuple[int, Dataset]]:
             for status, ds in self._find(piece.query):
-                if status in _PENDING and ds is not None:
+                if status in PENDING and ds is not None:
                     answer.matches += 1
                     sample.add(ds)
                     if dedupe.offer(ds):

@@ -38,13 +38,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 from proxy.cancel import CancelToken
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.reception import Reception
-from proxy.status import Status
+from proxy.status import PENDING, Status
 from proxy.ul import commands as cmd
 from proxy.ul import pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError, cancel_on
 
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 _COUNTS = {cmd.REMAINING: "NumberOfRemainingSuboperations",
            cmd.COMPLETED: "NumberOfCompletedSuboperations",
            cmd.FAILED: "NumberOfFailedSuboperations",
@@ -106,7 +105,7 @@ def _responses(link: Link, buffer: InstanceBuffer, archive: str
             elif kind == cmd.C_GET_RSP:
                 code = int(command.get(cmd.STATUS, Status.PROCESSING_FAILURE))
                 yield code, _counts(command)
-                if code not in _PENDING:
+                if code not in PENDING:
                     return
             else:
                 raise pdu.PduError(f"unexpected DIMSE command 0x{kind or 0:04X} during C-GET")

@@ -42,7 +42,7 @@ from proxy.retrieve import getter, sopclasses
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.inbound import InboundRegistry
 from proxy.retrieve.survey import Survey
-from proxy.status import Status, category
+from proxy.status import PENDING, Status, category
 from proxy.upstream import UpstreamError
 
 _RETRIEVE_MODELS = {
@@ -51,7 +51,6 @@ _RETRIEVE_MODELS = {
     ("STUDY", "get"): StudyRootQueryRetrieveInformationModelGet,
     ("STUDY", "move"): StudyRootQueryRetrieveInformationModelMove,
 }
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 Counts = dict[str, int]      # a C-GET/C-MOVE response's sub-operation counts, by keyword
 
 
@@ -129,7 +128,7 @@ class Puller:
                 last: Counts = {}
                 for code, counts in responses:
                     last = counts
-                    if code in _PENDING:
+                    if code in PENDING:
                         self.on_total(sum(counts.values()))
                     else:
                         final = code

@@ -38,11 +38,10 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
-from proxy.status import Status
+from proxy.status import PENDING, Status
 
 _COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 _relay_aes: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 _original = association.uid_to_service_class
@@ -71,7 +70,7 @@ class RelayQueryRetrieveServiceClass(QueryRetrieveServiceClass):  # type: ignore
                 if not self.assoc.is_established:
                     return
                 self.dimse.send_msg(_response(req, status, syntax), cx_id)
-                if int(status.Status) not in _PENDING:
+                if int(status.Status) not in PENDING:
                     return
         except Exception:
             pass  # the handler reported it (Services.operation); the peer still gets an answer

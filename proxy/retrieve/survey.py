@@ -30,10 +30,8 @@ from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.operations.base import Services
 from proxy.retrieve import sopclasses
-from proxy.status import Status
+from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
-
-_PENDING = (Status.PENDING, Status.PENDING_WARNING)
 
 
 @dataclass
@@ -119,7 +117,7 @@ def _ask(services: Services, event: evt.Event, archives: list[str], query: Datas
         with services.upstream_call(client.peer.name, "C-FIND", event, phi) as call:
             count = 0
             for status, ds in client.find(query, find_model, tok):
-                if ds is not None and status in _PENDING:
+                if ds is not None and status in PENDING:
                     count += 1
                 else:
                     call["status"] = status
