@@ -141,5 +141,9 @@ class AbortingArchive:
             return
         event.assoc.abort()
 
+    @property
+    def dicom_port(self) -> int:          # as OrthancArchive names it (``archive_entry``)
+        return self.port
+
     def close(self) -> None:
         self._server.shutdown()

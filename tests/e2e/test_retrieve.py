@@ -257,10 +257,7 @@ def test_an_archive_aborting_mid_retrieve_gives_true_counts(
     archive = AbortingArchive("FLAKY", datasets, deliver=2)
     dest = store_scp_factory("WS1")
     try:
-        proxy = proxy_factory({
-            "archives": {"pacs": {"ae_title": "FLAKY", "host": LOOPBACK, "port": archive.port}},
-            "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": dest.port}},
-            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}]})
+        proxy = proxy_factory(rules(archive, {"WS1": dest.port}))
         result = move(proxy, "WS1", studies.studies[2].study_uid)
         assert result.final_status == WARNING, result.output[-3000:]
         assert (result.completed, result.failed) == (2, 4)
@@ -282,11 +279,7 @@ def test_an_archive_falling_silent_mid_retrieve_is_given_up_on_after_its_timeout
     archive = AbortingArchive("SILENT", datasets, deliver=3, stall=stall)
     dest = store_scp_factory("WS1")
     try:
-        proxy = proxy_factory({
-            "archives": {"pacs": {"ae_title": "SILENT", "host": LOOPBACK,
-                                  "port": archive.port, "timeout": 2}},
-            "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": dest.port}},
-            "routes": [{"called_ae": ROUTE, "archives": ["pacs"]}]})
+        proxy = proxy_factory(rules(archive, {"WS1": dest.port}, timeout=2))
         result = move(proxy, "WS1", studies.studies[2].study_uid)
         assert result.final_status == WARNING, result.output[-3000:]
         assert (result.completed, result.failed) == (3, 3)
