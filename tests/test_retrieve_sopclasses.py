@@ -21,7 +21,9 @@ from proxy.retrieve.sopclasses import (
     CANDIDATE_SYNTAXES,
     MAX_CONTEXTS,
     Instance,
+    for_receiver,
     instance_of,
+    originals,
     propose,
     roles,
     survey_identifier,
@@ -101,3 +103,60 @@ def test_never_more_than_the_limit_and_no_duplicates(pairs: list[tuple[int, str 
     assert len(keys) <= limit and len(set(keys)) == len(keys)
     classes = {i.sop_class for i in insts}
     assert len({k[0] for k in keys}) == min(len(classes), limit)
+
+
+# -- the receiver decides (Rule 5) -------------------------------------------------------
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def syntaxes_of(contexts: list, sop_class: str) -> list[str]:
+    return [cx.transfer_syntax[0] for cx in contexts if cx.abstract_syntax == sop_class]
+
+
+def test_the_archive_is_asked_for_the_own_syntax_when_the_receiver_takes_it() -> None:
+    accepted = {CTImageStorage: [JPEGBaseline8Bit, ExplicitVRLittleEndian]}
+    cts = for_receiver([Instance("1", CTImageStorage, (JPEGBaseline8Bit,))], accepted)
+    assert syntaxes_of(cts, CTImageStorage) == [JPEGBaseline8Bit, ExplicitVRLittleEndian]
+
+
+def test_the_archive_is_asked_for_the_receiver_s_syntaxes_when_it_does_not() -> None:
+    accepted = {SC: [ExplicitVRLittleEndian, ImplicitVRLittleEndian]}
+    cts = for_receiver([Instance("1", SC, (JPEGBaseline8Bit,))], accepted)
+    assert syntaxes_of(cts, SC) == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def test_unknown_syntaxes_offer_what_the_receiver_took_never_deflated() -> None:
+    accepted = {SC: [RLELossless, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian]}
+    cts = for_receiver([Instance("1", SC)], accepted)
+    assert syntaxes_of(cts, SC) == [RLELossless, ExplicitVRLittleEndian]
+
+
+def test_a_class_the_receiver_refused_is_still_asked_for_in_its_own_syntax() -> None:
+    """The sub-operation then fails at the receiver's side, with the reason."""
+    cts = for_receiver([Instance("1", MRImageStorage, (RLELossless,))], {})
+    assert syntaxes_of(cts, MRImageStorage)[0] == RLELossless
+
+
+def test_asking_again_offers_the_own_syntax_first_then_the_receiver_s() -> None:
+    accepted = {SC: [ExplicitVRLittleEndian]}
+    cts = originals([Instance("1", SC, (JPEG2000Lossless,))], accepted)
+    assert syntaxes_of(cts, SC)[0] == JPEG2000Lossless
+    assert ExplicitVRLittleEndian in syntaxes_of(cts, SC)
+
+
+@given(st.lists(st.tuples(st.integers(0, 150), st.sampled_from(
+    [None, JPEG2000Lossless, RLELossless, JPEGBaseline8Bit, ExplicitVRLittleEndian])),
+    max_size=300), st.integers(1, MAX_CONTEXTS))
+def test_receiver_proposals_stay_within_the_limit_and_the_receiver_s_syntaxes(
+        pairs: list[tuple[int, str | None]], limit: int) -> None:
+    insts = [Instance(str(n), f"1.2.840.10008.5.1.4.1.1.{c}", (ts,) if ts else ())
+             for n, (c, ts) in enumerate(pairs)]
+    accepted = {f"1.2.840.10008.5.1.4.1.1.{c}": [ExplicitVRLittleEndian]
+                for c in range(0, 150, 2)}
+    cts = for_receiver(insts, accepted, limit)
+    keys = [(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in cts]
+    assert len(keys) <= limit and len(set(keys)) == len(keys)
+    for sop_class, syntax in keys:
+        if sop_class in accepted:
+            assert syntax in accepted[sop_class]

@@ -5,11 +5,13 @@ receiving the next ones (pipelined: the archive never waits for the destination
 unless the buffer is full).
 
 Rule 1 (original encoding): an instance is sent as received, without decoding, over a
-        context with its own SOP class and transfer syntax. Only when the peer
-        accepted no such context is it decoded and re-encoded — between Explicit and
-        Implicit VR Little Endian only (same byte order, no compression), so pixel
-        data bytes never change. Otherwise the sub-operation fails, saying which
-        syntax the peer did not accept.
+        context with its own SOP class and transfer syntax — the archive was asked for
+        the syntaxes the peer accepted (``accepted``, ``sopclasses.for_receiver``), so
+        that is the rule. Only when the peer accepted no such context is it decoded and
+        re-encoded: between Explicit and Implicit VR Little Endian (same byte order, no
+        compression, pixel data bytes unchanged), or, for an instance the archive could
+        not convert, decompressed by ``transcode`` (the delivery says ``transcoded``).
+        Otherwise the sub-operation fails, saying which syntax the peer did not accept.
         To the Move Destination the C-STOREs go over a lean association
         (``send_over_link``, ``proxy.ul``): fragments at the peer's maximum PDU
         length written with ``sendmsg`` straight from the instance's memory or
@@ -45,7 +47,9 @@ from pynetdicom.presentation import PresentationContext
 from proxy import chunked, wire
 from proxy.observe import events as ev
 from proxy.operations.base import Services
+from proxy.retrieve import transcode
 from proxy.retrieve.reception import Buffered, file_meta
+from proxy.retrieve.sopclasses import Accepted
 from proxy.status import Status, category
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
@@ -59,11 +63,23 @@ class Delivery:
     status: int | None
     reason: str | None = None
     fatal: bool = False        # the peer is gone: nothing more can be delivered
+    transcoded: bool = False   # the proxy converted it (``transcode``), the archive could not
 
 
 class Sink(Protocol):
+    def accepted(self) -> Accepted: ...
     def store(self, item: Buffered) -> Delivery: ...
     def close(self) -> None: ...
+
+
+def accepted_by(contexts: Iterator[tuple[str, str]]) -> Accepted:
+    """SOP class → the transfer syntaxes accepted for it, in the order negotiated."""
+    out: Accepted = {}
+    for sop_class, syntax in contexts:
+        taken = out.setdefault(sop_class, [])
+        if syntax not in taken:
+            taken.append(syntax)
+    return out
 
 
 def _message_ids(start: int) -> Iterator[int]:
@@ -104,14 +120,18 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
     try:
         command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid,
                                       originator_ae, originator_id)
+        transcoded = False
         if exact is not None:
             item.write_data(lambda **where: link.send_message(exact, command, **where))
         else:
             converted = _converted(link, item)
             if converted is None:
-                return Delivery(None, f"{peer} accepted no context for "
-                                      f"{_name(item.sop_class_uid)} in "
-                                      f"{_name(item.transfer_syntax)}")
+                converted, why = _transcoded(link, item)
+                if converted is None:
+                    return Delivery(None, f"{peer} accepted no context for "
+                                          f"{_name(item.sop_class_uid)} in "
+                                          f"{_name(item.transfer_syntax)}{why}")
+                transcoded = True
             link.send_message(converted[0], command, data=converted[1])
         rsp = link.read_message().command
     except TimeoutError:
@@ -128,13 +148,27 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
             or rsp.get(commands.RESPONDED_TO) != msg_id or commands.STATUS not in rsp):
         link.abort()
         return Delivery(None, f"{peer} answered the C-STORE with something else", fatal=True)
-    return _answered(int(rsp[commands.STATUS]), peer)
+    return _answered(int(rsp[commands.STATUS]), peer, transcoded)
 
 
-def _answered(status: int, peer: str) -> Delivery:
+def _answered(status: int, peer: str, transcoded: bool = False) -> Delivery:
     """A C-STORE response's status as a delivery; a failure names who answered it."""
     failed = category(status) == "failure"
-    return Delivery(status, f"{peer} answered 0x{status:04X}" if failed else None)
+    return Delivery(status, f"{peer} answered 0x{status:04X}" if failed else None,
+                    transcoded=transcoded)
+
+
+def _transcoded(link: Link, item: Buffered) -> tuple[tuple[int, bytes] | None, str]:
+    """The proxy's own conversion (``transcode``) to a syntax the peer accepted for the
+    class: (context, data), or None and why not (appended to the failure reason)."""
+    taken = {ts: cx for cx, ts in link.accept.accepted.items()
+             if link.abstract.get(cx) == item.sop_class_uid}
+    if not taken:
+        return None, ""
+    result = transcode.convert(item, list(taken))
+    if result.transfer_syntax is None:
+        return None, f" ({result.reason})"
+    return (taken[result.transfer_syntax], result.data), ""
 
 
 def _dataset(item: Buffered) -> Dataset:
@@ -188,12 +222,20 @@ class DestinationSink:
         self._stack = stack
         self.counts["associations"] += 1
 
+    def accepted(self) -> Accepted:
+        link = self._link
+        if link is None:
+            return {}
+        return accepted_by((link.abstract[cx], ts) for cx, ts in link.accept.accepted.items()
+                           if cx in link.abstract)
+
     def store(self, item: Buffered) -> Delivery:
         delivery = self._store(item)
         kind = category(delivery.status)
         self.counts[{"success": "completed", "warning": "warning"}.get(kind, "failed")] += 1
         # Fatal only once re-opening failed too: the relay then stops pulling (Rule 2).
-        return Delivery(delivery.status, delivery.reason, fatal=self._dead is not None)
+        return Delivery(delivery.status, delivery.reason, fatal=self._dead is not None,
+                        transcoded=delivery.transcoded)
 
     def _store(self, item: Buffered) -> Delivery:
         if self._dead is None and (self._link is None or self._link.closed):
@@ -253,6 +295,10 @@ class WorkstationSink:
     _ids: Iterator[int] | None = None
     _contexts: dict[tuple[str, str], int] = field(default_factory=dict)
 
+    def accepted(self) -> Accepted:
+        return accepted_by((str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                           for cx in self.assoc.accepted_contexts if cx.as_scu)
+
     def store(self, item: Buffered) -> Delivery:
         if self._ids is None:
             self._ids = _message_ids(self.first_msg_id)
@@ -267,13 +313,37 @@ class WorkstationSink:
             delivery = self._direct(item, msg_id, cx)
             if delivery is not None:
                 return delivery
+        elif item.transfer_syntax not in _LITTLE:
+            delivery = self._transcoded(item, msg_id)
+            if delivery is not None:
+                return delivery
         return send(self.assoc, item, msg_id, "the workstation")
 
-    def _direct(self, item: Buffered, msg_id: int, cx: int) -> Delivery | None:
-        """The C-STORE written as received (``wire.write_message``); None: not possible."""
+    def _transcoded(self, item: Buffered, msg_id: int) -> Delivery | None:
+        """The proxy's own conversion (``transcode``); None: the usual path says why not."""
+        taken = [ts for (sop_class, ts) in self._contexts if sop_class == item.sop_class_uid]
+        result = transcode.convert(item, taken)
+        if result.transfer_syntax is None:
+            return Delivery(None, f"the workstation accepted no context for "
+                                  f"{_name(item.sop_class_uid)} in "
+                                  f"{_name(item.transfer_syntax)} ({result.reason})")
+        cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
+        delivery = self._direct(item, msg_id, cx, data=result.data)
+        if delivery is None:
+            return None
+        return Delivery(delivery.status, delivery.reason, delivery.fatal, transcoded=True)
+
+    def _direct(self, item: Buffered, msg_id: int, cx: int,
+                data: bytes | None = None) -> Delivery | None:
+        """The C-STORE written as received (``wire.write_message``), or ``data`` when the
+        proxy converted it; None: not possible."""
         command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
-        if not item.write_data(lambda **where: wire.write_message(self.assoc, cx, command,
-                                                                  **where)):
+        if data is not None:
+            written = wire.write_message(self.assoc, cx, command, data=memoryview(data))
+        else:
+            written = item.write_data(lambda **where: wire.write_message(
+                self.assoc, cx, command, **where))
+        if not written:
             return None
         _cx, rsp = self.assoc.dimse.get_msg(block=True)      # this thread is the reactor's
         if rsp is None or getattr(rsp, "Status", None) is None:

@@ -8,9 +8,15 @@ Rule 2 (order, "trying each"): archives in the given order; an archive is pulled
         With no survey at all (every C-FIND failed) the archives are tried in order
         until one answers Success.
 Rule 3 (``retrieve = "get"``): C-GET over the proxy's own association, with the storage
-        SCP role on the surveyed contexts (``sopclasses.propose``): the archive never
+        SCP role on the contexts the receiver decides (``sopclasses.for_receiver``: the
+        instance's own syntax where the receiver takes it, the receiver's syntaxes where
+        it does not, so the archive converts as it would directly); the archive never
         connects to anyone. That association is a lean one (``getter``, ``proxy.ul``):
         the instances' bytes are the bulk of the proxy's work.
+Rule 3b (rescue): instances the archive failed to send that way (it could not convert
+        them) are asked for once more, by SOP Instance UID at IMAGE level, in their own
+        syntaxes (``sopclasses.originals``); the sink converts them (``transcode``) and
+        the operation line counts them as ``transcoded``.
 Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
         unique in the proxy; the archive's C-STOREs arrive on the listener and are
         matched back (``inbound``).
@@ -36,12 +42,13 @@ from pynetdicom.sop_class import (
 )
 
 from proxy.cancel import CancelToken
-from proxy.contexts import GET_MODELS, MOVE_MODELS
+from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
 from proxy.operations.base import Services
 from proxy.retrieve import getter, sopclasses
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.inbound import InboundRegistry
-from proxy.retrieve.survey import Survey
+from proxy.retrieve.sopclasses import Accepted, Instance
+from proxy.retrieve.survey import Survey, list_instances
 from proxy.status import PENDING, Status, category
 from proxy.upstream import UpstreamError
 
@@ -71,8 +78,11 @@ class Puller:
 
     def __init__(self, services: Services, event: evt.Event, found: Survey, order: list[str],
                  identifier: Dataset, model: str, buffer: InstanceBuffer, token: CancelToken,
-                 phi: list[str], on_total: Callable[[int], None]) -> None:
+                 phi: list[str], on_total: Callable[[int], None],
+                 accepted: Accepted | None = None) -> None:
         self.services = services
+        self.model = model
+        self.accepted = accepted or {}        # what the receiver took, per SOP class
         self.event = event
         self.survey = found
         self.order = order
@@ -101,10 +111,32 @@ class Puller:
                     continue
                 outcome = self._pull(name)
                 self.outcomes.append(outcome)
+                if outcome.error is not None and not self.token.is_set:
+                    self._rescue(name)
                 if not self.survey.instances and outcome.status == Status.SUCCESS:
                     break                    # nothing surveyed: the first Success answers
         finally:
             self.buffer.finish()
+
+    def _rescue(self, name: str) -> None:
+        """Rule 3b: ask again, in their own syntaxes, for what the archive did not send."""
+        if self.services.config.archives[name].retrieve != "get" or not self.accepted:
+            return
+        held = self.survey.holdings.get(name)
+        if self.survey.fast or held is None:
+            listed = list_instances(self.services, self.event, [name], self.identifier,
+                                    FIND_MODEL_FOR[self.model], self.token, self.phi)
+            held = listed.holdings.get(name, [])
+        missing = [inst for inst in held if not self.buffer.has(inst.uid)
+                   and inst.study and inst.series and self.accepted.get(inst.sop_class)]
+        series: dict[tuple[str, str], list[Instance]] = {}
+        for inst in missing:
+            series.setdefault((inst.study, inst.series), []).append(inst)
+        for (study, series_uid), instances in series.items():
+            if self.token.is_set:
+                return
+            self.outcomes.append(self._pull(name, _image_identifier(study, series_uid,
+                                                                    instances), instances))
 
     def _worth(self, name: str) -> bool:
         if self.survey.fast:                 # one archive holds the study (survey Rule 1)
@@ -115,15 +147,16 @@ class Puller:
                 not self.buffer.has(uid) for uid in self.survey.instances)
         return any(not self.buffer.has(inst.uid) for inst in held)
 
-    def _pull(self, name: str) -> Pulled:
+    def _pull(self, name: str, rescue: Dataset | None = None,
+              originals: list[Instance] | None = None) -> Pulled:
         mode = self.services.config.archives[name].retrieve
-        model = _RETRIEVE_MODELS[(self.root, mode)]
+        model = _RETRIEVE_MODELS[("STUDY" if rescue is not None else self.root, mode)]
         operation = "C-GET" if mode == "get" else "C-MOVE"
         before = self.buffer.received
         final: int | None = None
         try:
             with self.services.upstream_call(name, operation, self.event, self.phi) as call:
-                responses = (self._get(name, model) if mode == "get"
+                responses = (self._get(name, model, rescue, originals) if mode == "get"
                              else self._move(name, model))
                 last: Counts = {}
                 for code, counts in responses:
@@ -150,17 +183,25 @@ class Puller:
         return Pulled(name, operation, final, received, error,
                       self._hint(name, final, received))
 
-    def _get(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
+    def _get(self, name: str, model: str, rescue: Dataset | None = None,
+             originals: list[Instance] | None = None) -> Iterator[tuple[int, Counts]]:
+        limit = sopclasses.MAX_CONTEXTS - 1
         held = self.survey.holdings.get(name) or self.survey.described()
-        if held and all(inst.sop_class for inst in held):
-            contexts = sopclasses.propose(held, sopclasses.MAX_CONTEXTS - 1)
+        if originals:
+            contexts = sopclasses.originals(originals, self.accepted, limit)
+        elif held and all(inst.sop_class for inst in held):
+            contexts = (sopclasses.for_receiver(held, self.accepted, limit) if self.accepted
+                        else sopclasses.propose(held, limit))
+        elif self.accepted:     # classes unknown: whatever the receiver takes, as it takes it
+            contexts = sopclasses.for_receiver(
+                [Instance("", sop_class) for sop_class in self.accepted], self.accepted, limit)
         else:   # blind or unknown classes: the common storage classes; the archive converts
             contexts = [build_context(cx.abstract_syntax, [ExplicitVRLittleEndian,
                                                            ImplicitVRLittleEndian])
-                        for cx in StoragePresentationContexts[:sopclasses.MAX_CONTEXTS - 1]]
+                        for cx in StoragePresentationContexts[:limit]]
         client = self.services.archives[name]
-        return getter.get(client, self.identifier, model, contexts, sopclasses.roles(contexts),
-                          self.buffer, name, self.token)
+        return getter.get(client, rescue if rescue is not None else self.identifier, model,
+                          contexts, sopclasses.roles(contexts), self.buffer, name, self.token)
 
     def _move(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
         registry: InboundRegistry = self.services.extras["retrieve_inbound"]
@@ -185,3 +226,14 @@ class Puller:
                     f"{p.ae_title} (the proxy's address, port {p.port}) as a move destination "
                     f"in its modalities, or set archives.{name}.retrieve = \"get\"")
         return None
+
+
+def _image_identifier(study: str, series: str, instances: list[Instance]) -> Dataset:
+    """A Study Root IMAGE-level identifier for ``instances`` of one series (PS3.4 C.4.3.1.3)."""
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    uids = [inst.uid for inst in instances]
+    ds.SOPInstanceUID = uids if len(uids) > 1 else uids[0]
+    return ds

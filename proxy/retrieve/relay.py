@@ -99,7 +99,8 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
                             spool.retrieve_spill_after)
     puller = Puller(services, event, found, order, identifier, model, buffer, token,
                     record.phi, lambda n: setattr(tally, "upstream_total",
-                                                  max(tally.upstream_total, n)))
+                                                  max(tally.upstream_total, n)),
+                    sink.accepted())
     cancelled = False
     sink_failure: str | None = None
     first: float | None = None                # since the request came in
@@ -119,6 +120,8 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
             delivery = sink.store(item)
             buffer.done(item)
             tally.record(item.sop_instance_uid, delivery.status, delivery.reason)
+            if delivery.transcoded:        # the proxy converted it: the log says so
+                record.details["transcoded"] = record.details.get("transcoded", 0) + 1
             if first is None:
                 first = time.monotonic() - started
             if delivery.fatal:

@@ -21,6 +21,14 @@ Rule 2: per SOP class the wishes are, in order: the syntaxes the archive named,
 Rule 3: deflated syntaxes are never proposed (an unbounded inflate for a few bytes on
         the wire, see ``proxy.contexts``); the archive sends those inflated.
 Rule 4: pure: datasets in, datasets and contexts out.
+Rule 5 (the receiver decides, ``for_receiver``): once the receiver (the Move Destination,
+        or the C-GET workstation's association) has accepted its contexts, the archive is
+        asked, per SOP class, for the instance's own syntax where the receiver accepted
+        it and for the receiver's accepted syntaxes where it did not — so the archive
+        converts exactly as it would when sending to the receiver directly, and the proxy
+        forwards bytes it never has to touch. A class the receiver accepted in no syntax
+        is still asked for in its own syntax: the sub-operation then fails at the
+        receiver's side with the reason, and the archive's answer is not derailed.
 """
 
 from __future__ import annotations
@@ -74,6 +82,11 @@ class Instance:
     uid: str
     sop_class: str
     syntaxes: tuple[str, ...] = ()
+    study: str = ""                   # Study and Series Instance UID, when the survey listed
+    series: str = ""                  # them (to ask for this instance alone again)
+
+
+Accepted = dict[str, list[str]]       # SOP class → transfer syntaxes a receiver accepted
 
 
 def survey_identifier(identifier: Dataset) -> Dataset:
@@ -93,6 +106,8 @@ def survey_identifier(identifier: Dataset) -> Dataset:
     if "SpecificCharacterSet" in identifier:
         query.SpecificCharacterSet = identifier.SpecificCharacterSet
     query.SOPClassUID = ""
+    if "StudyInstanceUID" not in query:
+        query.StudyInstanceUID = ""
     query.add_new(AVAILABLE_TRANSFER_SYNTAX, "UI", None)
     return query
 
@@ -155,11 +170,13 @@ def instance_of(match: Dataset) -> Instance | None:
             ts = str(value).strip(" \0")
             if ts and ts not in syntaxes and ts not in DEFLATED:
                 syntaxes.append(ts)
-    return Instance(uid, sop_class, tuple(syntaxes))
+    return Instance(uid, sop_class, tuple(syntaxes), _text(match.get("StudyInstanceUID")),
+                    _text(match.get("SeriesInstanceUID")))
 
 
-def wishes(instances: Iterable[Instance]) -> list[tuple[str, list[str]]]:
-    """Per SOP class (most frequent first), the transfer syntaxes to propose, in order."""
+def named_syntaxes(instances: Iterable[Instance]) -> list[tuple[str, list[str], bool]]:
+    """Per SOP class (most frequent first): the syntaxes the survey named for its instances,
+    and whether some of its instances came without one (their syntax is unknown)."""
     counts: Counter[str] = Counter()
     named: dict[str, list[str]] = {}
     unknown: set[str] = set()
@@ -171,10 +188,15 @@ def wishes(instances: Iterable[Instance]) -> list[tuple[str, list[str]]]:
                 known.append(ts)
         if not inst.syntaxes:
             unknown.add(inst.sop_class)
+    return [(c, named[c], c in unknown) for c, _ in counts.most_common()]
+
+
+def wishes(instances: Iterable[Instance]) -> list[tuple[str, list[str]]]:
+    """Per SOP class (most frequent first), the transfer syntaxes to propose, in order."""
     out = []
-    for sop_class, _ in counts.most_common():
-        wish = list(named[sop_class])
-        extra = [*FALLBACK_SYNTAXES, *(CANDIDATE_SYNTAXES if sop_class in unknown else ())]
+    for sop_class, named, unknown in named_syntaxes(instances):
+        wish = list(named)
+        extra = [*FALLBACK_SYNTAXES, *(CANDIDATE_SYNTAXES if unknown else ())]
         wish += [ts for ts in extra if ts not in wish]
         out.append((sop_class, wish))
     return out
@@ -192,6 +214,45 @@ def propose(instances: Iterable[Instance], limit: int = MAX_CONTEXTS) -> list[Pr
         table += [(str(cx.abstract_syntax), list(FALLBACK_SYNTAXES))
                   for cx in StoragePresentationContexts
                   if str(cx.abstract_syntax) not in named]
+    return _round_robin(table, limit)
+
+
+def for_receiver(instances: Iterable[Instance], accepted: Accepted,
+                 limit: int = MAX_CONTEXTS) -> list[PresentationContext]:
+    """Contexts to ask the archive for, given what the receiver accepted (Rule 5).
+
+    When the archive did not name an instance's syntax (Orthanc does not), every syntax
+    the receiver accepted for the class is offered: the archive sends the instance's own
+    where it is among them and otherwise converts to the one it prefers of them (Orthanc:
+    Implicit, then Explicit VR Little Endian) — where, directly, the receiver would have
+    picked among the archive's offer. Same values, same pixel data; README, "What the
+    proxy changes"."""
+    listed = [inst for inst in instances if inst.sop_class]
+    own = dict(wishes(listed))
+    table = []
+    for sop_class, named, _unknown in named_syntaxes(listed):
+        taken = [ts for ts in accepted.get(sop_class, []) if ts not in DEFLATED]
+        if not taken:
+            table.append((sop_class, own[sop_class]))
+            continue
+        first = [ts for ts in named if ts in taken]
+        table.append((sop_class, first + [ts for ts in taken if ts not in first]))
+    return _round_robin(table, limit)
+
+
+def originals(instances: Iterable[Instance], accepted: Accepted,
+              limit: int = MAX_CONTEXTS) -> list[PresentationContext]:
+    """Contexts for asking again for instances the archive could not convert: their own
+    syntaxes first (the proxy converts them itself), then what the receiver accepted."""
+    table = []
+    for sop_class, wish in wishes(inst for inst in instances if inst.sop_class):
+        taken = [ts for ts in accepted.get(sop_class, []) if ts not in wish]
+        table.append((sop_class, wish + taken))
+    return _round_robin(table, limit)
+
+
+def _round_robin(table: list[tuple[str, list[str]]], limit: int) -> list[PresentationContext]:
+    """Every class its first wish before any class its second, at most ``limit`` (Rule 2)."""
     contexts: list[PresentationContext] = []
     depth = 0
     while len(contexts) < limit:

@@ -287,7 +287,9 @@ class StoreSCP:
 
     Accepts every transfer syntax it knows (``+xa``) and unknown SOP classes
     (``--promiscuous``); ``extra_args`` adds faults such as ``--refuse``,
-    ``--abort-after`` or ``--sleep-during 5``. Files are named ``<MOD>.<SOPInstanceUID>``.
+    ``--abort-after`` or ``--sleep-during 5``. ``default_options=True`` runs it as a
+    site would out of the box: uncompressed transfer syntaxes only, known SOP classes
+    only. Files are named ``<MOD>.<SOPInstanceUID>``.
     """
 
     def __init__(
@@ -297,8 +299,10 @@ class StoreSCP:
         *,
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        default_options: bool = False,
     ) -> None:
         self.aet = aet
+        self.default_options = default_options
         self.port = port or free_port()
         self.host = LOOPBACK
         self._own_dir = output_dir is None
@@ -315,7 +319,9 @@ class StoreSCP:
 
     def start(self, timeout: float = 30.0) -> StoreSCP:
         argv = [tool("storescp"), "-v", "+v", "-aet", self.aet, "-od", str(self.output_dir)]
-        argv += ["+xa", "--promiscuous", "-ta", "10", *self.extra_args, str(self.port)]
+        if not self.default_options:
+            argv += ["+xa", "--promiscuous"]
+        argv += ["-ta", "10", *self.extra_args, str(self.port)]
         proc = self._proc = spawn(argv, log_path=self.log_path)
         wait_for_port(self.port, timeout, alive=lambda: proc.poll() is None)
         return self

@@ -1,0 +1,86 @@
+"""The proxy's own conversion of an instance, for when the archive could not convert it.
+
+The archive converts: the proxy asks it for the syntaxes the receiver accepted
+(``sopclasses.for_receiver``), as a direct retrieve would. Only an instance the archive
+could not convert (it failed the sub-operation, then sent the instance in its own
+syntax when asked again, ``puller``) reaches this module.
+
+Rule 1: only towards what the receiver accepted for the instance's SOP class, and only
+        to an uncompressed Little Endian syntax: Explicit or Implicit VR, in the
+        receiver's order. Pixel data is decoded with pydicom's codecs (pylibjpeg for
+        JPEG, JPEG-LS, JPEG 2000 and RLE; numpy for the native formats); nothing is
+        ever compressed by the proxy (lossy is the archive's or the modality's call).
+Rule 2: every element except the pixel data and what the decoding itself changes
+        (Photometric Interpretation of YBR JPEG data, Planar Configuration, the
+        encapsulation) keeps its value, SOP Instance UID included (decoding adds no
+        information; the receiver asked for that instance); the File Meta Information is
+        rebuilt by the sender for the new syntax.
+Rule 3: a conversion that cannot be done (no codec, a corrupt stream, a big endian
+        source pydicom will not rewrite) is ``None`` with the reason, never an
+        exception: the sub-operation is then counted Failed with that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.dsutils import encode
+
+from proxy.retrieve.reception import Buffered, file_meta
+
+TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class Converted:
+    transfer_syntax: str | None       # None: not converted, ``reason`` says why
+    data: bytes = b""
+    reason: str = ""
+
+
+def target_for(accepted: list[str]) -> str | None:
+    """The syntax to convert to, of those the receiver accepted for the class (Rule 1)."""
+    return next((ts for ts in accepted if ts in TARGETS), None)
+
+
+def convert(item: Buffered, accepted: list[str]) -> Converted:
+    """``item`` re-encoded in the first uncompressed syntax of ``accepted`` (Rules 1-3)."""
+    target = target_for(accepted)
+    if target is None:
+        return Converted(None, reason=f"the receiver accepts {_names(accepted)}, which the "
+                                      f"proxy does not convert to")
+    try:
+        ds = _read(item)
+        source = UID(item.transfer_syntax)
+        if source.is_compressed:
+            # pydicom's codecs (pylibjpeg); the instance keeps its identity: the receiver
+            # asked for this SOP Instance UID, and decoding adds no information.
+            ds.decompress(generate_instance_uid=False)
+        elif not source.is_little_endian and "PixelData" in ds:
+            return Converted(None, reason="a big endian instance with pixel data is not "
+                                          "converted by the proxy")
+        return Converted(target, _encode(ds, target))
+    except Exception as exc:  # any codec failure is this sub-operation's, with its reason
+        return Converted(None, reason=f"conversion from {UID(item.transfer_syntax).name} "
+                                      f"failed: {type(exc).__name__}: {exc}"[:200])
+
+
+def _read(item: Buffered) -> Dataset:
+    if item.path is not None:
+        return dcmread(item.path)
+    meta = file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
+    return dcmread(BytesIO(meta + bytes(item.data or b"")))
+
+
+def _encode(ds: Dataset, target: str) -> bytes:
+    data = encode(ds, target == ImplicitVRLittleEndian, True)
+    if data is None:
+        raise ValueError("pydicom could not encode the decoded data set")
+    return bytes(data)
+
+
+def _names(syntaxes: list[str]) -> str:
+    return ", ".join(UID(ts).name for ts in syntaxes) or "nothing"
