@@ -108,7 +108,7 @@ def _file_meta(**kwargs: Any) -> FileMetaDataset:
     """pynetdicom's File Meta Information, with the association's AE titles (Rule 5)."""
     meta: FileMetaDataset = dsutils.create_file_meta(**kwargs)
     if _receiving_dir() is not None:
-        sending, receiving = titles(_current_association())
+        sending, receiving = _titles(_current_association())
         if sending:
             meta.SendingApplicationEntityTitle = sending
         if receiving:
@@ -116,7 +116,7 @@ def _file_meta(**kwargs: Any) -> FileMetaDataset:
     return meta
 
 
-def titles(assoc: Any) -> tuple[str, str]:
+def _titles(assoc: Any) -> tuple[str, str]:
     """(calling AE title, called AE title) a workstation's association was requested with."""
     primitive = assoc.requestor.primitive
     return (str(getattr(primitive, "calling_ae_title", "") or "").strip(),

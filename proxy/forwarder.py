@@ -147,8 +147,8 @@ class Forwarder:
 
         try:
             with client.associate([build_context(sop, ts) for sop, ts in contexts],
-                                       handlers=[(evt.EVT_CONN_OPEN, _no_delay),
-                                                 (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
+                                  handlers=[(evt.EVT_CONN_OPEN, _no_delay),
+                                            (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
                 self._assoc = assoc
                 wire.write_directly(assoc)   # C-STOREs written by this thread, batched
                 return self._stream(assoc, batch, proposed, negotiated, calling)
@@ -162,7 +162,7 @@ class Forwarder:
             with self.services.upstream_call(self.archive, "C-STORE") as call:
                 call.update(error=exc.reason, hint=exc.hint)
                 call["details"] = {"pending": len(self.spool.head(self.archive, _BATCH)),
-                                   "forward": "association", "calling_ae": calling}
+                                   "forward": "association"}
             if client.peer.for_workstation and exc.rejection == _CALLING_NOT_RECOGNISED:
                 for entry, meta in batch:      # Rule 5: this sender only, for good
                     self._dead(entry, meta, None, exc.reason, exc.hint)
