@@ -22,10 +22,15 @@ Rule 2: that file is created in the spool's temp dir — the same filesystem as
 Rule 3: a data set is sent from its file without decoding only inside
         ``sending_raw()`` on the calling thread; elsewhere pynetdicom decodes
         files as usual.
-Rule 4: the patch is two attribute swaps on pynetdicom 3.0 modules
-        (``dimse_messages._config`` / ``NamedTemporaryFile``,
+Rule 4: the patch is attribute swaps on pynetdicom 3.0 modules
+        (``dimse_messages._config`` / ``NamedTemporaryFile`` / ``create_file_meta``,
         ``association._config``), made once, and reads through to the real
         ``_config`` for everything else.
+Rule 5: a file received under Rule 1 says in its File Meta Information who sent it to
+        whom: Sending Application Entity Title (0002,0017) = the association's calling
+        AE title, Receiving Application Entity Title (0002,0018) = its called AE title
+        (PS3.10 7.1), so the spool can forward it on the sender's behalf
+        (``routing.forward_calling_ae``), also after a restart.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import _config, association, dimse_messages
+from pydicom.dataset import FileMetaDataset
+from pynetdicom import _config, association, dimse_messages, dsutils
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -98,6 +104,25 @@ def _temporary_file(*args: Any, **kwargs: Any) -> Any:
     return handle
 
 
+def _file_meta(**kwargs: Any) -> FileMetaDataset:
+    """pynetdicom's File Meta Information, with the association's AE titles (Rule 5)."""
+    meta: FileMetaDataset = dsutils.create_file_meta(**kwargs)
+    if _receiving_dir() is not None:
+        sending, receiving = _titles(_current_association())
+        if sending:
+            meta.SendingApplicationEntityTitle = sending
+        if receiving:
+            meta.ReceivingApplicationEntityTitle = receiving
+    return meta
+
+
+def _titles(assoc: Any) -> tuple[str, str]:
+    """(calling AE title, called AE title) a workstation's association was requested with."""
+    primitive = assoc.requestor.primitive
+    return (str(getattr(primitive, "calling_ae_title", "") or "").strip(),
+            str(getattr(primitive, "called_ae_title", "") or "").strip())
+
+
 def install() -> None:
     """Swap the switches into pynetdicom (idempotent)."""
     global _installed
@@ -107,6 +132,7 @@ def install() -> None:
         switches = _Switches()
         dimse_messages._config = switches
         dimse_messages.NamedTemporaryFile = _temporary_file
+        dimse_messages.create_file_meta = _file_meta
         association._config = switches
         _installed = True
 

@@ -131,6 +131,7 @@ class RouteConfig:
     merge: str = "stream"             # federation: stream first answers, or "complete" merge
     recheck_matches: bool = False     # re-check every match against the query (PS3.4 C.2.2.2)
     store_filters: tuple[StoreFilter, ...] = ()  # per store_to archive; absent: every instance
+    pass_calling_ae: bool = False     # archives see the workstation's calling AE, not calling_ae
 
     @property
     def is_federated(self) -> bool:
@@ -274,7 +275,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
             "called_ae": check.ae, "archives": check.name_list, "allow": check.ae_list,
             "store_to": check.name_list, "echo": check.choice(ECHO_MODES),
             "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
-            "store_filter": _any,
+            "store_filter": _any, "pass_calling_ae": check.boolean,
         })
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")

@@ -22,6 +22,13 @@ Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
 Rule 4: every C-STORE to an archive is one ``upstream`` event (an association
         that cannot be opened is one too); every outcome is counted in
         ``dicom_proxy_suboperations_total{operation="C-STORE-forward"}``.
+Rule 5: an association calls with one calling AE title: the archive's ``calling_ae``,
+        or, for instances received on a route with ``pass_calling_ae``, the title
+        of the workstation that sent them (``routing.forward_calling_ae``); an
+        association carries only a run of consecutive instances with the same one.
+        An archive that permanently rejects a workstation's title ("calling AE not
+        recognised") refuses that workstation's instances for good: they go to the
+        dead-letter folder, so they do not hold up the other senders' (Rule 3).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from itertools import takewhile
 from typing import Any
 
 from pydicom import dcmread
@@ -52,6 +60,12 @@ from proxy.forwarding import (
 )
 from proxy.observe import events as ev
 from proxy.operations.base import Services
+from proxy.routing import (
+    DIAG_CALLING_AE_NOT_RECOGNISED,
+    RESULT_PERMANENT,
+    SOURCE_SERVICE_USER,
+    forward_calling_ae,
+)
 from proxy.spool import Entry, InstanceMeta, Spool
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, UpstreamError, status_of
@@ -60,6 +74,7 @@ _BATCH = 64                       # queue entries looked at per planning round
 _MAX_PER_ASSOCIATION = 2000
 _LINGER = 2.0                     # seconds an idle upstream association waits for more
 _STATS_INTERVAL = 5.0             # seconds between spool gauge refreshes (age keeps growing)
+_CALLING_NOT_RECOGNISED = (RESULT_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLING_AE_NOT_RECOGNISED)
 _CONTEXT_RESULTS = {0x01: "rejected by the archive", 0x02: "rejected, no reason given",
                     0x03: "SOP class not supported", 0x04: "transfer syntax not supported"}
 
@@ -118,6 +133,9 @@ class Forwarder:
         batch = self._readable(self.spool.head(self.archive, _BATCH))
         if not batch:
             return True
+        calling = self._calling(batch[0][1])
+        batch = list(takewhile(lambda pair: self._calling(pair[1]) == calling, batch))
+        client = self.client.calling_as(calling)
         contexts, covered = plan_contexts([m for _, m in batch])
         batch = batch[:covered]
         proposed = {key(m) for _, m in batch}
@@ -128,12 +146,12 @@ class Forwarder:
             negotiated["rejected"] = list(event.assoc.rejected_contexts)
 
         try:
-            with self.client.associate([build_context(sop, ts) for sop, ts in contexts],
-                                       handlers=[(evt.EVT_CONN_OPEN, _no_delay),
-                                                 (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
+            with client.associate([build_context(sop, ts) for sop, ts in contexts],
+                                  handlers=[(evt.EVT_CONN_OPEN, _no_delay),
+                                            (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
                 self._assoc = assoc
                 wire.write_directly(assoc)   # C-STOREs written by this thread, batched
-                return self._stream(assoc, batch, proposed, negotiated)
+                return self._stream(assoc, batch, proposed, negotiated, calling)
         except UpstreamError as exc:
             if negotiated and not negotiated["accepted"]:
                 # The archive accepted the association but none of the contexts: every
@@ -145,12 +163,16 @@ class Forwarder:
                 call.update(error=exc.reason, hint=exc.hint)
                 call["details"] = {"pending": len(self.spool.head(self.archive, _BATCH)),
                                    "forward": "association"}
+            if client.peer.for_workstation and exc.rejection == _CALLING_NOT_RECOGNISED:
+                for entry, meta in batch:      # Rule 5: this sender only, for good
+                    self._dead(entry, meta, None, exc.reason, exc.hint)
+                return True
             return False
         finally:
             self._assoc = None
 
     def _stream(self, assoc: Any, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
-                negotiated: dict[str, list[Any]]) -> bool:
+                negotiated: dict[str, list[Any]], calling: str) -> bool:
         accepted = [(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                     for cx in assoc.accepted_contexts]
         sent = 0
@@ -163,18 +185,24 @@ class Forwarder:
                 sent += 1
             if sent >= _MAX_PER_ASSOCIATION or not assoc.is_established:
                 return True
-            batch = self._more(proposed)
+            batch = self._more(proposed, calling)
         return True
 
-    def _more(self, proposed: set[Key]) -> list[tuple[Entry, InstanceMeta]]:
+    def _calling(self, meta: InstanceMeta) -> str:
+        """The calling AE title to forward this instance with (Rule 5)."""
+        config = self.services.config
+        return forward_calling_ae(config, config.archives[self.archive], meta.sending_ae,
+                                  meta.receiving_ae)
+
+    def _more(self, proposed: set[Key], calling: str) -> list[tuple[Entry, InstanceMeta]]:
         """The next entries this association can carry, waiting up to _LINGER for some."""
         deadline = time.monotonic() + _LINGER
         while not self._stop.is_set():
             head = self._readable(self.spool.head(self.archive, _BATCH))
             fits: list[tuple[Entry, InstanceMeta]] = []
             for entry, meta in head:
-                if key(meta) not in proposed:
-                    break               # needs a new negotiation; keep the order
+                if key(meta) not in proposed or self._calling(meta) != calling:
+                    break               # needs a new association; keep the order
                 fits.append((entry, meta))
             if fits or head:
                 return fits
@@ -244,9 +272,10 @@ class Forwarder:
                 return True
         return False
 
-    def _dead(self, entry: Entry, meta: InstanceMeta, status: int | None, reason: str) -> None:
-        hint = (f"fix the cause, then move {entry.id}.dcm from the dead-letter folder back to "
-                f"the archive's pending folder and restart the proxy")
+    def _dead(self, entry: Entry, meta: InstanceMeta, status: int | None, reason: str,
+              cause: str | None = None) -> None:
+        hint = (f"{cause or 'fix the cause'}, then move {entry.id}.dcm from the dead-letter "
+                f"folder back to the archive's pending folder and restart the proxy")
         path = self.spool.dead_letter(self.archive, entry, {
             "status": None if status is None else f"0x{status:04X}", "reason": reason,
             "hint": hint})

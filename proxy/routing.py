@@ -11,6 +11,18 @@ Rule 4: the proxy's own AE title (``[proxy] ae_title``) is where archives with
         it is admitted as ``Inbound`` when the calling AE is a configured archive's
         AE title, or while a move-mode retrieve is in flight (archives may call
         with another title); otherwise it is rejected (calling AE not recognised).
+Rule 5: on a route with ``pass_calling_ae``, every association the proxy opens for one
+        of its workstations presents that workstation's calling AE title instead of
+        the archive's ``calling_ae`` (``calling_ae_for``): C-ECHO, every C-FIND (relay,
+        federation, cap-recovery sub-queries, locating and surveying a retrieve), the
+        C-GET or C-MOVE that pulls a retrieve, and the forwarding of the instances it
+        stored (``forward_calling_ae``). The archive then applies its own per-AE rules
+        and audit to the workstation. The proxy's own associations keep its titles:
+        health checks and ``doctor`` call as ``calling_ae``, a move-mode C-MOVE names
+        the proxy's ``ae_title`` as Move Destination (the archive must know the proxy
+        there), and C-STOREs to a Move Destination call as ``[proxy] ae_title`` — the
+        proxy is that destination's storage SCU; the workstation is named in them as
+        Move Originator.
 """
 
 from __future__ import annotations
@@ -102,6 +114,27 @@ def upstream_titles(archive: ArchiveConfig | DestinationConfig,
     """(calling AE, called AE) the proxy presents when it calls this peer."""
     calling = archive.calling_ae if isinstance(archive, ArchiveConfig) else default_calling
     return calling, archive.ae_title
+
+
+def calling_ae_for(archive: ArchiveConfig, route: RouteConfig | None,
+                   workstation_ae: str) -> str:
+    """The calling AE title presented to ``archive`` for a request of a workstation (Rule 5)."""
+    calling = workstation_ae.strip()
+    if route is not None and route.pass_calling_ae and calling:
+        return calling
+    return archive.calling_ae
+
+
+def forward_calling_ae(config: Config, archive: ArchiveConfig, sending_ae: str,
+                       receiving_ae: str) -> str:
+    """The calling AE title for forwarding a spooled instance to ``archive`` (Rule 5).
+
+    ``sending_ae`` called the proxy's ``receiving_ae`` with it: the route of that called
+    AE title, as the rules are now, decides; an instance whose titles are not known (an
+    older spool) is forwarded with the archive's ``calling_ae``.
+    """
+    route = config.route_for(receiving_ae) if receiving_ae.strip() else None
+    return calling_ae_for(archive, route, sending_ae)
 
 
 def archives_for(config: Config, route: RouteConfig, operation: str) -> list[ArchiveConfig]:

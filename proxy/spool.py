@@ -60,6 +60,8 @@ class InstanceMeta:
     sop_class: str
     sop_instance: str
     transfer_syntax: str
+    sending_ae: str = ""              # the calling AE title it was received from
+    receiving_ae: str = ""            # the proxy's AE title (a route) it was sent to
 
 
 @dataclass
@@ -247,12 +249,15 @@ class Spool:
             return [self._entries[i] for i in queue[start:start + limit]]
 
     def meta(self, archive: str, entry: Entry) -> InstanceMeta:
-        """The entry's UIDs, read from its file meta the first time (after a restart)."""
+        """The entry's UIDs and AE titles, read from its file meta the first time (after a
+        restart); the titles are there when ``proxy.chunked`` received it (its Rule 5)."""
         if entry.meta is None:
             fm = read_file_meta_info(self.path(archive, entry))
             entry.meta = InstanceMeta(str(fm.MediaStorageSOPClassUID),
                                       str(fm.MediaStorageSOPInstanceUID),
-                                      str(fm.TransferSyntaxUID))
+                                      str(fm.TransferSyntaxUID),
+                                      str(fm.get("SendingApplicationEntityTitle", "")),
+                                      str(fm.get("ReceivingApplicationEntityTitle", "")))
         return entry.meta
 
     def path(self, archive: str, entry: Entry) -> Path:

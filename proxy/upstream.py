@@ -15,6 +15,10 @@ Rule 5: ``link`` opens the same kind of association on the proxy's lean upper la
         (``proxy.ul``) for the retrieve's bulk transfers, with the same AE titles,
         time bounds (the peer's ``timeout`` on every socket operation) and the same
         explanations when it fails.
+Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstation's for
+        a request made for it (``calling_as``, route ``pass_calling_ae``); a refusal then
+        names that title and says which setting chose it. Associations are never kept
+        for reuse, so one opened with one calling AE title never carries another's request.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
@@ -62,12 +66,13 @@ class UpstreamError(Exception):
     """The proxy could not get an answer from an archive."""
 
     def __init__(self, peer: str, reason: str, hint: str | None = None,
-                 kind: str = "error") -> None:
+                 kind: str = "error", rejection: tuple[int, int, int] | None = None) -> None:
         super().__init__(f"{peer}: {reason}")
         self.peer = peer
         self.reason = reason
         self.hint = hint
         self.kind = kind            # refused, timeout, rejected, aborted, no_context, error
+        self.rejection = rejection  # A-ASSOCIATE-RJ (result, source, diagnostic), if rejected
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class Peer:
     port: int
     calling_ae: str
     timeout: float
+    for_workstation: bool = False      # calling_ae is a workstation's (pass_calling_ae)
 
     @classmethod
     def of(cls, cfg: ArchiveConfig | DestinationConfig, default_calling: str,
@@ -114,14 +120,19 @@ def explain_rejection(peer: Peer, result: int, source: int, diagnostic: int) -> 
     reason = (f"archive {peer.ae_title} at {peer.host}:{peer.port} {permanence} rejected calling "
               f"AE {peer.calling_ae}: {why}")
     hint: str | None = None
-    if source == 0x01 and diagnostic == 0x03:
+    if source == 0x01 and diagnostic == 0x03 and peer.for_workstation:
+        hint = (f"the route passes the workstation's calling AE title (pass_calling_ae): "
+                f"add {peer.calling_ae} to the known AEs of {peer.ae_title}, or turn "
+                f"pass_calling_ae off to call as archives.{peer.name}.calling_ae")
+    elif source == 0x01 and diagnostic == 0x03:
         hint = (f"add {peer.calling_ae} to the known AEs of {peer.ae_title} "
                 f"(or set calling_ae for archives.{peer.name})")
     elif source == 0x01 and diagnostic == 0x07:
         hint = f"check ae_title of {peer.name}: the archive does not answer to {peer.ae_title}"
     elif source == 0x03:
         hint = "the archive is busy (association limit); retry later or raise its limit"
-    return UpstreamError(peer.name, reason, hint, kind="rejected")
+    return UpstreamError(peer.name, reason, hint, kind="rejected",
+                         rejection=(result, source, diagnostic))
 
 
 class ArchiveClient:
@@ -134,6 +145,19 @@ class ArchiveClient:
         self.max_pdu_size = max_pdu_size
         self._active: set[Association | Link] = set()
         self._active_lock = threading.Lock()
+
+    def calling_as(self, calling_ae: str) -> ArchiveClient:
+        """This peer called with a workstation's ``calling_ae`` (Rule 6).
+
+        Same address, titles and time bounds; associations opened through it are in
+        this client's record, so ``abort_all`` still reaches them at shutdown.
+        """
+        if calling_ae == self.peer.calling_ae:
+            return self
+        other = ArchiveClient(replace(self.peer, calling_ae=calling_ae, for_workstation=True),
+                              self.network_timeout, self.max_pdu_size)
+        other._active, other._active_lock = self._active, self._active_lock
+        return other
 
     def abort_all(self) -> int:
         """Abort every association still open to this peer (shutdown); how many."""

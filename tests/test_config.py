@@ -211,3 +211,12 @@ def test_any_document_gives_config_or_config_error(section: str, value: Any, key
         parse(data)
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_pass_calling_ae_is_an_optional_boolean() -> None:
+    assert parse(minimal()).routes[0].pass_calling_ae is False
+    assert parse(with_change("routes.0.pass_calling_ae", True)).routes[0].pass_calling_ae
+    for wrong in ("yes", 1, ["WS1"]):
+        with pytest.raises(ConfigError) as caught:
+            parse(with_change("routes.0.pass_calling_ae", wrong))
+        assert str(caught.value).startswith("routes[0].pass_calling_ae: must be true or false")

@@ -11,6 +11,8 @@ from proxy.routing import (
     Rejection,
     admit,
     archives_for,
+    calling_ae_for,
+    forward_calling_ae,
     move_destination,
     too_many_associations,
     upstream_titles,
@@ -114,6 +116,30 @@ def test_upstream_titles_are_what_the_archive_expects(config: Config) -> None:
     assert upstream_titles(config.archives["site_a"], "QR_PROXY") == ("PROXY_AT_A", "PACS_A")
     assert upstream_titles(config.archives["site_b"], "QR_PROXY") == ("QR_PROXY", "PACS_B")
     assert upstream_titles(config.destinations["ws1"], "QR_PROXY") == ("QR_PROXY", "WS1")
+
+
+def test_calling_ae_is_the_workstations_only_on_a_passing_route(config: Config) -> None:
+    site_a = config.archives["site_a"]
+    passing = RouteConfig("PASS", ("site_a",), pass_calling_ae=True)
+    plain = config.route_for("RELAY")
+    assert calling_ae_for(site_a, passing, "WS1 ") == "WS1"
+    assert calling_ae_for(site_a, plain, "WS1") == "PROXY_AT_A"      # the archive's calling_ae
+    assert calling_ae_for(site_a, None, "WS1") == "PROXY_AT_A"       # no route: the proxy's
+    assert calling_ae_for(site_a, passing, "  ") == "PROXY_AT_A"     # nothing to pass
+
+
+def test_forwarded_instances_follow_the_route_they_came_in_on() -> None:
+    data = {"proxy": {"ae_title": "QR_PROXY"},
+            "archives": {"site_a": {"ae_title": "PACS_A", "host": "h", "port": 104}},
+            "routes": [{"called_ae": "PASS", "archives": ["site_a"], "store_to": ["site_a"],
+                        "pass_calling_ae": True},
+                       {"called_ae": "KEEP", "archives": ["site_a"], "store_to": ["site_a"]}]}
+    cfg = parse(data)
+    site_a = cfg.archives["site_a"]
+    assert forward_calling_ae(cfg, site_a, "MODALITY", "PASS ") == "MODALITY"
+    assert forward_calling_ae(cfg, site_a, "MODALITY", "KEEP") == "QR_PROXY"
+    assert forward_calling_ae(cfg, site_a, "MODALITY", "GONE") == "QR_PROXY"  # route removed
+    assert forward_calling_ae(cfg, site_a, "", "") == "QR_PROXY"              # older spool
 
 
 def test_archives_for_each_operation(config: Config) -> None:

@@ -95,6 +95,24 @@ def test_restart_resumes_pending_in_order_and_ids_keep_increasing(tmp_path: Path
 CT_BYTES = Path(CT).read_bytes()
 
 
+def test_sender_titles_in_the_file_meta_survive_a_restart(tmp_path: Path) -> None:
+    # proxy.chunked writes Sending/Receiving AE Title (0002,0017/0018) into what it receives
+    ds = dcmread(CT)
+    ds.file_meta.SendingApplicationEntityTitle = "CT_SCANNER"
+    ds.file_meta.ReceivingApplicationEntityTitle = "RELAY"
+    titled, plain = tmp_path / "titled.dcm", tmp_path / "plain.dcm"
+    ds.save_as(titled, enforce_file_format=True)
+    plain.write_bytes(CT_BYTES)
+    spool = opened(tmp_path / "spool")
+    for source in (titled, plain):
+        temp = received(spool, source.read_bytes())
+        spool.commit(temp, ["a"], META)
+    again = opened(tmp_path / "spool")
+    first, second = (again.meta("a", e) for e in again.head("a", 2))
+    assert (first.sending_ae, first.receiving_ae) == ("CT_SCANNER", "RELAY")
+    assert (second.sending_ae, second.receiving_ae) == ("", "")
+
+
 def test_dead_letter_keeps_the_instance_and_the_reason(tmp_path: Path) -> None:
     spool = opened(tmp_path)
     entry = spool.commit(received(spool, b"data"), ["a"], META)

@@ -183,7 +183,7 @@ class Locator:
                  else StudyRootQueryRetrieveInformationModelFind)
         record = OperationRecord("locate")
         record.protect(query)
-        clients = {name: self.services.archives[name] for name in archives}
+        clients = {name: self.services.archive(name, event) for name in archives}
         holders: dict[str, set[str]] = {name: set() for name in archives}
         failed: list[str] = []
         token = CancelToken()

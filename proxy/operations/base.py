@@ -7,6 +7,8 @@ Rule 2: every request a handler answers produces exactly one
         the handler raises or its generator is abandoned mid-way.
 Rule 3: every request to an archive produces one ``UpstreamCompleted``
         (``Services.upstream_call``).
+Rule 4: a request made for a workstation goes through ``Services.archive(name, event)``,
+        which presents the calling AE title the route chooses (``routing.calling_ae_for``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from proxy.listener import Listener, Session
 from proxy.observe import events as ev
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.rawtext import text_values
+from proxy.routing import calling_ae_for
 from proxy.upstream import ArchiveClient, UpstreamError
 
 # The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
@@ -66,6 +69,16 @@ class Services:
 
     def session(self, event: evt.Event) -> Session:
         return self.listener.session(event.assoc)
+
+    def archive(self, name: str, event: evt.Event | None) -> ArchiveClient:
+        """The client for a request to archive ``name`` made for ``event``'s workstation
+        (Rule 4); without an event, the proxy's own (its ``calling_ae``)."""
+        client = self.archives[name]
+        if event is None:
+            return client
+        session = self.session(event)
+        return client.calling_as(calling_ae_for(self.config.archives[name], session.route,
+                                                session.info.calling_ae))
 
     @contextmanager
     def operation(self, event: evt.Event, name: str) -> Iterator[OperationRecord]:

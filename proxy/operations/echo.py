@@ -34,7 +34,7 @@ def handle(event: evt.Event, services: Services) -> int:
         def echo_one(name: str) -> bool:
             with services.upstream_call(name, "C-ECHO", event) as call:
                 try:
-                    call["status"] = services.archives[name].echo()
+                    call["status"] = services.archive(name, event).echo()
                 except UpstreamError as exc:  # reported on the upstream line, not raised
                     call["error"], call["hint"] = exc.reason, exc.hint
                     return False

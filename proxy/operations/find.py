@@ -62,7 +62,7 @@ def handle(event: evt.Event, services: Services) -> Iterator[Response]:
             yield _failure(record.status, "no route for this association")
             return
         record.archives = list(route.archives)
-        clients = {name: services.archives[name] for name in route.archives}
+        clients = {name: services.archive(name, event) for name in route.archives}
         yield from _relay(event, services, record, clients, identifier, model, level,
                           route.called_ae, merge=route.merge, recheck=route.recheck_matches)
 

@@ -4,7 +4,9 @@ Rule 1: Success (0x0000) is answered only once the instance is on disk for
         every archive that will receive it (``Spool.commit``: fsync, rename,
         fsync directory). The bytes are kept exactly as received, in the
         negotiated transfer syntax — normally the file pynetdicom received the
-        data set into (``proxy.chunked``), moved into the spool, never decoded.
+        data set into (``proxy.chunked``), moved into the spool, never decoded;
+        its file meta names the sending and receiving AE titles (for a route
+        with ``pass_calling_ae``, the forwarder calls as the sender).
 Rule 2: which archives get it: the route's ``store_to``, narrowed per archive by
         ``store_filter`` (``routing.store_targets``). A route without
         ``store_to``, or an instance no archive of the route takes, is refused
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
 
 from proxy.forwarder import publish
 from proxy.observe.logs import PHI_KEYWORDS
@@ -70,7 +73,8 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
     route = session.route
     request = event.request
     meta = InstanceMeta(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
-                        str(event.context.transfer_syntax))
+                        str(event.context.transfer_syntax), session.info.calling_ae,
+                        session.info.called_ae)
     record.details.update(sop_class=meta.sop_class, sop_instance_uid=meta.sop_instance,
                           transfer_syntax=meta.transfer_syntax)
     if route is None or not route.store_to:
@@ -78,7 +82,7 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
         record.hint = (f"route {name} does not store instances: give it store_to = "
                        f"[\"<archive>\"] in rules.toml, or send to a route that has one")
         return Status.NOT_AUTHORIZED, f"{name} does not store instances"
-    encoded = None if received is not None else event.encoded_dataset()
+    encoded = None if received is not None else _part10(event, meta)
     size = received.stat().st_size if received is not None else len(encoded or b"")
     record.details["bytes"] = size
     header = _header(received if received is not None else BytesIO(encoded or b""), record)
@@ -121,6 +125,18 @@ def _received_file(event: evt.Event) -> Path | None:
     """The file pynetdicom received the data set into, if it did (``proxy.chunked``)."""
     location = getattr(event.request, "_dataset_path", None)
     return Path(location) if isinstance(location, (str, Path)) else None
+
+
+def _part10(event: evt.Event, meta: InstanceMeta) -> bytes:
+    """The received data set as a Part-10 file naming its sender, as ``proxy.chunked``
+    writes one (its Rule 5): the spool forwards it on the sender's behalf when asked."""
+    file_meta = event.file_meta
+    if meta.sending_ae:
+        file_meta.SendingApplicationEntityTitle = meta.sending_ae
+    if meta.receiving_ae:
+        file_meta.ReceivingApplicationEntityTitle = meta.receiving_ae
+    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(file_meta),
+                     event.encoded_dataset(include_meta=False)))
 
 
 def _header(source: Path | BytesIO, record: OperationRecord) -> Dataset | None:

@@ -19,7 +19,8 @@ Rule 3b (rescue): instances the archive failed to send that way (it could not co
         the operation line counts them as ``transcoded``.
 Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
         unique in the proxy; the archive's C-STOREs arrive on the listener and are
-        matched back (``inbound``).
+        matched back (``inbound``) by that ID and the Move Originator, the calling AE
+        title of the C-MOVE (the workstation's on a ``pass_calling_ae`` route).
 Rule 5: every request to an archive is one ``upstream`` event (``Services.upstream_call``);
         received instances go to the ``InstanceBuffer``, never to memory.
 """
@@ -93,6 +94,8 @@ class Puller:
         self.phi = phi
         self.on_total = on_total
         self.outcomes: list[Pulled] = []
+        # Chosen now, on the workstation's thread: its calling AE title (pass_calling_ae).
+        self.clients = {name: services.archive(name, event) for name in order}
         self._thread = threading.Thread(target=self._run, name="retrieve-pull", daemon=True)
 
     def start(self) -> None:
@@ -199,18 +202,21 @@ class Puller:
             contexts = [build_context(cx.abstract_syntax, [ExplicitVRLittleEndian,
                                                            ImplicitVRLittleEndian])
                         for cx in StoragePresentationContexts[:limit]]
-        client = self.services.archives[name]
-        return getter.get(client, rescue if rescue is not None else self.identifier, model,
-                          contexts, sopclasses.roles(contexts), self.buffer, name, self.token)
+        return getter.get(self.clients[name], rescue if rescue is not None else self.identifier,
+                          model, contexts, sopclasses.roles(contexts), self.buffer, name,
+                          self.token)
 
     def _move(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
         registry: InboundRegistry = self.services.extras["retrieve_inbound"]
         archive = self.services.config.archives[name]
         held = self.survey.holdings.get(name) or []
-        exp = registry.open(name, archive.ae_title, archive.calling_ae,
+        client = self.clients[name]
+        # The C-MOVE is the workstation's (its calling AE title with pass_calling_ae: the
+        # archive's Move Originator); the Move Destination is always the proxy's own title.
+        exp = registry.open(name, archive.ae_title, client.peer.calling_ae,
                             {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
         try:
-            for code, rsp in self.services.archives[name].move(
+            for code, rsp in client.move(
                     self.identifier, model, self.services.config.proxy.ae_title,
                     exp.message_id, self.token):
                 yield code, getter.counts_of(rsp)

@@ -124,7 +124,7 @@ def _ask(services: Services, event: evt.Event, archives: list[str], query: Datas
                 yield status, ds
             call["details"] = {"purpose": "retrieve survey", "level": level, "matches": count}
 
-    clients = {name: services.archives[name] for name in archives}
+    clients = {name: services.archive(name, event) for name in archives}
     for item in fan_out(clients, ask, token):
         if isinstance(item, Match):
             matches[item.archive].append(item.identifier)
