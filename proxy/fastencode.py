@@ -61,7 +61,7 @@ def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool,
         fast = _command_set(ds, tags) if is_implicit_vr else None
         return fast if fast is not None else _original(ds, is_implicit_vr, True, False)
     if (ds.original_encoding != (is_implicit_vr, True)
-            or ds.original_character_set != ds._character_set):
+            or ds.original_character_set != rawtext.encodings(ds)):
         return _original(ds, is_implicit_vr, is_little_endian, deflated)
     try:
         return _raw_dataset(ds, tags, is_implicit_vr)
