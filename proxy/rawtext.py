@@ -104,10 +104,10 @@ def charset(ds: Dataset) -> str | list[str] | None:
 
 def encodings(ds: Dataset) -> str | list[str]:
     """What ``ds._character_set`` says (the Python codecs of its text), unconverted."""
-    value = charset(ds)
-    if not value:
+    elem = element(ds, _CHARSET)
+    if elem is None:
         return ds._parent_encoding  # type: ignore[no-any-return]
-    return convert_encodings(value)
+    return convert_encodings(elem.value)
 
 
 def set_text(ds: Dataset, tag: BaseTag | int, vr: str, value: str) -> None:

@@ -58,9 +58,7 @@ def handle(event: evt.Event, services: Services) -> Iterator[Response]:
     with services.operation(event, "C-FIND") as record:
         identifier: Dataset = event.identifier
         model = str(event.request.AffectedSOPClassUID)
-        level = "\\".join(text_values(identifier, _LEVEL)).strip().upper()
-        record.details.update(level=level, matches=0, query=query_summary(identifier))
-        record.protect(identifier)
+        level = read_query(record, identifier)
         if route is None:  # cannot happen after admission; answer rather than crash
             record.status = Status.UNABLE_TO_PROCESS
             yield _failure(record.status, "no route for this association")
@@ -162,6 +160,17 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
         return
     comment = record.hint if record.status not in (Status.CANCEL,) else None
     yield _failure(record.status, comment)
+
+
+def read_query(record: OperationRecord, identifier: Dataset) -> str:
+    """Note the workstation's query in ``record`` (level, log summary, PHI); its level.
+
+    Every element is read, none converted (Rule 1): the identifier goes upstream as is.
+    """
+    level = "\\".join(text_values(identifier, _LEVEL)).strip().upper()
+    record.details.update(level=level, matches=0, query=query_summary(identifier))
+    record.protect(identifier)
+    return level
 
 
 def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str) -> Response:
