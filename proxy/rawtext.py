@@ -18,7 +18,9 @@ Rule 1: read, never convert: ``text_values`` reads an element with ``Dataset.get
         encoders do not give back the bytes they decoded: ISO_IR 13 PatientName
         ``Test-\x84D\x83\xa6\xc8`` (decoded as Shift JIS) is written ``Test-???``.
 Rule 2: the values read are what ``str(value)`` of pydicom's converted element gives,
-        one per value multiplicity, with trailing padding (space, NUL) removed.
+        one per value multiplicity, with trailing padding (space, NUL) removed. A text
+        value pydicom fails to convert (it cannot read PN ``^`` in ISO 2022 IR 87) is
+        decoded with pydicom's ``decode_bytes``, or as Latin-1: read, never a failure.
 Rule 2b: ``charset`` and ``encodings`` read the Specific Character Set the same way
         (pydicom's ``Dataset._character_set`` converts it in place).
 Rule 3: write raw: ``set_text`` stores a value as a RawDataElement in the dataset's own
@@ -30,7 +32,7 @@ from __future__ import annotations
 from typing import Final
 
 from pydicom import config
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import convert_encodings, decode_bytes, default_encoding
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -68,6 +70,10 @@ def text_values(ds: Dataset, tag: BaseTag | int) -> list[str]:
             parts = [text] if vr in _SINGLE_VRS else text.split("\\")
             return [v for p in parts if (v := p.rstrip(" \0"))]
         elem = element(ds, tag)     # pydicom's conversion, not stored in ds
+        if elem is not None and elem.VR == "UN" and vr in _TEXT_VRS and isinstance(raw, bytes):
+            text = _decoded(raw, ds)  # pydicom could not read it: the text, as best we can
+            parts = [text] if vr in _SINGLE_VRS else text.split("\\")
+            return [v for p in parts if (v := p.rstrip(" \0"))]
     return _converted(elem) if elem is not None else []
 
 
@@ -76,7 +82,9 @@ def element(ds: Dataset, tag: BaseTag | int) -> DataElement | None:
 
     A raw element is converted into a new DataElement with the dataset's character set
     (``ds`` keeps the RawDataElement, bytes and all); anything else is returned as it is.
-    Unlike ``ds[tag]``, an ambiguous VR (``US or SS``) is not resolved.
+    Unlike ``ds[tag]``, an ambiguous VR (``US or SS``) is not resolved, and a value pydicom
+    fails to convert comes back as its bytes with VR UN instead of raising: the relay
+    never fails for a value it only reads.
     """
     elem = ds.get_item(tag)
     if not isinstance(elem, RawDataElement):
@@ -89,8 +97,11 @@ def element(ds: Dataset, tag: BaseTag | int) -> DataElement | None:
         elem = elem._replace(VR=_private_vr(ds, tag))
     charset_of = default_encoding if tag == _CHARSET else (ds.original_character_set
                                                            or encodings(ds))
-    # ds=None: pydicom reads a private creator through ds.get, converting it in place.
-    return convert_raw_data_element(elem, encoding=charset_of, ds=None)
+    try:
+        # ds=None: pydicom reads a private creator through ds.get, converting it in place.
+        return convert_raw_data_element(elem, encoding=charset_of, ds=None)
+    except Exception:   # pydicom cannot read it (its ISO 2022 IR 87 PN ``^``): the bytes, UN
+        return DataElement(tag, "UN", elem.value)
 
 
 def charset(ds: Dataset) -> str | list[str] | None:
@@ -119,6 +130,14 @@ def set_text(ds: Dataset, tag: BaseTag | int, vr: str, value: str) -> None:
     ds[tag] = RawDataElement(Tag(tag), vr, len(data), data, 0,
                              True if implicit is None else implicit,
                              True if little is None else little)
+
+
+def _decoded(raw: bytes, ds: Dataset) -> str:
+    codecs = encodings(ds)
+    try:
+        return decode_bytes(raw, [codecs] if isinstance(codecs, str) else codecs, {0x5C})
+    except Exception:
+        return raw.decode(default_encoding, "replace")
 
 
 def _converted(elem: DataElement) -> list[str]:

@@ -56,11 +56,14 @@ SINGLE_BYTE = {
 }
 MULTI_BYTE_NAMES = ["Yamada^Tarou=山田^太郎=やまだ^たろう", "Hong^Gildong=洪^吉洞=홍^길동",
                     "Wang^XiaoDong=王^小東=", "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎", "Müller^Jürgen", "ДΘﾈ"]
-MULTI_BYTE = [b"ISO_IR 192", b"GB18030", b"GBK", b"\\ISO 2022 IR 87", b"\\ISO 2022 IR 149",
-              b"\\ISO 2022 IR 58", b"ISO 2022 IR 13\\ISO 2022 IR 87",
+MULTI_BYTE = [b"ISO_IR 192", b"GB18030", b"GBK", b"\\ISO 2022 IR 87", b"ISO 2022 IR 87",
+              b"\\ISO 2022 IR 149", b"\\ISO 2022 IR 58", b"ISO 2022 IR 13\\ISO 2022 IR 87",
               b"ISO 2022 IR 6\\ISO 2022 IR 87\\ISO 2022 IR 159", b"ISO 2022 IR 100"]
 # The defect of issue #10: Orthanc's "Japanese" answer, decoded as Shift JIS by pydicom.
 DEFECT_NAME = b"Test-\x84D\x83\xa6\xc8"
+# Names of empty components, as Orthanc writes them (pydicom cannot read ``^`` in ISO 2022
+# IR 87: its PN converter raises IndexError).
+EMPTY_NAMES = [b"^ ", b"=^", b"^^^^"]
 
 
 def _alphabet(codec: str) -> list[str]:
@@ -97,7 +100,7 @@ def text_value(draw: st.DrawFn, charset: bytes) -> bytes:
         return draw(st.binary(max_size=24))
     codec = SINGLE_BYTE.get(charset)
     if kind == "sample" or codec is None:
-        pool = _multi_byte_samples(charset) if codec is None else [DEFECT_NAME]
+        pool = (_multi_byte_samples(charset) if codec is None else [DEFECT_NAME]) + EMPTY_NAMES
         return draw(st.sampled_from(pool))
     text = draw(st.text(alphabet=_alphabet(codec), max_size=16))
     parts = [text.encode(codec)]
@@ -318,3 +321,20 @@ def test_every_charset_of_the_issue_is_generated() -> None:
                  b"ISO_IR 148", b"ISO_IR 166", b"ISO_IR 192", b"ISO 2022 IR 87",
                  b"ISO 2022 IR 149", b"ISO 2022 IR 58", b"GB18030"):
         assert term in names, term
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_a_name_pydicom_cannot_read_is_relayed_and_its_phi_kept(implicit: bool) -> None:
+    """Orthanc "JapaneseKanji" answers empty names as ``^`` in ISO 2022 IR 87; pydicom's PN
+    converter raises IndexError on it. The relay reads it anyway (rawtext Rule 2)."""
+    elems = [Elem(0x00080005, "CS", b"ISO 2022 IR 87"), Elem(0x00080052, "CS", b"STUDY "),
+             Elem(0x00080090, "PN", b"^ "), Elem(0x00100010, "PN", b"^ "),
+             Elem(0x00100020, "LO", b"ID\x1b$B;3\x1b(B "), Elem(RETRIEVE_AE, "AE", b"ORTHANC ")]
+    data = wire(elems, implicit)
+    query = received(wire(elems[:2], implicit), implicit)
+    assert _quiet(lambda: relay_match(query, data, implicit)) == wire(elems, implicit, PROXY_AE)
+    record = OperationRecord("C-FIND")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record.protect(received(data, implicit))
+    assert record.phi == ["ID山", "^"]                  # Patient ID, Patient's Name
