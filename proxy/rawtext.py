@@ -16,7 +16,7 @@ Rule 1: read, never convert: ``text_values`` reads an element with ``Dataset.get
         converted element and leaves the dataset's raw element (its bytes) in place.
         Storing a conversion would make pynetdicom re-encode the value, and pydicom's
         encoders do not give back the bytes they decoded: ISO_IR 13 PatientName
-        ``Test-\x84D\x83\xa6\xc8`` (decoded as Shift JIS) is written ``Test-???``.
+        ``Test-\\x84D\\x83\\xa6\\xc8`` (decoded as Shift JIS) is written ``Test-???``.
 Rule 2: the values read are what ``str(value)`` of pydicom's converted element gives,
         one per value multiplicity, with trailing padding (space, NUL) removed. A text
         value pydicom fails to convert (it cannot read PN ``^`` in ISO 2022 IR 87) is
@@ -118,7 +118,10 @@ def encodings(ds: Dataset) -> str | list[str]:
     elem = element(ds, _CHARSET)
     if elem is None:
         return ds._parent_encoding  # type: ignore[no-any-return]
-    return convert_encodings(elem.value)
+    value = elem.value
+    if isinstance(value, bytes):    # unreadable (rawtext.element gave UN): as pydicom would
+        value = value.decode(default_encoding, "replace").strip(" \0")
+    return convert_encodings(value)
 
 
 def set_text(ds: Dataset, tag: BaseTag | int, vr: str, value: str) -> None:
