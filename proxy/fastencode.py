@@ -17,6 +17,10 @@ Rule 2: simple shapes: a raw element kept in its own little-endian encoding (not
         Pixel Data of undefined length, not a 16-bit-length VR over 64 KiB), and
         group 0000 elements of the command-set VRs (UL, US, UI, AE, SH, LO, CS)
         written in Implicit VR Little Endian.
+Rule 2b: the Specific Character Set is read without converting it (``proxy.rawtext``):
+        pydicom's ``Dataset._character_set`` converts it in place, and a converted
+        element is re-encoded (``ISO_IR 100\\0`` would go out as ``ISO_IR 100``). So a
+        raw Specific Character Set keeps its bytes where ``dsutils.encode`` rewrites them.
 Rule 3: installed once into the two pynetdicom modules that call ``encode``
         (``dimse_messages``, ``service_class``); pinned to pynetdicom 3.0 as
         ``proxy.wire`` is.
@@ -33,6 +37,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pynetdicom import dimse_messages, dsutils, service_class
+
+from proxy import rawtext
 
 _original: Callable[..., bytes | None] = dsutils.encode
 _IMPLICIT = struct.Struct("<HHL")
@@ -55,7 +61,7 @@ def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool,
         fast = _command_set(ds, tags) if is_implicit_vr else None
         return fast if fast is not None else _original(ds, is_implicit_vr, True, False)
     if (ds.original_encoding != (is_implicit_vr, True)
-            or ds.original_character_set != ds._character_set):
+            or ds.original_character_set != rawtext.encodings(ds)):
         return _original(ds, is_implicit_vr, is_little_endian, deflated)
     try:
         return _raw_dataset(ds, tags, is_implicit_vr)
@@ -66,7 +72,7 @@ def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool,
 def _raw_dataset(ds: Dataset, tags: list[Any], implicit: bool) -> bytes:
     out: list[bytes] = []
     fp: DicomBytesIO | None = None
-    charset = ds.get("SpecificCharacterSet", "iso8859")
+    charset = rawtext.charset(ds) or "iso8859"
     for tag in tags:
         if tag & 0xFFFF == 0 and tag >> 16 > 6:      # retired group lengths: not written
             continue

@@ -61,6 +61,8 @@ Rule 9 (C.2.2.2.6): a sequence key holds one item; the candidate matches when so
 Rule 10: a key value the proxy cannot read (a malformed date, a non-numeric IS) never drops an
         answer: the archive judged it. A candidate value the proxy cannot read matches only
         a key value equal to it character for character.
+Rule 11: neither identifier is changed: elements are decoded apart (``proxy.rawtext.element``),
+        so a match that passes is relayed as the archive's bytes.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
+
+from proxy.rawtext import element
 
 __all__ = ["NEVER_MATCHED", "is_matching_key", "matches"]
 
@@ -172,10 +176,10 @@ def _matches(query: Dataset, candidate: Dataset, opts: _Options) -> bool:
             if not verdict:
                 return False
             done.update((BaseTag(date_key.tag), BaseTag(time_key.tag)))
-    for key in query:
+    for key in _elements(query):
         if key.tag in done or not is_matching_key(key):
             continue
-        found = candidate.get(key.tag)
+        found = element(candidate, key.tag)
         if not _element_matches(key, found, opts):
             return False
     return True
@@ -183,7 +187,7 @@ def _matches(query: Dataset, candidate: Dataset, opts: _Options) -> bool:
 
 def _is_universal(elem: DataElement) -> bool:
     if elem.VR == "SQ":
-        return all(not any(is_matching_key(k) for k in item) for item in elem.value)
+        return all(not any(is_matching_key(k) for k in _elements(item)) for item in elem.value)
     for value in _values(elem):
         if value == "" or (elem.VR in _DATETIME_VRS and value == "-"):
             continue
@@ -410,13 +414,14 @@ def _overlaps(key: _Span, found: _Span) -> bool:
 
 def _datetime_pairs(query: Dataset) -> Iterator[tuple[DataElement, DataElement]]:
     """DA keys and their TM partners (``XDate``/``XTime``) holding the same form of range."""
-    for key in query:
+    for key in _elements(query):
         if key.VR != "DA" or not key.keyword.endswith("Date"):
             continue
         partner = tag_for_keyword(key.keyword[:-4] + "Time")
         if partner is None or partner not in query:
             continue
-        time_key = query[partner]
+        time_key = element(query, partner)
+        assert time_key is not None
         form = _range_form(key)
         if time_key.VR == "TM" and form is not None and form == _range_form(time_key):
             yield key, time_key
@@ -461,6 +466,17 @@ def _combined_matches(date_key: DataElement, time_key: DataElement, candidate: D
 
 
 def _found_texts(candidate: Dataset, tag: BaseTag) -> list[str]:
-    if tag not in candidate:
+    found = element(candidate, tag)
+    if found is None:
         return []
-    return [v for v in _values(candidate[tag]) if isinstance(v, str) and v]
+    return [v for v in _values(found) if isinstance(v, str) and v]
+
+
+def _elements(ds: Dataset) -> Iterator[DataElement]:
+    """``iter(ds)`` without converting ``ds``'s elements in place: a candidate is relayed
+    as the archive's bytes (``proxy.rawtext``), the query goes upstream as the
+    workstation's."""
+    for tag in list(ds.keys()):
+        elem = element(ds, tag)
+        if elem is not None:
+            yield elem

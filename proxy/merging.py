@@ -23,9 +23,12 @@ Rule 4: complete mode (merge): the first answer wins. Each attribute it lacks, o
         (two archives' private creator blocks need not agree), and sequences item by item
         (a non-empty sequence in the first answer wins whole; one whose items are all empty
         counts as empty).
-Rule 5: character sets: values are filled decoded (Python ``str``). When the answers declare
-        different Specific Character Sets and a text value is taken from the later one, the
-        result declares ISO_IR 192 (UTF-8, PS3.3 C.12.1.1.2), which encodes both.
+Rule 5: character sets: a value taken from an answer with the same Specific Character Set
+        keeps its bytes. When the answers declare different Specific Character Sets and a
+        text value is taken from the later one, the result declares ISO_IR 192 (UTF-8,
+        PS3.3 C.12.1.1.2), which encodes both: every text value of that result is then
+        re-encoded in UTF-8 (decoded with its own answer's character set first). Nothing
+        else is decoded or re-encoded: elements the merge leaves alone pass as their bytes.
 Rule 6: inputs are never mutated: every Dataset returned is new — except with
         ``merge_all(..., consume=True)``, where the caller gives its answers away (the C-FIND
         handler does: nothing else holds them) and they are merged in place, uncopied, some
@@ -44,7 +47,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from proxy.rawtext import text_values
+from proxy.rawtext import element, text_values
 
 __all__ = [
     "COUNT_KEYWORDS", "LEVEL_UNIQUE_KEYS", "UNION_KEYWORDS", "Deduplicator",
@@ -131,33 +134,57 @@ def merge(a: Dataset, b: Dataset) -> Dataset:
 
 
 def _merge_into(result: Dataset, later: Dataset) -> Dataset:
-    """Rules 4-5, merging ``later`` into ``result``; both are the caller's to change."""
+    """Rules 4-5, merging ``later`` into ``result``; both are the caller's to change.
+
+    Elements are read without converting them in place (``proxy.rawtext.element``): what
+    ``result`` keeps is relayed as its archive's bytes. Only what the merge changes is
+    written: a value taken from ``later`` (its bytes when the two agree on character
+    set and VR encoding), a count or a union; and with mixed character sets, once a text
+    value is taken, the whole of ``result`` (it is then re-encoded in UTF-8, rule 5).
+    """
     mixed_charsets = _charset(result) != _charset(later)
-    if mixed_charsets:             # decode with each answer's own charset before mixing
-        result.decode()
-        later.decode()
-    took_text = False
+    decoded = False
     for tag in list(later.keys()):
         tag = BaseTag(tag)
         if tag.is_private or tag in _NOT_MERGED:
             continue
         if tag not in _COMBINED_TAGS and tag in result and _known_filled(result.get_item(tag)):
             continue               # ours stands: no need to decode theirs
-        theirs = later[tag]
-        if _is_blank(theirs):
+        theirs = element(later, tag)
+        if theirs is None or _is_blank(theirs):
             continue
-        mine = result.get(tag)
+        mine = element(result, tag)
         if mine is not None and not _is_blank(mine):
-            if theirs.keyword in COUNT_KEYWORDS:
-                _take_larger(mine, theirs)
-            elif theirs.keyword in UNION_KEYWORDS:
-                _take_union(mine, theirs)
+            keyword = theirs.keyword
+            if ((keyword in COUNT_KEYWORDS and _take_larger(mine, theirs))
+                    or (keyword in UNION_KEYWORDS and _take_union(mine, theirs))):
+                result[tag] = mine          # changed: written from its value (rule 4)
             continue
-        result[tag] = theirs
-        took_text = took_text or theirs.VR in _TEXT_VRS
-    if mixed_charsets and took_text:
-        result.SpecificCharacterSet = _UTF8
+        if mixed_charsets and theirs.VR in _TEXT_VRS:
+            if not decoded:        # rule 5: every text of result now goes out in UTF-8
+                result.decode()
+                result.SpecificCharacterSet = _UTF8
+                decoded = True
+            if theirs.VR == "SQ":  # items decoded with later's character set
+                for item in theirs.value:
+                    item.decode()
+            result[tag] = theirs
+        else:
+            result[tag] = _as_raw(later.get_item(tag), result) or theirs
     return result
+
+
+def _as_raw(elem: DataElement | RawDataElement, result: Dataset) -> RawDataElement | None:
+    """``elem``'s bytes as an element of ``result``'s VR encoding, when they are the same
+    bytes there: a raw, little endian, non-sequence element with a known VR."""
+    if not isinstance(elem, RawDataElement) or not isinstance(elem.value, bytes):
+        return None
+    implicit, little = result.original_encoding
+    vr = elem.VR or _dictionary_vr(elem.tag)
+    if vr in ("SQ", "UN") or len(vr) != 2 or not elem.is_little_endian or little is False:
+        return None
+    return elem._replace(VR=vr, is_implicit_VR=implicit if implicit is not None else True,
+                         is_little_endian=True)
 
 
 def merge_all(level: str, identifiers: Iterable[Dataset], *,
@@ -227,23 +254,26 @@ def _is_blank(elem: DataElement) -> bool:
     return elem.is_empty or not any(_values(elem))
 
 
-def _take_larger(mine: DataElement, theirs: DataElement) -> None:
+def _take_larger(mine: DataElement, theirs: DataElement) -> bool:
     try:
         if int(float(_values(theirs)[0])) > int(float(_values(mine)[0])):
             mine.value = theirs.value
+            return True
     except (ValueError, IndexError):
         pass                        # an unreadable count never replaces ours
+    return False
 
 
-def _take_union(mine: DataElement, theirs: DataElement) -> None:
+def _take_union(mine: DataElement, theirs: DataElement) -> bool:
     values = [v for v in _values(mine) if v]
     extra = [v for v in _values(theirs) if v and v not in values]
     extra = list(dict.fromkeys(extra))
     if extra:
         mine.value = values + extra
+    return bool(extra)
 
 
 def _charset(identifier: Dataset) -> tuple[str, ...]:
-    elem = identifier.get(_CHARSET)
+    elem = element(identifier, _CHARSET)
     values = tuple(v for v in _values(elem) if v) if elem is not None else ()
     return values or _DEFAULT_CHARSET

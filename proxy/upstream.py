@@ -41,13 +41,14 @@ from pynetdicom import (
     Association,
     evt,
 )
-from pynetdicom.dsutils import decode, encode
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
+from proxy.fastencode import encode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING
 from proxy.ul import commands, pdu
@@ -312,7 +313,7 @@ class ArchiveClient:
         with self.link(query_contexts(model, syntax)) as link:
             cx = self.link_context(link, model)
             implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
-            query = encode(identifier, implicit, True)
+            query = encode(identifier, implicit, True)   # raw elements: their own bytes
             if query is None:
                 raise UpstreamError(self.peer.name, "the C-FIND identifier could not be encoded")
             last = time.monotonic()

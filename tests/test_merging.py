@@ -13,6 +13,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
+from proxy import fastencode
 from proxy.merging import (
     COUNT_KEYWORDS,
     LEVEL_UNIQUE_KEYS,
@@ -345,3 +346,32 @@ def test_merge_all_consuming_gives_the_same_answer_without_copies() -> None:
     assert merged[0] is given[0] and merged[1] is given[1]
     assert merged[0].NumberOfStudyRelatedInstances == 7
 
+
+
+def _answer(implicit: bool, **raw: bytes) -> Dataset:
+    """An answer as pynetdicom hands it over: ISO_IR 13 text given as its bytes."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 13"
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = "1.2.3"
+    for keyword, value in raw.items():
+        tag = tag_for_keyword(keyword)
+        assert tag is not None
+        ds.add_new(tag, "PN" if keyword.endswith("Name") else "LO", value)
+    data = encode(ds, implicit, True)
+    assert data is not None
+    return decode(BytesIO(data), implicit, True)
+
+
+@pytest.mark.parametrize("later_implicit", [False, True])
+def test_a_value_filled_from_the_same_charset_keeps_its_bytes(later_implicit: bool) -> None:
+    """Rule 5: no decoding, no re-encoding: ISO_IR 13 bytes pydicom could not write back."""
+    name, desc = b"Test-\x84D\x83\xa6\xc8", b"\x83\xa2\x83\xc7 "
+    first = _answer(False, PatientName=b"", StudyDescription=desc)
+    later = _answer(later_implicit, PatientName=name + b" ", StudyDescription=b"other ")
+    pn = tag_for_keyword("PatientName")
+    theirs = later.get_item(pn).value
+    [merged] = merge_all("STUDY", [first, later], consume=True)
+    expected = _answer(False, PatientName=name + b" ", StudyDescription=desc)
+    assert fastencode.encode(merged, False, True) == fastencode.encode(expected, False, True)
+    assert merged.get_item(pn).value == theirs and theirs.startswith(name)

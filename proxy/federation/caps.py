@@ -58,7 +58,7 @@ from proxy.federation.ranges import (
     time_range,
     time_span,
 )
-from proxy.rawtext import text_values
+from proxy.rawtext import element, text_values
 from proxy.status import Status
 
 __all__ = [
@@ -290,7 +290,7 @@ def _set(ds: Dataset, keyword: str, value: str | list[str]) -> None:
 
 
 def _list(ds: Dataset, keyword: str) -> list[str]:
-    elem = ds.get(Tag(keyword))
+    elem = element(ds, Tag(keyword))     # the query goes upstream as its bytes: no conversion
     if elem is None or elem.is_empty:
         return []
     values = list(elem.value) if elem.VM > 1 else [elem.value]
@@ -299,7 +299,7 @@ def _list(ds: Dataset, keyword: str) -> list[str]:
 
 def _single(ds: Dataset, keyword: str) -> str | None:
     """The key's one value ("" when absent or empty); None when it holds several."""
-    elem = ds.get(Tag(keyword))
+    elem = element(ds, Tag(keyword))
     if elem is None or elem.is_empty:
         return ""
     if elem.VM > 1:

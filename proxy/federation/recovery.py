@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.tag import Tag
 from pynetdicom import evt
 
 from proxy.cancel import CancelToken
@@ -40,6 +41,7 @@ from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
 from proxy.operations.base import OperationRecord, Services
 from proxy.operations.find import workstation_syntax
+from proxy.rawtext import text_values
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 
@@ -156,7 +158,7 @@ class Recovery:
         uids: dict[str, None] = {}
         start = caps.Piece(drill.parent_query, f"{drill.parent_level} enumeration")
         for _status, ds in self._walk(start, drill.parent_level, None):
-            value = str(ds.get(drill.key, "") or "").strip(" \0")
+            value = "\\".join(text_values(ds, Tag(drill.key))).strip(" \0")
             if value:
                 uids[value] = None
         return list(uids)
@@ -218,7 +220,8 @@ def make_finder(services: Services) -> Finder:
 
     def find_query(client: ArchiveClient, identifier: Dataset, model: str,
                    token: CancelToken, event: evt.Event) -> Iterator[Response]:
-        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        # Read, not converted: the identifier goes upstream as the workstation's bytes.
+        level = "\\".join(text_values(identifier, Tag("QueryRetrieveLevel"))).strip().upper()
         return Recovery(services, event, client, model, level, token).run(identifier)
 
     return find_query

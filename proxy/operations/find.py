@@ -1,7 +1,10 @@
 """C-FIND: relay a query to the route's archive(s) and stream the matches back.
 
 Rule 1: the workstation's identifier goes upstream unchanged (match and return
-        keys); each match is sent downstream as soon as it arrives.
+        keys); each match is sent downstream as soon as it arrives. Both pass as the
+        bytes they came in: the proxy reads elements with ``proxy.rawtext`` (never
+        converting one in place, which would make pynetdicom re-encode it) and writes
+        them with ``proxy.fastencode`` — whatever the Specific Character Set.
 Rule 2: one archive: its final status is passed back as is. Several archives
         (federation): matches are de-duplicated by the level's unique key, and
         the final status is chosen by ``final_status`` (documented there).
@@ -40,12 +43,13 @@ from proxy.matching import matches
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.operations.base import OperationRecord, Services
-from proxy.rawtext import set_text
+from proxy.rawtext import element, set_text, text_values
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, UpstreamError
 
 Response = tuple[int | Dataset, Dataset | None]
 _RETRIEVE_AE = Tag(0x00080054)
+_LEVEL = Tag(0x00080052)
 
 
 def handle(event: evt.Event, services: Services) -> Iterator[Response]:
@@ -54,9 +58,7 @@ def handle(event: evt.Event, services: Services) -> Iterator[Response]:
     with services.operation(event, "C-FIND") as record:
         identifier: Dataset = event.identifier
         model = str(event.request.AffectedSOPClassUID)
-        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-        record.details.update(level=level, matches=0, query=query_summary(identifier))
-        record.protect(identifier)
+        level = read_query(record, identifier)
         if route is None:  # cannot happen after admission; answer rather than crash
             record.status = Status.UNABLE_TO_PROCESS
             yield _failure(record.status, "no route for this association")
@@ -160,6 +162,17 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     yield _failure(record.status, comment)
 
 
+def read_query(record: OperationRecord, identifier: Dataset) -> str:
+    """Note the workstation's query in ``record`` (level, log summary, PHI); its level.
+
+    Every element is read, none converted (Rule 1): the identifier goes upstream as is.
+    """
+    level = "\\".join(text_values(identifier, _LEVEL)).strip().upper()
+    record.details.update(level=level, matches=0, query=query_summary(identifier))
+    record.protect(identifier)
+    return level
+
+
 def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str) -> Response:
     if _RETRIEVE_AE in ds:          # raw bytes: the SCP copies them, no value conversion
         set_text(ds, _RETRIEVE_AE, "AE", retrieve_ae)
@@ -240,10 +253,16 @@ def _failure(status: int, comment: str | None) -> Response:
 
 
 def query_summary(identifier: Dataset) -> dict[str, str]:
-    """The non-empty matching keys of a query, for the log (PHI scrubbed there)."""
+    """The non-empty matching keys of a query, for the log (PHI scrubbed there).
+
+    Each element is decoded apart (``rawtext.element``): the identifier itself goes
+    upstream as the workstation's bytes (Rule 1).
+    """
     out: dict[str, str] = {}
-    for elem in identifier:
-        if elem.VR == "SQ" or elem.keyword in ("", "QueryRetrieveLevel", "SpecificCharacterSet"):
+    for tag in list(identifier.keys()):
+        elem = element(identifier, tag)
+        if elem is None or elem.VR == "SQ" or elem.keyword in (
+                "", "QueryRetrieveLevel", "SpecificCharacterSet"):
             continue
         value = str(elem.value) if elem.value not in (None, "") else ""
         if value:

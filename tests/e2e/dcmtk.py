@@ -111,6 +111,7 @@ class DcmtkResult:
 @dataclass
 class FindResult(DcmtkResult):
     identifiers: list[Dataset] = field(default_factory=list)
+    files: list[bytes] = field(default_factory=list)   # each response file, as written
 
     def values(self, keyword: str) -> list[str]:
         """The value of ``keyword`` in each identifier, as str ("" when absent)."""
@@ -206,7 +207,9 @@ def findscu(
         if cancel_after is not None:
             args += ["--cancel", str(cancel_after)]
         result = _run(FindResult, "findscu", [*args, host, str(port)], timeout, "C-FIND RSP")
-        result.identifiers = [dcmread(path) for path in sorted(Path(out).glob("rsp*.dcm"))]
+        paths = sorted(Path(out).glob("rsp*.dcm"))
+        result.identifiers = [dcmread(path) for path in paths]
+        result.files = [path.read_bytes() for path in paths]
     return result
 
 
