@@ -32,10 +32,10 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context
 
 from proxy.cancel import CancelToken
+from proxy.fastencode import encode
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.reception import Reception
 from proxy.status import PENDING, Status
