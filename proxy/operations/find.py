@@ -2,9 +2,12 @@
 
 Rule 1: the workstation's identifier goes upstream unchanged (match and return
         keys); each match is sent downstream as soon as it arrives.
-Rule 2: one archive: its final status is passed back as is. Several archives
-        (federation): matches are de-duplicated by the level's unique key, and
-        the final status is chosen by ``final_status`` (documented there).
+Rule 2: one archive: every match and its final status are passed back as is —
+        a route never drops what its archive returned. Several archives
+        (federation): matches are de-duplicated by the level's unique key across
+        archives only (``proxy.merging`` rules 1-1b: an archive's own answers are
+        never duplicates of each other), and the final status is chosen by
+        ``final_status`` (documented there).
         Route ``merge = "stream"`` (default): the first answer for an entity is
         sent at once, later ones dropped and counted (``duplicates``).
         ``merge = "complete"``: every answer is collected, then merged per entity
@@ -75,6 +78,7 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     complete = federated and merge == "complete" and level in LEVEL_UNIQUE_KEYS
     dedupe = Deduplicator(level) if federated and not complete else None
     collected: list[Dataset] = []
+    origins: list[str] = []           # the archive of each collected answer
     if recheck:
         record.details["recheck_dropped"] = 0
     outcomes: list[Outcome] = []
@@ -116,8 +120,9 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                 remember(item.archive, level, ds)
             if complete:
                 collected.append(ds)
+                origins.append(item.archive)
                 continue
-            if dedupe is not None and not dedupe.offer(ds):
+            if dedupe is not None and not dedupe.offer(ds, item.archive):
                 continue
             if not services.listener.wait_for_room(event.assoc, watch_cancel):
                 lost = True
@@ -125,7 +130,8 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
             yield _deliver(record, ds, item.status, retrieve_ae)
         lost = lost or not link_up(event.assoc)
         if complete and not token.is_set:
-            merged = merge_all(level, collected, consume=True)  # ours to give away
+            merged = merge_all(level, collected, consume=True,  # ours to give away
+                               sources=origins)
             record.details["duplicates"] = len(collected) - len(merged)
             for ds in merged:
                 watch_cancel()
