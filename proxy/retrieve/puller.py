@@ -13,7 +13,10 @@ Rule 3 (``retrieve = "get"``): C-GET over the proxy's own association, with the 
         the instances' bytes are the bulk of the proxy's work.
 Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
         unique in the proxy; the archive's C-STOREs arrive on the listener and are
-        matched back (``inbound``).
+        matched back (``inbound``). Exactly one C-MOVE per archive pulled from (an
+        archive makes one job of each); after its final response the instances it
+        reports Completed/Warning are waited for up to the archive's ``timeout``
+        (an archive running C-MOVEs as jobs answers before it sends, inbound Rule 4).
 Rule 5: every request to an archive is one ``upstream`` event (``Services.upstream_call``);
         received instances go to the ``InstanceBuffer``, never to memory.
 """
@@ -169,10 +172,19 @@ class Puller:
         exp = registry.open(name, archive.ae_title, archive.calling_ae,
                             {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
         try:
+            final: tuple[int, Counts] | None = None
             for code, rsp in self.services.archives[name].move(
                     self.identifier, model, self.services.config.proxy.ae_title,
                     exp.message_id, self.token):
-                yield code, getter.counts_of(rsp)
+                if code in PENDING:
+                    yield code, getter.counts_of(rsp)
+                else:
+                    final = code, getter.counts_of(rsp)
+            if final is not None:        # the association is released; now the stragglers
+                sent = (final[1].get("NumberOfCompletedSuboperations", 0)
+                        + final[1].get("NumberOfWarningSuboperations", 0))
+                registry.wait_for(exp, sent, archive.timeout, lambda: self.token.is_set)
+                yield final
         finally:
             registry.close(exp)
 

@@ -90,8 +90,9 @@ def compare_moves(archive: OrthancArchive, proxy: ProxyProcess, ports: dict[str,
     with StoreSCP(DEST, tmp_path / "direct", port=ports["direct"]) as direct_scp:
         direct = movescu(LOOPBACK, archive.dicom_port, archive.aet, WORKSTATION,
                          move_destination=DEST, level=level, keys=keys)
+        direct_scp.wait_for_files(direct.completed or 0)      # an archive running jobs
         direct_got = contents(direct_scp.received_datasets())
-    before = upstream_moves(archive)
+    before, jobs = upstream_moves(archive), len(archive.rest("GET", "/jobs"))
     with StoreSCP(DEST, tmp_path / "proxied", port=ports["via_proxy"]) as proxied_scp:
         proxied = movescu(LOOPBACK, proxy.port, ROUTE, WORKSTATION, move_destination=DEST,
                           level=level, keys=keys)
@@ -102,6 +103,8 @@ def compare_moves(archive: OrthancArchive, proxy: ProxyProcess, ports: dict[str,
     assert proxied_got == direct_got
     if proxy.rules["archives"]["pacs"]["retrieve"] == "move":
         assert upstream_moves(archive) - before == 1      # one archive job per C-MOVE
+        if not archive.config()["SynchronousCMove"]:
+            assert len(archive.rest("GET", "/jobs")) - jobs == 1
     return direct
 
 
@@ -143,6 +146,28 @@ def test_a_uid_move_at_each_level_equals_the_archives_own(
     proxy = start_proxy(proxy_factory, archive, ports, mode)
     direct = compare_moves(archive, proxy, ports, tmp_path, level, level_keys(studies, level))
     assert direct.completed == {"STUDY": 4, "SERIES": 2, "IMAGE": 1}[level]
+
+
+@pytest.fixture(scope="module")
+def job_archive(studies: SyntheticSet, ports: dict[str, int]) -> Iterator[OrthancArchive]:
+    """Orthanc running each C-MOVE as a job: it answers before its C-STOREs are sent."""
+    with OrthancArchive("JOBPACS", known_modalities={
+            "proxy": ("QR_PROXY", LOOPBACK, ports["proxy"]),
+            "ws": (DEST, LOOPBACK, ports["direct"])},
+            extra_config={"SynchronousCMove": False}) as pacs:
+        pacs.upload(studies.paths)
+        yield pacs
+
+
+@pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
+def test_move_mode_takes_what_an_archive_running_jobs_sends_after_its_answer(
+        job_archive: OrthancArchive, studies: SyntheticSet, ports: dict[str, int],
+        proxy_factory: ProxyFactory, tmp_path: Path, level: str) -> None:
+    """Defect 4: Completed = 1 from the archive, nothing matched, 0xA702 — no more."""
+    proxy = start_proxy(proxy_factory, job_archive, ports, "move")
+    compare_moves(job_archive, proxy, ports, tmp_path, level, level_keys(studies, level))
+    inbound = [e for e in proxy.operations("C-STORE") if e.get("inbound")]
+    assert inbound and all(e["status"] == "0x0000" for e in inbound)
 
 
 # -- defect 5: an identifier without a level, selecting by Accession Number ----------------
