@@ -229,3 +229,19 @@ def test_move_mode_retrieves_in_a_row_each_equal_the_archives_own(
     for k, level in enumerate(["STUDY", "SERIES", "IMAGE", "SERIES", "STUDY"]):
         compare_moves(archive, proxy, ports, tmp_path / str(k), level,
                       level_keys(studies, level))
+
+
+def test_an_identifier_that_selects_nothing_is_refused_and_says_why(
+        archive: OrthancArchive, ports: dict[str, int], proxy_factory: ProxyFactory) -> None:
+    """No level, no key with a value: the proxy will not retrieve the whole archive."""
+    proxy = start_proxy(proxy_factory, archive, ports, "get")
+    direct = movescu(LOOPBACK, archive.dicom_port, archive.aet, WORKSTATION,
+                     move_destination=DEST, level=None, keys=["StudyInstanceUID="])
+    proxied = movescu(LOOPBACK, proxy.port, ROUTE, WORKSTATION, move_destination=DEST,
+                      level=None, keys=["StudyInstanceUID="])
+    assert direct.final_status is not None and direct.final_status >= 0xA000   # a failure
+    assert proxied.final_status == 0xA900, proxied.output[-2000:]
+    assert "no level and no key with a value" in proxied.output
+    op = proxy.operations("C-MOVE")[-1]
+    assert "selects nothing" in op["hint"] and op["status"] == "0xA900"
+    assert not proxy.events("upstream")                # nothing was asked of the archive
