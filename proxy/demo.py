@@ -167,8 +167,13 @@ class SandboxArchive:
 
 
 def _studies(n: int) -> tuple[list[Dataset], list[Dataset]]:
-    """Two overlapping sets: A gets studies 0..n-1, B gets n-2..2n-3 (two shared)."""
-    everything = list(make_studies(2 * n - 2, series_per_study=1, instances_per_series=2,
+    """Two overlapping sets: A gets studies 0..n-1, B gets n-2..2n-3 (two shared).
+
+    One instance per study: pynetdicom's qrscp answers a STUDY-level C-FIND once per
+    instance it holds, and the proxy relays an archive's answer as it is (it never
+    de-duplicates one archive's own matches), so more would show each study twice.
+    """
+    everything = list(make_studies(2 * n - 2, series_per_study=1, instances_per_series=1,
                                    seed="dicom-proxy-demo", rows=32, cols=32))
     per_study: dict[str, list[Dataset]] = {}
     for ds in everything:
@@ -210,7 +215,7 @@ def _self_check(port: int) -> tuple[bool, str, list[Dataset]]:
     if not ok or not matches:
         return ok, summary, matches
     got, status = _self_check_get(port, str(matches[0].StudyInstanceUID))
-    summary += f"; C-GET of one study: {got} instances, status 0x{status:04X}"
+    summary += f"; C-GET of one study: {got} instance(s), status 0x{status:04X}"
     return ok and got > 0 and status == 0x0000, summary, matches
 
 

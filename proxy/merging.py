@@ -9,12 +9,24 @@ Rule 1: two answers are the same entity when their Unique Key at the query level
         LEVEL_UNIQUE_KEYS. A patient is (Patient ID, Issuer of Patient ID): the same Patient
         ID under two issuers is two patients; an absent issuer equals an empty one. Values
         compare without their padding (spaces; a UID's trailing NUL).
+        Decision (issue #10): at STUDY, SERIES and IMAGE level the UID alone is the key,
+        even when the answers' Patient IDs differ: archives of a federation commonly file
+        the same study under their own Patient ID domains (no Issuer to compare them), and
+        a retrieve by that UID cannot tell the entities apart anyway.
+Rule 1b: answers of one source (one archive's answer; one upstream response) are never
+        duplicates of each other: an archive holding two studies of two patients under the
+        same Study Instance UID (a UID collision, merged patients) answers two matches,
+        and the workstation gets both. Across sources an entity counts once per answer it
+        had within a source: the n-th answer with a key from one source is a duplicate of
+        the n-th with that key from another (multiset maximum), so two archives holding the
+        same two colliding studies give two answers, not four and not one.
 Rule 2: an answer without its unique key (absent or empty) cannot be de-duplicated: it is
         passed through, never dropped.
 Rule 3: streaming mode (Deduplicator): the first answer with a key is sent at once, later
         ones are counted and dropped. Memory is one tuple of short strings per distinct
-        entity, about 150 bytes for a UID: some 15 MB for 100,000 studies, bounded by how
-        many matches the archives may return.
+        entity, about 150 bytes for a UID (and the same again per source while it is not
+        ``forget``-ten): some 15 MB for 100,000 studies, bounded by how many matches the
+        archives may return.
 Rule 4: complete mode (merge): the first answer wins. Each attribute it lacks, or has empty,
         is filled from the later one. The count attributes (COUNT_KEYWORDS) take the larger
         value, a lower bound of the federated truth. Modalities In Study and SOP Classes In
@@ -38,7 +50,7 @@ Rule 6: inputs are never mutated: every Dataset returned is new — except with
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -86,29 +98,40 @@ def unique_key(level: str, identifier: Dataset) -> tuple[str, ...] | None:
 
 
 class Deduplicator:
-    """Streaming de-duplication of one query's matches (rule 3).
+    """Streaming de-duplication of one query's matches (rules 1b, 3).
 
     ``offer`` says whether to send an answer now: True the first time its unique key is
-    seen, or when it has none (rule 2); False for a duplicate, which is counted.
+    seen, or when it has none (rule 2), or when its ``source`` has answered that key more
+    often than any source before (rule 1b); False for a duplicate, which is counted.
+    ``source`` None: the answer is a source of its own (one answer per key).
     """
 
     def __init__(self, level: str) -> None:
         _unique_keywords(level)
         self._level = level
-        self._seen: set[tuple[str, ...]] = set()
+        self._sent: dict[tuple[str, ...], int] = {}
+        self._by_source: dict[Hashable, dict[tuple[str, ...], int]] = {}
         self._duplicates = 0
         self._without_key = 0
 
-    def offer(self, identifier: Dataset) -> bool:
+    def offer(self, identifier: Dataset, source: Hashable = None) -> bool:
         key = unique_key(self._level, identifier)
         if key is None:
             self._without_key += 1
             return True
-        if key in self._seen:
+        nth = 1
+        if source is not None:
+            counts = self._by_source.setdefault(source, {})
+            nth = counts[key] = counts.get(key, 0) + 1
+        if nth <= self._sent.get(key, 0):
             self._duplicates += 1
             return False
-        self._seen.add(key)
+        self._sent[key] = nth
         return True
+
+    def forget(self, source: Hashable) -> None:
+        """``source`` has answered in full: drop its counts (what was sent is kept)."""
+        self._by_source.pop(source, None)
 
     @property
     def duplicates(self) -> int:
@@ -117,8 +140,8 @@ class Deduplicator:
 
     @property
     def unique(self) -> int:
-        """Distinct entities seen so far."""
-        return len(self._seen)
+        """Distinct unique keys seen so far."""
+        return len(self._sent)
 
     @property
     def without_key(self) -> int:
@@ -188,17 +211,30 @@ def _as_raw(elem: DataElement | RawDataElement, result: Dataset) -> RawDataEleme
 
 
 def merge_all(level: str, identifiers: Iterable[Dataset], *,
-              consume: bool = False) -> list[Dataset]:
+              consume: bool = False,
+              sources: Iterable[Hashable] | None = None) -> list[Dataset]:
     """Group answers by unique key and merge each group, in order of first appearance.
 
-    Answers without a unique key stay, each on its own (rule 2). ``consume``: the answers
-    may be changed and returned themselves (rule 6).
+    Answers without a unique key stay, each on its own (rule 2). ``sources``: where each
+    answer came from, in the same order; the n-th answer with a key from one source
+    merges with the n-th with that key from another (rule 1b); None: every answer is
+    a source of its own. ``consume``: the answers may be changed and returned themselves
+    (rule 6).
     """
     _unique_keywords(level)
     merged: list[Dataset] = []
-    position: dict[tuple[str, ...], int] = {}
+    position: dict[tuple[tuple[str, ...], int], int] = {}
+    counts: dict[tuple[Hashable, tuple[str, ...]], int] = {}
+    origins = iter(sources) if sources is not None else None
     for identifier in identifiers:
-        key = unique_key(level, identifier)
+        source = next(origins) if origins is not None else None
+        found = unique_key(level, identifier)
+        key = None
+        if found is not None:
+            nth = 1
+            if source is not None:
+                nth = counts[(source, found)] = counts.get((source, found), 0) + 1
+            key = (found, nth)
         at = None if key is None else position.get(key)
         if at is not None:
             if consume:

@@ -442,3 +442,27 @@ def test_recovery_returns_exactly_the_holdings(n: int, cap: int, per_day: int, s
     found, final, _ = _recover(archive, _query(StudyInstanceUID=""), cap, budget=10_000)
     assert sorted(_uids(found)) == sorted(str(ds.StudyInstanceUID) for ds in holdings)
     assert final == Status.SUCCESS
+
+
+def test_an_uncapped_answer_with_two_studies_under_one_uid_passes_whole() -> None:
+    """Issue #10 defect 2: one response's matches are never duplicates of each other."""
+    holdings = [_query("STUDY", StudyInstanceUID="1.2.3.9", PatientID=p, StudyDate="20200101",
+                       StudyTime="080000") for p in ("P1", "P2")]
+    for cap in (0, 50):
+        archive = CappedArchive("collide", holdings, 1000)
+        found, final, _ = _recover(archive, _query(StudyInstanceUID="1.2.3.9", PatientID=""),
+                                   cap)
+        assert sorted(str(ds.PatientID) for ds in found) == ["P1", "P2"]
+        assert final == Status.SUCCESS
+
+
+def test_a_split_sends_each_of_two_colliding_studies_once() -> None:
+    """Both colliding studies in the capped first answer: the pieces repeat them, dropped."""
+    holdings = [*_studies(6), *(_query("STUDY", StudyInstanceUID="1.2.3.0", PatientID=p,
+                                       StudyDate="20200101", StudyTime="080000")
+                                for p in ("PX", "PY"))]
+    archive = CappedArchive("collide", holdings, 8, silent=True)
+    found, final, _ = _recover(archive, _query(StudyInstanceUID="", PatientID=""), 8)
+    assert len(archive.queries) > 1                      # it was split
+    assert sorted(_uids(found)) == sorted(str(ds.StudyInstanceUID) for ds in holdings)
+    assert final == Status.SUCCESS

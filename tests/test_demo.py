@@ -17,8 +17,8 @@ def test_demo_starts_checks_itself_and_prints_commands(tmp_path: Path) -> None:
     # The self-check went through the proxy to both archives and de-duplicated:
     # 6 studies each, 2 shared → 10.
     assert "federated C-FIND: 10 studies, status 0x0000" in out
-    # …and retrieved one study back through the proxy (2 instances per demo study).
-    assert "C-GET of one study: 2 instances, status 0x0000" in out
+    # …and retrieved one study back through the proxy (1 instance per demo study).
+    assert "C-GET of one study: 1 instance(s), status 0x0000" in out
     assert "python -m pynetdicom findscu" in out and "-aec FEDERATION" in out
     assert "/metrics" in out
     log = (tmp_path / "proxy.log").read_text()

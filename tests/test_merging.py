@@ -130,6 +130,46 @@ def test_deduplicator_patient_issuer(offers: list[tuple[str, str | None]],
     assert [dedup.offer(a) for a in answers] == sends
 
 
+# (source, study UID) offered in order, whether each is sent - rule 1b
+SOURCES: list[Any] = [
+    pytest.param([("a", "1"), ("a", "1")], [True, True], id="one-source-never-duplicates"),
+    pytest.param([("a", "1"), ("b", "1")], [True, False], id="across-sources-once"),
+    pytest.param([("a", "1"), ("a", "1"), ("b", "1"), ("b", "1")], [True, True, False, False],
+                 id="replicas-of-a-collision"),
+    pytest.param([("a", "1"), ("b", "1"), ("b", "1")], [True, False, True],
+                 id="the-second-source-holds-more"),
+    pytest.param([("a", "1"), (None, "1"), (None, "1")], [True, False, False],
+                 id="no-source-is-its-own"),
+]
+
+
+@pytest.mark.parametrize(("offers", "sends"), SOURCES)
+def test_deduplicator_sources(offers: list[tuple[str | None, str]], sends: list[bool]) -> None:
+    dedup = Deduplicator("STUDY")
+    assert [dedup.offer(_ds(StudyInstanceUID=uid), source)
+            for source, uid in offers] == sends
+    assert dedup.duplicates == sends.count(False)
+
+
+def test_a_forgotten_source_keeps_what_it_sent() -> None:
+    dedup = Deduplicator("STUDY")
+    assert [dedup.offer(_ds(StudyInstanceUID="1"), 0) for _ in range(2)] == [True, True]
+    dedup.forget(0)
+    assert [dedup.offer(_ds(StudyInstanceUID="1"), 1) for _ in range(3)] == [False, False,
+                                                                           True]
+
+
+def test_merge_all_merges_the_nth_answer_of_each_source() -> None:
+    answers = [_ds(StudyInstanceUID="1", PatientID="P1"),
+               _ds(StudyInstanceUID="1", PatientID="P2"),
+               _ds(StudyInstanceUID="1", PatientID="P1", StudyDescription="from b"),
+               _ds(StudyInstanceUID="1", PatientID="P2")]
+    merged = merge_all("STUDY", answers, sources=["a", "a", "b", "b"])
+    assert [str(ds.PatientID) for ds in merged] == ["P1", "P2"]
+    assert merged[0].StudyDescription == "from b" and "StudyDescription" not in merged[1]
+    assert len(merge_all("STUDY", answers)) == 1          # no sources: one per key
+
+
 STUDY = {"StudyInstanceUID": "1.2.3"}
 
 # (answer a, answer b, expected merge) - rule 4

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.retrieve.inbound import Expectation, match
+import time
+
+from proxy.retrieve.inbound import Expectation, InboundRegistry, match
 
 
 def exp(msg_id: int, expected: set[str], archive_ae: str = "PACS", calling: str = "QR_PROXY",
@@ -45,3 +47,29 @@ def test_a_blind_retrieve_takes_instances_only_when_alone() -> None:
     blind = exp(1, set())
     assert match([blind], "PACS", None, None, "u5") is blind
     assert match([blind, exp(2, set(), seq=1)], "PACS", None, None, "u5") is None
+
+
+def _registry_with_one() -> tuple[InboundRegistry, Expectation]:
+    registry = InboundRegistry(None)  # type: ignore[arg-type]   # services: deliver only
+    return registry, registry.open("a", "PACS", "QR_PROXY", {"1"}, lambda e: 0)
+
+
+def test_waiting_for_nothing_or_what_arrived_returns_at_once() -> None:
+    registry, exp = _registry_with_one()
+    assert registry.wait_for(exp, 0, 10.0, lambda: False)
+    exp.delivered = 1
+    assert registry.wait_for(exp, 1, 10.0, lambda: False)
+
+
+def test_waiting_for_instances_that_never_come_ends_at_the_timeout() -> None:
+    registry, exp = _registry_with_one()
+    started = time.monotonic()
+    assert not registry.wait_for(exp, 1, 0.1, lambda: False)
+    assert 0.1 <= time.monotonic() - started < 5.0
+
+
+def test_waiting_stops_when_the_retrieve_is_cancelled() -> None:
+    registry, exp = _registry_with_one()
+    started = time.monotonic()
+    assert not registry.wait_for(exp, 1, 30.0, lambda: True)
+    assert time.monotonic() - started < 5.0

@@ -11,6 +11,9 @@ Rule 2: a capped answer's matches are sent at once; the pieces that ``caps.plan`
         then asked one after another (depth first, one association each), their matches
         de-duplicated against everything this archive already sent, so the workstation gets
         each entity once per archive and the first matches never wait for the split.
+        Matches of one response are never de-duplicated against each other (merging rule
+        1b): two studies of two patients under one Study Instance UID are two matches, and
+        an uncapped answer passes through whole.
 Rule 3: every request is accounted for: one ``FindMatched`` per request to the archive
         (raw match count, ``truncated`` when capped, so ``dicom_proxy_find_truncated_total``
         counts capped responses, not the recovered total), and one ``UpstreamCompleted`` per
@@ -27,6 +30,7 @@ Rule 5: C-CANCEL: the shared CancelToken reaches the sub-query in flight (``find
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,7 +123,8 @@ class Recovery:
     def _walk(self, start: caps.Piece, level: str, root: _Answer | None,
               ) -> Iterator[tuple[int, Dataset]]:
         """Every distinct match of ``start`` and of the pieces it splits into, depth first."""
-        dedupe = Deduplicator(level)
+        dedupe = Deduplicator(level)      # one source per response (merging rule 1b)
+        responses = itertools.count()
         stack = [start]
         while stack and not self.token.is_set:
             piece = stack.pop()
@@ -131,7 +136,9 @@ class Recovery:
                     return
             answer = root if is_root and root is not None else _Answer()
             sample = caps.Sample.for_query(level, piece.query)
-            yield from self._ask(piece, is_root, answer, sample, dedupe)
+            source = next(responses)
+            yield from self._ask(piece, is_root, answer, sample, dedupe, source)
+            dedupe.forget(source)
             if self.token.is_set:
                 return
             if not answer.capped:
@@ -164,13 +171,13 @@ class Recovery:
         return list(uids)
 
     def _ask(self, piece: caps.Piece, is_root: bool, answer: _Answer, sample: caps.Sample,
-             dedupe: Deduplicator) -> Iterator[tuple[int, Dataset]]:
+             dedupe: Deduplicator, source: int) -> Iterator[tuple[int, Dataset]]:
         def stream() -> Iterator[tuple[int, Dataset]]:
             for status, ds in self._find(piece.query):
                 if status in PENDING and ds is not None:
                     answer.matches += 1
                     sample.add(ds)
-                    if dedupe.offer(ds):
+                    if dedupe.offer(ds, source):
                         yield status, ds
                 else:
                     answer.status = status

@@ -5,9 +5,12 @@ Rule 1: the workstation's identifier goes upstream unchanged (match and return
         bytes they came in: the proxy reads elements with ``proxy.rawtext`` (never
         converting one in place, which would make pynetdicom re-encode it) and writes
         them with ``proxy.fastencode`` — whatever the Specific Character Set.
-Rule 2: one archive: its final status is passed back as is. Several archives
-        (federation): matches are de-duplicated by the level's unique key, and
-        the final status is chosen by ``final_status`` (documented there).
+Rule 2: one archive: every match and its final status are passed back as is —
+        a route never drops what its archive returned. Several archives
+        (federation): matches are de-duplicated by the level's unique key across
+        archives only (``proxy.merging`` rules 1-1b: an archive's own answers are
+        never duplicates of each other), and the final status is chosen by
+        ``final_status`` (documented there).
         Route ``merge = "stream"`` (default): the first answer for an entity is
         sent at once, later ones dropped and counted (``duplicates``).
         ``merge = "complete"``: every answer is collected, then merged per entity
@@ -77,6 +80,7 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     complete = federated and merge == "complete" and level in LEVEL_UNIQUE_KEYS
     dedupe = Deduplicator(level) if federated and not complete else None
     collected: list[Dataset] = []
+    origins: list[str] = []           # the archive of each collected answer
     if recheck:
         record.details["recheck_dropped"] = 0
     outcomes: list[Outcome] = []
@@ -118,8 +122,9 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                 remember(item.archive, level, ds)
             if complete:
                 collected.append(ds)
+                origins.append(item.archive)
                 continue
-            if dedupe is not None and not dedupe.offer(ds):
+            if dedupe is not None and not dedupe.offer(ds, item.archive):
                 continue
             if not services.listener.wait_for_room(event.assoc, watch_cancel):
                 lost = True
@@ -127,7 +132,8 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
             yield _deliver(record, ds, item.status, retrieve_ae)
         lost = lost or not link_up(event.assoc)
         if complete and not token.is_set:
-            merged = merge_all(level, collected, consume=True)  # ours to give away
+            merged = merge_all(level, collected, consume=True,  # ours to give away
+                               sources=origins)
             record.details["duplicates"] = len(collected) - len(merged)
             for ds in merged:
                 watch_cancel()

@@ -18,6 +18,10 @@ Rule 2: an instance that matches nothing is refused with 0x0124 (Refused: Not
         Authorized, PS3.7 Annex C) — never delivered to a workstation that did not
         ask for it.
 Rule 3: each inbound C-STORE is one ``operation`` event (C-STORE, ``inbound``).
+Rule 4: a retrieve stays open after the archive's final C-MOVE response until the
+        instances it reported Completed or Warning have arrived (``wait_for``): an
+        archive that runs its C-MOVEs as jobs (Orthanc with ``SynchronousCMove`` off)
+        answers before its C-STOREs reach the proxy, and they must still be matched.
 
 services.extras keys (set by ``proxy.retrieve.install``):
   "inbound_store"     → ``InboundRegistry.deliver`` (called by ``operations.store``);
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +43,7 @@ from proxy.operations.base import Services
 from proxy.status import Status, category
 
 Deliver = Callable[[evt.Event], int]
+_STOP_POLL = 0.2             # seconds between looks at the retrieve's cancel token
 
 
 @dataclass(eq=False)
@@ -52,6 +58,7 @@ class Expectation:
     deliver: Deliver
     received: set[str] = field(default_factory=set)
     seq: int = 0
+    delivered: int = 0           # C-STOREs taken into the retrieve (Rule 4)
 
 
 def match(expectations: Sequence[Expectation], sender_ae: str, originator_ae: str | None,
@@ -79,6 +86,7 @@ class InboundRegistry:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._open: list[Expectation] = []
         self._ids = itertools.cycle(range(1, 65536))
         self._seq = itertools.count()
@@ -96,6 +104,18 @@ class InboundRegistry:
                               deliver, seq=next(self._seq))
             self._open.append(exp)
             return exp
+
+    def wait_for(self, exp: Expectation, count: int, timeout: float,
+                 stop: Callable[[], bool]) -> bool:
+        """Wait until ``exp`` has taken ``count`` instances (Rule 4); False on timeout/stop."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while exp.delivered < count and not stop():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._arrived.wait(min(left, _STOP_POLL))
+            return exp.delivered >= count
 
     def close(self, exp: Expectation) -> None:
         with self._lock:
@@ -128,7 +148,10 @@ class InboundRegistry:
             record.archives = [exp.archive]
             record.details["move_message_id"] = exp.message_id
             record.status = exp.deliver(event)
-            if category(record.status) == "failure":
-                with self._lock:
+            with self._arrived:
+                if category(record.status) == "failure":
                     exp.received.discard(uid)
+                else:
+                    exp.delivered += 1
+                    self._arrived.notify_all()
             return int(record.status)

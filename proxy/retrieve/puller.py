@@ -20,7 +20,11 @@ Rule 3b (rescue): instances the archive failed to send that way (it could not co
 Rule 4 (``retrieve = "move"``): C-MOVE to the proxy's own AE title with a Message ID
         unique in the proxy; the archive's C-STOREs arrive on the listener and are
         matched back (``inbound``) by that ID and the Move Originator, the calling AE
-        title of the C-MOVE (the workstation's on a ``pass_calling_ae`` route).
+        title of the C-MOVE (the workstation's on a ``pass_calling_ae`` route). Exactly
+        one C-MOVE per archive pulled from (an archive makes one job of each); after
+        its final response the instances it reports Completed/Warning are waited for
+        up to the archive's ``timeout`` (an archive running C-MOVEs as jobs answers
+        before it sends, inbound Rule 4).
 Rule 5: every request to an archive is one ``upstream`` event (``Services.upstream_call``);
         received instances go to the ``InstanceBuffer``, never to memory.
 """
@@ -42,6 +46,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from proxy import rawtext
 from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
 from proxy.operations.base import Services
@@ -59,6 +64,7 @@ _RETRIEVE_MODELS = {
     ("STUDY", "get"): StudyRootQueryRetrieveInformationModelGet,
     ("STUDY", "move"): StudyRootQueryRetrieveInformationModelMove,
 }
+_LEVEL = 0x00080052          # Query/Retrieve Level
 Counts = dict[str, int]      # a C-GET/C-MOVE response's sub-operation counts, by keyword
 
 
@@ -127,8 +133,9 @@ class Puller:
             return
         held = self.survey.holdings.get(name)
         if self.survey.fast or held is None:
+            level = next(iter(rawtext.text_values(self.identifier, _LEVEL)), "STUDY").upper()
             listed = list_instances(self.services, self.event, [name], self.identifier,
-                                    FIND_MODEL_FOR[self.model], self.token, self.phi)
+                                    FIND_MODEL_FOR[self.model], self.token, self.phi, level)
             held = listed.holdings.get(name, [])
         missing = [inst for inst in held if not self.buffer.has(inst.uid)
                    and inst.study and inst.series and self.accepted.get(inst.sop_class)]
@@ -216,10 +223,19 @@ class Puller:
         exp = registry.open(name, archive.ae_title, client.peer.calling_ae,
                             {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
         try:
+            final: tuple[int, Counts] | None = None
             for code, rsp in client.move(
                     self.identifier, model, self.services.config.proxy.ae_title,
                     exp.message_id, self.token):
-                yield code, getter.counts_of(rsp)
+                if code in PENDING:
+                    yield code, getter.counts_of(rsp)
+                else:
+                    final = code, getter.counts_of(rsp)
+            if final is not None:        # the association is released; now the stragglers
+                sent = (final[1].get("NumberOfCompletedSuboperations", 0)
+                        + final[1].get("NumberOfWarningSuboperations", 0))
+                registry.wait_for(exp, sent, archive.timeout, lambda: self.token.is_set)
+                yield final
         finally:
             registry.close(exp)
 

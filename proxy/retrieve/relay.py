@@ -18,6 +18,12 @@ Rule 3: C-CANCEL from the workstation stops the puller (C-CANCEL upstream, later
         (0xFE00) with the counts so far and the Remaining ones.
 Rule 4: whatever ends the request (success, cancel, the workstation vanishing, an
         exception) the buffer's files are deleted and the sink closed.
+Rule 5: the identifier is read as the archive reads it (``identifiers``): a missing
+        Query/Retrieve Level is inferred, a selection by other keys than the unique key
+        (Accession Number) is surveyed with those keys and retrieved by the UIDs found.
+        Refused with 0xA900 (PS3.4 C.4.2.1.5), with an Error Comment and a log hint,
+        only what cannot be routed: an unknown model or level, or no key with a value
+        (that would retrieve the whole archive).
 """
 
 from __future__ import annotations
@@ -29,11 +35,18 @@ from pydicom import Dataset
 from pynetdicom import evt
 
 from proxy.cancel import CancelToken
-from proxy.contexts import FIND_MODEL_FOR
+from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
 from proxy.observe import events as ev
 from proxy.operations.base import OperationRecord, Services
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.forwarder import Sink
+from proxy.retrieve.identifiers import (
+    LEVEL_KEYS,
+    LEVELS,
+    level_of,
+    selecting_keys,
+    upstream_identifier,
+)
 from proxy.retrieve.puller import Puller
 from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
@@ -41,9 +54,6 @@ from proxy.retrieve.tally import Tally, final_status, response
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
-              "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 OpenSink = Callable[[list[Instance]], Sink]
 _POLL = 0.05
 PENDING_INTERVAL = 0.2   # seconds between Pending responses (they are optional, PS3.4 C.4.2.3.1)
@@ -57,16 +67,17 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     identifier: Dataset = event.identifier
     record.protect(identifier)
     model = str(event.request.AffectedSOPClassUID)
-    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
-    record.details["level"] = level
+    level = level_of(identifier, MOVE_MODELS.get(model) or GET_MODELS.get(model) or "STUDY")
+    record.details["level"] = level or ""
+    if level and "QueryRetrieveLevel" not in identifier:
+        record.details["level_inferred"] = True
     tally = Tally()
-    if session.route is None or level not in LEVELS or model not in FIND_MODEL_FOR:
-        record.status = (Status.UNABLE_TO_PROCESS if session.route is None
-                         else Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
-        record.hint = ("no route for this association" if session.route is None else
-                       f"QueryRetrieveLevel {level or '(missing)'} is not valid for C-MOVE/C-GET")
-        yield response(record.status, tally, record.hint)
+    refusal = _unroutable(session.route is None, identifier, level, model)
+    if refusal is not None:
+        record.status, comment, record.hint = refusal
+        yield response(record.status, tally, comment)
         return
+    assert level is not None and session.route is not None
     token = CancelToken()
     order = archive_order(services, list(session.route.archives), identifier, level)
     record.archives = order
@@ -86,7 +97,7 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     try:
         sink = open_sink(found.described())
     except UpstreamError as exc:     # dead destination: Failed = N, nothing pulled
-        _fail_the_rest(services, event, found, identifier, find_model, record, tally,
+        _fail_the_rest(services, event, found, identifier, level, find_model, record, tally,
                        f"destination unreachable: {exc.reason}")
         record.hint = exc.hint
         yield from _finish(services, record, operation, tally, False, None,
@@ -97,7 +108,8 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     buffer = InstanceBuffer(root / f"{session.info.assoc_id}-{event.request.MessageID}",
                             spool.retrieve_max_bytes, spool.retrieve_memory_bytes,
                             spool.retrieve_spill_after)
-    puller = Puller(services, event, found, order, identifier, model, buffer, token,
+    upstream_request = upstream_identifier(identifier, level, found.selected)
+    puller = Puller(services, event, found, order, upstream_request, model, buffer, token,
                     record.phi, lambda n: setattr(tally, "upstream_total",
                                                   max(tally.upstream_total, n)),
                     sink.accepted())
@@ -149,20 +161,44 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     upstream = _upstream_failure(puller, found)
     record.hint = next((o.hint for o in puller.outcomes if o.hint), None)
     if not cancelled and tally.remaining:
-        _fail_the_rest(services, event, found, identifier, find_model, record, tally,
+        _fail_the_rest(services, event, found, identifier, level, find_model, record, tally,
                        upstream or "the archive did not deliver it")
     yield from _finish(services, record, operation, tally, cancelled, upstream, sink_failure)
 
 
 def _fail_the_rest(services: Services, event: evt.Event, found: Survey, identifier: Dataset,
-                   find_model: str, record: OperationRecord, tally: Tally, why: str) -> None:
+                   level: str, find_model: str, record: OperationRecord, tally: Tally,
+                   why: str) -> None:
     """Every sub-operation not done is Failed; on the fast path, list them first to name them."""
     if found.fast:
         listed = list_instances(services, event, list(found.holdings), identifier, find_model,
-                                CancelToken(), record.phi)
+                                CancelToken(), record.phi, level)
         tally.expect(list(listed.instances))
     tally.settle(why)
     tally.settle_unlisted(why)
+
+
+def _unroutable(no_route: bool, identifier: Dataset, level: str | None,
+                model: str) -> tuple[Status, str, str] | None:
+    """(status, Error Comment, log hint) for a request the proxy cannot route (Rule 5)."""
+    if no_route:
+        return Status.UNABLE_TO_PROCESS, "no route for this association", \
+            "no route for this association"
+    if model not in FIND_MODEL_FOR:
+        return (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "unknown retrieve model",
+                f"SOP Class {model} is not a Patient/Study Root C-MOVE/C-GET model")
+    if level is None:        # PS3.4 C.4.2.1.5: 0xA900, identifier does not match SOP class
+        return (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no level and no key with a value",
+                "the identifier has no Query/Retrieve Level and no key with a value: it "
+                "selects nothing (give e.g. StudyInstanceUID or AccessionNumber)")
+    if level not in LEVELS:
+        return (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"QueryRetrieveLevel {level}"[:64],
+                f"QueryRetrieveLevel {level!r} is not one of {', '.join(LEVELS)}")
+    if not selecting_keys(identifier, level):     # would select the whole archive
+        return (Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "no key with a value",
+                f"a {level} retrieve whose keys are all empty selects nothing; give "
+                f"{LEVEL_KEYS[level]} (or another key the archive matches on)")
+    return None
 
 
 def archive_order(services: Services, archives: list[str], identifier: Dataset,

@@ -16,6 +16,11 @@ Rule 2 (full survey): otherwise (other levels, a federation holding the study in
         it (route order decides who holds an instance first).
 Rule 3: every C-FIND is one ``upstream`` event; matches feed the federation's
         location cache (``services.extras["remember_location"]``) when present.
+Rule 4: the C-FINDs match on what selects the retrieve (``identifiers.selecting_keys``):
+        its unique keys, or — when the level's unique key is empty, e.g. a selection by
+        Accession Number — every key given, so the archive's own matching decides; the
+        level's unique key values found are kept (``Survey.selected``) for the retrieve
+        to name them (``identifiers.upstream_identifier``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.operations.base import Services
 from proxy.retrieve import sopclasses
+from proxy.retrieve.identifiers import LEVEL_KEYS, with_selection
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 
@@ -44,6 +50,7 @@ class Survey:
     fast: bool = False                # Rule 1: counted, not listed
     count: int = 0                    # instances the holding archive said it has
     classes: list[str] = field(default_factory=list)
+    selected: list[str] = field(default_factory=list)   # the level's unique keys (Rule 4)
 
     @property
     def blind(self) -> bool:
@@ -67,20 +74,22 @@ def survey(services: Services, event: evt.Event, archives: list[str], identifier
         quick = _counted(services, event, archives, identifier, find_model, token, phi)
         if quick is not None:
             return quick
-    return list_instances(services, event, archives, identifier, find_model, token, phi)
+    return list_instances(services, event, archives, identifier, find_model, token, phi,
+                          level)
 
 
 def _counted(services: Services, event: evt.Event, archives: list[str], identifier: Dataset,
              find_model: str, token: CancelToken, phi: list[str]) -> Survey | None:
-    matches, failed = _ask(services, event, archives, sopclasses.count_identifier(identifier),
-                           find_model, token, phi, "STUDY")
+    query = with_selection(sopclasses.count_identifier(identifier), identifier, "STUDY")
+    matches, failed = _ask(services, event, archives, query, find_model, token, phi, "STUDY")
     holders = [name for name in archives if matches[name]]
     if len(holders) != 1 or failed:
         return None
     counted = [sopclasses.count_of(ds) for ds in matches[holders[0]]]
     if any(c is None for c in counted):
         return None
-    result = Survey(fast=True, holdings={holders[0]: []})
+    result = Survey(fast=True, holdings={holders[0]: []},
+                    selected=_values(matches[holders[0]], "STUDY"))
     for count, classes in (c for c in counted if c is not None):
         result.count += count
         result.classes += [uid for uid in classes if uid not in result.classes]
@@ -89,19 +98,29 @@ def _counted(services: Services, event: evt.Event, archives: list[str], identifi
 
 def list_instances(services: Services, event: evt.Event, archives: list[str],
                    identifier: Dataset, find_model: str, token: CancelToken,
-                   phi: list[str]) -> Survey:
+                   phi: list[str], level: str) -> Survey:
     """The full survey (Rule 2): one IMAGE-level C-FIND per archive, in parallel."""
-    matches, failed = _ask(services, event, archives, sopclasses.survey_identifier(identifier),
-                           find_model, token, phi, "IMAGE")
+    query = with_selection(sopclasses.survey_identifier(identifier), identifier, level)
+    if LEVEL_KEYS[level] not in query:
+        setattr(query, LEVEL_KEYS[level], "")      # a return key: Rule 4
+    matches, failed = _ask(services, event, archives, query, find_model, token, phi, "IMAGE")
     result = Survey(failed=failed)
     for name in archives:
+        result.selected += _values(matches[name], level)
         found = [inst for inst in map(sopclasses.instance_of, matches[name]) if inst]
         if found or name not in failed:
             result.holdings[name] = found
         for inst in found:
             result.instances.setdefault(inst.uid, inst)
     result.count = len(result.instances)
+    result.selected = list(dict.fromkeys(result.selected))
     return result
+
+
+def _values(matches: list[Dataset], level: str) -> list[str]:
+    """The level's unique key values of ``matches``, once each, in order (Rule 4)."""
+    found = (str(ds.get(LEVEL_KEYS[level], "") or "").strip(" \0") for ds in matches)
+    return list(dict.fromkeys(v for v in found if v))
 
 
 def _ask(services: Services, event: evt.Event, archives: list[str], query: Dataset,

@@ -159,11 +159,13 @@ def _network_args(called_ae: str, calling_ae: str, timeout: float) -> list[str]:
     return ["-aet", calling_ae, "-aec", called_ae, "-to", "10", "-ta", "10", "-td", seconds]
 
 
-def _query_args(model: str, level: str, keys: Sequence[str]) -> list[str]:
+def _query_args(model: str, level: str | None, keys: Sequence[str]) -> list[str]:
+    """``level=None``: no Query/Retrieve Level is added (an identifier without one)."""
     if model not in _MODELS:
         raise ValueError(f"model must be one of {sorted(_MODELS)}, not {model!r}")
     args = [_MODELS[model]]
-    if model != "worklist" and not any(k.startswith("QueryRetrieveLevel") for k in keys):
+    if (model != "worklist" and level is not None
+            and not any(k.startswith("QueryRetrieveLevel") for k in keys)):
         args += ["-k", f"QueryRetrieveLevel={level}"]
     for key in keys:
         args += ["-k", key]
@@ -188,7 +190,7 @@ def findscu(
     calling_ae: str,
     *,
     model: str = "study",
-    level: str = "STUDY",
+    level: str | None = "STUDY",
     keys: Sequence[str] = (),
     cancel_after: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -220,7 +222,7 @@ def getscu(
     calling_ae: str,
     *,
     model: str = "study",
-    level: str = "STUDY",
+    level: str | None = "STUDY",
     keys: Sequence[str] = (),
     output_dir: str | Path | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -252,7 +254,7 @@ def movescu(
     *,
     move_destination: str,
     model: str = "study",
-    level: str = "STUDY",
+    level: str | None = "STUDY",
     keys: Sequence[str] = (),
     cancel_after: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
