@@ -12,12 +12,15 @@ Rule 2: transfer syntaxes are accepted as proposed for storage, so pixel data
 Rule 3: Deflated transfer syntaxes are never accepted: inflating is unbounded
         work for a few bytes on the wire (a zlib bomb); peers fall back to an
         uncompressed syntax in the same negotiation.
+Rule 4: an archive delivering a move-mode retrieve is accepted in what the retrieve's
+        receiver accepted (``contexts_for_inbound``), as C-GET asks (``proxy.retrieve.
+        sopclasses.for_receiver``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydicom.uid import (
     UID,
@@ -102,11 +105,23 @@ def contexts_for_route(route: RouteConfig, config: Config) -> list[PresentationC
     return list(_ALL)
 
 
-def contexts_for_inbound() -> list[PresentationContext]:
+def contexts_for_inbound(
+        receivers: Mapping[str, Sequence[str]] | None = None) -> list[PresentationContext]:
     """What an archive delivering C-MOVE sub-operations to the proxy's own AE title gets:
     Verification and storage (any non-deflated syntax, so instances keep their encoding).
-    Shared, read-only objects, as ``contexts_for_route``'s."""
-    return list(_INBOUND)
+    Shared, read-only objects, as ``contexts_for_route``'s.
+
+    ``receivers``: per SOP class, the syntaxes the receivers of that archive's retrieves
+    accepted (Rule 4): those classes are accepted in those syntaxes only, so the archive
+    converts for the receiver as it would when sending to it directly."""
+    if not receivers:
+        return list(_INBOUND)
+    out = []
+    for cx in _INBOUND:
+        taken = receivers.get(str(cx.abstract_syntax))
+        syntaxes = [UID(ts) for ts in taken or () if ts not in DEFLATED]
+        out.append(_with_syntaxes(cx, syntaxes) if syntaxes else cx)
+    return out
 
 
 def in_requestor_order(contexts: list[PresentationContext],

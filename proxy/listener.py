@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +172,9 @@ class Listener:
         self.ae = self._make_ae()
         # Whether a move-mode retrieve is in flight (set by proxy.retrieve; routing Rule 4).
         self.retrieving: Callable[[], bool] = lambda: False
+        # Per SOP class, what the receivers of an archive's move-mode retrieves accepted.
+        self.inbound_syntaxes: Callable[[str | None], Mapping[str, Sequence[str]] | None] = (
+            lambda archive: None)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -320,7 +323,8 @@ class Listener:
             session.data["inbound_archive"] = decision.archive
             assoc.acceptor.ae_title = decision.called_ae
             assoc.acceptor.supported_contexts = in_requestor_order(
-                contexts_for_inbound(), self._proposed(assoc))
+                contexts_for_inbound(self.inbound_syntaxes(decision.archive)),
+                self._proposed(assoc))
             return
         session.route = decision
         assoc.acceptor.ae_title = decision.called_ae

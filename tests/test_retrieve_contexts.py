@@ -42,3 +42,15 @@ def test_roles_survive_the_reordering() -> None:
              if cx.abstract_syntax == CTImageStorage]
     assert list(ct.transfer_syntax)[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     assert ct.scp_role and ct.scu_role
+
+
+def test_an_archive_delivering_a_move_is_accepted_in_what_the_receiver_took() -> None:
+    """contexts Rule 4: the archive converts for the receiver, as it does directly."""
+    proposed = [build_context(CTImageStorage, [JPEG2000, ExplicitVRLittleEndian,
+                                               ImplicitVRLittleEndian]),
+                build_context(MRImageStorage, [JPEG2000, ExplicitVRLittleEndian])]
+    receivers = {CTImageStorage: [ImplicitVRLittleEndian]}
+    assert accepted(proposed, contexts_for_inbound(receivers)) == {
+        CTImageStorage: ImplicitVRLittleEndian,      # narrowed to the receiver's
+        MRImageStorage: JPEG2000}                    # a class it did not say: as proposed
+    assert accepted(proposed, contexts_for_inbound(None))[CTImageStorage] == JPEG2000

@@ -73,3 +73,18 @@ def test_waiting_stops_when_the_retrieve_is_cancelled() -> None:
     started = time.monotonic()
     assert not registry.wait_for(exp, 1, 30.0, lambda: True)
     assert time.monotonic() - started < 5.0
+
+
+def test_the_archive_is_offered_what_the_receivers_of_its_retrieves_took() -> None:
+    registry = InboundRegistry(None)  # type: ignore[arg-type]   # services: unused here
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    one = registry.open("a", "PACS", "QR", set(), lambda e: 0, {ct: ["1.2.840.10008.1.2.1"]})
+    two = registry.open("a", "PACS", "QR", set(), lambda e: 0, {ct: ["1.2.840.10008.1.2"],
+                                                                mr: ["1.2.840.10008.1.2"]})
+    assert registry.syntaxes_for("a") == {ct: ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+                                          mr: ["1.2.840.10008.1.2"]}
+    assert registry.syntaxes_for("b") is None
+    registry.open("a", "PACS", "QR", set(), lambda e: 0)      # a receiver not known
+    assert registry.syntaxes_for("a") is None
+    registry.close(one)
+    registry.close(two)

@@ -46,9 +46,11 @@ def install(services: Services) -> Callable[[], None]:
     services.extras["retrieve_inbound"] = registry
     services.extras["inbound_store"] = registry.deliver
     listener.retrieving = registry.expecting
+    listener.inbound_syntaxes = registry.syntaxes_for
 
     def stop() -> None:
         listener.retrieving = lambda: False
+        listener.inbound_syntaxes = lambda archive: None
         scp.uninstall(listener.ae)
 
     return stop

@@ -22,6 +22,10 @@ Rule 4: a retrieve stays open after the archive's final C-MOVE response until th
         instances it reported Completed or Warning have arrived (``wait_for``): an
         archive that runs its C-MOVEs as jobs (Orthanc with ``SynchronousCMove`` off)
         answers before its C-STOREs reach the proxy, and they must still be matched.
+Rule 5 (the receiver decides, as for C-GET): the archive's association to the proxy is
+        accepted, per SOP class, in the syntaxes the receivers of that archive's
+        retrieves in flight accepted (``syntaxes_for``), so the archive converts for the
+        receiver as it would directly (``proxy.contexts.contexts_for_inbound``).
 
 services.extras keys (set by ``proxy.retrieve.install``):
   "inbound_store"     → ``InboundRegistry.deliver`` (called by ``operations.store``);
@@ -40,6 +44,7 @@ from pydicom import Dataset
 from pynetdicom import evt
 
 from proxy.operations.base import Services
+from proxy.retrieve.sopclasses import Accepted
 from proxy.status import Status, category
 
 Deliver = Callable[[evt.Event], int]
@@ -59,6 +64,7 @@ class Expectation:
     received: set[str] = field(default_factory=set)
     seq: int = 0
     delivered: int = 0           # C-STOREs taken into the retrieve (Rule 4)
+    accepted: Accepted = field(default_factory=dict)   # what its receiver took (Rule 5)
 
 
 def match(expectations: Sequence[Expectation], sender_ae: str, originator_ae: str | None,
@@ -95,13 +101,27 @@ class InboundRegistry:
         with self._lock:
             return bool(self._open)
 
+    def syntaxes_for(self, archive: str | None) -> Accepted | None:
+        """What the receivers of ``archive``'s retrieves in flight accepted, per SOP class
+        (Rule 5): the union over them; None when one of them is not known (accept all)."""
+        with self._lock:
+            mine = [e for e in self._open if archive is not None and e.archive == archive]
+            if not mine or any(not e.accepted for e in mine):
+                return None
+            union: Accepted = {}
+            for exp in mine:
+                for sop_class, syntaxes in exp.accepted.items():
+                    taken = union.setdefault(sop_class, [])
+                    taken += [ts for ts in syntaxes if ts not in taken]
+            return union
+
     def open(self, archive: str, archive_ae: str, calling_ae: str, expected: set[str],
-             deliver: Deliver) -> Expectation:
+             deliver: Deliver, accepted: Accepted | None = None) -> Expectation:
         with self._lock:
             used = {e.message_id for e in self._open}
             message_id = next(i for i in self._ids if i not in used)
             exp = Expectation(message_id, archive, archive_ae, calling_ae, set(expected),
-                              deliver, seq=next(self._seq))
+                              deliver, seq=next(self._seq), accepted=dict(accepted or {}))
             self._open.append(exp)
             return exp
 

@@ -221,7 +221,8 @@ class Puller:
         # The C-MOVE is the workstation's (its calling AE title with pass_calling_ae: the
         # archive's Move Originator); the Move Destination is always the proxy's own title.
         exp = registry.open(name, archive.ae_title, client.peer.calling_ae,
-                            {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name))
+                            {inst.uid for inst in held}, lambda e: self.buffer.accept(e, name),
+                            self.accepted)
         try:
             final: tuple[int, Counts] | None = None
             for code, rsp in client.move(

@@ -31,7 +31,7 @@ from pydicom.uid import (
 from tests.e2e.conftest import StoreSCPFactory
 from tests.e2e.dcmtk import RetrieveResult, StoreSCP, getscu, movescu
 from tests.e2e.orthanc import OrthancArchive
-from tests.e2e.ports import LOOPBACK
+from tests.e2e.ports import LOOPBACK, free_port
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
 from tests.e2e.retrieve_peers import ENCODED_FILES, RecordingSCP, encoded_study
 
@@ -240,3 +240,53 @@ def test_a_receiver_of_one_class_gets_that_class_and_the_rest_is_failed_with_the
     assert (proxied.completed, proxied.failed) == (1, len(ENCODED_FILES) - 1)
     op = proxy.wait_event("operation", lambda e: e.get("operation") == "C-MOVE")
     assert any("accepted no context" in why for why in op["failure_reasons"]), op
+
+
+# -- retrieve = "move": the archive's association to the proxy is accepted as the receiver
+# accepted, so the archive converts for it as it does directly -----------------------------
+
+
+@pytest.fixture(scope="module")
+def move_proxy_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def move_pacs(encoded: tuple[str, list[Path]], direct_dest: StoreSCP,
+              move_proxy_port: int) -> Iterator[OrthancArchive]:
+    with OrthancArchive("FIDMOVE", known_modalities={
+            "direct": direct_dest.modality,
+            "proxy": ("QR_PROXY", LOOPBACK, move_proxy_port)}) as archive:
+        archive.upload(encoded[1])
+        yield archive
+
+
+def test_move_mode_asks_the_archive_for_what_the_receiver_takes(
+        move_pacs: OrthancArchive, encoded: tuple[str, list[Path]], direct_dest: StoreSCP,
+        move_proxy_port: int, proxy_factory: ProxyFactory,
+        store_scp_factory: StoreSCPFactory) -> None:
+    keys = [f"StudyInstanceUID={encoded[0]}"]
+    for path in direct_dest.received_files():
+        path.unlink()
+    direct = movescu(LOOPBACK, move_pacs.dicom_port, move_pacs.aet, WORKSTATION,
+                     move_destination=direct_dest.aet, keys=keys)
+    dest = store_scp_factory("PROXIED", default_options=True)
+    rules_ = rules(move_pacs, dest)
+    rules_["archives"]["pacs"]["retrieve"] = "move"
+    rules_["proxy"] = {"port": move_proxy_port}
+    proxy = proxy_factory(rules_)
+    proxied = movescu(LOOPBACK, proxy.port, ROUTE, WORKSTATION, move_destination=dest.aet,
+                      keys=keys)
+    want = delivered(direct_dest.received_datasets())
+    got = delivered(dest.received_datasets())
+    assert len(want) >= len(ENCODED_FILES) // 2, direct.output[-3000:]
+    assert_same_delivery(got, want, original_syntaxes(encoded[1]), proxied)
+    # Orthanc gives up its C-MOVE at the first instance it cannot convert (0xC000, no
+    # counts, directly); through the proxy the workstation gets the true counts.
+    assert proxied.completed == len(got), proxied.output[-3000:]
+    assert (proxied.completed or 0) + (proxied.failed or 0) == len(ENCODED_FILES)
+    assert proxied.final_status == (0xB000 if proxied.failed else 0x0000)
+    upstream = [e for e in proxy.events("upstream") if e.get("operation") == "C-MOVE"]
+    assert len(upstream) == 1, upstream                 # one C-MOVE, one archive job
+    op = proxy.wait_event("operation", lambda e: e.get("operation") == "C-MOVE")
+    assert not op.get("transcoded"), op                 # the archive converted, not the proxy
