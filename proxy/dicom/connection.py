@@ -19,8 +19,10 @@ Rule 3: a local request the state table does not allow raises ``LocalProtocolErr
         context accepted for this association.
 Rule 4: a received PDU that is malformed, longer than the limit, or breaks DIMSE
         ordering is Evt19: the table's action runs (A-ABORT from the service provider,
-        an ``Aborted(local=True)`` event), the A-ABORT bytes wait in ``data_to_send()``,
-        and all later input is discarded — framing can no longer be trusted.
+        an ``Aborted(local=True)`` event), and all later input is discarded — framing
+        can no longer be trusted. Bytes that received input makes this side send
+        (A-ABORT; A-ASSOCIATE-RJ for an unsupported protocol version, AE-6) wait in
+        ``data_to_send()``: the driver writes them after every ``next_event()``.
 Rule 5: bounded: a P-DATA-TF may be as long as the maximum PDU length this side
         announced (0 announced → ``UNLIMITED_PDU``), an association PDU as long as
         ``max_associate_pdu``. The 6-byte header decides before the body is buffered,
@@ -105,6 +107,11 @@ class Association:
         elif not self._broken and not self._eof:
             self._in += data
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet handled (a partial PDU, within its limit, Rule 5)."""
+        return len(self._in)
+
     def data_to_send(self) -> bytes:
         """Bytes the received input made this side send (A-ABORT, A-ASSOCIATE-RJ)."""
         out = bytes(self._out)
@@ -171,11 +178,12 @@ class Association:
         self._pending.append(ConnectionClosed())
 
     def _dispatch(self, event: Event, received: pdu.Pdu) -> None:
+        before = self.state
         action = self._step(event, acceptable=not isinstance(received, pdu.AssociateRQ)
                             or bool(received.protocol_version & 1))
         if action in (Action.AA1, Action.AA7, Action.AA8):
             self._abort_action(action, f"{type(received).__name__} PDU unexpected in "
-                               f"{self.state.name}", UNEXPECTED_PDU)
+                               f"{before.name}", UNEXPECTED_PDU)
         elif action is Action.AE6:
             assert isinstance(received, pdu.AssociateRQ)
             self._requested(received)
