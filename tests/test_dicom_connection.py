@@ -213,6 +213,9 @@ def test_oversized_pdu_aborts_without_buffering() -> None:
     acceptor.receive_data(b"\x00" * 100_000)                       # discarded from now on
     assert acceptor.buffered == 0
     assert acceptor.data_to_send() == pdu.encode(pdu.Abort(2, 6))
+    small = Association("acceptor", max_associate_pdu=512)
+    (event,) = deliver(b"\x01\x00\x00\x00\x02\x01", small)       # A-ASSOCIATE-RQ of 513
+    assert isinstance(event, Aborted) and "exceeds the limit of 512" in event.reason_text
     # the requestor announced 16384: a P-DATA-TF of 16385 is one byte too many
     (event,) = deliver(b"\x04\x00\x00\x00\x40\x01", requestor)
     assert isinstance(event, Aborted) and event.local
@@ -255,11 +258,13 @@ def answer(rq: pdu.AssociateRQ) -> pdu.AssociateAC:
 
 def acceptor_events(chunks: list[bytes], stream: bool = False) -> list[object]:
     """Events one at a time, answering each before asking for the next (as a driver)."""
-    acceptor = Association("acceptor", stream_data=stream)
+    acceptor = Association("acceptor", stream_data=stream, max_associate_pdu=4096)
     events: list[object] = []
     for chunk in [*chunks, b""]:
+        before = acceptor.buffered
         acceptor.receive_data(chunk)
-        assert acceptor.buffered <= 16384 + 6 + len(chunk)
+        assert before <= 4096 + 6        # what is left between calls: one partial PDU
+        assert acceptor.buffered <= 4096 + 6 + len(chunk)
         while not isinstance(event := acceptor.next_event(), NeedData):
             events.append(event)
             if isinstance(event, AssociateRequested):
@@ -298,3 +303,39 @@ def test_random_input_never_raises(raw: bytes, established: bool) -> None:
     prefix = CONVERSATION[:len(pdu.encode(RQ))] if established else b""
     events = acceptor_events([prefix, raw])
     assert all(not isinstance(e, NeedData) for e in events)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(7, 4000), st.integers(7, 4000),
+       st.lists(st.tuples(st.booleans(), st.sampled_from([1, 3]),
+                          st.none() | st.binary(max_size=6000)), min_size=1, max_size=8))
+def test_messages_arrive_intact_both_ways(rq_max: int, ac_max: int,
+                                          messages: list[tuple[bool, int, bytes | None]]) -> None:
+    requestor, acceptor = Association("requestor"), Association("acceptor")
+    rq = pdu.AssociateRQ(RQ.called_ae, RQ.calling_ae, RQ.contexts,
+                         UserInformation(max_length=rq_max, implementation_class_uid=IMPL))
+    deliver(requestor.send(rq), acceptor)
+    deliver(acceptor.send(pdu.AssociateAC(AC.called_ae, AC.calling_ae, AC.contexts,
+                                          UserInformation(max_length=ac_max))), requestor)
+    for n, (upward, context_id, data) in enumerate(messages, 1):
+        sender, receiver = (requestor, acceptor) if upward else (acceptor, requestor)
+        command = {commands.COMMAND_FIELD: 0x0001, commands.MESSAGE_ID: n}
+        wire = sender.send(SendMessage(context_id, command, data))
+        limit = ac_max if upward else rq_max
+        at = 0
+        while at < len(wire):                  # every PDU within the receiver's maximum
+            length = int.from_bytes(wire[at + 2:at + 6], "big")
+            assert length <= limit
+            at += 6 + length
+        (event,) = deliver(wire, receiver)
+        assert isinstance(event, MessageReceived)
+        assert (event.context_id, event.command[commands.MESSAGE_ID], event.data) == (
+            context_id, n, data)
+
+
+def test_a_requestor_asks_once() -> None:
+    requestor = Association("requestor")
+    requestor.send(RQ)
+    with pytest.raises(LocalProtocolError, match="Evt1"):
+        requestor.send(RQ)
+    assert requestor.state is State.Sta5

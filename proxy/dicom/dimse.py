@@ -55,7 +55,7 @@ class Assembler:
         return self._context is None
 
     def feed(self, context_id: int, is_command: bool, is_last: bool,
-             fragment: bytes) -> list[MessageReceived | DataFragment]:
+             fragment: bytes | memoryview) -> list[MessageReceived | DataFragment]:
         if self._context is not None and context_id != self._context:
             raise DimseError(f"presentation context changed mid-message from {self._context} "
                              f"to {context_id}")
@@ -69,7 +69,7 @@ class Assembler:
         return self._feed_data(context_id, is_last, fragment)
 
     def _feed_command(self, context_id: int, is_last: bool,
-                      fragment: bytes) -> list[MessageReceived | DataFragment]:
+                      fragment: bytes | memoryview) -> list[MessageReceived | DataFragment]:
         if self._decoded is not None:
             raise DimseError("command fragment while the data set of the previous command "
                              "is incomplete")
@@ -91,7 +91,7 @@ class Assembler:
         return [MessageReceived(context_id, command, data_follows=True)] if self.stream else []
 
     def _feed_data(self, context_id: int, is_last: bool,
-                   fragment: bytes) -> list[MessageReceived | DataFragment]:
+                   fragment: bytes | memoryview) -> list[MessageReceived | DataFragment]:
         command = self._decoded
         assert command is not None
         if is_last:

@@ -44,9 +44,10 @@ class MessageReceived:
 
 @dataclass(frozen=True)
 class DataFragment:
-    """One PDV of a streamed data set; ``last`` ends the message."""
+    """One PDV of a streamed data set; ``last`` ends the message. ``data`` is a
+    read-only view of the received PDU: no copy until the consumer keeps it."""
     context_id: int
-    data: bytes
+    data: bytes | memoryview
     last: bool
 
 

@@ -15,6 +15,8 @@ Rule 4: an AE title goes out space-padded to 16 bytes and comes back stripped
         (PS3.8 9.3.2: leading and trailing spaces are not significant).
 Rule 5: A-RELEASE-RQ/RP and A-ABORT are exactly 4 bytes long (PS3.8 9.3.6-9.3.8); a
         P-DATA-TF holds at least one PDV whose control header uses only bits 0-1.
+Rule 6: a parsed PDV's data is a read-only ``memoryview`` of the (immutable) PDU bytes,
+        not a copy: a data set fragment is copied only where it is finally kept.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Pdv:
     context_id: int
     is_command: bool
     is_last: bool
-    data: bytes
+    data: bytes | memoryview              # parsed: a view into the PDU's bytes (Rule 6)
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def frame(buffer: bytes | bytearray | memoryview, limit: int) -> tuple[int, int]
 
 def parse(data: bytes | bytearray | memoryview) -> Pdu:
     """One whole PDU, header included; trailing bytes are an error."""
-    view = memoryview(data)
+    view = memoryview(data if isinstance(data, bytes) else bytes(data))
     if len(view) < HEADER.size:
         raise PduError(f"PDU of {len(view)} bytes is shorter than its 6-byte header")
     kind, length = HEADER.unpack_from(view)
@@ -234,7 +236,7 @@ def _pdvs(body: memoryview) -> list[Pdv]:
         if control & ~(COMMAND | LAST):
             raise PduError(f"PDV message control header 0x{control:02X} sets reserved bits")
         out.append(Pdv(cx, bool(control & COMMAND), bool(control & LAST),
-                       bytes(body[at + 6:at + 4 + length])))
+                       body[at + 6:at + 4 + length]))
         at += 4 + length
     if not out:
         raise PduError("P-DATA-TF without a PDV item")
