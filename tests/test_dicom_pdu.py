@@ -290,3 +290,30 @@ def test_encode_refuses_what_cannot_be_written() -> None:
         pdu.encode(pdu.AssociateRQ("ÄRCHIVE", "B", ()))
     with pytest.raises(pdu.PduError, match="2-byte length"):
         items.item(0x56, b"\x00" * 70000)
+
+
+# pynetdicom 3.0 misreads an empty user identity primary field (PS3.7 D.3.3.7.1 wants one)
+identities = st.builds(UserIdentityRQ, st.integers(1, 5), st.booleans(),
+                       st.binary(min_size=1, max_size=40), small)
+well_formed_users = st.builds(lambda u, idn: UserInformation(
+    u.max_length, u.implementation_class_uid, u.implementation_version, u.async_window,
+    u.roles, u.extended, u.common_extended, idn, u.identity_ac), users, st.none() | identities)
+odd_ids = st.integers(0, 127).map(lambda n: 2 * n + 1)
+well_formed: st.SearchStrategy[pdu.Pdu] = st.one_of(
+    st.builds(pdu.AssociateRQ, aes, aes, st.lists(st.builds(
+        PresentationContextRQ, odd_ids, uids, st.lists(uids, min_size=1, max_size=3).map(tuple)),
+        min_size=1, max_size=4).map(tuple), well_formed_users),
+    st.builds(pdu.AssociateAC, aes, aes, st.lists(st.builds(
+        PresentationContextAC, odd_ids, st.integers(0, 4), uids), min_size=1,
+        max_size=4).map(tuple), well_formed_users),
+    st.builds(pdu.AssociateRJ, st.integers(1, 2), st.integers(1, 3), st.integers(0, 7)),
+    st.builds(pdu.PData, st.lists(st.builds(pdu.Pdv, odd_ids, st.booleans(), st.booleans(),
+                                            small), min_size=1, max_size=4).map(tuple)),
+    st.builds(pdu.Abort, st.sampled_from([0, 2]), st.integers(0, 6)))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(well_formed)
+def test_pynetdicom_reencodes_any_well_formed_pdu(value: pdu.Pdu) -> None:
+    raw = pdu.encode(value)
+    assert pynetdicom_reencodes(raw) == raw
