@@ -1,0 +1,285 @@
+"""One DICOM association as a sans-IO protocol object (the h11 ``Connection`` model).
+
+Job: the driver feeds the bytes it read (``receive_data``) and takes typed events
+(``next_event``); it hands things to send (``send``) and writes the bytes returned.
+Every step goes through the PS3.8 state table (``proxy.dicom.states``); PDUs through
+``proxy.dicom.pdu``; DIMSE messages through ``proxy.dicom.dimse``.
+
+Rule 1: no sockets, no threads, no clocks. The driver owns the transport and the ARTIM
+        timer: it starts the timer while ``artim_running`` is true, calls
+        ``timer_expired()`` when it fires, and closes the transport once ``state`` is
+        Sta1 (the ``ConnectionClosed`` event says so). ``receive_data(b"")`` is the
+        transport closing (Evt17).
+Rule 2: the association exists once the transport does: an acceptor starts in Sta2
+        (Evt5 done, ARTIM running), a requestor's ``send(AssociateRQ)`` runs Evt1 and
+        Evt2 and returns the A-ASSOCIATE-RQ bytes.
+Rule 3: a local request the state table does not allow raises ``LocalProtocolError``
+        and changes nothing — e.g. a DIMSE message after this side sent A-RELEASE-RQ
+        (Sta7), or anything after an abort. A message may only use a presentation
+        context accepted for this association.
+Rule 4: a received PDU that is malformed, longer than the limit, or breaks DIMSE
+        ordering is Evt19: the table's action runs (A-ABORT from the service provider,
+        an ``Aborted(local=True)`` event), and all later input is discarded — framing
+        can no longer be trusted. Bytes that received input makes this side send
+        (A-ABORT; A-ASSOCIATE-RJ for an unsupported protocol version, AE-6) wait in
+        ``data_to_send()``: the driver writes them after every ``next_event()``.
+Rule 5: bounded: a P-DATA-TF may be as long as the maximum PDU length this side
+        announced (0 announced → ``UNLIMITED_PDU``), an association PDU as long as
+        ``max_associate_pdu``. The 6-byte header decides before the body is buffered,
+        so a 4 GB length costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+from proxy.dicom import pdu
+from proxy.dicom.dimse import Assembler, DimseError, fragments
+from proxy.dicom.events import (
+    Aborted,
+    AssociateAccepted,
+    AssociateRejected,
+    AssociateRequested,
+    ConnectionClosed,
+    NeedData,
+    Received,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    SendMessage,
+)
+from proxy.dicom.states import Action, Event, InvalidTransition, State, transition
+
+MAX_ASSOCIATE_PDU = 1 << 20
+UNLIMITED_PDU = 64 << 20
+# PS3.8 Table 9-26 A-ABORT reasons, service-provider source
+UNRECOGNIZED_PDU, UNEXPECTED_PDU, INVALID_PARAMETER = 1, 2, 6
+USER, PROVIDER = 0, 2
+
+_RECEIVED = {pdu.A_ASSOCIATE_AC: Event.Evt3, pdu.A_ASSOCIATE_RJ: Event.Evt4,
+             pdu.A_ASSOCIATE_RQ: Event.Evt6, pdu.P_DATA_TF: Event.Evt10,
+             pdu.A_RELEASE_RQ: Event.Evt12, pdu.A_RELEASE_RP: Event.Evt13,
+             pdu.A_ABORT: Event.Evt16}
+_ARTIM_START = {Action.AE5, Action.AE8, Action.AR4, Action.AA1, Action.AA8}
+_ARTIM_STOP = {Action.AE6, Action.AR5, Action.AA2, Action.AA5}
+Outgoing = pdu.AssociateRQ | pdu.AssociateAC | pdu.AssociateRJ | SendMessage | \
+    pdu.ReleaseRQ | pdu.ReleaseRP | pdu.Abort
+
+
+class LocalProtocolError(Exception):
+    """This side asked for something PS3.8 forbids here (Rule 3)."""
+
+
+class Association:
+    def __init__(self, role: Literal["acceptor", "requestor"], *, stream_data: bool = False,
+                 max_associate_pdu: int = MAX_ASSOCIATE_PDU) -> None:
+        self.requestor = role == "requestor"
+        self.state = State.Sta1
+        self.artim_running = False
+        self.max_associate_pdu = max_associate_pdu
+        self.receive_limit = 0                # P-DATA-TF limit, once this side announced it
+        self.peer_max_pdu_length = 0          # 0: the peer set no limit
+        self.proposed: dict[int, str] = {}    # context ID -> abstract syntax
+        self.contexts: dict[int, str] = {}    # accepted context ID -> transfer syntax
+        self._assembler = Assembler(stream=stream_data)
+        self._in = bytearray()
+        self._out = bytearray()
+        self._pending: deque[Received] = deque()
+        self._eof = self._broken = False
+        if not self.requestor:
+            self._step(Event.Evt5)
+
+    # -- the state table -------------------------------------------------------------
+    def _step(self, event: Event, *, acceptable: bool = True) -> Action:
+        action, self.state = transition(self.state, event, requestor=self.requestor,
+                                        acceptable=acceptable)
+        if action in _ARTIM_START:
+            self.artim_running = True
+        elif action in _ARTIM_STOP:
+            self.artim_running = action is Action.AE6 and not acceptable
+        return action
+
+    # -- receiving -------------------------------------------------------------------
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes read from the transport; ``b""`` when the peer closed it (Evt17)."""
+        if not data:
+            self._eof = True
+        elif not self._broken and not self._eof:
+            self._in += data
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet handled (a partial PDU, within its limit, Rule 5)."""
+        return len(self._in)
+
+    def data_to_send(self) -> bytes:
+        """Bytes the received input made this side send (A-ABORT, A-ASSOCIATE-RJ)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def next_event(self) -> Received:
+        while not self._pending:
+            if self.state is State.Sta1:
+                return ConnectionClosed()
+            if not self._next_pdu():
+                if not self._eof:
+                    return NeedData()
+                self._closed()
+        return self._pending.popleft()
+
+    def _limit(self, kind: int) -> int:
+        if kind == pdu.P_DATA_TF and self.receive_limit:
+            return self.receive_limit
+        return self.max_associate_pdu
+
+    def _next_pdu(self) -> bool:
+        """Handle one whole buffered PDU; False when there is none."""
+        if self._broken or not self._in:
+            return False
+        first = self._in[0]
+        try:
+            framed = pdu.frame(self._in, self._limit(first))
+            if framed is None:
+                return False
+            kind, total = framed
+            raw = bytes(self._in[:total])
+            del self._in[:total]
+            received = pdu.parse(raw)
+        except pdu.PduError as exc:
+            reason = UNRECOGNIZED_PDU if first not in _RECEIVED else INVALID_PARAMETER
+            self._invalid(str(exc), reason)
+            return True
+        self._dispatch(_RECEIVED[kind], received)
+        return True
+
+    def _invalid(self, why: str, reason: int) -> None:
+        """Evt19 (Rule 4)."""
+        self._broken = True
+        self._in.clear()
+        self._abort_action(self._step(Event.Evt19), why, reason)
+
+    def _abort_action(self, action: Action, why: str, reason: int) -> None:
+        if action is Action.AA1:
+            self._out += pdu.encode(pdu.Abort(USER, 0))      # PS3.8: service-user source
+            self._pending.append(Aborted(USER, 0, local=True, reason_text=why))
+        elif action is Action.AA7:
+            self._out += pdu.encode(pdu.Abort(PROVIDER, reason))
+        elif action is Action.AA8:
+            self._out += pdu.encode(pdu.Abort(PROVIDER, reason))
+            self._pending.append(Aborted(PROVIDER, reason, local=True, reason_text=why))
+
+    def _closed(self) -> None:
+        """Evt17: the transport closed under us."""
+        action = self._step(Event.Evt17)
+        if action is Action.AA4:
+            self._pending.append(Aborted(PROVIDER, 0, local=False,
+                                         reason_text="transport connection closed"))
+        self._pending.append(ConnectionClosed())
+
+    def _dispatch(self, event: Event, received: pdu.Pdu) -> None:
+        before = self.state
+        action = self._step(event, acceptable=not isinstance(received, pdu.AssociateRQ)
+                            or bool(received.protocol_version & 1))
+        if action in (Action.AA1, Action.AA7, Action.AA8):
+            self._abort_action(action, f"{type(received).__name__} PDU unexpected in "
+                               f"{before.name}", UNEXPECTED_PDU)
+        elif action is Action.AE6:
+            assert isinstance(received, pdu.AssociateRQ)
+            self._requested(received)
+        elif action is Action.AE3:
+            assert isinstance(received, pdu.AssociateAC)
+            self.peer_max_pdu_length = received.user.max_length or 0
+            self.contexts = {cx.context_id: cx.transfer_syntax for cx in received.contexts
+                             if cx.result == 0 and cx.context_id in self.proposed}
+            self._pending.append(AssociateAccepted(received))
+        elif action is Action.AE4:
+            assert isinstance(received, pdu.AssociateRJ)
+            self._pending += (AssociateRejected(received), ConnectionClosed())
+        elif action in (Action.DT2, Action.AR6):
+            assert isinstance(received, pdu.PData)
+            self._data(received)
+        elif action in (Action.AR2, Action.AR8):
+            self._pending.append(ReleaseRequested(collision=action is Action.AR8))
+        elif action in (Action.AR3, Action.AR10):
+            self._pending.append(ReleaseConfirmed())
+        elif action is Action.AA3:
+            assert isinstance(received, pdu.Abort)
+            self._pending += (Aborted(received.source, received.reason, local=False),
+                              ConnectionClosed())
+        elif action is Action.AA2:
+            self._pending.append(ConnectionClosed())
+        # AA-6: ignore the PDU
+
+    def _requested(self, rq: pdu.AssociateRQ) -> None:
+        if self.state is State.Sta13:       # AE-6, not acceptable: protocol version
+            self._out += pdu.encode(pdu.AssociateRJ(1, 3, 2))
+            return
+        self.peer_max_pdu_length = rq.user.max_length or 0
+        self.proposed = {cx.context_id: cx.abstract_syntax for cx in rq.contexts}
+        self._pending.append(AssociateRequested(rq))
+
+    def _data(self, pdata: pdu.PData) -> None:
+        try:
+            for pdv in pdata.pdvs:
+                if pdv.context_id not in self.contexts:
+                    raise DimseError(f"PDV on presentation context {pdv.context_id}, which "
+                                     "this association did not accept")
+                self._pending.extend(self._assembler.feed(pdv.context_id, pdv.is_command,
+                                                          pdv.is_last, pdv.data))
+        except DimseError as exc:
+            self._invalid(str(exc), INVALID_PARAMETER)
+
+    # -- sending ---------------------------------------------------------------------
+    def send(self, item: Outgoing) -> bytes:
+        """The bytes to write for ``item`` (Rules 2 and 3)."""
+        try:
+            return self._send(item)
+        except InvalidTransition as exc:
+            raise LocalProtocolError(str(exc)) from None
+
+    def _send(self, item: Outgoing) -> bytes:
+        if isinstance(item, pdu.AssociateRQ):
+            self._step(Event.Evt1)
+            self._step(Event.Evt2)
+            self.proposed = {cx.context_id: cx.abstract_syntax for cx in item.contexts}
+            self.receive_limit = item.user.max_length or UNLIMITED_PDU
+            return pdu.encode(item)
+        if isinstance(item, pdu.AssociateAC):
+            unknown = {cx.context_id for cx in item.contexts} - set(self.proposed)
+            if unknown and self.state is State.Sta3:
+                raise LocalProtocolError(f"A-ASSOCIATE-AC answers contexts {sorted(unknown)} "
+                                         "the requestor did not propose")
+            self._step(Event.Evt7)
+            self.contexts = {cx.context_id: cx.transfer_syntax for cx in item.contexts
+                             if cx.result == 0}
+            self.receive_limit = item.user.max_length or UNLIMITED_PDU
+            return pdu.encode(item)
+        if isinstance(item, pdu.AssociateRJ):
+            self._step(Event.Evt8)
+            return pdu.encode(item)
+        if isinstance(item, SendMessage):
+            if item.context_id not in self.contexts and self.state in (State.Sta6, State.Sta8):
+                raise LocalProtocolError(f"presentation context {item.context_id} was not "
+                                         "accepted on this association")
+            self._step(Event.Evt9)
+            return b"".join(fragments(item.context_id, item.command, item.data,
+                                      self.peer_max_pdu_length))
+        if isinstance(item, pdu.ReleaseRQ):
+            self._step(Event.Evt11)
+            return pdu.encode(item)
+        if isinstance(item, pdu.ReleaseRP):
+            self._step(Event.Evt14)
+            return pdu.encode(item)
+        action = self._step(Event.Evt15)
+        return pdu.encode(item) if action is Action.AA1 else b""
+
+    def timer_expired(self) -> ConnectionClosed | None:
+        """ARTIM fired (Evt18); ``ConnectionClosed`` when the transport must now close."""
+        if not self.artim_running:
+            return None
+        try:
+            self._step(Event.Evt18)
+        except InvalidTransition:
+            return None
+        return ConnectionClosed()
