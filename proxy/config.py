@@ -34,6 +34,7 @@ PHI_MODES = ("hash", "clear", "drop")
 RETRIEVE_MODES = ("get", "move")
 ECHO_MODES = ("upstream", "local")
 MERGE_MODES = ("stream", "complete")
+STORE_MODES = ("spool", "relay")
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class RouteConfig:
     merge: str = "stream"             # federation: stream first answers, or "complete" merge
     recheck_matches: bool = False     # re-check every match against the query (PS3.4 C.2.2.2)
     store_filters: tuple[StoreFilter, ...] = ()  # per store_to archive; absent: every instance
+    store: str = "spool"              # "spool": Success once durable; "relay": the archive's own
 
     @property
     def is_federated(self) -> bool:
@@ -274,7 +276,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
             "called_ae": check.ae, "archives": check.name_list, "allow": check.ae_list,
             "store_to": check.name_list, "echo": check.choice(ECHO_MODES),
             "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
-            "store_filter": _any,
+            "store_filter": _any, "store": check.choice(STORE_MODES),
         })
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
@@ -284,6 +286,10 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
                     raise ConfigError(f"{path}.{key}[{j}]", f"no archive named {name!r}")
             if len(set(fields.get(key, ()))) != len(fields.get(key, ())):
                 raise ConfigError(f"{path}.{key}", "names an archive twice")
+        if fields.get("store") == "relay" and len(fields.get("store_to", ())) != 1:
+            raise ConfigError(f"{path}.store", "\"relay\" forwards each C-STORE to one archive "
+                              "while the workstation waits: store_to must name exactly one "
+                              f"(it names {len(fields.get('store_to', ()))})")
         called = fields["called_ae"]
         if called in seen:
             raise ConfigError(f"{path}.called_ae",
