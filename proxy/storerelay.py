@@ -1,0 +1,184 @@
+"""``store = "relay"`` routes: one archive association per workstation association, mirrored.
+
+The extension ``install`` (in ``proxy.app.EXTENSIONS``) sets the listener's
+``negotiating`` hook; C-STOREs of such a session are forwarded by
+``proxy.operations.store_relay`` over the ``Upstream`` kept in ``session.data``.
+
+Rule 1 (mirroring): when the workstation's A-ASSOCIATE-RQ arrives, the archive named by
+        the route's ``store_to`` is associated with the workstation's storage contexts,
+        and the workstation is offered exactly what the archive accepted
+        (``proxy.mirroring``). A workstation proposing no storage context (a C-FIND, a
+        C-ECHO) costs the archive nothing.
+Rule 2 (refusal): when the archive is down, or rejects or aborts the request, the
+        workstation's association is rejected, transient (PS3.8 9.3.4: result
+        rejected-transient, source service-user, no reason given), the archive's answer
+        as the reason in the log — never accepted for instances nobody would hold.
+Rule 3 (life): the archive association lives exactly as long as the workstation's: released
+        when the workstation releases, aborted when it aborts or the connection drops.
+        If the archive ends it first, the C-STOREs that follow fail (``Upstream.store``
+        says so) — the proxy never answers Success for an instance the archive did not.
+Rule 4: one ``upstream`` event when the archive association cannot be opened (the
+        C-STOREs it would have carried report their own, ``proxy.operations.store_relay``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from io import BufferedIOBase
+from typing import Any, NoReturn
+
+from pynetdicom import evt
+from pynetdicom.presentation import PresentationContext
+
+from proxy import mirroring
+from proxy.contexts import query_contexts
+from proxy.listener import Session
+from proxy.observe import events as ev
+from proxy.operations.base import Services
+from proxy.routing import Rejection
+from proxy.ul import commands, pdu
+from proxy.ul.link import Link, LinkClosed
+from proxy.upstream import ArchiveClient, UpstreamError
+
+_OWN = [str(cx.abstract_syntax) for cx in query_contexts()]
+SESSION_KEY = "store_relay"
+
+
+class Upstream:
+    """The archive association of one workstation association (Rules 1, 3)."""
+
+    def __init__(self, archive: str, client: ArchiveClient, stack: ExitStack, link: Link) -> None:
+        self.archive = archive
+        self.client = client
+        self._stack = stack
+        self.link = link
+        self.lost: str | None = None          # why the archive association is gone
+        self._lock = threading.Lock()
+        self._contexts = {(link.abstract.get(cx), ts): cx
+                          for cx, ts in sorted(link.accept.accepted.items(), reverse=True)}
+
+    def context_for(self, sop_class: str, transfer_syntax: str) -> int | None:
+        return self._contexts.get((sop_class, transfer_syntax))
+
+    def store(self, cx: int, command: bytes, msg_id: int, source: BufferedIOBase | None,
+              data: bytes | None, length: int) -> commands.Command:
+        """Send one C-STORE-RQ and return the archive's C-STORE-RSP command set.
+
+        Raises ``UpstreamError`` (kind ``aborted``/``timeout``) when no response can come;
+        the link is then aborted and every later call fails at once (Rule 3).
+        """
+        peer = self.client.peer
+        with self._lock:
+            if self.lost is not None or self.link.closed:
+                raise UpstreamError(self.archive, self.lost or "archive association closed",
+                                    "the archive ended the association; the workstation "
+                                    "must associate again", kind="aborted")
+            try:
+                if data is not None:
+                    self.link.send_message(cx, command, data=data)
+                else:
+                    self.link.send_message(cx, command, source=source, length=length)
+                rsp = self.link.read_message().command
+            except TimeoutError:
+                self._lose(f"no C-STORE response from {peer.ae_title} within "
+                           f"{peer.timeout:g}s", "timeout")
+            except (LinkClosed, pdu.PduError, ConnectionError) as exc:
+                self._lose(f"archive association to {peer.ae_title} lost ({exc})", "aborted")
+            if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
+                    or rsp.get(commands.RESPONDED_TO) != msg_id
+                    or commands.STATUS not in rsp):
+                self._lose(f"{peer.ae_title} answered the C-STORE with something else",
+                           "aborted")
+            return rsp
+
+    def _lose(self, reason: str, kind: str) -> NoReturn:
+        self.lost = reason
+        self.link.abort()
+        raise UpstreamError(self.archive, reason, f"check {self.client.peer.ae_title}'s log; "
+                            "the workstation must associate again", kind=kind)
+
+    def close(self, release: bool) -> None:
+        with self._lock:
+            if release and not self.link.closed:
+                self._stack.close()                # A-RELEASE (ArchiveClient.link)
+            else:
+                self.link.abort()
+                self._stack.close()
+
+
+def install(services: Services) -> None:
+    """Mirror associations on ``store = "relay"`` routes (a no-op for other routes)."""
+    if not any(route.store == "relay" for route in services.config.routes):
+        return
+    services.listener.negotiating = _negotiator(services)
+    services.extras.setdefault("handlers", []).extend([
+        (evt.EVT_RELEASED, _on_released),
+        (evt.EVT_CONN_CLOSE, _on_closed),
+    ])
+
+
+def _negotiator(services: Services) -> Callable[[Session, list[Any], list[Any]],
+                                               list[Any] | Rejection]:
+    def negotiate(session: Session, proposed: list[Any],
+                  contexts: list[Any]) -> list[Any] | Rejection:
+        route = session.route
+        if route is None or route.store != "relay":
+            return contexts
+        upstream = mirroring.to_mirror(proposed, _OWN)
+        if not upstream:
+            return contexts                        # nothing to store: no archive needed
+        own = [cx for cx in contexts if str(cx.abstract_syntax) in _OWN]
+        return _mirror(services, session, route.store_to[0], upstream, own)
+    return negotiate
+
+
+def _mirror(services: Services, session: Session, archive: str,
+            upstream: list[PresentationContext], own: list[PresentationContext]
+            ) -> list[Any] | Rejection:
+    client = services.archives[archive]
+    started = time.monotonic()
+    stack = ExitStack()
+    try:
+        link = stack.enter_context(client.link(upstream))
+    except UpstreamError as exc:
+        stack.close()
+        services.bus.emit(ev.UpstreamCompleted(
+            archive, "C-STORE", None, time.monotonic() - started, session.info, exc.reason,
+            exc.hint, {"phase": "association", "contexts": len(upstream)}))
+        return Rejection(f"store = \"relay\": archive {archive} could not be associated: "
+                         f"{exc.reason}", exc.hint or f"check archive {archive}",
+                         0x02, 0x01, 0x01)     # Rule 2: rejected-transient, no reason given
+    accepted = {i: link.accept.accepted[2 * i + 1] for i in range(len(upstream))
+                if 2 * i + 1 in link.accept.accepted}
+    refused = {i: link.accept.refused.get(2 * i + 1, mirroring.NO_REASON)
+               for i in range(len(upstream)) if i not in accepted}
+    plan = mirroring.mirrored(upstream, accepted, refused, own)
+    for i in plan.hide:       # mirroring Rule 4: seen by pynetdicom's negotiation only
+        upstream[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
+    session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
+    details: dict[str, Any] = {"archive": archive, "proposed": len(upstream),
+                               "accepted": len(accepted)}
+    if refused:
+        details["refused"] = mirroring.refusal(upstream, accepted, refused)[:20]
+    if not plan.exact:
+        details["inexact"] = ("the workstation's contexts cannot all get the archive's own "
+                              "answer (an archive answering alike contexts differently, or "
+                              "refusing with reason 1 or 2): see proxy.mirroring Rule 3, 4")
+    services.bus.emit(ev.Noted("info", "association_mirrored", details, session.info))
+    return plan.contexts
+
+
+def _on_released(event: evt.Event, services: Services) -> None:
+    upstream = services.session(event).data.pop(SESSION_KEY, None)
+    if upstream is not None:
+        upstream.close(release=True)
+
+
+def _on_closed(event: evt.Event, services: Services) -> None:
+    # Anything still open here: the workstation aborted, or the link dropped (Rule 3).
+    upstream = services.session(event).data.pop(SESSION_KEY, None)
+    if upstream is not None:
+        upstream.close(release=False)
