@@ -7,13 +7,16 @@ second one configured the same way, and asserts the two are equal:
 - what each archive holds: the data set bytes (after the file meta, which names the
   sender) and the transfer syntax.
 And: nothing is spooled; an archive that is down gets the workstation's association
-rejected (transient) with the reason in the log, never a Success.
+rejected (transient) with the reason in the log, never a Success; the archive association
+is released or aborted with the workstation's; an archive gone mid-association fails the
+C-STOREs that follow with 0xA700.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,10 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 
+from proxy.synthetic import make_studies, write_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import tool
 from tests.e2e.orthanc import OrthancArchive
@@ -243,3 +249,57 @@ def test_an_archive_that_is_down_gets_the_association_rejected_never_a_success(
     [upstream] = [e for e in proxy.events("upstream") if e["operation"] == "C-STORE"]
     assert upstream["archive"] == "pacs" and upstream["status"] == "none"
     assert proxy.operations("C-STORE") == [] and spooled(proxy) == []
+
+
+def _workstation(port: int, syntax: str) -> Any:
+    """A pynetdicom workstation association to the relay route (CT in ``syntax``)."""
+    ae = AE(MODALITY)
+    ae.add_requested_context(CTImageStorage, [syntax])
+    return ae.associate(LOOPBACK, port, ae_title=ROUTE)
+
+
+def _ct(tmp_path: Path, n: int) -> list[Any]:
+    return [dcmread(p) for p in write_studies(tmp_path / "ct", make_studies(
+        1, instances_per_series=n, seed=str(tmp_path)))]
+
+
+def test_the_archive_association_lives_and_ends_with_the_workstations(
+        orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    archive = orthanc_factory("PROXIED")
+    proxy = proxy_factory(relay_rules(archive))
+    released, aborted = "Association Release with AET QR_PROXY", "Peer aborted Association"
+    for end in ("release", "abort"):
+        datasets = _ct(tmp_path / end, 2)
+        assoc = _workstation(proxy.port, str(datasets[0].file_meta.TransferSyntaxUID))
+        assert assoc.is_established
+        assert [int(assoc.send_c_store(ds).Status) for ds in datasets] == [0, 0]
+        before = archive.log_text()
+        assoc.release() if end == "release" else assoc.abort()
+        proxy.wait_event("association_released" if end == "release"
+                         else "association_aborted")
+        deadline = time.monotonic() + 10
+        wanted = released if end == "release" else aborted
+        while archive.log_text().count(wanted) <= before.count(wanted):
+            assert time.monotonic() < deadline, archive.log_tail()
+            time.sleep(0.1)
+    assert len(archive.instance_uids()) == 4
+
+
+def test_an_archive_gone_mid_association_fails_the_next_store_never_a_success(
+        orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    archive = orthanc_factory("PROXIED")
+    proxy = proxy_factory(relay_rules(archive))
+    first, second = _ct(tmp_path, 2)
+    assoc = _workstation(proxy.port, str(first.file_meta.TransferSyntaxUID))
+    try:
+        assert int(assoc.send_c_store(first).Status) == 0
+        archive.stop()                                  # SIGKILL: a crash, mid-association
+        rsp = assoc.send_c_store(second)
+        assert int(rsp.Status) == 0xA700, rsp
+        assert int(assoc.send_c_store(second).Status) == 0xA700   # and every one after
+    finally:
+        assoc.release()
+    stores = proxy.operations("C-STORE")
+    assert [e["status"] for e in stores] == ["0x0000", "0xA700", "0xA700"]
+    assert stores[1].get("hint") and "lost" in stores[1]["error"]
+    assert spooled(proxy) == []
