@@ -85,7 +85,7 @@ class Upstream:
             except TimeoutError:
                 self._lose(f"no C-STORE response from {peer.ae_title} within "
                            f"{peer.timeout:g}s", "timeout")
-            except (LinkClosed, pdu.PduError, ConnectionError) as exc:
+            except (LinkClosed, pdu.PduError, OSError) as exc:
                 self._lose(f"archive association to {peer.ae_title} lost ({exc})", "aborted")
             if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
                     or rsp.get(commands.RESPONDED_TO) != msg_id
@@ -101,12 +101,13 @@ class Upstream:
                             "the workstation must associate again", kind=kind)
 
     def close(self, release: bool) -> None:
-        with self._lock:
-            if release and not self.link.closed:
-                self._stack.close()                # A-RELEASE (ArchiveClient.link)
-            else:
-                self.link.abort()
-                self._stack.close()
+        """A-RELEASE (after any C-STORE in flight), or A-ABORT at once (Rule 3)."""
+        if release:
+            with self._lock:
+                self._stack.close()                # ArchiveClient.link releases it
+        else:
+            self.link.abort()                      # wakes a C-STORE waiting for its answer
+            self._stack.close()
 
 
 def install(services: Services) -> None:
