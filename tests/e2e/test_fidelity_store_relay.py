@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom import AE
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from proxy.synthetic import make_studies, write_studies
@@ -303,3 +304,57 @@ def test_an_archive_gone_mid_association_fails_the_next_store_never_a_success(
     assert [e["status"] for e in stores] == ["0x0000", "0xA700", "0xA700"]
     assert stores[1].get("hint") and "lost" in stores[1]["error"]
     assert spooled(proxy) == []
+
+
+class CommentingArchive:
+    """A pynetdicom storage SCP answering every C-STORE with ``status`` and an ErrorComment
+    (fault injection: Orthanc sends no ErrorComment), recording what each request carried."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        self.aet = "COMMENTING"
+        self.received: list[tuple[int, int, str, bytes]] = []
+        answer = Dataset()
+        answer.Status, answer.ErrorComment = status, comment
+
+        def on_store(event: Any) -> Any:
+            rq = event.request
+            self.received.append((int(rq.MessageID), int(rq.Priority),
+                                  str(event.context.transfer_syntax),
+                                  event.encoded_dataset(include_meta=False)))
+            return answer
+
+        ae = AE(self.aet)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+        self._ae = ae
+        self._server = ae.start_server((LOOPBACK, 0), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self.dicom_port = int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._ae.shutdown()
+
+
+@pytest.mark.parametrize("status", [0xB007, 0xA900], ids=["warning", "failure"])
+def test_the_archives_status_and_error_comment_reach_the_workstation_unchanged(
+        status: int, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    direct_archive = CommentingArchive(status, "REFUSED BY POLICY 42")
+    proxied_archive = CommentingArchive(status, "REFUSED BY POLICY 42")
+    try:
+        proxy = proxy_factory(relay_rules(proxied_archive))
+        files = encodings(tmp_path)
+        direct = storescu(direct_archive.dicom_port, direct_archive.aet, files, "-R", "-xr")
+        proxied = storescu(proxy.port, ROUTE, files, "-R", "-xr")
+        assert_same(direct, proxied)
+        answered = [s for s in direct.statuses.values() if s is not None]
+        assert set(answered) == {status} and len(answered) >= 4
+        comments = [[line for line in seen.output.splitlines() if "ErrorComment" in line]
+                    for seen in (direct, proxied)]
+        assert comments[0] and comments[1] == comments[0]
+        # what the archive got: Message ID, priority, transfer syntax, data set bytes
+        assert proxied_archive.received == direct_archive.received
+        assert len(proxied_archive.received) == len(answered)
+    finally:
+        direct_archive.close()
+        proxied_archive.close()
