@@ -6,11 +6,11 @@ route's archive; what the archive's A-ASSOCIATE-AC accepted becomes what the pro
 offers the workstation, so a SOP class or transfer syntax the archive refuses is
 refused at negotiation, exactly as it would be without the proxy.
 
-Rule 1: the contexts the proxy serves itself (Verification, the Q/R models) are not
-        mirrored: they are answered by the proxy, over the route's ``archives``.
-        Every other proposed context — any storage SOP class, known to pynetdicom or
-        not — goes to the archive unchanged: same abstract syntax, same transfer
-        syntaxes, same order.
+Rule 1: the contexts the proxy serves itself (Verification, the Q/R models, any non-storage
+        SOP class pynetdicom knows) are not mirrored: the route offers them as usual.
+        Every storage context — a storage SOP class, or one pynetdicom does not know
+        (``is_storage``) — goes to the archive unchanged: same abstract syntax, same
+        transfer syntaxes, same order.
 Rule 2: pynetdicom's acceptor (PS3.8 9.3.3.2 via ``negotiate_as_acceptor``) keeps one
         supported context per abstract syntax and, per proposed context, accepts the
         first of its transfer syntaxes that the context offered. So per abstract
@@ -40,6 +40,12 @@ from graphlib import CycleError, TopologicalSorter
 
 from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.service_class import (
+    NonPatientObjectStorageServiceClass,
+    ServiceClass,
+    StorageServiceClass,
+)
+from pynetdicom.sop_class import uid_to_service_class
 
 # PS3.8 9.3.3.2 presentation context results (A-ASSOCIATE-AC)
 ACCEPTANCE, USER_REJECTION, NO_REASON = 0x00, 0x01, 0x02
@@ -58,11 +64,15 @@ class MirrorPlan:
     exact: bool                            # every proposed context gets the archive's answer
 
 
-def to_mirror(proposed: Sequence[PresentationContext],
-              own: Iterable[str]) -> list[PresentationContext]:
+def is_storage(uid: str) -> bool:
+    """A storage SOP class, or one pynetdicom does not know (the archive judges it, Rule 1)."""
+    return uid_to_service_class(uid) in (StorageServiceClass, NonPatientObjectStorageServiceClass,
+                                         ServiceClass)
+
+
+def to_mirror(proposed: Sequence[PresentationContext]) -> list[PresentationContext]:
     """The workstation's proposed contexts that go to the archive, in its order (Rule 1)."""
-    served = {str(uid) for uid in own}
-    return [cx for cx in proposed if str(cx.abstract_syntax) not in served]
+    return [cx for cx in proposed if is_storage(str(cx.abstract_syntax))]
 
 
 def mirrored(upstream: Sequence[PresentationContext], accepted: Mapping[int, str],

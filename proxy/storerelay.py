@@ -19,6 +19,12 @@ Rule 3 (life): the archive association lives exactly as long as the workstation'
         says so) — the proxy never answers Success for an instance the archive did not.
 Rule 4: one ``upstream`` event when the archive association cannot be opened (the
         C-STOREs it would have carried report their own, ``proxy.operations.store_relay``).
+Rule 5: pynetdicom answers a C-STORE only for a SOP class it maps to a storage service
+        (otherwise it aborts the association). A SOP class it does not know that the
+        archive accepted is registered with ``pynetdicom.register_uid`` (its documented
+        way to add private SOP classes) as storage, so the C-STORE is relayed as direct.
+        At most ``MAX_REGISTERED`` are registered per process; past that such a context
+        is refused (0x03) and the log says why.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from contextlib import ExitStack
 from io import BufferedIOBase
 from typing import Any, NoReturn
 
-from pynetdicom import evt
+from pynetdicom import evt, register_uid
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 
 from proxy import mirroring
-from proxy.contexts import query_contexts
 from proxy.listener import Session
 from proxy.observe import events as ev
 from proxy.operations.base import Services
@@ -43,8 +50,12 @@ from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 
-_OWN = [str(cx.abstract_syntax) for cx in query_contexts()]
 SESSION_KEY = "store_relay"
+# SOP classes unknown to pynetdicom registered as storage (Rule 5); bounded, as a
+# workstation chooses them.
+MAX_REGISTERED = 1000
+_registered: set[str] = set()
+_register_lock = threading.Lock()
 
 
 class Upstream:
@@ -128,10 +139,10 @@ def _negotiator(services: Services) -> Callable[[Session, list[Any], list[Any]],
         route = session.route
         if route is None or route.store != "relay":
             return contexts
-        upstream = mirroring.to_mirror(proposed, _OWN)
+        upstream = mirroring.to_mirror(proposed)
         if not upstream:
             return contexts                        # nothing to store: no archive needed
-        own = [cx for cx in contexts if str(cx.abstract_syntax) in _OWN]
+        own = [cx for cx in contexts if not mirroring.is_storage(str(cx.abstract_syntax))]
         return _mirror(services, session, route.store_to[0], upstream, own)
     return negotiate
 
@@ -157,6 +168,11 @@ def _mirror(services: Services, session: Session, archive: str,
     refused = {i: link.accept.refused.get(2 * i + 1, mirroring.NO_REASON)
                for i in range(len(upstream)) if i not in accepted}
     plan = mirroring.mirrored(upstream, accepted, refused, own)
+    unserved = _serve_unknown(plan.contexts)
+    if unserved:
+        plan = mirroring.MirrorPlan([cx for cx in plan.contexts
+                                     if str(cx.abstract_syntax) not in unserved],
+                                    plan.hide, False)
     for i in plan.hide:       # mirroring Rule 4: seen by pynetdicom's negotiation only
         upstream[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
     session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
@@ -170,6 +186,22 @@ def _mirror(services: Services, session: Session, archive: str,
                               "refusing with reason 1 or 2): see proxy.mirroring Rule 3, 4")
     services.bus.emit(ev.Noted("info", "association_mirrored", details, session.info))
     return plan.contexts
+
+
+def _serve_unknown(contexts: list[PresentationContext]) -> set[str]:
+    """Register the SOP classes pynetdicom does not know as storage, so their C-STOREs reach
+    the handler (Rule 5); the ones over the bound are returned, not to be offered."""
+    unknown = {str(cx.abstract_syntax) for cx in contexts
+               if uid_to_service_class(str(cx.abstract_syntax)) is ServiceClass}
+    refused = set()
+    with _register_lock:
+        for uid in sorted(unknown - _registered):
+            if len(_registered) >= MAX_REGISTERED:
+                refused.add(uid)
+                continue
+            register_uid(uid, "RelayedStorage_" + uid.replace(".", "_"), StorageServiceClass)
+            _registered.add(uid)
+    return refused
 
 
 def _on_released(event: evt.Event, services: Services) -> None:

@@ -14,7 +14,12 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    ModalityWorklistInformationFind,
+    MRImageStorage,
+    Verification,
+)
 
 from proxy import mirroring
 from proxy.contexts import query_contexts
@@ -94,9 +99,9 @@ def test_reasons_pynetdicom_cannot_give_are_flagged_not_exact() -> None:
     assert answers == {0: (0x03, None)} and not exact
 
 
-def test_only_contexts_the_proxy_does_not_serve_itself_go_to_the_archive() -> None:
-    own = [str(cx.abstract_syntax) for cx in query_contexts()]
+def test_only_storage_and_unknown_sop_classes_go_to_the_archive() -> None:
     proposed = proposal((Verification, [IMPL]), (CTImageStorage, [EXPL]),
-                        ("1.2.3.4.5.6", [EXPL]))
-    assert [str(cx.abstract_syntax) for cx in mirroring.to_mirror(proposed, own)] == [
+                        ("1.2.3.4.5.6", [EXPL]), (ModalityWorklistInformationFind, [EXPL]),
+                        *[(str(cx.abstract_syntax), [EXPL]) for cx in query_contexts()])
+    assert [str(cx.abstract_syntax) for cx in mirroring.to_mirror(proposed)] == [
         CTImageStorage, "1.2.3.4.5.6"]

@@ -54,6 +54,10 @@ ENCODINGS = {
     "MR_small_jp2klossless.dcm": "2",       # JPEG 2000 Lossless
 }
 _MR_UID = b"1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"
+# CT_small.dcm as a SOP class no archive knows (same length: an equal-length byte patch).
+_CT_CLASS, _UNKNOWN_CLASS = b"1.2.840.10008.5.1.4.1.1.2\0", b"1.2.3.4.5.6.7.8.9.10.11.1\0"
+_CT_UID = b"1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+UNKNOWN = _UNKNOWN_CLASS.decode().rstrip("\0")
 
 
 @dataclass
@@ -110,6 +114,15 @@ def encodings(directory: Path) -> list[Path]:
         path.write_bytes(data)
         out.append(path)
     return out
+
+
+def unknown_class(directory: Path) -> Path:
+    """CT_small.dcm as a SOP class no DCMTK tool knows (storescu will not send it)."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # type: ignore[arg-type]
+    assert data.count(_CT_CLASS) == 2 and data.count(_CT_UID) == 2
+    path = directory / "unknown_sop_class.dcm"
+    path.write_bytes(data.replace(_CT_CLASS, _UNKNOWN_CLASS).replace(_CT_UID, _CT_UID[:-1] + b"9"))
+    return path
 
 
 def held(archive: OrthancArchive) -> dict[str, tuple[str, bytes]]:
@@ -203,6 +216,34 @@ def test_syntaxes_the_archive_refuses_are_refused_at_negotiation_as_direct(
     assert all("inexact" not in e for e in proxy.events("association_mirrored"))
     assert held(proxied_archive) == held(direct_archive)
     assert spooled(proxy) == []
+
+
+@pytest.mark.parametrize("accepted", [True, False], ids=["archive-accepts", "archive-refuses"])
+def test_a_sop_class_only_the_archive_judges_is_negotiated_and_stored_as_direct(
+        accepted: bool, orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory,
+        tmp_path: Path) -> None:
+    # storescu refuses to send a SOP class DCMTK does not know: pynetdicom proposes it.
+    unknown = dcmread(unknown_class(tmp_path))
+    direct_archive, proxied_archive = pair(
+        orthanc_factory, extra_config={"UnknownSopClassAccepted": accepted})
+    proxy = proxy_factory(relay_rules(proxied_archive))
+    seen = []
+    for port, called in ((direct_archive.dicom_port, direct_archive.aet), (proxy.port, ROUTE)):
+        ae = AE(MODALITY)
+        ae.add_requested_context(UNKNOWN, [str(unknown.file_meta.TransferSyntaxUID)])
+        ae.add_requested_context(CTImageStorage, [str(unknown.file_meta.TransferSyntaxUID)])
+        assoc = ae.associate(LOOPBACK, port, ae_title=called)
+        assert assoc.is_established
+        contexts = sorted((cx.context_id, str(cx.abstract_syntax), cx.result)
+                          for cx in [*assoc.accepted_contexts, *assoc.rejected_contexts])
+        rsp = assoc.send_c_store(unknown) if accepted else None
+        status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+        assoc.release()
+        seen.append((contexts, status))
+    assert seen[1] == seen[0]
+    assert seen[0][0][0][2] == (0x00 if accepted else 0x03)   # the archive's own answer
+    assert held(proxied_archive) == held(direct_archive)
+    assert len(held(direct_archive)) == (1 if accepted else 0)
 
 
 def test_a_store_the_archive_fails_gets_the_archives_status_and_nothing_is_kept(
