@@ -273,21 +273,29 @@ def test_a_store_the_archive_fails_gets_the_archives_status_and_nothing_is_kept(
     assert spooled(proxy) == []
 
 
-def test_an_archive_that_is_down_gets_the_association_rejected_never_a_success(
-        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("archive_state", ["down", "rejecting"])
+def test_an_archive_that_is_down_or_rejects_gets_the_association_rejected_never_a_success(
+        archive_state: str, orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory,
+        tmp_path: Path) -> None:
     @dataclass
     class Down:
         aet: str = "PACS_DOWN"
         dicom_port: int = free_port()
 
+    # "rejecting": Orthanc answers A-ASSOCIATE-RJ to the proxy's AE title it does not know
+    archive: Any = (Down() if archive_state == "down"
+                    else orthanc_factory("PROXIED", only_known_calling_aets=True))
     files = encodings(tmp_path)[:2]
-    proxy = proxy_factory(relay_rules(Down()))
+    proxy = proxy_factory(relay_rules(archive))
     proxied = storescu(proxy.port, ROUTE, files, "-R")
     assert proxied.rejected, proxied.output
     assert "Rejected Transient" in proxied.output or "transient" in proxied.output.lower()
     assert all(s is None for s in proxied.statuses.values())
     [rejected] = proxy.events("association_rejected")
     assert "pacs" in rejected["reason"] and rejected.get("hint")
+    if archive_state == "rejecting":
+        assert "rejected" in rejected["reason"] and "QR_PROXY" in rejected["hint"]
+        assert len(held(archive)) == 0
     [upstream] = [e for e in proxy.events("upstream") if e["operation"] == "C-STORE"]
     assert upstream["archive"] == "pacs" and upstream["status"] == "none"
     assert proxy.operations("C-STORE") == [] and spooled(proxy) == []
