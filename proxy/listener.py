@@ -57,8 +57,9 @@ _MIN_PDU_ALLOWANCE = 256 * 1024
 # Outgoing PDUs (about two per C-FIND response) queued before a handler waits (Rule 4).
 SEND_BACKLOG = 64
 _ids = itertools.count(1)
-# (session, proposed contexts, contexts the route offers) -> contexts to offer, or a rejection
-Negotiator = Callable[["Session", list[Any], list[Any]], "list[Any] | Rejection"]
+# (association, session, proposed contexts, contexts the route offers)
+#   -> contexts to offer, or a rejection
+Negotiator = Callable[[Association, "Session", list[Any], list[Any]], "list[Any] | Rejection"]
 
 
 @dataclass
@@ -335,7 +336,7 @@ class Listener:
         contexts = in_requestor_order(contexts_for_route(decision, self.config),
                                       self._proposed(assoc))
         if self.negotiating is not None:
-            outcome = self.negotiating(session, self._proposed(assoc), contexts)
+            outcome = self.negotiating(assoc, session, self._proposed(assoc), contexts)
             if isinstance(outcome, Rejection):
                 self._reject(assoc, session, outcome)
                 return

@@ -15,8 +15,10 @@ Rule 2 (refusal): when the archive is down, or rejects or aborts the request, th
         as the reason in the log — never accepted for instances nobody would hold.
 Rule 3 (life): the archive association lives exactly as long as the workstation's: released
         when the workstation releases, aborted when it aborts or the connection drops.
-        If the archive ends it first, the C-STOREs that follow fail (``Upstream.store``
-        says so) — the proxy never answers Success for an instance the archive did not.
+        If the archive ends it first (released, aborted, closed — e.g. its idle timeout),
+        the workstation's association is aborted, as the archive's own end would have
+        ended it without the proxy (``Upstream.watch``); a C-STORE caught by the loss
+        fails (``Upstream.store``: 0xA700) — never Success for what the archive did not.
 Rule 4: one ``upstream`` event when the archive association cannot be opened (the
         C-STOREs it would have carried report their own, ``proxy.operations.store_relay``).
 Rule 5: pynetdicom answers a C-STORE only for a SOP class it maps to a storage service
@@ -29,6 +31,7 @@ Rule 5: pynetdicom answers a C-STORE only for a SOP class it maps to a storage s
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -36,13 +39,13 @@ from contextlib import ExitStack
 from io import BufferedIOBase
 from typing import Any, NoReturn
 
-from pynetdicom import evt, register_uid
+from pynetdicom import Association, evt, register_uid
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from proxy import mirroring
-from proxy.listener import Session
+from proxy.listener import Negotiator, Session
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.routing import Rejection
@@ -70,6 +73,33 @@ class Upstream:
         self._lock = threading.Lock()
         self._contexts = {(link.abstract.get(cx), ts): cx
                           for cx, ts in sorted(link.accept.accepted.items(), reverse=True)}
+
+    def watch(self, on_lost: Callable[[str], None], name: str) -> None:
+        """Call ``on_lost`` if the archive ends the association between C-STOREs (Rule 3)."""
+        threading.Thread(target=self._watch, args=(on_lost,), name=name, daemon=True).start()
+
+    def _watch(self, on_lost: Callable[[str], None]) -> None:
+        sock = self.link.sock
+        while True:
+            try:
+                select.select([sock], [], [])      # data, EOF, or our own shutdown
+            except (OSError, ValueError):
+                return
+            with self._lock:                       # a C-STORE may be reading its answer
+                if self.link.closed or self.lost is not None:
+                    return
+                try:
+                    readable, _, _ = select.select([sock], [], [], 0)
+                except (OSError, ValueError):
+                    return
+                if not readable:
+                    continue                       # that was a C-STORE's answer
+                # Unsolicited while idle: A-RELEASE-RQ, A-ABORT or a closed connection.
+                self.lost = (f"archive {self.archive} ({self.client.peer.ae_title}) ended its "
+                             "association (released, aborted or closed it) between C-STOREs")
+                self.link.abort()
+            on_lost(self.lost)
+            return
 
     def context_for(self, sop_class: str, transfer_syntax: str) -> int | None:
         return self._contexts.get((sop_class, transfer_syntax))
@@ -132,9 +162,8 @@ def install(services: Services) -> None:
     ])
 
 
-def _negotiator(services: Services) -> Callable[[Session, list[Any], list[Any]],
-                                               list[Any] | Rejection]:
-    def negotiate(session: Session, proposed: list[Any],
+def _negotiator(services: Services) -> Negotiator:
+    def negotiate(assoc: Association, session: Session, proposed: list[Any],
                   contexts: list[Any]) -> list[Any] | Rejection:
         route = session.route
         if route is None or route.store != "relay":
@@ -143,11 +172,11 @@ def _negotiator(services: Services) -> Callable[[Session, list[Any], list[Any]],
         if not upstream:
             return contexts                        # nothing to store: no archive needed
         own = [cx for cx in contexts if not mirroring.is_storage(str(cx.abstract_syntax))]
-        return _mirror(services, session, route.store_to[0], upstream, own)
+        return _mirror(services, assoc, session, route.store_to[0], upstream, own)
     return negotiate
 
 
-def _mirror(services: Services, session: Session, archive: str,
+def _mirror(services: Services, assoc: Association, session: Session, archive: str,
             upstream: list[PresentationContext], own: list[PresentationContext]
             ) -> list[Any] | Rejection:
     client = services.archives[archive]
@@ -173,13 +202,18 @@ def _mirror(services: Services, session: Session, archive: str,
         plan = mirroring.MirrorPlan([cx for cx in plan.contexts
                                      if str(cx.abstract_syntax) not in unserved],
                                     plan.hide, False)
-    for i in plan.hide:       # mirroring Rule 4: seen by pynetdicom's negotiation only
-        upstream[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
-    session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
     details: dict[str, Any] = {"archive": archive, "proposed": len(upstream),
                                "accepted": len(accepted)}
     if refused:
         details["refused"] = mirroring.refusal(upstream, accepted, refused)[:20]
+    for i in plan.hide:       # mirroring Rule 4: seen by pynetdicom's negotiation only
+        upstream[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
+    relay = session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
+
+    def lost(reason: str) -> None:            # Rule 3: the archive ended it first
+        session.data["abort_reason"] = reason
+        assoc.abort()
+    relay.watch(lost, f"relay-{session.info.assoc_id}")
     if not plan.exact:
         details["inexact"] = ("the workstation's contexts cannot all get the archive's own "
                               "answer (an archive answering alike contexts differently, or "

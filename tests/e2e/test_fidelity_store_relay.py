@@ -301,16 +301,16 @@ def test_an_archive_that_is_down_or_rejects_gets_the_association_rejected_never_
     assert proxy.operations("C-STORE") == [] and spooled(proxy) == []
 
 
-def _workstation(port: int, syntax: str) -> Any:
-    """A pynetdicom workstation association to the relay route (CT in ``syntax``)."""
+def _workstation(port: int, syntax: str, called: str = ROUTE) -> Any:
+    """A pynetdicom workstation association (CT in ``syntax``), to the relay route by default."""
     ae = AE(MODALITY)
     ae.add_requested_context(CTImageStorage, [syntax])
-    return ae.associate(LOOPBACK, port, ae_title=ROUTE)
+    return ae.associate(LOOPBACK, port, ae_title=called)
 
 
-def _ct(tmp_path: Path, n: int) -> list[Any]:
-    return [dcmread(p) for p in write_studies(tmp_path / "ct", make_studies(
-        1, instances_per_series=n, seed=str(tmp_path)))]
+def _ct(directory: Path, n: int, seed: str | None = None) -> list[Any]:
+    return [dcmread(p) for p in write_studies(directory / "ct", make_studies(
+        1, instances_per_series=n, seed=seed or str(directory)))]
 
 
 def test_the_archive_association_lives_and_ends_with_the_workstations(
@@ -335,23 +335,41 @@ def test_the_archive_association_lives_and_ends_with_the_workstations(
     assert len(archive.instance_uids()) == 4
 
 
-def test_an_archive_gone_mid_association_fails_the_next_store_never_a_success(
+def test_an_archive_ending_an_idle_association_ends_the_workstations_as_direct(
         orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
-    archive = orthanc_factory("PROXIED")
-    proxy = proxy_factory(relay_rules(archive))
-    first, second = _ct(tmp_path, 2)
-    assoc = _workstation(proxy.port, str(first.file_meta.TransferSyntaxUID))
-    try:
+    # Orthanc closes an association idle for DicomScpTimeout seconds.
+    direct_archive, proxied_archive = pair(orthanc_factory, extra_config={"DicomScpTimeout": 1})
+    proxy = proxy_factory(relay_rules(proxied_archive))
+    ended = []
+    for port, called in ((direct_archive.dicom_port, direct_archive.aet), (proxy.port, ROUTE)):
+        [ds] = _ct(tmp_path / called, 1, seed="idle")
+        assoc = _workstation(port, str(ds.file_meta.TransferSyntaxUID), called)
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.join(timeout=20)                 # the association thread ends with it
+        ended.append(not assoc.is_alive() and not assoc.is_established)
+    assert ended == [True, True]
+    [aborted] = proxy.events("association_aborted")
+    assert "ended its association" in aborted["reason"], aborted
+    assert held(proxied_archive) == held(direct_archive) != {}
+
+
+def test_an_archive_dying_mid_association_ends_the_workstations_as_direct(
+        orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    direct_archive, proxied_archive = pair(orthanc_factory)
+    proxy = proxy_factory(relay_rules(proxied_archive))
+    [first] = _ct(tmp_path, 1)
+    outcomes = []
+    for archive, port, called in ((direct_archive, direct_archive.dicom_port, direct_archive.aet),
+                                  (proxied_archive, proxy.port, ROUTE)):
+        assoc = _workstation(port, str(first.file_meta.TransferSyntaxUID), called)
         assert int(assoc.send_c_store(first).Status) == 0
         archive.stop()                                  # SIGKILL: a crash, mid-association
-        rsp = assoc.send_c_store(second)
-        assert int(rsp.Status) == 0xA700, rsp
-        assert int(assoc.send_c_store(second).Status) == 0xA700   # and every one after
-    finally:
-        assoc.release()
-    stores = proxy.operations("C-STORE")
-    assert [e["status"] for e in stores] == ["0x0000", "0xA700", "0xA700"]
-    assert stores[1].get("hint") and "lost" in stores[1]["error"]
+        assoc.join(timeout=20)
+        outcomes.append((assoc.is_aborted, assoc.is_established))
+    assert outcomes == [(True, False), (True, False)]
+    [aborted] = proxy.events("association_aborted")
+    assert "ended its association" in aborted["reason"], aborted
+    assert [e["status"] for e in proxy.operations("C-STORE")] == ["0x0000"]
     assert spooled(proxy) == []
 
 
