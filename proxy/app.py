@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from pynetdicom import _config, evt
 
-from proxy import fastencode, federation, forwarder, health, retrieve
+from proxy import fastencode, federation, forwarder, health, retrieve, storerelay
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
@@ -44,6 +44,7 @@ EXTENSIONS: list[Extension] = [
     federation.install,             # C-FIND cap recovery, location cache, locate()
     forwarder.start,                # spool + one store-and-forward thread per archive
     retrieve.install,               # C-MOVE/C-GET pump, move-mode inbound matching
+    storerelay.install,             # store = "relay" routes: mirrored archive associations
 ]
 
 

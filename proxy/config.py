@@ -34,6 +34,7 @@ PHI_MODES = ("hash", "clear", "drop")
 RETRIEVE_MODES = ("get", "move")
 ECHO_MODES = ("upstream", "local")
 MERGE_MODES = ("stream", "complete")
+STORE_MODES = ("spool", "relay")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class RouteConfig:
     recheck_matches: bool = False     # re-check every match against the query (PS3.4 C.2.2.2)
     store_filters: tuple[StoreFilter, ...] = ()  # per store_to archive; absent: every instance
     pass_calling_ae: bool = False     # archives see the workstation's calling AE, not calling_ae
+    store: str = "spool"              # "spool": Success once durable; "relay": the archive's own
 
     @property
     def is_federated(self) -> bool:
@@ -276,6 +278,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
             "store_to": check.name_list, "echo": check.choice(ECHO_MODES),
             "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
             "store_filter": _any, "pass_calling_ae": check.boolean,
+            "store": check.choice(STORE_MODES),
         })
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
@@ -285,6 +288,10 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
                     raise ConfigError(f"{path}.{key}[{j}]", f"no archive named {name!r}")
             if len(set(fields.get(key, ()))) != len(fields.get(key, ())):
                 raise ConfigError(f"{path}.{key}", "names an archive twice")
+        if fields.get("store") == "relay" and len(fields.get("store_to", ())) != 1:
+            raise ConfigError(f"{path}.store", "\"relay\" forwards each C-STORE to one archive "
+                              "while the workstation waits: store_to must name exactly one "
+                              f"(it names {len(fields.get('store_to', ()))})")
         called = fields["called_ae"]
         if called in seen:
             raise ConfigError(f"{path}.called_ae",

@@ -9,7 +9,10 @@ Rule 2: limits are enforced *before* pynetdicom can be hurt by a peer:
         - every accepted socket gets a timeout, so a peer that stops reading
           cannot block a send forever (pynetdicom leaves accepted sockets blocking).
 Rule 3: association admission is decided by ``routing.admit`` (pure); this
-        module only carries the decision out and reports it.
+        module only carries the decision out and reports it. A route may then
+        narrow the contexts offered, or reject, through ``negotiating`` (set by
+        ``proxy.storerelay`` for association mirroring), still inside EVT_REQUESTED,
+        before pynetdicom negotiates.
 Rule 4: streamed responses are back-pressured (``wait_for_room``): pynetdicom
         queues outgoing PDUs without limit, so a workstation that reads slowly
         would otherwise make the proxy hold a whole C-FIND answer in memory.
@@ -54,6 +57,9 @@ _MIN_PDU_ALLOWANCE = 256 * 1024
 # Outgoing PDUs (about two per C-FIND response) queued before a handler waits (Rule 4).
 SEND_BACKLOG = 64
 _ids = itertools.count(1)
+# (association, session, proposed contexts, contexts the route offers)
+#   -> contexts to offer, or a rejection
+Negotiator = Callable[[Association, "Session", list[Any], list[Any]], "list[Any] | Rejection"]
 
 
 @dataclass
@@ -175,6 +181,9 @@ class Listener:
         # Per SOP class, what the receivers of an archive's move-mode retrieves accepted.
         self.inbound_syntaxes: Callable[[str | None], Mapping[str, Sequence[str]] | None] = (
             lambda archive: None)
+        # A route's last word on the contexts offered, or a rejection (set by
+        # proxy.storerelay: association mirroring for store = "relay" routes).
+        self.negotiating: Negotiator | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -328,8 +337,15 @@ class Listener:
             return
         session.route = decision
         assoc.acceptor.ae_title = decision.called_ae
-        assoc.acceptor.supported_contexts = in_requestor_order(
-            contexts_for_route(decision, self.config), self._proposed(assoc))
+        contexts = in_requestor_order(contexts_for_route(decision, self.config),
+                                      self._proposed(assoc))
+        if self.negotiating is not None:
+            outcome = self.negotiating(assoc, session, self._proposed(assoc), contexts)
+            if isinstance(outcome, Rejection):
+                self._reject(assoc, session, outcome)
+                return
+            contexts = outcome
+        assoc.acceptor.supported_contexts = contexts
 
     @staticmethod
     def _proposed(assoc: Association) -> list[Any]:

@@ -109,6 +109,10 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("routes.0.archives", ["site_a", "site_a"], "routes[0].archives: names an archive twice"),
     ("routes.0.store_to", ["elsewhere"], "routes[0].store_to[0]: no archive named 'elsewhere'"),
     ("routes.0.echo", "remote", "routes[0].echo: must be one of"),
+    ("routes.0.store", "forward", "routes[0].store: must be one of"),
+    ("routes.0.store", "relay", "routes[0].store: \"relay\" forwards each C-STORE to one "
+                              "archive while the workstation waits: store_to must name "
+                              "exactly one (it names 0)"),
     ("routes.0.called_ae", None, "routes[0].called_ae: is required"),
     ("proxy.acse_timeout", 0, "proxy.acse_timeout: must be a positive number"),
     ("proxy.network_timeout", -5, "proxy.network_timeout: must be a positive number"),
@@ -139,6 +143,20 @@ def test_each_mistake_names_its_key_path(path: str, value: Any, expected: str) -
     message = str(caught.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+def test_store_mode_defaults_to_spool_and_relay_needs_exactly_one_archive() -> None:
+    assert parse(minimal()).routes[0].store == "spool"
+    data = minimal()
+    data["archives"]["site_b"] = {"ae_title": "PACS_B", "host": "10.0.0.6", "port": 104}
+    data["routes"][0].update(store="relay", store_to=["site_a"])
+    assert parse(data).routes[0].store == "relay"
+    data["routes"][0]["store_to"] = ["site_a", "site_b"]
+    with pytest.raises(ConfigError) as caught:
+        parse(data)
+    assert str(caught.value).startswith("routes[0].store: ") and "(it names 2)" in str(caught.value)
+    data["routes"][0]["store"] = "spool"           # several archives are fine when spooled
+    assert parse(data).routes[0].store_to == ("site_a", "site_b")
 
 
 def test_duplicate_called_ae_titles_are_rejected() -> None:

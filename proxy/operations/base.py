@@ -73,12 +73,14 @@ class Services:
     def archive(self, name: str, event: evt.Event | None) -> ArchiveClient:
         """The client for a request to archive ``name`` made for ``event``'s workstation
         (Rule 4); without an event, the proxy's own (its ``calling_ae``)."""
-        client = self.archives[name]
         if event is None:
-            return client
-        session = self.session(event)
-        return client.calling_as(calling_ae_for(self.config.archives[name], session.route,
-                                                session.info.calling_ae))
+            return self.archives[name]
+        return self.archive_for(name, self.session(event))
+
+    def archive_for(self, name: str, session: Session) -> ArchiveClient:
+        """``archive`` for a workstation's association before any request (negotiation)."""
+        return self.archives[name].calling_as(calling_ae_for(
+            self.config.archives[name], session.route, session.info.calling_ae))
 
     @contextmanager
     def operation(self, event: evt.Event, name: str) -> Iterator[OperationRecord]:

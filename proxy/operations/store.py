@@ -21,6 +21,9 @@ Rule 4: C-STOREs on a session marked ``inbound`` (instances an archive sends
         ``services.extras["inbound_store"](event)``, which answers them.
 Rule 5: one ``operation`` event per C-STORE answered; patient identifiers read
         from the header are protected in it (``record.protect``).
+Rule 6: on a ``store = "relay"`` route Rules 1 and 3 give way to
+        ``proxy.operations.store_relay``: the instance is forwarded while the
+        workstation waits and the archive's own status is the answer; nothing is spooled.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pynetdicom.dsutils import encode_file_meta
 
 from proxy.forwarder import publish
 from proxy.observe.logs import PHI_KEYWORDS
+from proxy.operations import store_relay
 from proxy.operations.base import OperationRecord, Services
 from proxy.routing import InstanceFacts, store_targets
 from proxy.spool import InstanceMeta, Spool, SpoolFull
@@ -95,6 +99,8 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
                        f"{modality or '(none)'} from {facts.calling_ae}; widen store_filter in "
                        f"rules.toml if these instances should be kept")
         return Status.NOT_AUTHORIZED, "no archive of this route takes this instance"
+    if route.store == "relay":          # Rule 6
+        return store_relay.forward(event, services, record, received, encoded)
     spool: Spool = services.extras["spool"]
     try:
         if not spool.admits(size):

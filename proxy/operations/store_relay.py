@@ -1,0 +1,99 @@
+"""C-STORE on a ``store = "relay"`` route: forwarded while the workstation waits.
+
+Rule 1: the data set goes to the archive exactly as received (the bytes after the
+        file meta pynetdicom put in front of them), over the archive context with the
+        same SOP class and transfer syntax (``proxy.storerelay``: the workstation was
+        only offered those). Message ID, priority and Move Originator are the
+        workstation's own; Affected SOP Class/Instance UID are the request's.
+Rule 2: the workstation gets the archive's status and ErrorComment unchanged, so a
+        refusal reads as it would without the proxy. Nothing is written to the spool.
+Rule 3: when no answer can come from the archive (its association is gone, lost or
+        timed out), the answer is 0xA700 (Refused: Out of Resources, PS3.4 B.2.3): the
+        instance is not held anywhere, the sender may retry. A C-STORE on a context the
+        archive has no counterpart for (it was not mirrored) is 0x0122 (Refused: SOP
+        Class Not Supported, PS3.7 C.5.12). Never Success without the archive's.
+Rule 4: one ``upstream`` event per forwarded C-STORE (``Services.upstream_call``); the
+        ``operation`` event is the caller's (``proxy.operations.store``).
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BufferedIOBase
+from pathlib import Path
+
+from pynetdicom import evt
+
+from proxy.operations.base import OperationRecord, Services
+from proxy.status import Status, hex_status
+from proxy.storerelay import SESSION_KEY, Upstream
+from proxy.ul import commands
+from proxy.upstream import UpstreamError
+
+Reply = tuple[int, str | None]
+_GROUP_LENGTH = struct.Struct("<HH2sHL")     # (0002,0000) UL, Explicit VR Little Endian
+
+
+def forward(event: evt.Event, services: Services, record: OperationRecord,
+            received: Path | None, encoded: bytes | None) -> Reply:
+    """Send the instance to the route's archive; its answer is the workstation's."""
+    session = services.session(event)
+    upstream: Upstream | None = session.data.get(SESSION_KEY)
+    request = event.request
+    sop_class = str(request.AffectedSOPClassUID)
+    syntax = str(event.context.transfer_syntax)
+    if upstream is None:      # cannot happen: a storage context is only accepted mirrored
+        return Status.SOP_CLASS_NOT_SUPPORTED, "no archive association for this context"
+    record.archives = [upstream.archive]
+    cx = upstream.context_for(sop_class, syntax)
+    if cx is None:
+        record.hint = f"archive {upstream.archive} accepted no context for this SOP class " \
+                      f"in {syntax}"
+        return Status.SOP_CLASS_NOT_SUPPORTED, "the archive does not accept this context"
+    command = commands.c_store_rq(
+        int(request.MessageID), sop_class, str(request.AffectedSOPInstanceUID),
+        str(getattr(request, "MoveOriginatorApplicationEntityTitle", "") or "").strip() or None,
+        getattr(request, "MoveOriginatorMessageID", None),
+        int(getattr(request, "Priority", 0) or 0))
+    with services.upstream_call(upstream.archive, "C-STORE", event) as result:
+        try:
+            rsp = _send(upstream, cx, command, int(request.MessageID), received, encoded)
+        except UpstreamError as exc:
+            result["error"], result["hint"] = exc.reason, exc.hint
+            record.hint = exc.hint
+            record.details["error"] = exc.reason
+            return Status.REFUSED_OUT_OF_RESOURCES, "archive unreachable, not stored"
+        status = int(rsp[commands.STATUS])
+        result["status"] = status
+        comment = rsp.get(commands.ERROR_COMMENT)
+        if comment:
+            record.details["archive_comment"] = str(comment)
+        record.details["archive_status"] = hex_status(status)
+        return status, str(comment) if comment else None
+
+
+def _send(upstream: Upstream, cx: int, command: bytes, msg_id: int,
+          received: Path | None, encoded: bytes | None) -> commands.Command:
+    if received is not None:
+        with received.open("rb") as source:
+            offset = data_offset(source.read(1024))
+            size = received.stat().st_size
+            source.seek(offset)
+            return upstream.store(cx, command, msg_id, _buffered(source), None, size - offset)
+    data = encoded or b""
+    return upstream.store(cx, command, msg_id, None, data[data_offset(data[:1024]):], 0)
+
+
+def _buffered(source: object) -> BufferedIOBase:
+    assert isinstance(source, BufferedIOBase)
+    return source
+
+
+def data_offset(head: bytes) -> int:
+    """Where the data set starts after a Part-10 preamble and file meta (PS3.10 7.1)."""
+    if head[128:132] != b"DICM" or len(head) < 144:
+        return 0
+    group, element, vr, _length, value = _GROUP_LENGTH.unpack_from(head, 132)
+    if (group, element, vr) != (0x0002, 0x0000, b"UL"):
+        raise ValueError("file meta without (0002,0000) File Meta Information Group Length")
+    return 144 + int(value)
