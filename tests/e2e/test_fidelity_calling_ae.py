@@ -119,6 +119,8 @@ def proxy(pacs: OrthancArchive, store_pacs: OrthancArchive, proxy_dest: StoreSCP
             {"called_ae": "KEEP", "archives": ["site_get"]},
             {"called_ae": "STORE", "archives": ["site_store"], "store_to": ["site_store"],
              "pass_calling_ae": True},
+            {"called_ae": "STORE_RELAY", "archives": ["site_store"],
+             "store_to": ["site_store"], "store": "relay", "pass_calling_ae": True},
         ],
     }
     running = ProxyProcess(rules, tmp_path_factory.mktemp("calling-ae-proxy")).start()
@@ -347,6 +349,27 @@ def test_forwarded_instances_are_stored_as_from_the_workstation(
         STRANGER, "STORE")
     note = json.loads(Path(dead["path"]).with_suffix(".json").read_text())
     assert (note["sending_ae"], note["receiving_ae"]) == (STRANGER, "STORE")
+
+
+def test_a_relay_route_stores_as_the_workstation_and_refuses_a_stranger_as_directly(
+        proxy: ProxyProcess, store_pacs: OrthancArchive, tmp_path: Path) -> None:
+    """store = "relay" with pass_calling_ae: the archive association mirrored at
+    negotiation is the workstation's own, so the archive's answer is the direct one."""
+    paths = write_studies(tmp_path / "relay", make_studies(1, instances_per_series=1,
+                                                           seed="calling-ae-relay"))
+    store_pacs.delete_all()
+    direct_store = storescu(*direct(store_pacs), KNOWN, paths)
+    assert direct_store.statuses == [SUCCESS], direct_store.output[-2000:]
+    expected = store_pacs.remote_aets()
+    store_pacs.delete_all()
+    sent = storescu(*through(proxy, "STORE_RELAY"), KNOWN, paths)
+    assert sent.statuses == [SUCCESS], sent.output[-2000:]
+    assert store_pacs.remote_aets() == expected            # no waiting: relayed, answered
+    direct_stranger = storescu(*direct(store_pacs), STRANGER, paths)
+    relayed_stranger = storescu(*through(proxy, "STORE_RELAY"), STRANGER, paths)
+    assert direct_stranger.statuses == relayed_stranger.statuses == []
+    assert "Association Rejected" in direct_stranger.output
+    assert "Association Rejected" in relayed_stranger.output, relayed_stranger.output[-2000:]
 
 
 def test_a_restart_forwards_spooled_instances_as_their_sender(
