@@ -122,6 +122,20 @@ def assert_same_delivery(got: dict[str, tuple[str, bytes | None]],
             assert got[uid][0] in UNCOMPRESSED_LE, (uid, got[uid][0])
 
 
+def compare_moves(direct_dest: StoreSCP, dest: StoreSCP, originals: list[Path],
+                  direct: RetrieveResult, proxied: RetrieveResult,
+                  ) -> tuple[dict[str, tuple[str, bytes | None]],
+                             dict[str, tuple[str, bytes | None]]]:
+    """What the two storescps received, checked alike (``assert_same_delivery``)."""
+    want = delivered(direct_dest.received_datasets())
+    got = delivered(dest.received_datasets())
+    # The direct path delivers the study converted to what storescp takes, up to the first
+    # instance Orthanc cannot convert (it then ends the C-MOVE with 0xC000).
+    assert len(want) >= len(ENCODED_FILES) // 2, direct.output[-3000:]
+    assert_same_delivery(got, want, original_syntaxes(originals), proxied)
+    return want, got
+
+
 def counts(result: RetrieveResult) -> tuple[int | None, int | None, int | None, int | None]:
     return result.final_status, result.completed, result.failed, result.warning
 
@@ -138,12 +152,7 @@ def test_move_to_a_receiver_of_uncompressed_syntaxes_delivers_what_direct_delive
     proxied = movescu(LOOPBACK, proxy.port, ROUTE, WORKSTATION, move_destination=dest.aet,
                       keys=keys)
 
-    want = delivered(direct_dest.received_datasets())
-    got = delivered(dest.received_datasets())
-    # The direct path delivers the study converted to what storescp takes, up to the first
-    # instance Orthanc cannot convert (it then ends the C-MOVE with 0xC000).
-    assert len(want) >= len(ENCODED_FILES) // 2, direct.output[-3000:]
-    assert_same_delivery(got, want, original_syntaxes(encoded[1]), proxied)
+    want, got = compare_moves(direct_dest, dest, encoded[1], direct, proxied)
     if got.keys() == want.keys():
         assert counts(proxied) == counts(direct)
     else:   # the proxy converted what Orthanc could not; what it could not either is Failed
@@ -277,10 +286,7 @@ def test_move_mode_asks_the_archive_for_what_the_receiver_takes(
     proxy = proxy_factory(rules_)
     proxied = movescu(LOOPBACK, proxy.port, ROUTE, WORKSTATION, move_destination=dest.aet,
                       keys=keys)
-    want = delivered(direct_dest.received_datasets())
-    got = delivered(dest.received_datasets())
-    assert len(want) >= len(ENCODED_FILES) // 2, direct.output[-3000:]
-    assert_same_delivery(got, want, original_syntaxes(encoded[1]), proxied)
+    _want, got = compare_moves(direct_dest, dest, encoded[1], direct, proxied)
     # Orthanc gives up its C-MOVE at the first instance it cannot convert (0xC000, no
     # counts, directly); through the proxy the workstation gets the true counts.
     assert proxied.completed == len(got), proxied.output[-3000:]
