@@ -209,6 +209,12 @@ def status_field(pid: int, name: str) -> int:
     return 0
 
 
+def alive(pid: int) -> None:
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    if state in ("Z", "X"):
+        raise RuntimeError(f"server process {pid} died (state {state})")
+
+
 @dataclass
 class Step:
     idle: int
@@ -220,23 +226,27 @@ class Step:
 
 
 def timed_echoes(port: int, called: str, echoes: int) -> float:
-    """Median seconds of ``echoes`` new associations (after a warm-up); inf on a 60 s timeout."""
+    """Median seconds of ``echoes`` new associations (after a warm-up); NaN if one failed."""
     try:
         echo_once(port, called)
         return statistics.median(echo_once(port, called) for _ in range(echoes))
-    except TimeoutError:
-        return float("inf")
+    except (OSError, RuntimeError) as exc:       # refused, reset, timed out, wrong answer
+        print(f"  new association to {called} on port {port} failed: {exc!r}",
+              file=sys.stderr, flush=True)
+        return float("nan")
 
 
 def measure(pid: int, idle: IdleAssociations, n: int, window: float, echoes: int,
             echo_targets: dict[str, tuple[int, str]]) -> Step:
     idle.grow_to(n)
+    alive(pid)
     time.sleep(2.0)                       # let association set-up work finish before the window
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     time.sleep(window)                    # the measurement itself: nothing happens on purpose
     cpu_percent = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
     rss_mb = status_field(pid, "VmRSS") / 1024
     threads = status_field(pid, "Threads")
+    alive(pid)
     medians = {label: timed_echoes(port, called, echoes)
                for label, (port, called) in echo_targets.items()}
     return Step(n, idle.still_open(), cpu_percent, rss_mb, threads, medians)
@@ -277,6 +287,8 @@ def main() -> int:
     parser.add_argument("--echoes", type=int, default=7, help="new associations timed per step")
     parser.add_argument("--orthanc-threads", type=int, default=0,
                         help='Orthanc "DicomThreadsCount" (default: largest N + 8)')
+    parser.add_argument("--servers", default="proxy,direct",
+                        help="which to measure: proxy, direct or both (comma-separated)")
     args = parser.parse_args()
     steps = sorted({int(s) for s in args.steps.split(",")} | {0})
     top = steps[-1]
@@ -296,16 +308,23 @@ def main() -> int:
             "routes": [{"called_ae": "RELAY", "archives": ["pacs"]},
                        {"called_ae": "ECHO_LOCAL", "archives": ["pacs"], "echo": "local"}],
         }, Path(tmp)).start()
+        results: dict[str, list[Step]] = {}
         try:
             assert proxy.proc is not None and archive._proc is not None
-            print("measuring the proxy ...", file=sys.stderr, flush=True)
-            proxied = run_server("proxy", proxy.proc.pid, proxy.port, "RELAY", steps, args.window,
-                                 args.echoes, {"local": (proxy.port, "ECHO_LOCAL"),
-                                               "upstream": (proxy.port, "RELAY")})
-            print("measuring Orthanc directly ...", file=sys.stderr, flush=True)
-            direct = run_server("direct", archive._proc.pid, archive.dicom_port, archive.aet,
-                                steps, args.window, args.echoes,
-                                {"direct": (archive.dicom_port, archive.aet)})
+            if "proxy" in args.servers:
+                print("measuring the proxy ...", file=sys.stderr, flush=True)
+                results["proxy"] = run_server(
+                    "proxy", proxy.proc.pid, proxy.port, "RELAY", steps, args.window,
+                    args.echoes, {"local": (proxy.port, "ECHO_LOCAL"),
+                                  "upstream": (proxy.port, "RELAY")})
+            if "direct" in args.servers:
+                print("measuring Orthanc directly ...", file=sys.stderr, flush=True)
+                results["Orthanc direct"] = run_server(
+                    "direct", archive._proc.pid, archive.dicom_port, archive.aet, steps,
+                    args.window, args.echoes, {"direct": (archive.dicom_port, archive.aet)})
+        except BaseException:
+            print(f"Orthanc log tail:\n{archive.log_tail(20)}", file=sys.stderr)
+            raise
         finally:
             code = proxy.stop()
         if code != 0:
@@ -319,20 +338,22 @@ def main() -> int:
           "| new assoc. + C-ECHO | vs alone | same, C-ECHO relayed upstream | vs alone |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for index, n in enumerate(steps):
-        for label, results, keys in (("proxy", proxied, ("local", "upstream")),
-                                     ("Orthanc direct", direct, ("direct",))):
-            step, alone = results[index], results[0]
+        for label, measured in results.items():
+            keys = ("local", "upstream") if label == "proxy" else ("direct",)
+            step, alone = measured[index], measured[0]
             per = f"{(step.cpu_percent - alone.cpu_percent) / n:.2f}%" if n else ""
             cells = [f"{step.echo[k] * 1000:.1f} ms | {step.echo[k] / alone.echo[k]:.2f}x"
                      for k in keys] + ["- | -"] * (2 - len(keys))
             print(f"| {n} | {label} | {step.held}/{n} | {step.cpu_percent:.1f}% | {per} "
                   f"| {step.rss_mb:.0f} MB | {step.threads} | {' | '.join(cells)} |")
-    last = proxied[-1]
-    print(f"\nProxy beside {top} idle: {last.cpu_percent:.1f}% of one core (target <= 5%); "
-          f"a new association {last.echo['local'] / proxied[0].echo['local']:.2f}x its time "
-          "alone (target <= 1.3x). 'vs alone' divides by the same server's N=0 row; 'per idle "
-          "assoc.' is (CPU - CPU at N=0) / N; the proxy's C-ECHO is answered by the proxy "
-          "(route echo = \"local\") or relayed to Orthanc (echo = \"upstream\").")
+    if "proxy" in results:
+        last, first = results["proxy"][-1], results["proxy"][0]
+        print(f"\nProxy beside {top} idle: {last.cpu_percent:.1f}% of one core (target <= 5%);"
+              f" a new association {last.echo['local'] / first.echo['local']:.2f}x its time "
+              "alone (target <= 1.3x).")
+    print("'vs alone' divides by the same server's N=0 row; 'per idle assoc.' is (CPU - CPU "
+          "at N=0) / N; the proxy's C-ECHO is answered by the proxy (route echo = \"local\") "
+          "or relayed to Orthanc (echo = \"upstream\").")
     return 0
 
 
