@@ -24,7 +24,16 @@ from pynetdicom.dsutils import decode
 from proxy.dicom import pdu
 from proxy.dicom.dimse import fragments
 from proxy.dicom.events import Aborted, DataFragment, MessageReceived, SendMessage
-from proxy.dicom.io import AssociationRejected, Driver, Handler, Limits, Link, LinkClosed, Outbox
+from proxy.dicom.io import (
+    AssociationRejected,
+    Driver,
+    Handler,
+    Limits,
+    Link,
+    LinkClosed,
+    Outbox,
+    run,
+)
 from proxy.dicom.items import PresentationContextRQ, UserInformation
 from proxy.dicom.negotiation import Offer, Policy, negotiate
 from proxy.ul import commands
@@ -42,8 +51,10 @@ class LoopThread:
     """An event loop in a thread with one Driver on it, serving ``factory``."""
 
     def __init__(self, factory: Callable[[Link], Handler], limits: Limits,
-                 tls: ssl.SSLContext | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
+                 tls: ssl.SSLContext | None = None,
+                 new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+                 ) -> None:
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -329,19 +340,20 @@ class Gate(Scp):
         self.link.run_in_worker(answer)
 
 
-def test_reading_pauses_while_the_handler_is_busy() -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_reading_pauses_while_the_handler_is_busy(in_flight: int) -> None:
     Gate.gate.clear()
     Gate.seen, Scp.closed = [], []
-    server = LoopThread(Gate, Limits())
+    server = LoopThread(Gate, Limits(max_in_flight=in_flight))
     try:
         with raw_associate(server.port) as sock:
             burst = b"".join(b"".join(fragments(1, {**ECHO_RQ, commands.MESSAGE_ID: i}, None,
                                                 16384)) for i in range(1, 3001))
             sock.sendall(burst)                          # ~260 KB: more than one read
-            wait_for(lambda: len(Gate.seen) == 1)
+            wait_for(lambda: len(Gate.seen) == in_flight)
             time.sleep(0.3)
             [link] = server.driver.links
-            assert len(Gate.seen) == 1                   # nothing more delivered ...
+            assert len(Gate.seen) == in_flight           # nothing more delivered ...
             assert link.association.buffered <= 256 * 1024   # ... nor read past one chunk
             Gate.gate.set()
             answers = read_pdus(sock, 3000)
@@ -457,3 +469,65 @@ def test_shutdown_stops_accepting_then_aborts_the_rest() -> None:
     server.loop.call_soon_threadsafe(server.loop.stop)
     server.thread.join(5)
     server.loop.close()
+
+
+def test_message_begun_and_not_completed_times_out_on_dimse_timeout() -> None:
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(Scp, Limits(dimse_timeout=1.0, network_timeout=10.0))
+    try:
+        with raw_associate(server.port) as stuck:
+            started = time.monotonic()
+            stuck.sendall(b"".join(fragments(1, ECHO_RQ, None, 16384))[:10])   # half a PDU
+            assert pdu.parse(read_until_closed(stuck)) == pdu.Abort()
+            assert 0.9 <= time.monotonic() - started < 3
+        assert pynetdicom_echo(server.port) == 0
+    finally:
+        server.stop()
+
+
+class Broken(Scp):
+    """Fails on message ID 99, on the loop or in a worker."""
+    def on_message(self, message: MessageReceived | DataFragment) -> None:
+        assert isinstance(message, MessageReceived)
+        if message.command[commands.MESSAGE_ID] == 99:
+            raise RuntimeError("handler bug")
+        if message.command[commands.MESSAGE_ID] == 98:
+            self.link.run_in_worker(lambda outbox: 1 / 0)   # type: ignore[func-returns-value]
+            return
+        super().on_message(message)
+
+
+@pytest.mark.parametrize("msg_id", [98, 99])
+def test_handler_failure_aborts_only_its_association(msg_id: int) -> None:
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(Broken, Limits())
+    try:
+        with raw_associate(server.port) as victim:
+            victim.sendall(b"".join(fragments(1, {**ECHO_RQ, commands.MESSAGE_ID: msg_id}, None,
+                                              16384)))
+            assert pdu.parse(read_until_closed(victim)) == pdu.Abort()
+        assert pynetdicom_echo(server.port) == 0
+    finally:
+        server.stop()
+
+
+def test_run_uses_an_event_loop() -> None:
+    seen: list[bool] = []
+
+    async def main() -> None:
+        seen.append(asyncio.get_running_loop().is_running())
+    run(main)
+    assert seen == [True]
+
+
+def test_uvloop_drives_the_same_scp() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(Scp, Limits(), new_loop=uvloop.new_event_loop)
+    try:
+        assert pynetdicom_echo(server.port) == 0
+        done = subprocess.run(["/usr/bin/echoscu", "-aec", "PROXY", "127.0.0.1",
+                               str(server.port)], capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
