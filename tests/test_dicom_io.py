@@ -173,6 +173,14 @@ def read_or_reset(sock: socket.socket) -> bytes:
         return b""
 
 
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -531,3 +539,23 @@ def test_uvloop_drives_the_same_scp() -> None:
         assert done.returncode == 0, done.stderr
     finally:
         server.stop()
+
+
+def test_shutdown_lets_a_running_association_finish_within_grace() -> None:
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(Scp, Limits())
+    ae = AE(ae_title="WS1")
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="PROXY")
+    assert assoc.is_established
+    stopping = asyncio.run_coroutine_threadsafe(server.driver.shutdown(10.0), server.loop)
+    wait_for(lambda: refused(server.port))              # no longer accepting
+    assert assoc.send_c_echo().Status == 0              # still served ...
+    started = time.monotonic()
+    assoc.release()                                      # ... and released, not aborted
+    stopping.result(5)
+    assert time.monotonic() - started < 2 and assoc.is_released and not assoc.is_aborted
+    assert len(Scp.closed) == 1
+    server.loop.call_soon_threadsafe(server.loop.stop)
+    server.thread.join(5)
+    server.loop.close()
