@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
-from pynetdicom.dsutils import decode
+from pynetdicom import AE, build_role, evt
+from pynetdicom.dsutils import decode, encode
 
 from proxy.dicom import pdu
 from proxy.dicom.dimse import fragments
@@ -559,3 +559,77 @@ def test_shutdown_lets_a_running_association_finish_within_grace() -> None:
     server.loop.call_soon_threadsafe(server.loop.stop)
     server.thread.join(5)
     server.loop.close()
+
+
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.1.3"          # Patient Root Q/R - GET
+GET_POLICY = Policy({GET_MODEL: Offer((IMPLICIT, EXPLICIT)),
+                     CT: Offer((EXPLICIT, IMPLICIT), roles=(True, True))})
+
+
+class GetScp(Scp):
+    """C-GET: a worker sends each instance as a C-STORE sub-operation on the same
+    association and waits for its C-STORE-RSP (``Outbox.request``)."""
+    instances: list[Dataset]
+
+    def on_associate_request(self, request: pdu.AssociateRQ) -> pdu.AssociateAC | pdu.AssociateRJ:
+        return negotiate(request, GET_POLICY)
+
+    def on_message(self, message: MessageReceived | DataFragment) -> None:
+        assert isinstance(message, MessageReceived)
+        self.link.run_in_worker(lambda outbox: self.get(outbox, message))
+
+    def get(self, outbox: Outbox, message: MessageReceived) -> None:
+        assoc = self.link.association
+        [store_cx] = [cx for cx in assoc.contexts if assoc.proposed[cx] == CT]
+        msg_id = int(message.command[commands.MESSAGE_ID])
+        counts = {commands.REMAINING: len(GetScp.instances), commands.COMPLETED: 0,
+                  commands.FAILED: 0, commands.WARNING: 0}
+        for n, ds in enumerate(GetScp.instances, start=1):
+            rsp = outbox.request(SendMessage(store_cx, {
+                commands.COMMAND_FIELD: commands.C_STORE_RQ, commands.MESSAGE_ID: 1000 + n,
+                commands.AFFECTED_SOP_CLASS: CT, commands.PRIORITY: 0,
+                commands.AFFECTED_SOP_INSTANCE: ds.SOPInstanceUID},
+                encode(ds, False, True)))
+            counts[commands.REMAINING] -= 1
+            counts[commands.COMPLETED if rsp.command[commands.STATUS] == 0
+                   else commands.FAILED] += 1
+            status = 0xFF00 if counts[commands.REMAINING] else 0x0000
+            outbox.send(SendMessage(message.context_id, {
+                commands.COMMAND_FIELD: commands.C_GET_RSP, commands.RESPONDED_TO: msg_id,
+                commands.AFFECTED_SOP_CLASS: GET_MODEL, commands.STATUS: status, **counts}))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_c_get_sub_operations_over_the_same_association(in_flight: int) -> None:
+    GetScp.instances = []
+    for n in range(3):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = CT, generate_uid(), "GET-1"
+        ds.BitsAllocated, ds.PixelData = 8, bytes([n]) * 50_000   # 4 PDUs each at 16 KB
+        GetScp.instances.append(ds)
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(GetScp, Limits(max_in_flight=in_flight))
+    stored: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        stored.append(event.dataset)
+        return 0
+    try:
+        ae = AE(ae_title="WS1")
+        ae.maximum_pdu_size = 16384
+        ae.add_requested_context(GET_MODEL)
+        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="PROXY",
+                             ext_neg=[build_role(CT, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientID = "PATIENT", "GET-1"
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, GET_MODEL)]
+        assoc.release()
+        assert statuses == [0xFF00, 0xFF00, 0x0000]
+        assert [ds.SOPInstanceUID for ds in stored] == \
+            [ds.SOPInstanceUID for ds in GetScp.instances]
+        assert [ds.PixelData for ds in stored] == [ds.PixelData for ds in GetScp.instances]
+    finally:
+        server.stop()

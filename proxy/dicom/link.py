@@ -29,6 +29,12 @@ Rule 5: a handler or worker exception, a protocol error or a timeout aborts this
 Rule 6: the A-RELEASE-RP goes out once no worker job is in flight; on a release
         collision the acceptor answers after its own A-RELEASE-RQ is answered
         (PS3.8 9.2.4).
+Rule 7: a worker may send a request on the association and wait for its response
+        (``Outbox.request``: a C-GET's C-STORE sub-operations). The response — the
+        first message with that Message ID Being Responded To and no streamed data
+        set — goes to the waiting worker, not to the handler; while it waits, the job
+        does not count against ``max_in_flight`` (reading must go on for the response
+        to arrive); no response within ``dimse_timeout`` aborts the association.
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ from proxy.dicom.events import (
     NeedData,
     ReleaseConfirmed,
     ReleaseRequested,
+    SendMessage,
 )
+from proxy.ul import commands
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +119,21 @@ class Outbox:
     def send(self, item: Outgoing) -> None:
         """Blocks until written below the high-water mark; ``LinkClosed`` if gone."""
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._post(self._link.send_for_worker, item, done)
+        done.result()
+
+    def request(self, message: SendMessage) -> MessageReceived:
+        """Send a request and wait for its (first) response, matched by Message ID
+        (Rule 7). ``LinkClosed`` if the association ends first."""
+        done: concurrent.futures.Future[MessageReceived] = concurrent.futures.Future()
+        self._post(self._link.request_for_worker, message, done)
+        return done.result()
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
         try:
-            self._link.loop.call_soon_threadsafe(self._link.send_for_worker, item, done)
+            self._link.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:                       # the loop is closed
             raise LinkClosed("event loop closed") from None
-        done.result()
 
 
 class Link(asyncio.Protocol):
@@ -133,6 +151,8 @@ class Link(asyncio.Protocol):
         self._in_flight = 0
         self._write_paused = self._read_paused = False
         self._writers: list[concurrent.futures.Future[None]] = []
+        self._awaiting: dict[int, tuple[concurrent.futures.Future[MessageReceived],
+                                        asyncio.TimerHandle]] = {}
         self._artim: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -222,7 +242,8 @@ class Link(asyncio.Protocol):
                 (isinstance(event, MessageReceived) and not event.data_follows)
             if complete and not self.association.buffered:
                 self._message_since = None
-            self._call(self.handler.on_message, event)
+            if not self._answered(event):
+                self._call(self.handler.on_message, event)
         elif isinstance(event, AssociateRequested):
             answer = self._call(self.handler.on_associate_request, event.request)
             if answer is not None:             # None: the handler failed, already aborted
@@ -305,8 +326,49 @@ class Link(asyncio.Protocol):
 
     def _fail_writers(self) -> None:
         writers, self._writers = self._writers, []
+        waiting, self._awaiting = self._awaiting, {}
         for done in writers:
             done.set_exception(LinkClosed("association closed"))
+        for waiter, timer in waiting.values():
+            timer.cancel()
+            waiter.set_exception(LinkClosed("association closed"))
+
+    def request_for_worker(self, message: SendMessage,
+                           done: concurrent.futures.Future[MessageReceived]) -> None:
+        msg_id = int(message.command[commands.MESSAGE_ID])
+        if self.closed.done() or msg_id in self._awaiting:
+            done.set_exception(LinkClosed("association closed") if self.closed.done()
+                               else LocalProtocolError(f"Message ID {msg_id} already awaited"))
+            return
+        timer = self.loop.call_later(self.limits.dimse_timeout, self.abort,
+                                     f"no response to message {msg_id} within "
+                                     f"{self.limits.dimse_timeout} s")
+        self._awaiting[msg_id] = (done, timer)
+        self._in_flight -= 1                   # waiting on the peer: reading must go on
+        self._sync_reading()
+        try:
+            self.send(message)
+        except Exception as exc:
+            self._awaiting.pop(msg_id)
+            timer.cancel()
+            self._in_flight += 1
+            done.set_exception(exc)
+
+    def _answered(self, event: MessageReceived | DataFragment) -> bool:
+        """A response a worker awaits goes to it, not to the handler (Rule 7)."""
+        if not isinstance(event, MessageReceived) or event.data_follows:
+            return False
+        command = event.command
+        if not int(command.get(commands.COMMAND_FIELD, 0)) & 0x8000:
+            return False
+        waiter = self._awaiting.pop(int(command.get(commands.RESPONDED_TO, -1)), None)
+        if waiter is None:
+            return False
+        waiter[1].cancel()
+        self._in_flight += 1
+        self._sync_reading()
+        waiter[0].set_result(event)
+        return True
 
     # -- workers (Rule 1) ----------------------------------------------------------
     def run_in_worker(self, work: Callable[[Outbox], None]) -> None:
