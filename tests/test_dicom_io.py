@@ -555,7 +555,8 @@ def test_shutdown_lets_a_running_association_finish_within_grace() -> None:
     assoc.release()                                      # ... and released, not aborted
     stopping.result(5)
     assert time.monotonic() - started < 2 and assoc.is_released and not assoc.is_aborted
-    assert len(Scp.closed) == 1
+    # probes of refused() may have been accepted before the listener closed
+    assert len([link for link in Scp.closed if link.association.contexts]) == 1
     server.loop.call_soon_threadsafe(server.loop.stop)
     server.thread.join(5)
     server.loop.close()
