@@ -21,7 +21,8 @@ Rule 3: back-pressure both ways. Reading pauses while ``max_in_flight`` worker j
 Rule 4: timers are loop timers, one handle each, no polling: ARTIM (``acse_timeout``)
         runs exactly while ``artim_running``; a watchdog aborts an association with no
         bytes either way for ``network_timeout``, or with a message begun and not
-        complete after ``dimse_timeout`` — neither while a worker job runs. (A message
+        complete after ``dimse_timeout`` — neither while a worker job runs or awaits a
+        response (that wait has its own ``dimse_timeout``, Rule 7). (A message
         whose first PDU arrived in the same read that completed the previous one is
         timed from its next read; the idle bound still holds.)
 Rule 5: a handler or worker exception, a protocol error or a timeout aborts this
@@ -112,7 +113,7 @@ class Owner(Protocol):
 
 
 class Outbox:
-    """A worker thread's way to send on its association (Rule 1, Rule 4)."""
+    """A worker thread's way to send on its association (Rules 1, 3, 7)."""
     def __init__(self, link: Link) -> None:
         self._link = link
 
@@ -395,7 +396,7 @@ class Link(asyncio.Protocol):
         self._answer_release()
         self._drain()
 
-    # -- timers and flow (Rules 4, 5) --------------------------------------------
+    # -- timers and flow (Rules 3, 4) --------------------------------------------
     def _sync_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
@@ -428,7 +429,7 @@ class Link(asyncio.Protocol):
         idle_until = self._active + limits.network_timeout
         message_until = (self._message_since + limits.dimse_timeout
                          if self._message_since is not None else idle_until)
-        if self._in_flight:                    # a worker job runs: not idle (Rule 5)
+        if self._in_flight or self._awaiting:  # a worker job runs: not idle (Rule 4)
             return self._arm_watchdog(now + limits.network_timeout)
         if now >= idle_until:
             return self.abort(f"no network activity for {limits.network_timeout} s")
