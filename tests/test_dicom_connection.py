@@ -143,7 +143,7 @@ def test_unsupported_protocol_version_is_rejected_by_the_provider() -> None:
     acceptor = Association("acceptor")
     assert deliver(pdu.encode(pdu.AssociateRQ("A", "B", RQ.contexts, protocol_version=2)),
                    acceptor) == []
-    assert pdu.parse(acceptor.data_to_send()) == pdu.AssociateRJ(1, 3, 2)
+    assert pdu.parse(acceptor.data_to_send()) == pdu.AssociateRJ(1, 2, 2)   # PS3.8 Table 9-21
     assert acceptor.state is State.Sta13 and acceptor.artim_running
 
 

@@ -213,7 +213,8 @@ class Association:
 
     def _requested(self, rq: pdu.AssociateRQ) -> None:
         if self.state is State.Sta13:       # AE-6, not acceptable: protocol version
-            self._out += pdu.encode(pdu.AssociateRJ(1, 3, 2))
+            # PS3.8 Table 9-21: permanent, ACSE provider (2), protocol-version-not-supported
+            self._out += pdu.encode(pdu.AssociateRJ(1, 2, 2))
             return
         self.peer_max_pdu_length = rq.user.max_length or 0
         self.proposed = {cx.context_id: cx.abstract_syntax for cx in rq.contexts}
