@@ -38,13 +38,12 @@ Rule 5: an association calls with one calling AE title: the archive's ``calling_
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from itertools import takewhile
+from itertools import count, takewhile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -183,7 +182,7 @@ class Forwarder:
         context_ids: dict[Key, int] = {}
         for cx, sop, ts in offered:
             context_ids.setdefault((sop, ts), cx)     # the lowest ID, as pynetdicom chose
-        ids = (1 + i % 65535 for i in itertools.count())
+        ids = (1 + i % 65535 for i in count())
         sent = 0
         while batch:
             for entry, meta in batch:
