@@ -11,7 +11,12 @@ Rule 1: an archive's instances go in spool order (arrival order) over one
         ``_MAX_PER_ASSOCIATION`` instances, or after ``_LINGER`` s of quiet.
 Rule 2: each instance is proposed in its own transfer syntax and, if the
         archive accepts that, sent from the spool file as stored — never
-        decoded (``forwarding.plan_contexts`` / ``choose``).
+        decoded (``forwarding.plan_contexts`` / ``choose``): the association is the
+        proxy's lean one (``ArchiveClient.link``, ``proxy.ul``), the data set written
+        with ``sendmsg`` straight from the file, after its file meta. Only when the
+        archive accepted the other little-endian syntax alone is the instance decoded
+        and re-encoded (Explicit <-> Implicit VR, ``pynetdicom.dsutils.encode``).
+        One C-STORE at a time: the link negotiates no asynchronous window.
 Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
         removed from the queue; archive unreachable, rejecting, timing out or
         out of resources → retried after ``backoff_delay`` (exponential, capped,
@@ -33,21 +38,25 @@ Rule 5: an association calls with one calling AE title: the archive's ``calling_
 
 from __future__ import annotations
 
+import os
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
-from itertools import takewhile
-from typing import Any
+from itertools import count, takewhile
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import evt
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import build_context
 
-from proxy import chunked, wire
+from proxy import chunked
 from proxy.config import SpoolConfig
 from proxy.forwarding import (
+    Choice,
     Key,
     Verdict,
     backoff_delay,
@@ -60,6 +69,7 @@ from proxy.forwarding import (
 )
 from proxy.observe import events as ev
 from proxy.operations.base import Services
+from proxy.operations.store_relay import data_offset
 from proxy.routing import (
     DIAG_CALLING_AE_NOT_RECOGNISED,
     RESULT_PERMANENT,
@@ -68,7 +78,9 @@ from proxy.routing import (
 )
 from proxy.spool import Entry, InstanceMeta, Spool
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, UpstreamError, status_of
+from proxy.ul import commands, pdu
+from proxy.ul.link import Link, LinkClosed
+from proxy.upstream import ArchiveClient, UpstreamError
 
 _BATCH = 64                       # queue entries looked at per planning round
 _MAX_PER_ASSOCIATION = 2000
@@ -91,7 +103,7 @@ class Forwarder:
         self.settings = settings
         self.publish = publish
         self._stop = threading.Event()
-        self._assoc: Any = None
+        self._link: Link | None = None
         self._attempts: dict[str, int] = {}
         self.thread = threading.Thread(target=self._run, name=f"forward-{archive}", daemon=True)
 
@@ -106,9 +118,9 @@ class Forwarder:
         with self.spool.changed:
             self.spool.changed.notify_all()
         self.thread.join(grace)
-        assoc = self._assoc
-        if self.thread.is_alive() and assoc is not None:
-            assoc.abort()               # stuck on a slow archive: the instance stays pending
+        link = self._link
+        if self.thread.is_alive() and link is not None:
+            link.abort()                # stuck on a slow archive: the instance stays pending
             self.thread.join(2.0)
 
     def _run(self) -> None:
@@ -139,26 +151,17 @@ class Forwarder:
         contexts, covered = plan_contexts([m for _, m in batch])
         batch = batch[:covered]
         proposed = {key(m) for _, m in batch}
-        negotiated: dict[str, list[Any]] = {}
-
-        def on_accepted(event: evt.Event) -> None:
-            negotiated["accepted"] = list(event.assoc.accepted_contexts)
-            negotiated["rejected"] = list(event.assoc.rejected_contexts)
-
         try:
-            with client.associate([build_context(sop, ts) for sop, ts in contexts],
-                                  handlers=[(evt.EVT_CONN_OPEN, _no_delay),
-                                            (evt.EVT_ACCEPTED, on_accepted)]) as assoc:
-                self._assoc = assoc
-                wire.write_directly(assoc)   # C-STOREs written by this thread, batched
-                return self._stream(assoc, batch, proposed, negotiated, calling)
+            with client.link([build_context(sop, ts) for sop, ts in contexts]) as link:
+                self._link = link
+                if not link.accept.accepted:
+                    # The archive accepted the association but none of the contexts: every
+                    # instance proposed is refused for good (Rule 3), not the archive down.
+                    for entry, meta in batch:
+                        self._dead(entry, meta, None, self._no_context_reason(meta, link))
+                    return True
+                return self._stream(link, batch, proposed, calling)
         except UpstreamError as exc:
-            if negotiated and not negotiated["accepted"]:
-                # The archive accepted the association but none of the contexts: every
-                # instance proposed is refused for good (Rule 3), not the archive down.
-                for entry, meta in batch:
-                    self._dead(entry, meta, None, self._no_context_reason(meta, negotiated))
-                return True
             with self.services.upstream_call(self.archive, "C-STORE") as call:
                 call.update(error=exc.reason, hint=exc.hint)
                 call["details"] = {"pending": len(self.spool.head(self.archive, _BATCH)),
@@ -169,21 +172,26 @@ class Forwarder:
                 return True
             return False
         finally:
-            self._assoc = None
+            self._link = None
 
-    def _stream(self, assoc: Any, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
-                negotiated: dict[str, list[Any]], calling: str) -> bool:
-        accepted = [(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                    for cx in assoc.accepted_contexts]
+    def _stream(self, link: Link, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
+                calling: str) -> bool:
+        offered = sorted((cx, link.abstract[cx], ts) for cx, ts in link.accept.accepted.items()
+                         if cx in link.abstract)
+        accepted = [(sop, ts) for _, sop, ts in offered]
+        context_ids: dict[Key, int] = {}
+        for cx, sop, ts in offered:
+            context_ids.setdefault((sop, ts), cx)     # the lowest ID, as pynetdicom chose
+        ids = (1 + i % 65535 for i in count())
         sent = 0
         while batch:
             for entry, meta in batch:
-                if self._stop.is_set():
+                if self._stop.is_set() or link.closed:
                     return True
-                if not self._forward(assoc, entry, meta, accepted, negotiated):
+                if not self._forward(link, next(ids), entry, meta, accepted, context_ids):
                     return False
                 sent += 1
-            if sent >= _MAX_PER_ASSOCIATION or not assoc.is_established:
+            if sent >= _MAX_PER_ASSOCIATION or link.closed:
                 return True
             batch = self._more(proposed, calling)
         return True
@@ -225,31 +233,22 @@ class Forwarder:
         return out
 
     # One C-STORE; False when the caller must back off (the instance stays pending).
-    def _forward(self, assoc: Any, entry: Entry, meta: InstanceMeta,
-                 accepted: list[tuple[str, str]], negotiated: dict[str, list[Any]]) -> bool:
+    def _forward(self, link: Link, msg_id: int, entry: Entry, meta: InstanceMeta,
+                 accepted: list[tuple[str, str]], context_ids: dict[Key, int]) -> bool:
         choice = choose(meta, accepted)
         if choice is None:
-            self._dead(entry, meta, None, self._no_context_reason(meta, negotiated))
+            self._dead(entry, meta, None, self._no_context_reason(meta, link))
             return True
-        status: int | None = None
         with self.services.upstream_call(self.archive, "C-STORE") as call:
             call["details"] = {"instance": entry.id, "sop_instance_uid": meta.sop_instance,
                                "transfer_syntax": choice.transfer_syntax, "bytes": entry.size,
                                "raw": choice.raw}
-            try:
-                path = self.spool.path(self.archive, entry)
-                with chunked.sending_raw(choice.raw):
-                    rsp = assoc.send_c_store(path if choice.raw else dcmread(path))
-                status = status_of(rsp)
-                if status is None:
-                    call["error"] = ("no C-STORE response (timeout or association aborted)"
-                                     if assoc.is_established or assoc.is_aborted else
-                                     "association ended before the response")
-            except Exception as exc:
-                call["error"] = f"{type(exc).__name__}: {exc}"
-                status = None
-                if assoc.is_established:     # the file, not the archive: count an attempt
-                    status = Status.PROCESSING_FAILURE
+            status, error = self._store(link, context_ids[meta.sop_class,
+                                                          choice.transfer_syntax],
+                                        msg_id, self.spool.path(self.archive, entry), meta,
+                                        choice)
+            if error is not None:
+                call["error"] = error
             call["status"] = status
         verdict = classify(status)
         if verdict in (Verdict.DELIVERED, Verdict.WARNING):
@@ -272,6 +271,48 @@ class Forwarder:
                 return True
         return False
 
+    def _store(self, link: Link, cx: int, msg_id: int, path: Path, meta: InstanceMeta,
+               choice: Choice) -> tuple[int | None, str | None]:
+        """One C-STORE-RQ from the spool file and its response: (status, error).
+
+        No status when the archive did not answer (it is aborted then); 0x0110 when
+        the file, not the archive, failed — an attempt of the instance (Rule 3).
+        """
+        command = commands.c_store_rq(msg_id, meta.sop_class, meta.sop_instance)
+        writing = False
+        try:
+            with open(path, "rb") as source:
+                if choice.raw:
+                    start = _data_offset(source, path)
+                    length = os.fstat(source.fileno()).st_size - start
+                    source.seek(start)
+                    writing = True
+                    link.send_message(cx, command, source=source, length=length)
+                else:
+                    data = _reencoded(source, choice.transfer_syntax)
+                    writing = True
+                    link.send_message(cx, command, data=data)
+            rsp = link.read_message().command
+        except TimeoutError:
+            link.abort()
+            return None, (f"no C-STORE response within timeout ({self.client.peer.timeout:g}s);"
+                          " the proxy aborted the association")
+        except (LinkClosed, pdu.PduError, ConnectionError) as exc:
+            link.abort()
+            return None, f"association ended before the response ({exc})"
+        except Exception as exc:
+            if link.closed:
+                return None, f"association ended before the response ({exc})"
+            if writing:                     # half a message went out: the link is unusable
+                link.abort()
+            return Status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}"
+        status = rsp.get(commands.STATUS)
+        if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
+                or rsp.get(commands.RESPONDED_TO) != msg_id or not isinstance(status, int)):
+            link.abort()
+            return None, "the archive answered the C-STORE with something else; aborted"
+        return status, None
+
     def _dead(self, entry: Entry, meta: InstanceMeta, status: int | None, reason: str,
               cause: str | None = None) -> None:
         hint = (f"{cause or 'fix the cause'}, then move {entry.id}.dcm from the dead-letter "
@@ -290,10 +331,10 @@ class Forwarder:
         self.services.bus.emit(ev.SubOperationsCounted(
             "C-STORE-forward", int(completed), int(failed), int(warning)))
 
-    def _no_context_reason(self, meta: InstanceMeta, negotiated: dict[str, list[Any]]) -> str:
-        results = [_CONTEXT_RESULTS.get(int(cx.result), f"result {cx.result}")
-                   for cx in negotiated.get("rejected", [])
-                   if str(cx.abstract_syntax) == meta.sop_class]
+    def _no_context_reason(self, meta: InstanceMeta, link: Link) -> str:
+        results = [_CONTEXT_RESULTS.get(result, f"result {result}")
+                   for cx, result in link.accept.refused.items()
+                   if link.abstract.get(cx) == meta.sop_class]
         why = f" ({', '.join(sorted(set(results)))})" if results else ""
         return (f"archive {self.client.peer.ae_title} did not accept "
                 f"{uid_name(meta.sop_class)} in {uid_name(meta.transfer_syntax)}{why}; the "
@@ -364,12 +405,20 @@ def start(services: Services) -> Callable[[], None]:
     return stop
 
 
-def _no_delay(event: evt.Event) -> None:
-    # A C-STORE is a small command PDU then data PDUs: with Nagle's algorithm each
-    # waits for the archive's delayed ACK (~40 ms per instance on Linux).
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _data_offset(source: BinaryIO, path: Path) -> int:
+    """Where the data set starts in a spool file (after its preamble and file meta)."""
+    try:
+        return data_offset(source.read(1024))
+    except ValueError:        # a file meta without group length (put there by hand)
+        return int(split_dataset(path)[1])
+
+
+def _reencoded(source: BinaryIO, syntax: str) -> bytes:
+    """The instance decoded and encoded in a little-endian syntax it was not stored in."""
+    data: bytes | None = encode(dcmread(source), syntax == ImplicitVRLittleEndian, True)
+    if data is None:
+        raise ValueError(f"the data set could not be encoded in {uid_name(syntax)}")
+    return data
 
 
 def _forget_temp_files(event: evt.Event, services: Services) -> None:

@@ -12,7 +12,7 @@ Rule 4: a response is only ever taken by the thread waiting for it: pynetdicom's
         response meant for the sending thread, which then times out
         (``_responses_to_waiters``).
 Rule 5: ``link`` opens the same kind of association on the proxy's lean upper layer
-        (``proxy.ul``) for the retrieve's bulk transfers, with the same AE titles,
+        (``proxy.ul``) for bulk transfers (retrieve, store-and-forward), with the same AE titles,
         time bounds (the peer's ``timeout`` on every socket operation) and the same
         explanations when it fails.
 Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstation's for

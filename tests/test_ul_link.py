@@ -11,6 +11,7 @@ import io
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -521,6 +522,23 @@ def test_abort_sends_a_abort_once_and_closes(pair: Pair) -> None:
     assert link.closed
     assert read_pdu(theirs) == (pdu.A_ABORT, b"\x00\x00\x00\x00")
     assert closed_by_link(theirs)
+
+
+def test_abort_from_another_thread_does_not_wait_for_a_blocked_sender(
+        pair: Pair, pool: ThreadPoolExecutor) -> None:
+    ours, _theirs = pair                # the peer never reads: the send blocks
+    ours.settimeout(60)
+    link = make_link(ours)
+    sending = pool.submit(link.send_message, 1, STORE_RQ, bytes(64 * 1024 * 1024))
+    deadline = time.monotonic() + 5
+    while not link._send_lock.locked():          # the sender holds it until it is done
+        assert time.monotonic() < deadline and not sending.done()
+    started = time.monotonic()
+    link.abort()                        # waiting for the lock would take the 60 s timeout
+    assert time.monotonic() - started < 2
+    with pytest.raises(OSError):
+        sending.result(timeout=5)
+    assert link.closed
 
 
 def _answer_release(sock: socket.socket, before: bytes, answer: bytes) -> tuple[int, bytes]:

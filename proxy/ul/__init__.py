@@ -1,7 +1,8 @@
-"""A lean DICOM upper layer for the retrieve's bulk path (requestor side only).
+"""A lean DICOM upper layer for the archive-facing bulk paths (requestor side only).
 
 ``pdu`` encodes and parses the PDUs, ``commands`` the DIMSE command sets, ``link``
-runs one association over a socket. pynetdicom stays the proxy's DICOM stack
-everywhere else (the listener, queries, store-and-forward); this package exists
-because a study moved through the proxy crosses it twice, PDU by PDU.
+runs one association over a socket. Retrieve, C-FIND and store-and-forward
+(``proxy.forwarder``) use it; pynetdicom stays the DICOM stack everywhere else
+(the listener, C-ECHO, C-MOVE requests). This package exists because a study
+moved through the proxy crosses it PDU by PDU.
 """

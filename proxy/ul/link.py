@@ -1,15 +1,16 @@
 """One requestor association on a plain TCP socket: negotiate, send and receive DIMSE messages.
 
 Job: the retrieve's bulk path (C-GET from an archive, C-STORE to a Move Destination)
-moves every byte of a study twice through the proxy. pynetdicom spends a thread
-hand-off, a state-machine step and a DIMSE re-assembly per 16 KB PDU there; this
-link reads PDUs into one buffer and hands each data fragment to its consumer as a
-``memoryview`` (no copy, no per-PDU thread hop) and writes fragments with
-``sendmsg`` straight from the caller's buffer.
+and store-and-forward (spool → archive) move every byte of a study through the
+proxy. pynetdicom spends a thread hand-off, a state-machine step and a DIMSE
+re-assembly per 16 KB PDU there; this link reads PDUs into one buffer and hands
+each data fragment to its consumer as a ``memoryview`` (no copy, no per-PDU thread
+hop) and writes fragments with ``sendmsg`` straight from the caller's buffer.
 
 Rule 1 (who owns what): one thread reads (``read_message``); any thread may send, a
         whole message at a time under one lock, so PDUs of two messages never
-        interleave (a C-CANCEL sent while a C-STORE-RSP goes out).
+        interleave (a C-CANCEL sent while a C-STORE-RSP goes out); any thread may
+        ``abort``, without waiting for a send in progress.
 Rule 2 (bounded): the read buffer holds at most one PDU beyond what the kernel gave
         us; a PDU longer than the maximum the proxy proposed (``max_pdu_length``)
         is a protocol error, answered with A-ABORT, never a larger buffer. Data set
@@ -219,12 +220,18 @@ class Link:
         self._shut()
 
     def abort(self) -> None:
+        """A-ABORT and close, from any thread (Rule 1). A thread blocked sending (a peer
+        that stopped reading) is not waited for: the A-ABORT is skipped and closing the
+        socket ends that send, so a shutdown never waits out the socket timeout."""
         if self.closed:
             return
-        try:
-            self._send_raw(pdu.abort())
-        except OSError:
-            pass
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self.sock.sendall(pdu.abort())
+            except OSError:
+                pass
+            finally:
+                self._send_lock.release()
         self._shut()
 
     def _send_raw(self, data: bytes) -> None:
