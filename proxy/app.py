@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from pynetdicom import _config, evt
 
-from proxy import fastencode, federation, forwarder, health, retrieve, storerelay
+from proxy import fastencode, federation, health, retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
@@ -22,6 +22,7 @@ from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.operations import echo, find, get, move, store
 from proxy.operations.base import Services
+from proxy.store import drain, relay
 from proxy.upstream import ArchiveClient, Peer
 
 Handler = Callable[..., Any]
@@ -42,9 +43,9 @@ Extension = Callable[[Services], Callable[[], None] | None]
 EXTENSIONS: list[Extension] = [
     health.start,                   # periodic C-ECHO to archives and destinations
     federation.install,             # C-FIND cap recovery, location cache, locate()
-    forwarder.start,                # spool + one store-and-forward thread per archive
+    drain.start,                    # spool + one store-and-forward thread per archive
     retrieve.install,               # C-MOVE/C-GET pump, move-mode inbound matching
-    storerelay.install,             # store = "relay" routes: mirrored archive associations
+    relay.install,                  # store = "relay" routes: mirrored archive associations
 ]
 
 

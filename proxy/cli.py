@@ -117,7 +117,7 @@ def serve(config: Config) -> int:
 
 def _startup_failure(config: Config, exc: OSError) -> str:
     """One line saying what could not start: the spool, or a listening port."""
-    from proxy.spool import SpoolError
+    from proxy.store.spool import SpoolError
 
     if isinstance(exc, SpoolError):
         return f"[spool] dir: {exc}"

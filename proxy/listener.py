@@ -11,7 +11,7 @@ Rule 2: limits are enforced *before* pynetdicom can be hurt by a peer:
 Rule 3: association admission is decided by ``routing.admit`` (pure); this
         module only carries the decision out and reports it. A route may then
         narrow the contexts offered, or reject, through ``negotiating`` (set by
-        ``proxy.storerelay`` for association mirroring), still inside EVT_REQUESTED,
+        ``proxy.store.relay`` for association mirroring), still inside EVT_REQUESTED,
         before pynetdicom negotiates.
 Rule 4: streamed responses are back-pressured (``wait_for_room``): pynetdicom
         queues outgoing PDUs without limit, so a workstation that reads slowly
@@ -182,7 +182,7 @@ class Listener:
         self.inbound_syntaxes: Callable[[str | None], Mapping[str, Sequence[str]] | None] = (
             lambda archive: None)
         # A route's last word on the contexts offered, or a rejection (set by
-        # proxy.storerelay: association mirroring for store = "relay" routes).
+        # proxy.store.relay: association mirroring for store = "relay" routes).
         self.negotiating: Negotiator | None = None
 
     # -- lifecycle ---------------------------------------------------------------

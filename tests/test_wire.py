@@ -15,7 +15,8 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage
 
-from proxy import chunked, wire
+from proxy import wire
+from proxy.store import receive
 from proxy.upstream import ArchiveClient, Peer
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -102,7 +103,7 @@ class Receiver:
 
 @pytest.mark.parametrize("max_pdu", [4096, 16384, 0])
 def test_direct_writes_deliver_the_same_bytes(tmp_path: Path, max_pdu: int) -> None:
-    chunked.install()
+    receive.install()
     expected = dcmread(CT)
     expected.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     path = tmp_path / "ct.dcm"
@@ -114,7 +115,7 @@ def test_direct_writes_deliver_the_same_bytes(tmp_path: Path, max_pdu: int) -> N
             wire.write_directly(assoc)
             statuses = []
             for msg_id in (1, 2, 3):
-                with chunked.sending_raw():
+                with receive.sending_raw():
                     statuses.append(int(assoc.send_c_store(path, msg_id=msg_id).Status))
     assert statuses == [0, 0, 0]
     raw = path.read_bytes()

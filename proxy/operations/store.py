@@ -4,7 +4,7 @@ Rule 1: Success (0x0000) is answered only once the instance is on disk for
         every archive that will receive it (``Spool.commit``: fsync, rename,
         fsync directory). The bytes are kept exactly as received, in the
         negotiated transfer syntax — normally the file pynetdicom received the
-        data set into (``proxy.chunked``), moved into the spool, never decoded;
+        data set into (``proxy.store.receive``), moved into the spool, never decoded;
         its file meta names the sending and receiving AE titles (for a route
         with ``pass_calling_ae``, the forwarder calls as the sender).
 Rule 2: which archives get it: the route's ``store_to``, narrowed per archive by
@@ -36,13 +36,13 @@ from pydicom import Dataset, dcmread
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 
-from proxy.forwarder import publish
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
 from proxy.operations.base import OperationRecord, Services
 from proxy.routing import InstanceFacts, store_targets
-from proxy.spool import InstanceMeta, Spool, SpoolFull
 from proxy.status import Status
+from proxy.store.drain import publish
+from proxy.store.spool import InstanceMeta, Spool, SpoolFull
 
 _HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -67,7 +67,7 @@ def handle(event: evt.Event, services: Services) -> int | Dataset:
     finally:
         if received is not None:
             # Still there only when it was not committed; pynetdicom would not
-            # delete it if this handler raised (Rule 1 of proxy.chunked).
+            # delete it if this handler raised (Rule 1 of proxy.store.receive).
             received.unlink(missing_ok=True)
 
 
@@ -128,13 +128,13 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
 
 
 def _received_file(event: evt.Event) -> Path | None:
-    """The file pynetdicom received the data set into, if it did (``proxy.chunked``)."""
+    """The file pynetdicom received the data set into, if it did (``proxy.store.receive``)."""
     location = getattr(event.request, "_dataset_path", None)
     return Path(location) if isinstance(location, (str, Path)) else None
 
 
 def _part10(event: evt.Event, meta: InstanceMeta) -> bytes:
-    """The received data set as a Part-10 file naming its sender, as ``proxy.chunked``
+    """The received data set as a Part-10 file naming its sender, as ``proxy.store.receive``
     writes one (its Rule 5): the spool forwards it on the sender's behalf when asked."""
     file_meta = event.file_meta
     if meta.sending_ae:

@@ -2,7 +2,7 @@
 
 Rule 1: the data set goes to the archive exactly as received (the bytes after the
         file meta pynetdicom put in front of them), over the archive context with the
-        same SOP class and transfer syntax (``proxy.storerelay``: the workstation was
+        same SOP class and transfer syntax (``proxy.store.relay``: the workstation was
         only offered those). Message ID, priority and Move Originator are the
         workstation's own; Affected SOP Class/Instance UID are the request's.
 Rule 2: the workstation gets the archive's status and ErrorComment unchanged, so a
@@ -26,7 +26,7 @@ from pynetdicom import evt
 
 from proxy.operations.base import OperationRecord, Services
 from proxy.status import Status, hex_status
-from proxy.storerelay import SESSION_KEY, Upstream
+from proxy.store.relay import SESSION_KEY, Upstream
 from proxy.ul import commands
 from proxy.upstream import UpstreamError
 

@@ -16,7 +16,7 @@ Rule 1 (original encoding): an instance is sent as received, without decoding, o
         (``send_over_link``, ``proxy.ul``): fragments at the peer's maximum PDU
         length written with ``sendmsg`` straight from the instance's memory or
         file. Back to the workstation (C-GET) they go over its pynetdicom
-        association (``send``: ``proxy.chunked.sending_raw`` from the file,
+        association (``send``: ``proxy.store.receive.sending_raw`` from the file,
         PDUs batched by ``proxy.wire.write_directly``).
 Rule 2 (destination): one association for the whole retrieve, opened *before*
         anything is pulled, so a dead destination costs no archive traffic
@@ -44,13 +44,14 @@ from pynetdicom import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
-from proxy import chunked, wire
+from proxy import wire
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.retrieve import transcode
 from proxy.retrieve.reception import Buffered, file_meta
 from proxy.retrieve.sopclasses import Accepted
 from proxy.status import Status, category
+from proxy.store import receive
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
@@ -94,7 +95,7 @@ def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
                 for cx in assoc.accepted_contexts)
     try:
         if exact and item.path is not None:
-            with chunked.sending_raw():
+            with receive.sending_raw():
                 rsp = assoc.send_c_store(item.path, msg_id=msg_id, **originator)
         else:
             rsp = assoc.send_c_store(_dataset(item), msg_id=msg_id, **originator)

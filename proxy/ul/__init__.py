@@ -2,7 +2,7 @@
 
 ``pdu`` encodes and parses the PDUs, ``commands`` the DIMSE command sets, ``link``
 runs one association over a socket. Retrieve, C-FIND and store-and-forward
-(``proxy.forwarder``) use it; pynetdicom stays the DICOM stack everywhere else
+(``proxy.store.drain``) use it; pynetdicom stays the DICOM stack everywhere else
 (the listener, C-ECHO, C-MOVE requests). This package exists because a study
 moved through the proxy crosses it PDU by PDU.
 """

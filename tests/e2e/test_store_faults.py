@@ -1,4 +1,4 @@
-"""Store-and-forward against an archive that misbehaves (``proxy.forwarder`` Rule 3).
+"""Store-and-forward against an archive that misbehaves (``proxy.store.drain`` Rule 3).
 
 The archive is a pynetdicom storage SCP answering per a script (a fault only a
 scripted peer can inject); instances come in from DCMTK storescu.

@@ -1,4 +1,4 @@
-"""Pure forwarding decisions (proxy.forwarding): status meaning, backoff, contexts, how to send."""
+"""Pure forwarding decisions (proxy.store.policy): status meaning, backoff, contexts, sending."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from proxy.forwarding import Choice, Verdict, backoff_delay, choose, classify, plan_contexts
-from proxy.spool import InstanceMeta
+from proxy.store.policy import Choice, Verdict, backoff_delay, choose, classify, plan_contexts
+from proxy.store.spool import InstanceMeta
 
 
 def meta(sop: str = CTImageStorage, ts: str = ExplicitVRLittleEndian,

@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from proxy.spool import InstanceMeta, Spool, SpoolFull
+from proxy.store.spool import InstanceMeta, Spool, SpoolFull
 
 CT = get_testdata_file("CT_small.dcm")
 META = InstanceMeta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1")
@@ -96,7 +96,7 @@ CT_BYTES = Path(CT).read_bytes()
 
 
 def test_sender_titles_in_the_file_meta_survive_a_restart(tmp_path: Path) -> None:
-    # proxy.chunked writes Sending/Receiving AE Title (0002,0017/0018) into what it receives
+    # proxy.store.receive writes Sending/Receiving AE Title (0002,0017/0018) into what it receives
     ds = dcmread(CT)
     ds.file_meta.SendingApplicationEntityTitle = "CT_SCANNER"
     ds.file_meta.ReceivingApplicationEntityTitle = "RELAY"
@@ -158,7 +158,7 @@ def test_oldest_age_grows_with_the_oldest_pending_instance(tmp_path: Path) -> No
 _WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from proxy.spool import InstanceMeta, Spool, SpoolFull
+    from proxy.store.spool import InstanceMeta, Spool, SpoolFull
     spool = Spool(Path(sys.argv[1]), 10**12)
     spool.open()
     payload = Path(sys.argv[2]).read_bytes()

@@ -7,7 +7,7 @@ The extension ``install`` (in ``proxy.app.EXTENSIONS``) sets the listener's
 Rule 1 (mirroring): when the workstation's A-ASSOCIATE-RQ arrives, the archive named by
         the route's ``store_to`` is associated with the workstation's storage contexts,
         and the workstation is offered exactly what the archive accepted
-        (``proxy.mirroring``). A workstation proposing no storage context (a C-FIND, a
+        (``proxy.store.mirroring``). A workstation proposing no storage context (a C-FIND, a
         C-ECHO) costs the archive nothing.
 Rule 2 (refusal): when the archive is down, or rejects or aborts the request, the
         workstation's association is rejected, transient (PS3.8 9.3.4: result
@@ -44,11 +44,11 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from proxy import mirroring
 from proxy.listener import Negotiator, Session
 from proxy.observe import events as ev
 from proxy.operations.base import Services
 from proxy.routing import Rejection
+from proxy.store import mirroring
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
@@ -219,7 +219,7 @@ def _mirror(services: Services, assoc: Association, session: Session, archive: s
     if not plan.exact:
         details["inexact"] = ("the workstation's contexts cannot all get the archive's own "
                               "answer (an archive answering alike contexts differently, or "
-                              "refusing with reason 1 or 2): see proxy.mirroring Rule 3, 4")
+                              "refusing with reason 1 or 2): see proxy.store.mirroring Rule 3, 4")
     services.bus.emit(ev.Noted("info", "association_mirrored", details, session.info))
     return plan.contexts
 

@@ -1,7 +1,7 @@
 """Forward spooled instances to their archives: one thread per archive, oldest first.
 
 The extension ``start`` (in ``proxy.app.EXTENSIONS``) opens the spool, has
-C-STOREs received straight into its temp dir (``proxy.chunked``), and starts a
+C-STOREs received straight into its temp dir (``proxy.store.receive``), and starts a
 ``Forwarder`` per archive named in a route's ``store_to`` (or still holding
 pending instances). ``services.extras["spool"]`` is the open ``Spool``.
 
@@ -53,9 +53,19 @@ from pynetdicom import evt
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import build_context
 
-from proxy import chunked
 from proxy.config import SpoolConfig
-from proxy.forwarding import (
+from proxy.observe import events as ev
+from proxy.operations.base import Services
+from proxy.operations.store_relay import data_offset
+from proxy.routing import (
+    DIAG_CALLING_AE_NOT_RECOGNISED,
+    RESULT_PERMANENT,
+    SOURCE_SERVICE_USER,
+    forward_calling_ae,
+)
+from proxy.status import Status
+from proxy.store import receive
+from proxy.store.policy import (
     Choice,
     Key,
     Verdict,
@@ -67,17 +77,7 @@ from proxy.forwarding import (
     status_text,
     uid_name,
 )
-from proxy.observe import events as ev
-from proxy.operations.base import Services
-from proxy.operations.store_relay import data_offset
-from proxy.routing import (
-    DIAG_CALLING_AE_NOT_RECOGNISED,
-    RESULT_PERMANENT,
-    SOURCE_SERVICE_USER,
-    forward_calling_ae,
-)
-from proxy.spool import Entry, InstanceMeta, Spool
-from proxy.status import Status
+from proxy.store.spool import Entry, InstanceMeta, Spool
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
@@ -361,7 +361,7 @@ def start(services: Services) -> Callable[[], None]:
     def receives_into_spool(assoc: Any) -> bool:
         return not listener.session(assoc).data.get("inbound")
 
-    chunked.receive_into(listener.ae, spool.tmp, receives_into_spool)
+    receive.receive_into(listener.ae, spool.tmp, receives_into_spool)
     services.extras.setdefault("handlers", []).append((evt.EVT_CONN_CLOSE, _forget_temp_files))
 
     wanted = {name for route in config.routes for name in route.store_to}
@@ -395,7 +395,7 @@ def start(services: Services) -> Callable[[], None]:
 
     def stop() -> None:
         stopping.set()
-        chunked.stop_receiving(listener.ae)
+        receive.stop_receiving(listener.ae)
         for forwarder in forwarders:
             forwarder.request_stop()       # all at once, then wait for each
         for forwarder in forwarders:
@@ -423,4 +423,4 @@ def _reencoded(source: BinaryIO, syntax: str) -> bytes:
 
 def _forget_temp_files(event: evt.Event, services: Services) -> None:
     del services
-    chunked.forget(event.assoc)
+    receive.forget(event.assoc)

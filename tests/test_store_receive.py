@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from proxy import chunked
+from proxy.store import receive
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 
@@ -56,11 +56,11 @@ class Receiver:
         return 0x0000
 
     def _closed(self, event: evt.Event) -> None:
-        chunked.forget(event.assoc)
+        receive.forget(event.assoc)
         self.closed.set()
 
     def stop(self) -> None:
-        chunked.stop_receiving(self.ae)
+        receive.stop_receiving(self.ae)
         self.server.shutdown()
 
 
@@ -78,7 +78,7 @@ def send(port: int, path: Path, *, syntax: str = ExplicitVRLittleEndian,
     assoc = ae.associate("127.0.0.1", port, ae_title="RECEIVER")
     assert assoc.is_established
     try:
-        with chunked.sending_raw(raw):
+        with receive.sending_raw(raw):
             rsp = assoc.send_c_store(path)
         return int(rsp.Status) if "Status" in rsp else None
     finally:
@@ -87,7 +87,7 @@ def send(port: int, path: Path, *, syntax: str = ExplicitVRLittleEndian,
 
 def test_registered_listener_receives_into_the_spool_temp_dir(
         receiver: Receiver, tmp_path: Path) -> None:
-    chunked.receive_into(receiver.ae, tmp_path, lambda assoc: True)
+    receive.receive_into(receiver.ae, tmp_path, lambda assoc: True)
     assert send(receiver.port, CT) == 0
     [seen] = receiver.seen
     assert Path(seen["path"]).parent == tmp_path
@@ -101,7 +101,7 @@ def test_a_file_the_handler_moved_away_survives_and_nothing_leaks(
         receiver: Receiver, tmp_path: Path) -> None:
     (tmp_path / "rx").mkdir()
     kept = tmp_path / "kept.dcm"
-    chunked.receive_into(receiver.ae, tmp_path / "rx", lambda assoc: True)
+    receive.receive_into(receiver.ae, tmp_path / "rx", lambda assoc: True)
     receiver.keep = lambda path: path.replace(kept)
     assert send(receiver.port, CT) == 0
     assert receiver.closed.wait(5)
@@ -112,7 +112,7 @@ def test_a_file_the_handler_moved_away_survives_and_nothing_leaks(
 def test_unregistered_or_unwanted_associations_keep_pynetdicom_defaults(
         receiver: Receiver, tmp_path: Path) -> None:
     assert send(receiver.port, CT) == 0                   # not registered
-    chunked.receive_into(receiver.ae, tmp_path, lambda assoc: False)  # e.g. inbound retrieve
+    receive.receive_into(receiver.ae, tmp_path, lambda assoc: False)  # e.g. inbound retrieve
     assert send(receiver.port, CT) == 0
     assert [s["path"] for s in receiver.seen] == [None, None]
     assert all(body(CT.read_bytes()) == s["encoded"] for s in receiver.seen)

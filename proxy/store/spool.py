@@ -250,7 +250,7 @@ class Spool:
 
     def meta(self, archive: str, entry: Entry) -> InstanceMeta:
         """The entry's UIDs and AE titles, read from its file meta the first time (after a
-        restart); the titles are there when ``proxy.chunked`` received it (its Rule 5)."""
+        restart); the titles are there when ``proxy.store.receive`` received it (its Rule 5)."""
         if entry.meta is None:
             fm = read_file_meta_info(self.path(archive, entry))
             entry.meta = InstanceMeta(str(fm.MediaStorageSOPClassUID),

@@ -1,6 +1,6 @@
 """Association mirroring for ``store = "relay"``: offer the workstation what the archive took.
 
-Job: pure decisions for ``proxy.storerelay``. When a workstation's A-ASSOCIATE-RQ
+Job: pure decisions for ``proxy.store.relay``. When a workstation's A-ASSOCIATE-RQ
 arrives on a relay route, the proxy proposes the same storage contexts to the
 route's archive; what the archive's A-ASSOCIATE-AC accepted becomes what the proxy
 offers the workstation, so a SOP class or transfer syntax the archive refuses is

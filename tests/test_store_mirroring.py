@@ -1,4 +1,4 @@
-"""proxy.mirroring: what pynetdicom's acceptor answers with the mirrored contexts is what
+"""proxy.store.mirroring: what pynetdicom's acceptor answers with the mirrored contexts is what
 the archive answered, context by context (checked with pynetdicom's own negotiation)."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from proxy import mirroring
 from proxy.contexts import query_contexts
+from proxy.store import mirroring
 
 EXPL, IMPL, BIG, JPEG, RLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                               ExplicitVRBigEndian, JPEGBaseline8Bit, RLELossless)
@@ -113,7 +113,7 @@ def test_classes_a_c_get_workstation_wants_to_receive_are_not_mirrored() -> None
     from pydicom.uid import CTImageStorage, MRImageStorage
     from pynetdicom.presentation import build_role
 
-    from proxy.mirroring import receiving_classes, to_mirror
+    from proxy.store.mirroring import receiving_classes, to_mirror
 
     roles = {CTImageStorage: build_role(CTImageStorage, scp_role=True),
              MRImageStorage: build_role(MRImageStorage, scu_role=True, scp_role=True)}

@@ -1,6 +1,6 @@
 """Pure store-and-forward decisions: what a status means, backoff, what to propose and send.
 
-Rule 1: no I/O, no threads: data in, data out (``proxy.forwarder`` acts on the answers).
+Rule 1: no I/O, no threads: data in, data out (``proxy.store.drain`` acts on the answers).
 Rule 2: an instance is proposed in its own transfer syntax; only uncompressed data
         may be re-encoded (between uncompressed syntaxes); compressed pixel data
         is never transcoded.
@@ -22,8 +22,8 @@ from pydicom.uid import (
 )
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from proxy.spool import InstanceMeta
 from proxy.status import Status, category
+from proxy.store.spool import InstanceMeta
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 _FALLBACK = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
