@@ -83,7 +83,7 @@ class Proxy:
             stop = extension(self.services)
             if stop is not None:
                 self._stops.append(stop)
-        for event_type, handler in [*HANDLERS, *self.services.extras.get("handlers", [])]:
+        for event_type, handler in [*HANDLERS, *self.services.plugins.handlers]:
             self._handlers.append((event_type, handler, [self.services]))
         metrics_url = None
         if self.config.metrics.enabled:

@@ -13,7 +13,7 @@ Rule 3: health never steers traffic and never blocks it: probes run on their
 Rule 4: health C-ECHOs are not ``upstream`` requests: they feed no
         ``dicom_proxy_upstream_*`` series and no ``upstream`` log lines.
 
-``services.extras["health"]`` is the running ``HealthMonitor`` (its
+``services.plugins.health`` is the running ``HealthMonitor`` (its
 ``state(kind, name)`` is True/False/None-if-unknown), for subsystems that may
 want to know which archives answered their last C-ECHO.
 """
@@ -158,7 +158,7 @@ def start(services: Services) -> Callable[[], None] | None:
     if not cfg.enabled:
         return None
     monitor = HealthMonitor(services.bus, peers_of(services, cfg.timeout), cfg.interval)
-    services.extras["health"] = monitor
+    services.plugins.health = monitor
     monitor.start()
     # A probe still in flight is abandoned (daemon thread, silenced by the stop flag).
     return lambda: monitor.stop(timeout=1.0)

@@ -15,6 +15,7 @@ from proxy.health import HealthMonitor, transition, verdict
 from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
+from proxy.operations.base import Plugins
 from proxy.upstream import UpstreamError
 from tests.recording import Recorder
 
@@ -189,7 +190,7 @@ def test_health_section_errors_name_the_key(body: dict[str, Any], message: str) 
 def test_disabled_health_starts_nothing() -> None:
     class FakeServices:
         config = parse({**_MINIMAL, "health": {"enabled": False}})
-        extras: dict[str, Any] = {}
+        plugins = Plugins()
 
     assert health.start(FakeServices()) is None  # type: ignore[arg-type]
-    assert "health" not in FakeServices.extras
+    assert FakeServices.plugins.health is None

@@ -8,11 +8,11 @@ The C-FIND fan-out, de-duplication, Retrieve AE Title rewrite and final status l
 - ``recovery``: runs a query against one archive and recovers past its cap;
 - ``locations``: the bounded, expiring location cache and ``locate`` for retrieve code.
 
-``install`` is registered in ``proxy.app.EXTENSIONS``. It puts into ``services.extras``:
-  "find_query"        → recovery.make_finder(services): every C-FIND request to an archive;
-  "remember_location" → LocationCache.remember(archive, level, identifier);
-  "locations"         → the LocationCache itself (``lookup(level, uid)``);
-  "locate"            → Locator.locate(level, identifier_or_uids, archives, event=None,
+``install`` is registered in ``proxy.app.EXTENSIONS``. It sets in ``services.plugins``:
+  find_query          → recovery.make_finder(services): every C-FIND request to an archive;
+  remember_location   → LocationCache.remember(archive, level, identifier);
+  locations           → the LocationCache itself (``lookup(level, uid)``);
+  locate              → Locator.locate(level, identifier_or_uids, archives, event=None,
                         refresh=False) → Location (archives per UID, unreachable archives).
 """
 
@@ -29,8 +29,8 @@ def install(services: Services) -> Callable[[], None] | None:
     """Plug cap recovery and the location cache into the C-FIND handler (no threads)."""
     settings = services.config.federation
     cache = LocationCache(settings.location_cache_entries, settings.location_cache_ttl)
-    services.extras["locations"] = cache
-    services.extras["remember_location"] = cache.remember
-    services.extras["locate"] = Locator(services, cache).locate
-    services.extras["find_query"] = make_finder(services)
+    services.plugins.locations = cache
+    services.plugins.remember_location = cache.remember
+    services.plugins.locate = Locator(services, cache).locate
+    services.plugins.find_query = make_finder(services)
     return None

@@ -17,9 +17,9 @@ Rule 4 (what a hit means): the archives that were *seen* holding the UID. It say
 Rule 5: this module never logs or counts; ``locate`` reports each request to an archive
         through ``Services.upstream_call`` (one ``upstream`` log line each).
 
-services.extras keys set by ``proxy.federation.install``:
-  "locations": the LocationCache; "remember_location": ``LocationCache.remember``;
-  "locate": ``Locator.locate``.
+``services.plugins`` fields set by ``proxy.federation.install``:
+  ``locations``: the LocationCache; ``remember_location``: ``LocationCache.remember``;
+  ``locate``: ``Locator.locate``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydicom import Dataset
 from pydicom.tag import Tag
@@ -126,6 +127,14 @@ class Location:
 
     def of(self, uid: str) -> tuple[str, ...]:
         return self.archives.get(uid, ())
+
+
+class Locate(Protocol):
+    """The type of ``Locator.locate`` (the ``services.plugins.locate`` plug)."""
+
+    def __call__(self, level: str, identifier: Dataset | Iterable[str],
+                 archives: Sequence[str], event: evt.Event | None = None,
+                 refresh: bool = False) -> Location: ...
 
 
 class Locator:

@@ -1,7 +1,7 @@
 """One archive's C-FIND, past its silent match cap: ask, detect the cap, split, ask again.
 
 Job: the I/O half of ``proxy.federation.caps``. ``Recovery.run`` is what the federation
-plugs into ``services.extras["find_query"]``: it yields ``(status, identifier)`` for every
+plugs into ``services.plugins.find_query``: it yields ``(status, identifier)`` for every
 match as it arrives and one final status, like ``ArchiveClient.find``.
 
 Rule 1: the workstation's query goes upstream first, matching keys unchanged (helper return

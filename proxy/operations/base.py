@@ -14,10 +14,10 @@ Rule 4: a request made for a workstation goes through ``Services.archive(name, e
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
@@ -30,6 +30,13 @@ from proxy.observe.logs import PHI_KEYWORDS
 from proxy.rawtext import text_values
 from proxy.routing import calling_ae_for
 from proxy.upstream import ArchiveClient, UpstreamError
+
+if TYPE_CHECKING:   # annotations only: these modules import this one (no runtime cycle)
+    from proxy.federation.locations import Locate, LocationCache
+    from proxy.federation.recovery import Finder
+    from proxy.health import HealthMonitor
+    from proxy.retrieve.inbound import InboundRegistry
+    from proxy.store.spool import Spool
 
 # The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
 _PHI_TAGS = tuple(tag for keyword in sorted(PHI_KEYWORDS)
@@ -56,6 +63,25 @@ class OperationRecord:
                 self.phi.extend(text_values(ds, tag))
 
 
+# A pynetdicom event an extension binds, and its handler(event, services).
+ExtraHandler = tuple[evt.EventType, Callable[[evt.Event, "Services"], None]]
+
+
+@dataclass
+class Plugins:
+    """What the extensions in ``proxy.app.EXTENSIONS`` plug in; ``None`` when not installed."""
+
+    handlers: list[ExtraHandler] = field(default_factory=list)  # bound by proxy.app
+    spool: Spool | None = None                    # proxy.store.drain.start
+    health: HealthMonitor | None = None           # proxy.health.start ([health] enabled)
+    locations: LocationCache | None = None        # proxy.federation.install
+    remember_location: Callable[[str, str, Dataset], None] | None = None   # federation
+    locate: Locate | None = None                  # proxy.federation.install
+    find_query: Finder | None = None              # federation: C-FIND with cap recovery
+    retrieve_inbound: InboundRegistry | None = None                # proxy.retrieve.install
+    inbound_store: Callable[[evt.Event], int | Dataset] | None = None  # proxy.retrieve
+
+
 @dataclass
 class Services:
     """Everything a handler may use; built once in ``proxy.app``."""
@@ -65,7 +91,7 @@ class Services:
     listener: Listener
     archives: dict[str, ArchiveClient]
     destinations: dict[str, ArchiveClient]
-    extras: dict[str, Any] = field(default_factory=dict)   # later subsystems (spool, cache)
+    plugins: Plugins = field(default_factory=Plugins)     # set by the extensions
 
     def session(self, event: evt.Event) -> Session:
         return self.listener.session(event.assoc)

@@ -86,13 +86,13 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     outcomes: list[Outcome] = []
     started = time.monotonic()
     info = services.session(event).info
-    finder = services.extras.get("find_query")  # federation may plug in cap recovery
+    finder = services.plugins.find_query  # federation may plug in cap recovery
     syntax = workstation_syntax(event)
 
     def query(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
                                                                          Dataset | None]]:
         if finder is not None:
-            return finder(client, identifier, model, tok, event)  # type: ignore[no-any-return]
+            return finder(client, identifier, model, tok, event)
         return client.find(identifier, model, tok, syntax=syntax)
 
     def watch_cancel() -> None:
@@ -117,7 +117,7 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
             if recheck and not matches(identifier, ds):
                 record.details["recheck_dropped"] += 1
                 continue
-            remember = services.extras.get("remember_location")
+            remember = services.plugins.remember_location
             if remember is not None:
                 remember(item.archive, level, ds)
             if complete:

@@ -18,7 +18,7 @@ Rule 3: when the instance would take the spool past ``[spool] max_bytes``, or th
         (Processing Failure, PS3.7 C.4.2).
 Rule 4: C-STOREs on a session marked ``inbound`` (instances an archive sends
         back for a C-MOVE, retrieve = "move") are not spooled: they go to
-        ``services.extras["inbound_store"](event)``, which answers them.
+        ``services.plugins.inbound_store(event)``, which answers them.
 Rule 5: one ``operation`` event per C-STORE answered; patient identifiers read
         from the header are protected in it (``record.protect``).
 Rule 6: on a ``store = "relay"`` route Rules 1 and 3 give way to
@@ -42,7 +42,7 @@ from proxy.operations.base import OperationRecord, Services
 from proxy.routing import InstanceFacts, store_targets
 from proxy.status import Status
 from proxy.store.drain import publish
-from proxy.store.spool import InstanceMeta, Spool, SpoolFull
+from proxy.store.spool import InstanceMeta, SpoolFull
 
 _HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -53,7 +53,9 @@ Reply = tuple[int, str | None]
 def handle(event: evt.Event, services: Services) -> int | Dataset:
     session = services.session(event)
     if session.data.get("inbound"):
-        return services.extras["inbound_store"](event)  # type: ignore[no-any-return]
+        inbound_store = services.plugins.inbound_store
+        assert inbound_store is not None    # sessions are marked inbound by proxy.retrieve
+        return inbound_store(event)
     received = _received_file(event)
     try:
         with services.operation(event, "C-STORE") as record:
@@ -101,7 +103,8 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
         return Status.NOT_AUTHORIZED, "no archive of this route takes this instance"
     if route.store == "relay":          # Rule 6
         return store_relay.forward(event, services, record, received, encoded)
-    spool: Spool = services.extras["spool"]
+    spool = services.plugins.spool
+    assert spool is not None            # proxy.store.drain.start opened it
     try:
         if not spool.admits(size):
             raise SpoolFull

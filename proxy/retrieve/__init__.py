@@ -18,9 +18,9 @@ One workstation C-MOVE or C-GET, in the order the work happens (``relay``):
 that sends the handler's responses (pynetdicom's cannot report true counts).
 ``sopclasses`` and ``tally`` are pure.
 
-``install`` is registered in ``proxy.app.EXTENSIONS``. It puts into ``services.extras``:
-  "retrieve_inbound" → the ``inbound.InboundRegistry`` of move-mode retrieves in flight;
-  "inbound_store"    → its ``deliver(event)``, the C-STORE handler ``operations.store``
+``install`` is registered in ``proxy.app.EXTENSIONS``. It sets in ``services.plugins``:
+  retrieve_inbound   → the ``inbound.InboundRegistry`` of move-mode retrieves in flight;
+  inbound_store      → its ``deliver(event)``, the C-STORE handler ``operations.store``
                        calls for sessions marked ``inbound`` (routing Rule 4).
 """
 
@@ -43,8 +43,8 @@ def install(services: Services) -> Callable[[], None]:
     # Buffers of retrieves that were running when the proxy last stopped are dead weight.
     shutil.rmtree(services.config.spool.dir / "retrieve", ignore_errors=True)
     registry = InboundRegistry(services)
-    services.extras["retrieve_inbound"] = registry
-    services.extras["inbound_store"] = registry.deliver
+    services.plugins.retrieve_inbound = registry
+    services.plugins.inbound_store = registry.deliver
     listener.retrieving = registry.expecting
     listener.inbound_syntaxes = registry.syntaxes_for
 

@@ -27,9 +27,9 @@ Rule 5 (the receiver decides, as for C-GET): the archive's association to the pr
         retrieves in flight accepted (``syntaxes_for``), so the archive converts for the
         receiver as it would directly (``proxy.contexts.contexts_for_inbound``).
 
-services.extras keys (set by ``proxy.retrieve.install``):
-  "inbound_store"     → ``InboundRegistry.deliver`` (called by ``operations.store``);
-  "retrieve_inbound"  → the ``InboundRegistry``.
+``services.plugins`` fields (set by ``proxy.retrieve.install``):
+  inbound_store       → ``InboundRegistry.deliver`` (called by ``operations.store``);
+  retrieve_inbound    → the ``InboundRegistry``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
 from proxy.operations.base import Services
 from proxy.retrieve import getter, sopclasses
 from proxy.retrieve.buffer import InstanceBuffer
-from proxy.retrieve.inbound import InboundRegistry
 from proxy.retrieve.sopclasses import Accepted, Instance
 from proxy.retrieve.survey import Survey, list_instances
 from proxy.status import PENDING, Status, category
@@ -214,7 +213,8 @@ class Puller:
                           self.token)
 
     def _move(self, name: str, model: str) -> Iterator[tuple[int, Counts]]:
-        registry: InboundRegistry = self.services.extras["retrieve_inbound"]
+        registry = self.services.plugins.retrieve_inbound
+        assert registry is not None         # proxy.retrieve.install set it
         archive = self.services.config.archives[name]
         held = self.survey.holdings.get(name) or []
         client = self.clients[name]

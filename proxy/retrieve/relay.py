@@ -204,7 +204,7 @@ def _unroutable(no_route: bool, identifier: Dataset, level: str | None,
 def archive_order(services: Services, archives: list[str], identifier: Dataset,
                   level: str) -> list[str]:
     """The route's archives, those the location cache says hold the data first."""
-    cache = services.extras.get("locations")
+    cache = services.plugins.locations
     if cache is None or len(archives) < 2:
         return archives
     known: list[str] = []

@@ -15,7 +15,7 @@ Rule 2 (full survey): otherwise (other levels, a federation holding the study in
         its SOP class, transfer syntax when the archive says, and which archive holds
         it (route order decides who holds an instance first).
 Rule 3: every C-FIND is one ``upstream`` event; matches feed the federation's
-        location cache (``services.extras["remember_location"]``) when present.
+        location cache (``services.plugins.remember_location``) when present.
 Rule 4: the C-FINDs match on what selects the retrieve (``identifiers.selecting_keys``):
         its unique keys, or — when the level's unique key is empty, e.g. a selection by
         Accession Number — every key given, so the archive's own matching decides; the
@@ -129,7 +129,7 @@ def _ask(services: Services, event: evt.Event, archives: list[str], query: Datas
     """One C-FIND per archive in parallel: matches per archive, and why archives failed."""
     matches: dict[str, list[Dataset]] = {name: [] for name in archives}
     failed: dict[str, str] = {}
-    remember = services.extras.get("remember_location")
+    remember = services.plugins.remember_location
 
     def ask(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
                                                                        Dataset | None]]:

@@ -3,7 +3,7 @@
 The extension ``start`` (in ``proxy.app.EXTENSIONS``) opens the spool, has
 C-STOREs received straight into its temp dir (``proxy.store.receive``), and starts a
 ``Forwarder`` per archive named in a route's ``store_to`` (or still holding
-pending instances). ``services.extras["spool"]`` is the open ``Spool``.
+pending instances). ``services.plugins.spool`` is the open ``Spool``.
 
 Rule 1: an archive's instances go in spool order (arrival order) over one
         association for as long as there is work; a new association only when
@@ -355,14 +355,14 @@ def start(services: Services) -> Callable[[], None]:
     config = services.config
     spool = Spool(config.spool.dir, config.spool.max_bytes)
     stats = spool.open()
-    services.extras["spool"] = spool
+    services.plugins.spool = spool
     listener = services.listener
 
     def receives_into_spool(assoc: Any) -> bool:
         return not listener.session(assoc).data.get("inbound")
 
     receive.receive_into(listener.ae, spool.tmp, receives_into_spool)
-    services.extras.setdefault("handlers", []).append((evt.EVT_CONN_CLOSE, _forget_temp_files))
+    services.plugins.handlers.append((evt.EVT_CONN_CLOSE, _forget_temp_files))
 
     wanted = {name for route in config.routes for name in route.store_to}
     orphaned = sorted(set(spool.archives()) - set(config.archives))

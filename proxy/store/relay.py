@@ -156,7 +156,7 @@ def install(services: Services) -> None:
     if not any(route.store == "relay" for route in services.config.routes):
         return
     services.listener.negotiating = _negotiator(services)
-    services.extras.setdefault("handlers", []).extend([
+    services.plugins.handlers.extend([
         (evt.EVT_RELEASED, _on_released),
         (evt.EVT_CONN_CLOSE, _on_closed),
     ])

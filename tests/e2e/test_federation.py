@@ -324,14 +324,14 @@ def _locate_through(proxy: Proxy, a: OrthancArchive, b: OrthancArchive) -> None:
     host, port = proxy.start()
     try:
         shared = sorted(a.study_uids() & b.study_uids())
-        cache = proxy.services.extras["locations"]
+        cache = proxy.services.plugins.locations
         assert cache.lookup("STUDY", shared[0]) == ()
         result = findscu(host, port, "FEDERATION", WS, keys=["StudyInstanceUID"])
         assert result.final_status == SUCCESS
         assert set(cache.lookup("STUDY", shared[0])) == {"site_a", "site_b"}
         only_b = sorted(b.study_uids() - a.study_uids())[0]
         assert cache.lookup("STUDY", only_b) == ("site_b",)
-        locate = proxy.services.extras["locate"]
+        locate = proxy.services.plugins.locate
         series = sorted(b.series_uids() - a.series_uids())[0]
         where = locate("SERIES", [series, "1.2.3.4"], ["site_a", "site_b"])
         assert where.asked and where.of(series) == ("site_b",) and where.of("1.2.3.4") == ()
