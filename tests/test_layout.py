@@ -1,0 +1,250 @@
+"""The import rules of proxy/: dependencies point one way, and no module imports itself back.
+
+Read from the source with ``ast`` (nothing is imported): every ``import proxy...`` and
+``from proxy... import`` (relative ones resolved), at module level or inside a function
+(a deferred import is still a runtime dependency). Imports under ``if TYPE_CHECKING:``
+are left out: they are annotations only and never run.
+
+Rule 1: the runtime graph of proxy.* modules has no cycle, apart from KNOWN_CYCLES.
+Rule 2: the layer table holds: the protocol layer (``proxy.dicom``, ``proxy.ul``) knows
+        no handlers; configuration and observers know no operation, retrieve or store
+        code; ``Services`` (``proxy.operations.base``) is not imported below the handlers.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "proxy"
+
+Graph = Mapping[str, frozenset[str]]
+
+# Cycles that exist and are accepted for now, each as the sorted modules of the cycle.
+# None today: retrieve/buffer ⇄ retrieve/reception (STYLE.md) is a TYPE_CHECKING import
+# on reception's side, so it is not a runtime cycle. A NEW cycle fails Rule 1.
+KNOWN_CYCLES: list[frozenset[str]] = []
+
+# Where the handlers live: what the lower layers must not import.
+HANDLERS = ("proxy.app", "proxy.listener", "proxy.operations", "proxy.retrieve",
+            "proxy.store", "proxy.federation", "proxy.health", "proxy.cli")
+
+# Rule 2, allow-lists: modules under the key import from proxy only what is listed.
+ONLY_FROM: dict[str, tuple[str, ...]] = {
+    # The upper layer: PDUs, states, DIMSE, negotiation, its I/O. proxy.contexts holds
+    # the pure presentation-context tables negotiation answers from.
+    "proxy.dicom": ("proxy.dicom", "proxy.ul", "proxy.status", "proxy.contexts"),
+    "proxy.ul": ("proxy.ul", "proxy.dicom", "proxy.status"),
+    "proxy.status": (),
+}
+
+# Rule 2, deny-lists: modules under the key import none of what is listed.
+NEVER_FROM: dict[str, tuple[str, ...]] = {
+    "proxy.config": HANDLERS,
+    "proxy.config_checks": HANDLERS,
+    "proxy.observe": HANDLERS,
+    "proxy.contexts": HANDLERS,
+    "proxy.dicom": ("proxy.operations.base",),
+    "proxy.ul": ("proxy.operations.base",),
+}
+
+
+def module_names(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__.py``)."""
+    out: dict[str, Path] = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def imports_of(name: str, source: str, is_package: bool,
+               modules: Iterable[str]) -> frozenset[str]:
+    """The proxy.* modules ``source`` (module ``name``) imports at runtime.
+
+    ``from a import b`` counts as ``a.b`` when that is a module, else as ``a``."""
+    known = set(modules)
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _type_checking(child.test):
+                for stmt in child.orelse:
+                    visit_one(stmt)
+                continue
+            visit_one(child)
+
+    def visit_one(node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name.split(".") if is_package else name.split(".")[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = ".".join([*package, base] if base else package)
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if full in known:
+                    found.add(full)
+                elif base in known:
+                    found.add(base)
+        visit(node)
+
+    visit(ast.parse(source))
+    found.discard(name)
+    return frozenset(found)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, frozenset[str]]:
+    modules = module_names(package)
+    return {name: imports_of(name, path.read_text(encoding="utf-8"),
+                             path.name == "__init__.py", modules)
+            for name, path in modules.items()}
+
+
+def cycles(graph: Graph) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, list[str]]] = [(root, sorted(graph.get(root, ())))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, todo = work[-1]
+            if todo:
+                nxt = todo.pop()
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, sorted(graph.get(nxt, ()))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(frozenset(component))
+    return found
+
+
+def a_cycle(graph: Graph) -> list[str] | None:
+    """One cycle as a path ``[a, b, ..., a]`` (graphlib's report), or None."""
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as err:
+        return list(err.args[1])
+    return None
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def violations(graph: Graph) -> list[str]:
+    """Every import that breaks the layer table (Rule 2), as ``a -> b (why)``."""
+    out: list[str] = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            for layer, allowed in ONLY_FROM.items():
+                if _under(module, layer) and not any(_under(target, a) for a in allowed):
+                    out.append(f"{module} -> {target} ({layer} imports only {allowed})")
+            for layer, denied in NEVER_FROM.items():
+                if _under(module, layer) and any(_under(target, d) for d in denied):
+                    out.append(f"{module} -> {target} ({layer} never imports {denied})")
+    return out
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, frozenset[str]]:
+    return import_graph()
+
+
+def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
+    # Guards the reader itself: known runtime edges are there, TYPE_CHECKING ones are not.
+    assert "proxy.store.spool" in graph["proxy.operations.store"]
+    assert "proxy.store.receive" in graph["proxy.store.drain"]        # from proxy.store import
+    assert "proxy.retrieve.reception" in graph["proxy.retrieve.buffer"]
+    assert "proxy.retrieve.buffer" not in graph["proxy.retrieve.reception"]  # TYPE_CHECKING
+    assert "proxy.health" not in graph["proxy.operations.base"]               # TYPE_CHECKING
+
+
+def test_no_new_import_cycle(graph: dict[str, frozenset[str]]) -> None:   # Rule 1
+    new = [sorted(c) for c in cycles(graph) if c not in KNOWN_CYCLES]
+    known_gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles(graph)]
+    assert not new, f"import cycle(s): {new}"
+    assert not known_gone, f"fixed: remove from KNOWN_CYCLES: {known_gone}"
+    if not KNOWN_CYCLES:
+        assert a_cycle(graph) is None
+
+
+def test_layers_hold(graph: dict[str, frozenset[str]]) -> None:         # Rule 2
+    assert violations(graph) == []
+
+
+def test_a_cycle_is_found_and_named() -> None:
+    graph = {"proxy.a": frozenset({"proxy.b"}), "proxy.b": frozenset({"proxy.c"}),
+             "proxy.c": frozenset({"proxy.a"}), "proxy.d": frozenset({"proxy.a"})}
+    assert cycles(graph) == [frozenset({"proxy.a", "proxy.b", "proxy.c"})]
+    path = a_cycle(graph)
+    assert path is not None and path[0] == path[-1] and set(path) == {"proxy.a", "proxy.b",
+                                                                      "proxy.c"}
+    assert cycles({"proxy.a": frozenset({"proxy.b"}), "proxy.b": frozenset()}) == []
+
+
+def test_type_checking_and_deferred_imports() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from . import sibling\n"
+        "from proxy.pkg import thing\n"
+        "if TYPE_CHECKING:\n"
+        "    from proxy.hidden import Name\n"
+        "else:\n"
+        "    import proxy.shown\n"
+        "def later():\n"
+        "    from ..top import x\n"
+    )
+    modules = ["proxy.pkg", "proxy.pkg.mod", "proxy.pkg.sibling", "proxy.hidden",
+               "proxy.shown", "proxy.top"]
+    assert imports_of("proxy.pkg.mod", source, False, modules) == {
+        "proxy.pkg.sibling", "proxy.pkg", "proxy.shown", "proxy.top"}
+
+
+def test_a_layer_breach_is_reported() -> None:
+    graph = {"proxy.dicom.pdu": frozenset({"proxy.operations.base", "proxy.status"}),
+             "proxy.observe.logs": frozenset({"proxy.retrieve.tally"}),
+             "proxy.config": frozenset({"proxy.config_checks"})}
+    found = violations(graph)
+    assert any(v.startswith("proxy.dicom.pdu -> proxy.operations.base") for v in found)
+    assert any(v.startswith("proxy.observe.logs -> proxy.retrieve.tally") for v in found)
+    assert not any("proxy.status" in v.split(" (")[0] for v in found)
+    assert not any(v.startswith("proxy.config ") for v in found)
