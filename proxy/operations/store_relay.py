@@ -18,7 +18,6 @@ Rule 4: one ``upstream`` event per forwarded C-STORE (``Services.upstream_call``
 
 from __future__ import annotations
 
-import struct
 from io import BufferedIOBase
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from pynetdicom import evt
 from proxy.operations.base import OperationRecord, Services
 from proxy.status import Status, hex_status
 from proxy.store.relay import SESSION_KEY, Upstream
+from proxy.store.spool import data_offset
 from proxy.ul import commands
 from proxy.upstream import UpstreamError
 
 Reply = tuple[int, str | None]
-_GROUP_LENGTH = struct.Struct("<HH2sHL")     # (0002,0000) UL, Explicit VR Little Endian
 
 
 def forward(event: evt.Event, services: Services, record: OperationRecord,
@@ -87,13 +86,3 @@ def _send(upstream: Upstream, cx: int, command: bytes, msg_id: int,
 def _buffered(source: object) -> BufferedIOBase:
     assert isinstance(source, BufferedIOBase)
     return source
-
-
-def data_offset(head: bytes) -> int:
-    """Where the data set starts after a Part-10 preamble and file meta (PS3.10 7.1)."""
-    if head[128:132] != b"DICM" or len(head) < 144:
-        return 0
-    group, element, vr, _length, value = _GROUP_LENGTH.unpack_from(head, 132)
-    if (group, element, vr) != (0x0002, 0x0000, b"UL"):
-        raise ValueError("file meta without (0002,0000) File Meta Information Group Length")
-    return 144 + int(value)

@@ -56,7 +56,6 @@ from pynetdicom.presentation import build_context
 from proxy.config import SpoolConfig
 from proxy.observe import events as ev
 from proxy.operations.base import Services
-from proxy.operations.store_relay import data_offset
 from proxy.routing import (
     DIAG_CALLING_AE_NOT_RECOGNISED,
     RESULT_PERMANENT,
@@ -77,7 +76,7 @@ from proxy.store.policy import (
     status_text,
     uid_name,
 )
-from proxy.store.spool import Entry, InstanceMeta, Spool
+from proxy.store.spool import Entry, InstanceMeta, Spool, data_offset
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError

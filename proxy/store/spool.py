@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -336,3 +337,16 @@ class Spool:
             d.mkdir(parents=True, exist_ok=True)
             self._dirs.add(d)
         return d / f"{entry_id}{SUFFIX}"
+
+
+_GROUP_LENGTH = struct.Struct("<HH2sHL")     # (0002,0000) UL, Explicit VR Little Endian
+
+
+def data_offset(head: bytes) -> int:
+    """Where the data set starts after a Part-10 preamble and file meta (PS3.10 7.1)."""
+    if head[128:132] != b"DICM" or len(head) < 144:
+        return 0
+    group, element, vr, _length, value = _GROUP_LENGTH.unpack_from(head, 132)
+    if (group, element, vr) != (0x0002, 0x0000, b"UL"):
+        raise ValueError("file meta without (0002,0000) File Meta Information Group Length")
+    return 144 + int(value)

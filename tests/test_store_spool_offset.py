@@ -1,4 +1,4 @@
-"""proxy.operations.store_relay.data_offset: where the data set starts in a received file."""
+"""proxy.store.spool.data_offset: where the data set starts in a received or spooled file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from proxy.operations.store_relay import data_offset
+from proxy.store.spool import data_offset
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "JPEG2000.dcm"])
