@@ -51,6 +51,9 @@ NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.contexts": HANDLERS,
     "proxy.dicom": ("proxy.operations.base",),
     "proxy.ul": ("proxy.operations.base",),
+    # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
+    "proxy.store": tuple(f"proxy.operations.{name}" for name in
+                         ("echo", "find", "get", "move", "store", "store_relay")),
 }
 
 
