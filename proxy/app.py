@@ -21,7 +21,7 @@ from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.operations import echo, find, get, move, store
-from proxy.operations.base import Services
+from proxy.services import Services
 from proxy.store import drain, relay
 from proxy.upstream import ArchiveClient, Peer
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.observe import events as ev
-from proxy.operations.base import Services
+from proxy.services import Services
 from proxy.status import Status, hex_status
 from proxy.upstream import ArchiveClient, UpstreamError
 

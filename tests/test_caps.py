@@ -24,7 +24,7 @@ from proxy.federation import caps
 from proxy.federation.recovery import Recovery
 from proxy.matching import matches
 from proxy.observe import events as ev
-from proxy.operations.base import Services
+from proxy.services import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 from tests.recording import Recorder

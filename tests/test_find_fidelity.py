@@ -37,8 +37,8 @@ from proxy.federation import caps
 from proxy.federation.locations import LocationCache
 from proxy.matching import matches
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all, unique_key
-from proxy.operations.base import OperationRecord
 from proxy.operations.find import _deliver, read_query
+from proxy.services import OperationRecord
 
 RETRIEVE_AE = 0x00080054
 PROXY_AE = b"QR_PROXY"

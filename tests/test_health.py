@@ -15,7 +15,7 @@ from proxy.health import HealthMonitor, transition, verdict
 from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
-from proxy.operations.base import Plugins
+from proxy.services import Plugins
 from proxy.upstream import UpstreamError
 from tests.recording import Recorder
 

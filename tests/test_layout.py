@@ -8,7 +8,7 @@ are left out: they are annotations only and never run.
 Rule 1: the runtime graph of proxy.* modules has no cycle, apart from KNOWN_CYCLES.
 Rule 2: the layer table holds: the protocol layer (``proxy.dicom``, ``proxy.ul``) knows
         no handlers; configuration and observers know no operation, retrieve or store
-        code; ``Services`` (``proxy.operations.base``) is not imported below the handlers.
+        code; ``Services`` (``proxy.services``) is not imported below the handlers.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ Graph = Mapping[str, frozenset[str]]
 KNOWN_CYCLES: list[frozenset[str]] = []
 
 # Where the handlers live: what the lower layers must not import.
-HANDLERS = ("proxy.app", "proxy.listener", "proxy.operations", "proxy.retrieve",
+HANDLERS = ("proxy.app", "proxy.services", "proxy.listener", "proxy.operations", "proxy.retrieve",
             "proxy.store", "proxy.federation", "proxy.health", "proxy.cli")
 
 # Rule 2, allow-lists: modules under the key import from proxy only what is listed.
@@ -49,8 +49,8 @@ NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.config_checks": HANDLERS,
     "proxy.observe": HANDLERS,
     "proxy.contexts": HANDLERS,
-    "proxy.dicom": ("proxy.operations.base",),
-    "proxy.ul": ("proxy.operations.base",),
+    "proxy.dicom": ("proxy.services",),
+    "proxy.ul": ("proxy.services",),
     # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
     "proxy.store": tuple(f"proxy.operations.{name}" for name in
                          ("echo", "find", "get", "move", "store", "store_relay")),
@@ -198,7 +198,7 @@ def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
     assert "proxy.store.receive" in graph["proxy.store.drain"]        # from proxy.store import
     assert "proxy.retrieve.reception" in graph["proxy.retrieve.buffer"]
     assert "proxy.retrieve.buffer" not in graph["proxy.retrieve.reception"]  # TYPE_CHECKING
-    assert "proxy.health" not in graph["proxy.operations.base"]               # TYPE_CHECKING
+    assert "proxy.health" not in graph["proxy.services"]               # TYPE_CHECKING
 
 
 def test_no_new_import_cycle(graph: dict[str, frozenset[str]]) -> None:   # Rule 1
@@ -243,11 +243,11 @@ def test_type_checking_and_deferred_imports() -> None:
 
 
 def test_a_layer_breach_is_reported() -> None:
-    graph = {"proxy.dicom.pdu": frozenset({"proxy.operations.base", "proxy.status"}),
+    graph = {"proxy.dicom.pdu": frozenset({"proxy.services", "proxy.status"}),
              "proxy.observe.logs": frozenset({"proxy.retrieve.tally"}),
              "proxy.config": frozenset({"proxy.config_checks"})}
     found = violations(graph)
-    assert any(v.startswith("proxy.dicom.pdu -> proxy.operations.base") for v in found)
+    assert any(v.startswith("proxy.dicom.pdu -> proxy.services") for v in found)
     assert any(v.startswith("proxy.observe.logs -> proxy.retrieve.tally") for v in found)
     assert not any("proxy.status" in v.split(" (")[0] for v in found)
     assert not any(v.startswith("proxy.config ") for v in found)

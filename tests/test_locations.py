@@ -12,7 +12,7 @@ from proxy.cancel import CancelToken
 from proxy.config import parse
 from proxy.federation.locations import LocationCache, Locator
 from proxy.observe import events as ev
-from proxy.operations.base import Services
+from proxy.services import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 

@@ -17,9 +17,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-from proxy.operations.base import OperationRecord
 from proxy.operations.find import _deliver, workstation_syntax
 from proxy.rawtext import set_text, text_values
+from proxy.services import OperationRecord
 from proxy.upstream import query_contexts
 
 PN, PID, AE_TITLE = Tag("PatientName"), Tag("PatientID"), Tag("RetrieveAETitle")

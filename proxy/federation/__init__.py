@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from proxy.federation.locations import LocationCache, Locator
 from proxy.federation.recovery import make_finder
-from proxy.operations.base import Services
+from proxy.services import Services
 
 
 def install(services: Services) -> Callable[[], None] | None:

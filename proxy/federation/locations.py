@@ -41,8 +41,8 @@ from pynetdicom.sop_class import (
 
 from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
-from proxy.operations.base import OperationRecord, Services
 from proxy.rawtext import text_values
+from proxy.services import OperationRecord, Services
 from proxy.upstream import ArchiveClient
 
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",

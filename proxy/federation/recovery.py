@@ -43,9 +43,9 @@ from proxy.cancel import CancelToken
 from proxy.federation import caps
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
-from proxy.operations.base import OperationRecord, Services
 from proxy.operations.find import workstation_syntax
 from proxy.rawtext import text_values
+from proxy.services import OperationRecord, Services
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pynetdicom import evt
 
-from proxy.operations.base import Services
 from proxy.routing import archives_for
+from proxy.services import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 

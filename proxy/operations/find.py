@@ -45,8 +45,8 @@ from proxy.listener import link_up
 from proxy.matching import matches
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
-from proxy.operations.base import OperationRecord, Services
 from proxy.rawtext import element, set_text, text_values
+from proxy.services import OperationRecord, Services
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, UpstreamError
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pydicom import Dataset
 from pynetdicom import evt
 
-from proxy.operations.base import Services
-from proxy.retrieve.forwarder import Sink, WorkstationSink
 from proxy.retrieve.relay import relay
+from proxy.retrieve.sinks import Sink, WorkstationSink
 from proxy.retrieve.sopclasses import Instance
+from proxy.services import Services
 
 
 def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pydicom import Dataset
 from pynetdicom import evt
 
-from proxy.operations.base import Services
-from proxy.retrieve.forwarder import DestinationSink, Sink
 from proxy.retrieve.relay import relay
+from proxy.retrieve.sinks import DestinationSink, Sink
 from proxy.retrieve.sopclasses import Instance, propose
 from proxy.retrieve.tally import Tally, response
 from proxy.routing import move_destination
+from proxy.services import Services
 from proxy.status import Status
 
 

@@ -6,7 +6,7 @@ Rule 1: Success (0x0000) is answered only once the instance is on disk for
         negotiated transfer syntax — normally the file pynetdicom received the
         data set into (``proxy.store.receive``), moved into the spool, never decoded;
         its file meta names the sending and receiving AE titles (for a route
-        with ``pass_calling_ae``, the forwarder calls as the sender).
+        with ``pass_calling_ae``, the drain calls as the sender).
 Rule 2: which archives get it: the route's ``store_to``, narrowed per archive by
         ``store_filter`` (``routing.store_targets``). A route without
         ``store_to``, or an instance no archive of the route takes, is refused
@@ -38,8 +38,8 @@ from pynetdicom.dsutils import encode_file_meta
 
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
-from proxy.operations.base import OperationRecord, Services
 from proxy.routing import InstanceFacts, store_targets
+from proxy.services import OperationRecord, Services
 from proxy.status import Status
 from proxy.store.drain import publish
 from proxy.store.spool import InstanceMeta, SpoolFull

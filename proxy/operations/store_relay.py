@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pynetdicom import evt
 
-from proxy.operations.base import OperationRecord, Services
+from proxy.services import OperationRecord, Services
 from proxy.status import Status, hex_status
 from proxy.store.relay import SESSION_KEY, Upstream
 from proxy.store.spool import data_offset

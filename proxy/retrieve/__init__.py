@@ -4,7 +4,7 @@ One workstation C-MOVE or C-GET, in the order the work happens (``relay``):
   1. survey   — an IMAGE-level C-FIND per archive: how many instances, which SOP
                 classes and transfer syntaxes, who holds what (``puller.survey``);
   2. sink     — C-MOVE: the proxy's own association to the Move Destination, opened
-                first; C-GET: the workstation's association (``proxy.retrieve.forwarder``);
+                first; C-GET: the workstation's association (``proxy.retrieve.sinks``);
   3. pull     — C-GET with the storage SCP role over the proxy's lean association
                 (``getter``, ``proxy.ul``), or
                 C-MOVE to the proxy's own AE title, deliveries matched back by
@@ -29,9 +29,9 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-from proxy.operations.base import Services
 from proxy.retrieve import scp
 from proxy.retrieve.inbound import InboundRegistry
+from proxy.services import Services
 from proxy.store import receive
 
 
@@ -39,7 +39,7 @@ def install(services: Services) -> Callable[[], None]:
     """Serve C-MOVE/C-GET with the pump; accept move-mode deliveries; clear old buffers."""
     listener = services.listener
     scp.install(listener.ae)
-    receive.install()                   # thread-local raw sending (forwarder Rule 1)
+    receive.install()                   # thread-local raw sending (sinks Rule 1)
     # Buffers of retrieves that were running when the proxy last stopped are dead weight.
     shutil.rmtree(services.config.spool.dir / "retrieve", ignore_errors=True)
     registry = InboundRegistry(services)

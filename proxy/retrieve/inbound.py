@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 from pynetdicom import evt
 
-from proxy.operations.base import Services
 from proxy.retrieve.sopclasses import Accepted
+from proxy.services import Services
 from proxy.status import Status, category
 
 Deliver = Callable[[evt.Event], int]

@@ -49,11 +49,11 @@ from pynetdicom.sop_class import (
 from proxy import rawtext
 from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
-from proxy.operations.base import Services
 from proxy.retrieve import getter, sopclasses
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.sopclasses import Accepted, Instance
 from proxy.retrieve.survey import Survey, list_instances
+from proxy.services import Services
 from proxy.status import PENDING, Status, category
 from proxy.upstream import UpstreamError
 

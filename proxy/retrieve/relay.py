@@ -37,9 +37,7 @@ from pynetdicom import evt
 from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
 from proxy.observe import events as ev
-from proxy.operations.base import OperationRecord, Services
 from proxy.retrieve.buffer import InstanceBuffer
-from proxy.retrieve.forwarder import Sink
 from proxy.retrieve.identifiers import (
     LEVEL_KEYS,
     LEVELS,
@@ -48,9 +46,11 @@ from proxy.retrieve.identifiers import (
     upstream_identifier,
 )
 from proxy.retrieve.puller import Puller
+from proxy.retrieve.sinks import Sink
 from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
 from proxy.retrieve.tally import Tally, final_status, response
+from proxy.services import OperationRecord, Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 

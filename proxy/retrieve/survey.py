@@ -33,9 +33,9 @@ from pynetdicom import evt
 
 from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
-from proxy.operations.base import Services
 from proxy.retrieve import sopclasses
 from proxy.retrieve.identifiers import LEVEL_KEYS, with_selection
+from proxy.services import Services
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 

@@ -55,13 +55,13 @@ from pynetdicom.presentation import build_context
 
 from proxy.config import SpoolConfig
 from proxy.observe import events as ev
-from proxy.operations.base import Services
 from proxy.routing import (
     DIAG_CALLING_AE_NOT_RECOGNISED,
     RESULT_PERMANENT,
     SOURCE_SERVICE_USER,
     forward_calling_ae,
 )
+from proxy.services import Services
 from proxy.status import Status
 from proxy.store import receive
 from proxy.store.policy import (

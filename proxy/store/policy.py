@@ -5,7 +5,7 @@ Rule 2: an instance is proposed in its own transfer syntax; only uncompressed da
         may be re-encoded (between uncompressed syntaxes); compressed pixel data
         is never transcoded.
 Rule 3: a status is classified once, here (``classify``, PS3.4 B.2.3), for the
-        forwarder, its tests and the README to agree on.
+        drain, its tests and the README to agree on.
 """
 
 from __future__ import annotations

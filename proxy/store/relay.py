@@ -46,8 +46,8 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from proxy.listener import Negotiator, Session
 from proxy.observe import events as ev
-from proxy.operations.base import Services
 from proxy.routing import Rejection
+from proxy.services import Services
 from proxy.store import mirroring
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed

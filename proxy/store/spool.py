@@ -24,7 +24,7 @@ Rule 4: the spool never grows past ``max_bytes``: ``commit`` reserves the room
         pending instances and dead letters count, an instance linked for
         several archives counts once.
 Rule 5: this module does file I/O and bookkeeping only; it decides nothing
-        about DICOM and emits no events (the forwarder and handler do).
+        about DICOM and emits no events (the drain and handler do).
 """
 
 from __future__ import annotations

@@ -46,10 +46,10 @@ from pynetdicom.presentation import PresentationContext
 
 from proxy import wire
 from proxy.observe import events as ev
-from proxy.operations.base import Services
 from proxy.retrieve import transcode
 from proxy.retrieve.reception import Buffered, file_meta
 from proxy.retrieve.sopclasses import Accepted
+from proxy.services import Services
 from proxy.status import Status, category
 from proxy.store import receive
 from proxy.ul import commands, pdu
