@@ -53,6 +53,9 @@ class OperationRecord:
     details: dict[str, Any] = field(default_factory=dict)
     hint: str | None = None
     phi: list[str] = field(default_factory=list)
+    # Response elements beyond Status and Error Comment the answer carries by keyword
+    # (an archive's Error ID or Offending Element, relayed as the archive sent them).
+    response: dict[str, Any] = field(default_factory=dict)
 
     def protect(self, ds: Dataset | None) -> None:
         """Remember the patient identifiers in ``ds`` so logs never show them."""

@@ -259,3 +259,18 @@ def test_encode_decode_round_trip(ints: dict[int, int], uid_values: dict[int, st
     assert ds.CommandGroupLength == len(raw) - 12
     for elem, value in command.items():
         assert ds[0x0000, elem].value == value
+
+
+def test_offending_element_and_error_id_survive_a_round_trip_as_pynetdicom_reads_them() -> None:
+    """A relayed C-STORE response passes the archive's Offending Element (AT) and Error ID."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode as pynetdicom_decode
+
+    data = commands.encode({commands.STATUS: 0xA900, commands.ERROR_ID: 7,
+                            commands.OFFENDING_ELEMENT: "00100010\\00100020"})
+    ds = pynetdicom_decode(BytesIO(data), True, True)
+    assert list(ds.OffendingElement) == [0x00100010, 0x00100020] and ds.ErrorID == 7
+    back = commands.decode(data[12:])
+    assert back[commands.OFFENDING_ELEMENT] == "00100010\\00100020"
+    assert back[commands.ERROR_ID] == 7

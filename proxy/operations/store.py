@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pynetdicom import evt
@@ -65,7 +66,7 @@ def handle(event: evt.Event, services: Services) -> int | Dataset:
                 record.details["error"] = f"{type(exc).__name__}: {exc}"
                 status, comment = Status.PROCESSING_FAILURE, "the proxy could not store it"
             record.status = status
-        return _reply(status, comment)
+        return _reply(status, comment, record.response)
     finally:
         if received is not None:
             # Still there only when it was not committed; pynetdicom would not
@@ -159,10 +160,14 @@ def _header(source: Path | BytesIO, record: OperationRecord) -> Dataset | None:
         return None
 
 
-def _reply(status: int, comment: str | None) -> int | Dataset:
-    if status == Status.SUCCESS or not comment:
+def _reply(status: int, comment: str | None,
+           extra: dict[str, Any] | None = None) -> int | Dataset:
+    if (status == Status.SUCCESS or not comment) and not extra:
         return int(status)
     ds = Dataset()
     ds.Status = int(status)
-    ds.ErrorComment = comment[:64]
+    if comment and status != Status.SUCCESS:
+        ds.ErrorComment = comment[:64]
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
     return ds

@@ -17,6 +17,7 @@ import struct
 COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0100, 0x0110, 0x0120
 AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
 PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
+OFFENDING_ELEMENT, ERROR_ID = 0x0901, 0x0903
 MOVE_ORIGINATOR_AE, MOVE_ORIGINATOR_ID = 0x1030, 0x1031
 REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
 NO_DATA_SET = 0x0101
@@ -28,7 +29,8 @@ C_CANCEL_RQ = 0x0FFF
 
 _UL = {0x0000}
 _INTS = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATA_SET_TYPE, STATUS,
-         MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, 0x0000}
+         MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, ERROR_ID, 0x0000}
+_TAGS = {OFFENDING_ELEMENT, 0x1005}       # AT: read as "ggggeeee" values joined by "\"
 _UIDS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, 0x0003, 0x1001}
 _ELEMENT = struct.Struct("<HHL")
 
@@ -45,6 +47,9 @@ def encode(command: Command) -> bytes:
         value = command[elem]
         if isinstance(value, int):
             raw = struct.pack("<L" if elem in _UL else "<H", value)
+        elif elem in _TAGS:
+            raw = b"".join(struct.pack("<HH", int(t[:4], 16), int(t[4:], 16))
+                           for t in value.split("\\") if t)
         else:
             raw = value.encode("ascii")
             if len(raw) % 2:
@@ -66,6 +71,9 @@ def decode(data: bytes) -> Command:
                                "complete group 0000 element")
         if elem in _INTS and length in (2, 4):
             out[elem] = int.from_bytes(value, "little")
+        elif elem in _TAGS and length % 4 == 0:
+            out[elem] = "\\".join(f"{g:04X}{e:04X}"
+                                    for g, e in struct.iter_unpack("<HH", value))
         else:
             out[elem] = bytes(value).decode("ascii", "replace").rstrip("\x00 ")
         at += 8 + length

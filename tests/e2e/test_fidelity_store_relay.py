@@ -374,14 +374,16 @@ def test_an_archive_dying_mid_association_ends_the_workstations_as_direct(
 
 
 class CommentingArchive:
-    """A pynetdicom storage SCP answering every C-STORE with ``status`` and an ErrorComment
-    (fault injection: Orthanc sends no ErrorComment), recording what each request carried."""
+    """A pynetdicom storage SCP answering every C-STORE with ``status``, an Error Comment and
+    an Offending Element (fault injection: Orthanc sends neither), recording what each
+    request carried."""
 
     def __init__(self, status: int, comment: str) -> None:
         self.aet = "COMMENTING"
         self.received: list[tuple[int, int, str, bytes]] = []
         answer = Dataset()
         answer.Status, answer.ErrorComment = status, comment
+        answer.OffendingElement = [0x00100010, 0x00100020]   # optional, PS3.7 C.4.2
 
         def on_store(event: Any) -> Any:
             rq = event.request
@@ -404,7 +406,7 @@ class CommentingArchive:
 
 
 @pytest.mark.parametrize("status", [0xB007, 0xA900], ids=["warning", "failure"])
-def test_the_archives_status_and_error_comment_reach_the_workstation_unchanged(
+def test_the_archives_status_error_comment_and_offending_element_reach_the_workstation(
         status: int, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
     direct_archive = CommentingArchive(status, "REFUSED BY POLICY 42")
     proxied_archive = CommentingArchive(status, "REFUSED BY POLICY 42")
@@ -416,9 +418,12 @@ def test_the_archives_status_and_error_comment_reach_the_workstation_unchanged(
         assert_same(direct, proxied)
         answered = [s for s in direct.statuses.values() if s is not None]
         assert set(answered) == {status} and len(answered) >= 4
-        comments = [[line for line in seen.output.splitlines() if "ErrorComment" in line]
+        comments = [[line for line in seen.output.splitlines()
+                     if any(k in line for k in ("ErrorComment", "OffendingElement"))]
                     for seen in (direct, proxied)]
-        assert comments[0] and comments[1] == comments[0]
+        for keyword in ("ErrorComment", "OffendingElement"):
+            assert any(keyword in line for line in comments[0]), (keyword, direct.output[-2000:])
+        assert comments[1] == comments[0]
         # what the archive got: Message ID, priority, transfer syntax, data set bytes
         assert proxied_archive.received == direct_archive.received
         assert len(proxied_archive.received) == len(answered)
