@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 from pynetdicom import evt
 
-from proxy.retrieve.sopclasses import Accepted
+from proxy.retrieve.sopclasses import Accepted, accepted_by
 from proxy.services import Services
 from proxy.status import Status, category
 
@@ -108,12 +108,8 @@ class InboundRegistry:
             mine = [e for e in self._open if archive is not None and e.archive == archive]
             if not mine or any(not e.accepted for e in mine):
                 return None
-            union: Accepted = {}
-            for exp in mine:
-                for sop_class, syntaxes in exp.accepted.items():
-                    taken = union.setdefault(sop_class, [])
-                    taken += [ts for ts in syntaxes if ts not in taken]
-            return union
+            return accepted_by((sop_class, ts) for exp in mine
+                               for sop_class, syntaxes in exp.accepted.items() for ts in syntaxes)
 
     def open(self, archive: str, archive_ae: str, calling_ae: str, expected: set[str],
              deliver: Deliver, accepted: Accepted | None = None) -> Expectation:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
+from pydicom import Dataset, dcmread
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from proxy.status import Status
@@ -41,6 +43,13 @@ class Buffered:
     archive: str
     data_offset: int = 0       # where the data set starts in the file (after the file meta)
     data: bytearray | None = None   # the data set as received, when held in memory
+
+    def dataset(self) -> Dataset:
+        """The instance decoded — only where the proxy must re-encode or convert it."""
+        if self.path is not None:
+            return dcmread(self.path)
+        meta = file_meta(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax)
+        return dcmread(BytesIO(meta + bytes(self.data or b"")))
 
     def write_data(self, write: Callable[..., T]) -> T:
         """Hand the data set as received to ``write``: ``data=`` from memory, or

@@ -35,10 +35,8 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any, Protocol
 
-from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import Association
 from pynetdicom.dsutils import encode
@@ -47,8 +45,8 @@ from pynetdicom.presentation import PresentationContext
 from proxy import wire
 from proxy.observe import events as ev
 from proxy.retrieve import transcode
-from proxy.retrieve.reception import Buffered, file_meta
-from proxy.retrieve.sopclasses import Accepted
+from proxy.retrieve.reception import Buffered
+from proxy.retrieve.sopclasses import Accepted, accepted_by
 from proxy.services import Services
 from proxy.status import Status, category
 from proxy.store import receive
@@ -73,16 +71,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def accepted_by(contexts: Iterator[tuple[str, str]]) -> Accepted:
-    """SOP class → the transfer syntaxes accepted for it, in the order negotiated."""
-    out: Accepted = {}
-    for sop_class, syntax in contexts:
-        taken = out.setdefault(sop_class, [])
-        if syntax not in taken:
-            taken.append(syntax)
-    return out
-
-
 def _message_ids(start: int) -> Iterator[int]:
     return (1 + (start + i) % 65535 for i in itertools.count())
 
@@ -98,7 +86,7 @@ def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
             with receive.sending_raw():
                 rsp = assoc.send_c_store(item.path, msg_id=msg_id, **originator)
         else:
-            rsp = assoc.send_c_store(_dataset(item), msg_id=msg_id, **originator)
+            rsp = assoc.send_c_store(item.dataset(), msg_id=msg_id, **originator)
     except ValueError:
         return Delivery(None, f"{peer} accepted no context for {_name(item.sop_class_uid)} "
                               f"in {_name(item.transfer_syntax)}")
@@ -172,21 +160,13 @@ def _transcoded(link: Link, item: Buffered) -> tuple[tuple[int, bytes] | None, s
     return (taken[result.transfer_syntax], result.data), ""
 
 
-def _dataset(item: Buffered) -> Dataset:
-    """The instance decoded (only for the Explicit <-> Implicit VR conversion, Rule 1)."""
-    if item.path is not None:
-        return dcmread(item.path)
-    meta = file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
-    return dcmread(BytesIO(meta + bytes(item.data or b"")))
-
-
 def _converted(link: Link, item: Buffered) -> tuple[int, bytes] | None:
     """Explicit <-> Implicit VR Little Endian re-encoding, when that is all it takes."""
     if item.transfer_syntax not in _LITTLE:
         return None
     for cx, ts in link.accept.accepted.items():
         if link.abstract.get(cx) == item.sop_class_uid and ts in _LITTLE:
-            data = encode(_dataset(item), ts == ImplicitVRLittleEndian, True)
+            data = encode(item.dataset(), ts == ImplicitVRLittleEndian, True)
             return (cx, data) if data is not None else None
     return None
 

@@ -89,6 +89,16 @@ class Instance:
 Accepted = dict[str, list[str]]       # SOP class → transfer syntaxes a receiver accepted
 
 
+def accepted_by(contexts: Iterable[tuple[str, str]]) -> Accepted:
+    """SOP class → the transfer syntaxes accepted for it, in the order given."""
+    out: Accepted = {}
+    for sop_class, syntax in contexts:
+        taken = out.setdefault(sop_class, [])
+        if syntax not in taken:
+            taken.append(syntax)
+    return out
+
+
 def survey_identifier(identifier: Dataset) -> Dataset:
     """The IMAGE-level C-FIND that lists what a C-MOVE/C-GET identifier will retrieve.
 

@@ -23,13 +23,12 @@ Rule 3: a conversion that cannot be done (no codec, a corrupt stream, a big endi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
-from proxy.retrieve.reception import Buffered, file_meta
+from proxy.retrieve.reception import Buffered
 
 TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -53,7 +52,7 @@ def convert(item: Buffered, accepted: list[str]) -> Converted:
         return Converted(None, reason=f"the receiver accepts {_names(accepted)}, which the "
                                       f"proxy does not convert to")
     try:
-        ds = _read(item)
+        ds = item.dataset()
         source = UID(item.transfer_syntax)
         if source.is_compressed:
             # pydicom's codecs (pylibjpeg); the instance keeps its identity: the receiver
@@ -66,13 +65,6 @@ def convert(item: Buffered, accepted: list[str]) -> Converted:
     except Exception as exc:  # any codec failure is this sub-operation's, with its reason
         return Converted(None, reason=f"conversion from {UID(item.transfer_syntax).name} "
                                       f"failed: {type(exc).__name__}: {exc}"[:200])
-
-
-def _read(item: Buffered) -> Dataset:
-    if item.path is not None:
-        return dcmread(item.path)
-    meta = file_meta(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax)
-    return dcmread(BytesIO(meta + bytes(item.data or b"")))
 
 
 def _encode(ds: Dataset, target: str) -> bytes:
