@@ -1,7 +1,7 @@
 """Composition root: config → observers, archive clients, handlers, listener.
 
-The one table that binds pynetdicom's events to the proxy's handlers is
-``HANDLERS`` below; nothing else registers DIMSE handlers.
+The one table that binds DIMSE commands to the proxy's handlers is ``HANDLERS``
+below; ``proxy.responder`` runs them for the listener. Nothing else registers handlers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from pynetdicom import _config, evt
+from pynetdicom import _config
 
 from proxy import fastencode, federation, health, retrieve
 from proxy.config import Config
@@ -21,24 +21,27 @@ from proxy.observe import events as ev
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.operations import echo, find, get, move, store
+from proxy.responder import C_ECHO_RQ, C_MOVE_RQ, respond
 from proxy.services import Services
+from proxy.session import Request
 from proxy.store import drain, relay
+from proxy.ul import commands
 from proxy.upstream import ArchiveClient, Peer
 
 Handler = Callable[..., Any]
 
-# pynetdicom event → handler(event, services). One row per DIMSE operation.
-HANDLERS: list[tuple[Any, Handler]] = [
-    (evt.EVT_C_ECHO, echo.handle),
-    (evt.EVT_C_FIND, find.handle),
-    (evt.EVT_C_STORE, store.handle),
-    (evt.EVT_C_MOVE, move.handle),      # answered by proxy.retrieve.scp's pump
-    (evt.EVT_C_GET, get.handle),
-]
+# DIMSE request command field → handler(request, services). One row per DIMSE operation.
+HANDLERS: dict[int, Handler] = {
+    C_ECHO_RQ: echo.handle,
+    commands.C_FIND_RQ: find.handle,
+    commands.C_STORE_RQ: store.handle,
+    C_MOVE_RQ: move.handle,
+    commands.C_GET_RQ: get.handle,
+}
 
 # Subsystems that extend the proxy (federation, retrieve, spool, health) add
-# themselves here: each is called once with the Services and may add handlers
-# or start threads; each returns an optional stop function.
+# themselves here: each is called once with the Services and may set the
+# listener's hooks or start threads; each returns an optional stop function.
 Extension = Callable[[Services], Callable[[], None] | None]
 EXTENSIONS: list[Extension] = [
     health.start,                   # periodic C-ECHO to archives and destinations
@@ -69,8 +72,7 @@ class Proxy:
             name: ArchiveClient(Peer.of(d, p.ae_title, p.dimse_timeout), p.network_timeout,
                                 p.max_pdu_size)
             for name, d in config.destinations.items()}
-        self._handlers: list[tuple[Any, ...]] = []
-        self.listener = Listener(config, self.bus, self._handlers)
+        self.listener = Listener(config, self.bus)
         self.services = Services(config, self.bus, self.listener, self.archives,
                                  self.destinations)
         self._stops: list[Callable[[], None]] = []
@@ -83,8 +85,12 @@ class Proxy:
             stop = extension(self.services)
             if stop is not None:
                 self._stops.append(stop)
-        for event_type, handler in [*HANDLERS, *self.services.plugins.handlers]:
-            self._handlers.append((event_type, handler, [self.services]))
+        services = self.services
+
+        def dispatch(request: Request) -> None:
+            respond(request, HANDLERS.get(request.command_field), services)
+
+        self.listener.dispatch = dispatch
         metrics_url = None
         if self.config.metrics.enabled:
             self.metrics_port = self.metrics.serve(self.config.metrics.host,
@@ -112,6 +118,7 @@ class Proxy:
             # A handler still waiting on an archive sees its workstation gone and
             # ends at once; give each the moment it needs to report its request.
             self.listener.wait_finished(timeout=5.0)
+        self.listener.close()
         for stop in reversed(self._stops):
             try:
                 stop()

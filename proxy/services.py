@@ -1,7 +1,8 @@
 """What every DIMSE handler shares: the services it may use and its one report.
 
-Rule 1: every handler has the same shape, ``handle(event, services)``, and is
-        bound to its pynetdicom event in ``proxy.app.HANDLERS``.
+Rule 1: every handler has the same shape, ``handle(request, services)`` (a
+        ``proxy.session.Request``), and is bound to its DIMSE command in
+        ``proxy.app.HANDLERS``; ``proxy.responder`` sends what it answers.
 Rule 2: every request a handler answers produces exactly one
         ``OperationCompleted`` — ``Services.operation`` guarantees it, even when
         the handler raises or its generator is abandoned mid-way.
@@ -21,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
-from pynetdicom import evt
 
 from proxy.config import Config
-from proxy.listener import Listener, Session
+from proxy.listener import Listener
 from proxy.observe import events as ev
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.rawtext import text_values
 from proxy.routing import calling_ae_for
+from proxy.session import Request, Session
 from proxy.upstream import ArchiveClient, UpstreamError
 
 if TYPE_CHECKING:   # annotations only: these modules import this one (no runtime cycle)
@@ -66,15 +67,10 @@ class OperationRecord:
                 self.phi.extend(text_values(ds, tag))
 
 
-# A pynetdicom event an extension binds, and its handler(event, services).
-ExtraHandler = tuple[evt.EventType, Callable[[evt.Event, "Services"], None]]
-
-
 @dataclass
 class Plugins:
     """What the extensions in ``proxy.app.EXTENSIONS`` plug in; ``None`` when not installed."""
 
-    handlers: list[ExtraHandler] = field(default_factory=list)  # bound by proxy.app
     spool: Spool | None = None                    # proxy.store.drain.start
     health: HealthMonitor | None = None           # proxy.health.start ([health] enabled)
     locations: LocationCache | None = None        # proxy.federation.install
@@ -82,7 +78,7 @@ class Plugins:
     locate: Locate | None = None                  # proxy.federation.install
     find_query: Finder | None = None              # federation: C-FIND with cap recovery
     retrieve_inbound: InboundRegistry | None = None                # proxy.retrieve.install
-    inbound_store: Callable[[evt.Event], int | Dataset] | None = None  # proxy.retrieve
+    inbound_store: Callable[[Request], int | Dataset] | None = None  # proxy.retrieve
 
 
 @dataclass
@@ -96,10 +92,10 @@ class Services:
     destinations: dict[str, ArchiveClient]
     plugins: Plugins = field(default_factory=Plugins)     # set by the extensions
 
-    def session(self, event: evt.Event) -> Session:
-        return self.listener.session(event.assoc)
+    def session(self, event: Request) -> Session:
+        return event.session
 
-    def archive(self, name: str, event: evt.Event | None) -> ArchiveClient:
+    def archive(self, name: str, event: Request | None) -> ArchiveClient:
         """The client for a request to archive ``name`` made for ``event``'s workstation
         (Rule 4); without an event, the proxy's own (its ``calling_ae``)."""
         if event is None:
@@ -112,7 +108,7 @@ class Services:
             self.config.archives[name], session.route, session.info.calling_ae))
 
     @contextmanager
-    def operation(self, event: evt.Event, name: str) -> Iterator[OperationRecord]:
+    def operation(self, event: Request, name: str) -> Iterator[OperationRecord]:
         """Time one DIMSE request and report it exactly once (Rule 2)."""
         record = OperationRecord(name)
         started = time.monotonic()
@@ -130,7 +126,7 @@ class Services:
                 list(record.archives), dict(record.details), record.hint, list(record.phi)))
 
     @contextmanager
-    def upstream_call(self, archive: str, operation: str, event: evt.Event | None = None,
+    def upstream_call(self, archive: str, operation: str, event: Request | None = None,
                       phi: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Time one request to an archive; the caller sets ``status`` in the dict."""
         result: dict[str, Any] = {"status": None, "details": {}}

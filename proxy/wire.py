@@ -54,15 +54,9 @@ import select
 import socket
 import struct
 import threading
-from io import BufferedIOBase
 from typing import Any
 
-from pynetdicom import evt
-from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
 from pynetdicom.transport import AssociationSocket
-
-from proxy.ul import link
-from proxy.ul.link import MAX_FRAGMENT
 
 READ_AHEAD = 256 * 1024
 SELECT_WAIT = 0.001              # how long the DUL thread waits in select for a PDU ...
@@ -164,82 +158,3 @@ def wake_on_data(assoc: Any) -> None:
     if isinstance(sock, ReadAheadSocket) and sock._plain() is not None:
         sock._wait = SELECT_WAIT
         dul._run_loop_delay = RUN_LOOP_DELAY
-
-
-def write_directly(assoc: Any) -> None:
-    """Send ``assoc``'s DIMSE messages from the calling thread, PDUs batched (Rule 3)."""
-    dimse, dul = assoc.dimse, assoc.dul
-    sock = dul.socket
-    if (not isinstance(sock, ReadAheadSocket) or sock._plain() is None
-            or getattr(dimse, "_written_directly", False)):
-        return
-    dimse._written_directly = True
-    sock._wlock = sock._wlock or threading.Lock()
-    queued = dimse.send_msg
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        writer = _writer(sock, dul)
-        if writer is None:
-            queued(primitive, context_id)
-            return
-        raw, lock = writer
-        table = _RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None else _RSP_TO_MESSAGE
-        message = table[primitive.__class__]()
-        message.primitive_to_message(primitive)
-        message.context_id = context_id
-        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
-        batch: list[bytes] = []
-        size = 0
-        try:
-            for pdata in message.encode_msg(context_id, dimse.maximum_pdu_size):
-                for cx, data in pdata.presentation_data_value_list:
-                    batch.append(_PDV_HEADER.pack(0x04, 0, len(data) + 5, len(data) + 1, cx))
-                    batch.append(data)
-                    size += len(data) + 11
-                if size >= WRITE_BATCH:
-                    with lock:
-                        raw.sendall(b"".join(batch))
-                    batch, size = [], 0
-            if batch:
-                with lock:
-                    raw.sendall(b"".join(batch))
-        except OSError:
-            dul.event_queue.put("Evt17")      # as AssociationSocket.send reports it
-
-    dimse.send_msg = send_msg
-
-
-def _writer(sock: ReadAheadSocket, dul: Any) -> tuple[socket.socket, threading.Lock] | None:
-    """The raw socket and its write lock, when a message may be written directly now:
-    established (Sta6) and nothing queued for the DUL thread, never overtaking a PDU."""
-    raw, lock = sock._plain(), sock._wlock
-    if (raw is None or lock is None or dul.state_machine.current_state != "Sta6"
-            or dul.to_provider_queue.queue):
-        return None
-    return raw, lock
-
-
-def write_message(assoc: Any, context_id: int, command: bytes,
-                  data: memoryview | bytes | None = None,
-                  source: BufferedIOBase | None = None, length: int = 0) -> bool:
-    """Write one already-encoded DIMSE message on ``assoc`` from this thread (Rule 5).
-
-    False (nothing written) when the association does not allow it: not opted in by
-    ``write_directly``, not established, or PDUs queued for its DUL thread.
-    """
-    dimse, dul = assoc.dimse, assoc.dul
-    sock = dul.socket
-    if not getattr(dimse, "_written_directly", False) or not isinstance(sock, ReadAheadSocket):
-        return False
-    writer = _writer(sock, dul)
-    if writer is None:
-        return False
-    raw, lock = writer
-    peer_max = int(dimse.maximum_pdu_size or 0)
-    step = min(peer_max - 6, MAX_FRAGMENT) if peer_max > 6 else MAX_FRAGMENT
-    try:
-        with lock:
-            link.write_message(raw, step, context_id, command, data, source, length)
-    except OSError:
-        dul.event_queue.put("Evt17")          # as AssociationSocket.send reports it
-    return True

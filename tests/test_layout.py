@@ -195,7 +195,7 @@ def graph() -> dict[str, frozenset[str]]:
 def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
     # Guards the reader itself: known runtime edges are there, TYPE_CHECKING ones are not.
     assert "proxy.store.spool" in graph["proxy.operations.store"]
-    assert "proxy.store.receive" in graph["proxy.store.drain"]        # from proxy.store import
+    assert "proxy.retrieve.transcode" in graph["proxy.retrieve.sinks"]  # from proxy.retrieve import
     assert "proxy.retrieve.reception" in graph["proxy.retrieve.buffer"]
     assert "proxy.retrieve.buffer" not in graph["proxy.retrieve.reception"]  # TYPE_CHECKING
     assert "proxy.health" not in graph["proxy.services"]               # TYPE_CHECKING

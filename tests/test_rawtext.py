@@ -135,11 +135,11 @@ def test_upstream_query_contexts_put_the_workstations_syntax_first() -> None:
 
 
 def test_workstation_syntax_of_an_event() -> None:
-    class Context:
-        transfer_syntax = ImplicitVRLittleEndian
+    from proxy.dicom.negotiation import Accepted
+    from proxy.observe.events import AssocInfo
+    from proxy.session import Request, Session
 
-    class Event:
-        context = Context()
-
-    assert workstation_syntax(Event()) == ImplicitVRLittleEndian  # type: ignore[arg-type]
+    session = Session(AssocInfo("a1", "WS", "R", "127.0.0.1:1"),
+                      contexts={5: Accepted("1.2.840.10008.5.1.4.1.2.2.1", ImplicitVRLittleEndian)})
+    assert workstation_syntax(Request(session, 5, {})) == ImplicitVRLittleEndian
     assert workstation_syntax(None) is None

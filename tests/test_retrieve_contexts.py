@@ -1,6 +1,9 @@
-"""The acceptor honours the workstation's transfer syntax preference (contexts Rule 2)."""
+"""The acceptor honours the workstation's transfer syntax preference (contexts Rules 2-4),
+negotiated by the proxy's own stack (``proxy.dicom.negotiation``)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from pydicom.uid import (
     JPEG2000,
@@ -9,48 +12,54 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     MRImageStorage,
 )
-from pynetdicom.presentation import build_context, negotiate_as_acceptor
 
 from proxy.config import parse
-from proxy.contexts import contexts_for_inbound, contexts_for_route, in_requestor_order
+from proxy.contexts import offers_for_inbound, offers_for_route
+from proxy.dicom.items import PresentationContextRQ, RoleSelection, UserInformation
+from proxy.dicom.negotiation import Offer, Policy, accepted_contexts, negotiate
+from proxy.dicom.pdu import AssociateAC, AssociateRQ
 
 CONFIG = parse({"proxy": {"ae_title": "QR_PROXY"},
                 "archives": {"a": {"ae_title": "PACS", "host": "h", "port": 1}},
                 "routes": [{"called_ae": "R", "archives": ["a"]}]})
 
 
-def accepted(proposed: list, ours: list) -> dict[str, str]:
-    for i, cx in enumerate(proposed):
-        cx.context_id = 2 * i + 1
-    result, _ = negotiate_as_acceptor(proposed, in_requestor_order(ours, proposed))
-    return {str(cx.abstract_syntax): str(cx.transfer_syntax[0])
-            for cx in result if cx.result == 0}
+def rq(*contexts: tuple[str, list[str]], roles: tuple[RoleSelection, ...] = ()) -> AssociateRQ:
+    return AssociateRQ("R", "WS", tuple(
+        PresentationContextRQ(2 * i + 1, abstract, tuple(syntaxes))
+        for i, (abstract, syntaxes) in enumerate(contexts)), UserInformation(16384, "1.2",
+                                                                             roles=roles))
+
+
+def accepted(request: AssociateRQ, offers: Mapping[str, Offer]) -> dict[str, str]:
+    ac = negotiate(request, Policy(offers))
+    assert isinstance(ac, AssociateAC)
+    return {cx.abstract_syntax: cx.transfer_syntax
+            for cx in accepted_contexts(request, ac).values()}
 
 
 def test_the_requestors_first_choice_wins() -> None:
-    proposed = [build_context(CTImageStorage, [JPEG2000, ExplicitVRLittleEndian,
-                                               ImplicitVRLittleEndian]),
-                build_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-    ours = contexts_for_route(CONFIG.routes[0], CONFIG)
-    assert accepted(proposed, ours) == {CTImageStorage: JPEG2000,
-                                        MRImageStorage: ExplicitVRLittleEndian}
+    proposed = rq((CTImageStorage, [JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+                  (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    assert accepted(proposed, offers_for_route(CONFIG.routes[0], CONFIG)) == {
+        CTImageStorage: JPEG2000, MRImageStorage: ExplicitVRLittleEndian}
 
 
-def test_roles_survive_the_reordering() -> None:
-    proposed = [build_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-    (ct,) = [cx for cx in in_requestor_order(contexts_for_inbound(), proposed)
-             if cx.abstract_syntax == CTImageStorage]
-    assert list(ct.transfer_syntax)[:2] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    assert ct.scp_role and ct.scu_role
+def test_a_c_get_workstation_gets_the_scp_role_for_storage() -> None:
+    proposed = rq((CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+                  roles=(RoleSelection(CTImageStorage, False, True),))
+    ac = negotiate(proposed, Policy(offers_for_route(CONFIG.routes[0], CONFIG)))
+    assert isinstance(ac, AssociateAC)
+    [ct] = accepted_contexts(proposed, ac).values()
+    assert (ct.transfer_syntax, ct.scu, ct.scp) == (ExplicitVRLittleEndian, False, True)
 
 
 def test_an_archive_delivering_a_move_is_accepted_in_what_the_receiver_took() -> None:
     """contexts Rule 4: the archive converts for the receiver, as it does directly."""
-    proposed = [build_context(CTImageStorage, [JPEG2000, ExplicitVRLittleEndian,
-                                               ImplicitVRLittleEndian]),
-                build_context(MRImageStorage, [JPEG2000, ExplicitVRLittleEndian])]
+    proposed = rq((CTImageStorage, [JPEG2000, ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+                  (MRImageStorage, [JPEG2000, ExplicitVRLittleEndian]))
     receivers = {CTImageStorage: [ImplicitVRLittleEndian]}
-    assert accepted(proposed, contexts_for_inbound(receivers)) == {
+    assert accepted(proposed, offers_for_inbound(receivers)) == {
         CTImageStorage: ImplicitVRLittleEndian,      # narrowed to the receiver's
         MRImageStorage: JPEG2000}                    # a class it did not say: as proposed
-    assert accepted(proposed, contexts_for_inbound(None))[CTImageStorage] == JPEG2000
+    assert accepted(proposed, offers_for_inbound(None))[CTImageStorage] == JPEG2000

@@ -1,5 +1,6 @@
-"""proxy.store.mirroring: what pynetdicom's acceptor answers with the mirrored contexts is what
-the archive answered, context by context (checked with pynetdicom's own negotiation)."""
+"""proxy.store.mirroring: the A-ASSOCIATE-AC the workstation gets answers each mirrored
+context exactly as the archive answered it — every PS3.8 result, the archive's syntax —
+read back the way a requestor reads an AC (``negotiation.accepted_contexts``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
     RLELossless,
 )
-from pynetdicom.presentation import PresentationContext, build_context, negotiate_as_acceptor
 from pynetdicom.sop_class import (
     CTImageStorage,
     ModalityWorklistInformationFind,
@@ -21,57 +21,66 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from proxy.contexts import query_contexts
+from proxy.contexts import QUERY_SOP_CLASSES
+from proxy.dicom.items import PresentationContextRQ, RoleSelection, UserInformation
+from proxy.dicom.negotiation import Offer, Policy, accepted_contexts, negotiate
+from proxy.dicom.pdu import AssociateAC, AssociateRQ
 from proxy.store import mirroring
 
 EXPL, IMPL, BIG, JPEG, RLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                               ExplicitVRBigEndian, JPEGBaseline8Bit, RLELossless)
+# What a route offers before mirroring: storage in the two little-endian syntaxes only.
+ROUTE = Policy({Verification: Offer((IMPL,)),
+                CTImageStorage: Offer((EXPL, IMPL), roles=(True, True)),
+                MRImageStorage: Offer((EXPL, IMPL), roles=(True, True))})
 
 
-def proposal(*contexts: tuple[str, list[str]]) -> list[PresentationContext]:
-    out = []
-    for i, (abstract, syntaxes) in enumerate(contexts):
-        cx = build_context(abstract, syntaxes)
-        cx.context_id = 2 * i + 1
-        out.append(cx)
-    return out
+def proposal(*contexts: tuple[str, list[str]],
+             roles: tuple[RoleSelection, ...] = ()) -> AssociateRQ:
+    return AssociateRQ("RELAY", "WS", tuple(
+        PresentationContextRQ(2 * i + 1, abstract, tuple(syntaxes))
+        for i, (abstract, syntaxes) in enumerate(contexts)), UserInformation(16384, "1.2",
+                                                                             roles=roles))
 
 
-def downstream(proposed: list[PresentationContext], accepted: Mapping[int, str],
-               refused: Mapping[int, int]) -> tuple[dict[int, tuple[int, str | None]], bool]:
-    """Index -> (result, accepted syntax) as pynetdicom answers the workstation."""
-    plan = mirroring.mirrored(proposed, accepted, refused, [])
-    for i in plan.hide:
-        proposed[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
-    result, _roles = negotiate_as_acceptor(proposed, plan.contexts)
-    by_id = {cx.context_id: cx for cx in result}
-    return ({i: (by_id[2 * i + 1].result,
-                 str(by_id[2 * i + 1].transfer_syntax[0]) if by_id[2 * i + 1].result == 0
-                 else None) for i in range(len(proposed))}, plan.exact)
+def downstream(rq: AssociateRQ, accepted: Mapping[int, str],
+               refused: Mapping[int, int]) -> dict[int, tuple[int, str | None]]:
+    """Index -> (result, accepted syntax) as the workstation reads the mirrored AC."""
+    ac = negotiate(rq, ROUTE)
+    assert isinstance(ac, AssociateAC)
+    upstream = mirroring.to_mirror(rq.contexts)
+    mirrored = mirroring.mirrored(ac, upstream, accepted, refused)
+    taken = accepted_contexts(rq, mirrored)
+    results = {cx.context_id: cx.result for cx in mirrored.contexts}
+    return {i: (results[2 * i + 1], taken[2 * i + 1].transfer_syntax
+                if 2 * i + 1 in taken else None) for i in range(len(rq.contexts))}
 
 
 CASES = {
     # the archive picks its own preference inside one context, not the proposer's first
     "archive-choice-within-a-context": (
         [(CTImageStorage, [EXPL, IMPL])], {0: IMPL}, {}),
-    # two contexts of one SOP class, each answered with a different syntax
+    # two contexts of one SOP class, each answered with a different syntax — one the
+    # route's own policy would not even have offered (JPEG)
     "one-syntax-per-context": (
         [(CTImageStorage, [JPEG]), (CTImageStorage, [EXPL, IMPL]), (CTImageStorage, [IMPL])],
         {0: JPEG, 1: EXPL, 2: IMPL}, {}),
-    # orders that only a topological sort gets right
     "chosen-before-offered": (
         [(MRImageStorage, [EXPL, BIG]), (MRImageStorage, [BIG, IMPL]), (MRImageStorage, [IMPL])],
         {0: BIG, 1: IMPL, 2: IMPL}, {}),
-    # refused as "abstract syntax not supported" while another context of it is accepted
+    # the same syntaxes offered twice, answered differently (pynetdicom could not say this)
+    "archive-contradicting-itself": (
+        [(CTImageStorage, [EXPL, IMPL]), (CTImageStorage, [EXPL, IMPL])], {0: EXPL, 1: IMPL}, {}),
     "refused-0x03-next-to-accepted": (
         [(CTImageStorage, [JPEG]), (CTImageStorage, [EXPL])], {1: EXPL}, {0: 0x03}),
-    # refused as "transfer syntaxes not supported", nothing of the SOP class accepted
     "refused-0x04-alone": (
         [(CTImageStorage, [RLE]), (MRImageStorage, [EXPL])], {1: EXPL}, {0: 0x04}),
     "refused-0x04-next-to-accepted": (
         [(CTImageStorage, [RLE]), (CTImageStorage, [EXPL])], {1: EXPL}, {0: 0x04}),
-    "refused-0x03-alone": (
-        [(CTImageStorage, [EXPL]), (MRImageStorage, [EXPL])], {1: EXPL}, {0: 0x03}),
+    # user rejection and no reason: reasons pynetdicom's acceptor cannot give
+    "refused-0x01": ([(CTImageStorage, [EXPL])], {}, {0: 0x01}),
+    "refused-0x02-next-to-accepted": (
+        [(CTImageStorage, [EXPL]), (MRImageStorage, [EXPL])], {1: EXPL}, {0: 0x02}),
 }
 
 
@@ -80,44 +89,33 @@ CASES = {
 def test_the_workstation_gets_the_archives_answer_for_every_context(
         contexts: list[tuple[str, list[str]]], accepted: dict[int, str],
         refused: dict[int, int]) -> None:
-    answers, exact = downstream(proposal(*contexts), accepted, refused)
+    answers = downstream(proposal(*contexts), accepted, refused)
     expected = {i: (0, accepted[i]) if i in accepted else (refused[i], None)
                 for i in range(len(contexts))}
     assert answers == expected
-    assert exact
 
 
-def test_an_archive_contradicting_itself_is_flagged_not_exact() -> None:
-    # Same two syntaxes offered twice, answered differently: no single order satisfies both.
-    _answers, exact = downstream(proposal((CTImageStorage, [EXPL, IMPL]),
-                                          (CTImageStorage, [EXPL, IMPL])), {0: EXPL, 1: IMPL}, {})
-    assert not exact
-
-
-def test_reasons_pynetdicom_cannot_give_are_flagged_not_exact() -> None:
-    answers, exact = downstream(proposal((CTImageStorage, [EXPL])), {}, {0: 0x01})
-    assert answers == {0: (0x03, None)} and not exact
+def test_the_proxys_own_contexts_keep_the_routes_answer() -> None:
+    rq = proposal((Verification, [IMPL]), (CTImageStorage, [EXPL]))
+    answers = downstream(rq, {}, {0: 0x03})      # index 0 of the mirrored list: CT
+    assert answers == {0: (0, IMPL), 1: (0x03, None)}
 
 
 def test_only_storage_and_unknown_sop_classes_go_to_the_archive() -> None:
-    proposed = proposal((Verification, [IMPL]), (CTImageStorage, [EXPL]),
-                        ("1.2.3.4.5.6", [EXPL]), (ModalityWorklistInformationFind, [EXPL]),
-                        *[(str(cx.abstract_syntax), [EXPL]) for cx in query_contexts()])
-    assert [str(cx.abstract_syntax) for cx in mirroring.to_mirror(proposed)] == [
+    rq = proposal((Verification, [IMPL]), (CTImageStorage, [EXPL]),
+                  ("1.2.3.4.5.6", [EXPL]), (ModalityWorklistInformationFind, [EXPL]),
+                  *[(uid, [EXPL]) for uid in QUERY_SOP_CLASSES])
+    assert [cx.abstract_syntax for cx in mirroring.to_mirror(rq.contexts)] == [
         CTImageStorage, "1.2.3.4.5.6"]
 
 
 def test_classes_a_c_get_workstation_wants_to_receive_are_not_mirrored() -> None:
     """A C-GET workstation proposes storage with the SCP role only (PS3.7 D.3.3.4): the
     proxy sends it those sub-operations itself, so the store_to archive is not asked."""
-    from pydicom.uid import CTImageStorage, MRImageStorage
-    from pynetdicom.presentation import build_role
-
-    from proxy.store.mirroring import receiving_classes, to_mirror
-
-    roles = {CTImageStorage: build_role(CTImageStorage, scp_role=True),
-             MRImageStorage: build_role(MRImageStorage, scu_role=True, scp_role=True)}
-    receiving = receiving_classes(roles)
+    roles = (RoleSelection(CTImageStorage, False, True),
+             RoleSelection(MRImageStorage, True, True))
+    receiving = mirroring.receiving_classes(roles)
     assert receiving == {CTImageStorage}
-    proposed = [build_context(CTImageStorage), build_context(MRImageStorage)]
-    assert [str(cx.abstract_syntax) for cx in to_mirror(proposed, receiving)] == [MRImageStorage]
+    rq = proposal((CTImageStorage, [EXPL]), (MRImageStorage, [EXPL]), roles=roles)
+    assert [cx.abstract_syntax for cx in mirroring.to_mirror(rq.contexts, receiving)] == [
+        MRImageStorage]

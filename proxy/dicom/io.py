@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 class Driver:
-    """The loop-side owner of every association (Rules 2, 7)."""
+    """The loop-side owner of every association (Rules 1-3)."""
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -72,26 +72,32 @@ class Driver:
             self._idle.set()
 
     def serve(self, host: str, port: int, factory: Callable[[Link], Handler], *,
-              tls: ssl.SSLContext | None = None, backlog: int = 128) -> int:
-        """Listen on (host, port); the bound port is returned (0 picks a free one)."""
+              tls: ssl.SSLContext | None = None, backlog: int = 128,
+              on_refused: Callable[[str], None] | None = None) -> int:
+        """Listen on (host, port); the bound port is returned (0 picks a free one).
+        ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1)."""
         listener = socket.create_server((host, port), backlog=backlog)
         listener.setblocking(False)
         self._listeners.append(listener)
-        self.loop.add_reader(listener, self._accept, listener, factory, tls)
+        self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused)
         return int(listener.getsockname()[1])
 
     def _accept(self, listener: socket.socket, factory: Callable[[Link], Handler],
-                tls: ssl.SSLContext | None) -> None:
+                tls: ssl.SSLContext | None,
+                on_refused: Callable[[str], None] | None) -> None:
         for _ in range(64):
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:              # EMFILE and friends: keep listening
                 log.warning("accept failed: %s", exc)
                 return
             if self._connections >= self.limits.max_connections:
-                sock.close()                    # Rule 2: closed unread
+                sock.close()                    # Rule 1: closed unread
+                if on_refused is not None:
+                    with contextlib.suppress(Exception):
+                        on_refused(f"{address[0]}:{address[1]}")
                 continue
             self._connections += 1
             self._idle.clear()
@@ -110,7 +116,7 @@ class Driver:
                 lambda: Link(self, factory, "acceptor"), sock, ssl=tls,
                 ssl_handshake_timeout=self.limits.handshake_timeout if tls else None)
         except Exception as exc:
-            log.info("connection not started: %s", exc)   # Rule 6: this one only
+            log.info("connection not started: %s", exc)   # Rule 2: this one only
             sock.close()
             self._connection_ended()
 
@@ -140,17 +146,23 @@ class Driver:
             raise
         return link
 
-    async def shutdown(self, grace: float) -> None:
-        """Rule 7."""
+    def stop_accepting(self) -> None:
         for listener in self._listeners:
             self.loop.remove_reader(listener)
             listener.close()
         self._listeners.clear()
+
+    def abort_all(self, why: str = "shutting down") -> None:
+        for link in list(self.links):
+            link.abort(why)
+
+    async def shutdown(self, grace: float) -> None:
+        """Rule 3."""
+        self.stop_accepting()
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
-            for link in list(self.links):
-                link.abort("shutting down")
+            self.abort_all()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), 2.0)
         self.executor.shutdown(wait=False, cancel_futures=True)

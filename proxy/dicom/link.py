@@ -36,6 +36,10 @@ Rule 7: a worker may send a request on the association and wait for its response
         set — goes to the waiting worker, not to the handler; while it waits, the job
         does not count against ``max_in_flight`` (reading must go on for the response
         to arrive); no response within ``dimse_timeout`` aborts the association.
+Rule 8: the answer to an A-ASSOCIATE-RQ may take blocking work (a route that must first
+        associate with an archive): the handler then returns a future, and the AC or RJ
+        is sent when it resolves, reading paused until then; ARTIM is not running in
+        that state (PS3.8 Sta3), the association's own timers still are.
 """
 
 from __future__ import annotations
@@ -81,9 +85,13 @@ class Limits:
     workers: int = 16
 
 
+Answer = pdu.AssociateAC | pdu.AssociateRJ
+
+
 class Handler(Protocol):
     """One association's application side; called on the loop thread (Rule 1)."""
-    def on_associate_request(self, request: pdu.AssociateRQ) -> pdu.AssociateAC | pdu.AssociateRJ:
+    def on_associate_request(self, request: pdu.AssociateRQ
+                             ) -> Answer | concurrent.futures.Future[Answer]:
         ...
     def on_message(self, message: MessageReceived | DataFragment) -> None: ...
     def on_release(self) -> None: ...
@@ -160,6 +168,8 @@ class Link(asyncio.Protocol):
         self._active = self.loop.time()
         self._message_since: float | None = None
         self._reply_release = False
+        self.bytes_received = 0                # 0 at the end: a port probe
+        self.abort_reason: str | None = None   # why this side aborted, if it did
 
     # -- asyncio.Protocol ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,6 +183,7 @@ class Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._active = self.loop.time()
+        self.bytes_received += len(data)
         if self._message_since is None and self.association.contexts:
             self._message_since = self._active
             due = self._active + self.limits.dimse_timeout
@@ -247,7 +258,10 @@ class Link(asyncio.Protocol):
                 self._call(self.handler.on_message, event)
         elif isinstance(event, AssociateRequested):
             answer = self._call(self.handler.on_associate_request, event.request)
-            if answer is not None:             # None: the handler failed, already aborted
+            if isinstance(answer, concurrent.futures.Future):   # decided in a worker
+                self._in_flight += 1           # nothing more is read meanwhile (Rule 8)
+                answer.add_done_callback(lambda f: self._post(self._answer_later, f))
+            elif answer is not None:           # None: the handler failed, already aborted
                 self.send(answer)
         elif isinstance(event, ReleaseRequested):
             self._call(self.handler.on_release)
@@ -264,6 +278,23 @@ class Link(asyncio.Protocol):
             self.established.set_exception(AssociationRejected(event.reject))
         elif isinstance(event, ConnectionClosed) and self.transport is not None:
             self.transport.close()
+
+    def _answer_later(self, future: concurrent.futures.Future[Any]) -> None:
+        self._in_flight -= 1
+        if self.closed.done():
+            return
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None or future.cancelled():
+            log.error("deciding an association failed; aborting it", exc_info=exc)
+            self.abort("association decision failed")
+            return
+        try:
+            self.send(future.result())
+        except Exception:
+            log.exception("answering an association request failed; aborting it")
+            self.abort("answer failed")
+            return
+        self._drain()
 
     def _answer_release(self) -> None:
         if self._reply_release and self._in_flight == 0:
@@ -311,6 +342,7 @@ class Link(asyncio.Protocol):
         """A-ABORT (service user) if the state allows, then close: this association only."""
         if self.transport is None or self.closed.done():
             return
+        self.abort_reason = self.abort_reason or why or "aborted"
         if why:
             log.info("aborting association with %s: %s",
                      self.transport.get_extra_info("peername"), why)

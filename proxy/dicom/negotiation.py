@@ -15,8 +15,8 @@ Rule 3: each proposed context gets exactly one result (PS3.8 Table 9-18): accept
         syntaxes-not-supported (4) when no proposed syntax is acceptable; user-rejection
         (1) when role selection leaves the requestor neither role; no-reason (2) for a
         context without transfer syntaxes or a context ID proposed twice (PS3.8 9.3.2.2:
-        IDs are unique odd integers). A deflated transfer syntax (``proxy.contexts
-        .DEFLATED``) is never acceptable: the proxy does not inflate streams.
+        IDs are unique odd integers). A deflated transfer syntax (``DEFLATED``) is never
+        acceptable: the proxy does not inflate streams.
 Rule 4: the transfer syntax is the policy's first that the requestor proposed, or —
         ``requestor_order`` — the requestor's first that the policy lists.
 Rule 5: role selection (PS3.7 D.3.3.4): without the requestor's item for a SOP class
@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from proxy.contexts import DEFLATED
 from proxy.dicom.items import (
     ExtendedNegotiation,
     PresentationContextAC,
@@ -63,6 +62,11 @@ CALLING_AE_NOT_RECOGNIZED = AssociateRJ(PERMANENT, SERVICE_USER, 3)
 CALLED_AE_NOT_RECOGNIZED = AssociateRJ(PERMANENT, SERVICE_USER, 7)
 PROTOCOL_VERSION_NOT_SUPPORTED = AssociateRJ(PERMANENT, ACSE_PROVIDER, 2)
 LOCAL_LIMIT_EXCEEDED = AssociateRJ(TRANSIENT, PRESENTATION_PROVIDER, 2)
+
+# Deflated transfer syntaxes, never accepted (Rule 3). JPIP Referenced Deflate
+# (1.2.840.10008.1.2.4.95) and JPIP HTJ2K Referenced Deflate are named by UID.
+DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95",
+                      "1.2.840.10008.1.2.4.205"})
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.3811.3.0.4"
 IMPLEMENTATION_VERSION = "DICOMPROXY_1"

@@ -166,7 +166,8 @@ def frame(buffer: bytes | bytearray | memoryview, limit: int) -> tuple[int, int]
     if not A_ASSOCIATE_RQ <= kind <= A_ABORT:
         raise PduError(f"unrecognised PDU type 0x{kind:02X}")
     if length > limit:
-        raise PduError(f"PDU type 0x{kind:02X} of {length} bytes exceeds the limit of {limit}")
+        raise PduError(f"a {length}-byte PDU (type 0x{kind:02X}) exceeds the limit of {limit} "
+                       "bytes; closed without reading it")
     total: int = HEADER.size + length
     return (kind, total) if len(buffer) >= total else None
 

@@ -33,7 +33,6 @@ from typing import Protocol
 
 from pydicom import Dataset
 from pydicom.tag import Tag
-from pynetdicom import evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -43,6 +42,7 @@ from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.rawtext import text_values
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.upstream import ArchiveClient
 
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
@@ -133,7 +133,7 @@ class Locate(Protocol):
     """The type of ``Locator.locate`` (the ``services.plugins.locate`` plug)."""
 
     def __call__(self, level: str, identifier: Dataset | Iterable[str],
-                 archives: Sequence[str], event: evt.Event | None = None,
+                 archives: Sequence[str], event: Request | None = None,
                  refresh: bool = False) -> Location: ...
 
 
@@ -145,7 +145,7 @@ class Locator:
         self.cache = cache
 
     def locate(self, level: str, identifier: Dataset | Iterable[str],
-               archives: Sequence[str], event: evt.Event | None = None,
+               archives: Sequence[str], event: Request | None = None,
                refresh: bool = False) -> Location:
         """Which of ``archives`` hold each UID of ``level``?
 
@@ -178,7 +178,7 @@ class Locator:
         return Location(found, unreachable, asked=True)
 
     def _ask(self, level: str, key: str, uids: list[str], parents: Dataset,
-             archives: Sequence[str], event: evt.Event | None,
+             archives: Sequence[str], event: Request | None,
              ) -> tuple[dict[str, set[str]], tuple[str, ...]]:
         query = Dataset()
         query.QueryRetrieveLevel = level

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.tag import Tag
-from pynetdicom import evt
 
 from proxy.cancel import CancelToken
 from proxy.federation import caps
@@ -46,6 +45,7 @@ from proxy.observe.events import AssocInfo, FindMatched, Noted
 from proxy.operations.find import workstation_syntax
 from proxy.rawtext import text_values
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 
@@ -62,7 +62,7 @@ class _Answer:
 class Recovery:
     """One archive's share of one C-FIND (Rules 1-5); use once."""
 
-    def __init__(self, services: Services, event: evt.Event | None, client: ArchiveClient,
+    def __init__(self, services: Services, event: Request | None, client: ArchiveClient,
                  model: str, level: str, token: CancelToken) -> None:
         self.services = services
         self.event = event
@@ -219,14 +219,14 @@ def _hex(status: int | None) -> str:
     return "no status" if status is None else f"0x{status:04X}"
 
 
-Finder = Callable[[ArchiveClient, Dataset, str, CancelToken, evt.Event], Iterator[Response]]
+Finder = Callable[[ArchiveClient, Dataset, str, CancelToken, Request], Iterator[Response]]
 
 
 def make_finder(services: Services) -> Finder:
     """The ``find_query`` plug of ``proxy.operations.find``: every archive request, recovered."""
 
     def find_query(client: ArchiveClient, identifier: Dataset, model: str,
-                   token: CancelToken, event: evt.Event) -> Iterator[Response]:
+                   token: CancelToken, event: Request) -> Iterator[Response]:
         # Read, not converted: the identifier goes upstream as the workstation's bytes.
         level = "\\".join(text_values(identifier, Tag("QueryRetrieveLevel"))).strip().upper()
         return Recovery(services, event, client, model, level, token).run(identifier)

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from pynetdicom import evt
-
 from proxy.routing import archives_for
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 
 
-def handle(event: evt.Event, services: Services) -> int:
+def handle(event: Request, services: Services) -> int:
     session = services.session(event)
     route = session.route
     with services.operation(event, "C-ECHO") as record:

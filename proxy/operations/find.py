@@ -4,7 +4,8 @@ Rule 1: the workstation's identifier goes upstream unchanged (match and return
         keys); each match is sent downstream as soon as it arrives. Both pass as the
         bytes they came in: the proxy reads elements with ``proxy.rawtext`` (never
         converting one in place, which would make pynetdicom re-encode it) and writes
-        them with ``proxy.fastencode`` — whatever the Specific Character Set.
+        them with ``proxy.fastencode`` (``proxy.responder``) — whatever the Specific
+        Character Set.
 Rule 2: one archive: every match and its final status are passed back as is —
         a route never drops what its archive returned. Several archives
         (federation): matches are de-duplicated by the level's unique key across
@@ -25,9 +26,10 @@ Rule 3: Retrieve AE Title (0008,0054) in every match names the route's AE
         title, so the workstation retrieves through the proxy.
 Rule 4: a C-CANCEL from the workstation is passed to every archive; the
         workstation then gets Cancel (0xFE00).
-Rule 5: back-pressure: before each match is sent the handler waits while the
-        workstation is behind (``Listener.wait_for_room``); when its link is gone
-        the archives get a C-CANCEL and the operation ends with no status.
+Rule 5: back-pressure: each match yielded is sent before the next is taken, the send
+        waiting while the workstation is behind (``proxy.listener`` Rule 4); when its
+        link is gone (the generator is closed at its ``yield``) the archives get a
+        C-CANCEL and the operation ends with no status.
 """
 
 from __future__ import annotations
@@ -37,16 +39,15 @@ from collections.abc import Iterator
 
 from pydicom import Dataset
 from pydicom.tag import Tag
-from pynetdicom import evt
 
 from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
-from proxy.listener import link_up
 from proxy.matching import matches
 from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.rawtext import element, set_text, text_values
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.status import Status
 from proxy.upstream import ArchiveClient, UpstreamError
 
@@ -55,12 +56,12 @@ _RETRIEVE_AE = Tag(0x00080054)
 _LEVEL = Tag(0x00080052)
 
 
-def handle(event: evt.Event, services: Services) -> Iterator[Response]:
+def handle(event: Request, services: Services) -> Iterator[Response]:
     session = services.session(event)
     route = session.route
     with services.operation(event, "C-FIND") as record:
         identifier: Dataset = event.identifier
-        model = str(event.request.AffectedSOPClassUID)
+        model = str(event.sop_class)
         level = read_query(record, identifier)
         if route is None:  # cannot happen after admission; answer rather than crash
             record.status = Status.UNABLE_TO_PROCESS
@@ -72,7 +73,7 @@ def handle(event: evt.Event, services: Services) -> Iterator[Response]:
                           route.called_ae, merge=route.merge, recheck=route.recheck_matches)
 
 
-def _relay(event: evt.Event, services: Services, record: OperationRecord,
+def _relay(event: Request, services: Services, record: OperationRecord,
            clients: dict[str, ArchiveClient], identifier: Dataset, model: str, level: str,
            retrieve_ae: str, merge: str = "stream", recheck: bool = False) -> Iterator[Response]:
     token = CancelToken()
@@ -102,7 +103,7 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
     lost = False  # the workstation's link went away mid-answer (Rule 5)
     try:
         for item in fan_out(clients, query, token, poll=watch_cancel,
-                            abandon=lambda: not link_up(event.assoc)):
+                            abandon=lambda: not event.link_up()):
             if isinstance(item, Outcome):
                 outcomes.append(item)
                 services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
@@ -126,11 +127,8 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                 continue
             if dedupe is not None and not dedupe.offer(ds, item.archive):
                 continue
-            if not services.listener.wait_for_room(event.assoc, watch_cancel):
-                lost = True
-                break
             yield _deliver(record, ds, item.status, retrieve_ae)
-        lost = lost or not link_up(event.assoc)
+        lost = not event.link_up()
         if complete and not token.is_set:
             merged = merge_all(level, collected, consume=True,  # ours to give away
                                sources=origins)
@@ -139,11 +137,16 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                 watch_cancel()
                 if token.is_set:
                     break
-                if not services.listener.wait_for_room(event.assoc, watch_cancel):
-                    lost = True
-                    break
                 yield _deliver(record, ds, Status.PENDING, retrieve_ae)
+    except GeneratorExit:       # the workstation's link is gone (Rule 5)
+        lost = True
+        raise
     finally:
+        if lost:
+            token.cancel()
+            record.details["error"] = (
+                "the workstation's association ended before the answer was sent (it "
+                "stopped reading, aborted or went away)")
         answered = {o.archive for o in outcomes}
         for name in clients:
             if name not in answered:  # the workstation went away first
@@ -152,9 +155,6 @@ def _relay(event: evt.Event, services: Services, record: OperationRecord,
                                                          "association ended first")),
                     time.monotonic() - started, info, record.phi))
     if lost:
-        token.cancel()
-        record.details["error"] = ("the workstation's association ended before the answer "
-                                   "was sent (it stopped reading, aborted or went away)")
         return
     record.status, record.hint = final_status(outcomes, token.is_set, federated)
     if dedupe is not None:
@@ -187,12 +187,10 @@ def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str
     return status, ds
 
 
-def workstation_syntax(event: evt.Event | None) -> str | None:
+def workstation_syntax(event: Request | None) -> str | None:
     """The transfer syntax of the workstation's request: ask archives in it first, so
     matches pass through as their bytes (``ArchiveClient.find``, ``proxy.rawtext``)."""
-    context = getattr(event, "context", None)
-    syntax = getattr(context, "transfer_syntax", None)
-    return str(syntax) if syntax else None
+    return event.transfer_syntax if event is not None else None
 
 
 def final_status(outcomes: list[Outcome], cancelled: bool,
@@ -243,7 +241,7 @@ def _upstream_event(outcome: Outcome, elapsed: float, info: AssocInfo,
                              {"matches": outcome.matches}, list(phi))
 
 
-def _matched_event(services: Services, event: evt.Event, outcome: Outcome) -> FindMatched:
+def _matched_event(services: Services, event: Request, outcome: Outcome) -> FindMatched:
     cap = services.config.archives[outcome.archive].max_results
     truncated = bool(cap) and outcome.matches >= cap and outcome.error is None
     return FindMatched(outcome.archive, outcome.matches, truncated, cap,

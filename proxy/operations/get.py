@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom import Dataset
-from pynetdicom import evt
 
 from proxy.retrieve.relay import relay
 from proxy.retrieve.sinks import Sink, WorkstationSink
 from proxy.retrieve.sopclasses import Instance
 from proxy.services import Services
+from proxy.session import Request
 
 
-def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:
+def handle(event: Request, services: Services) -> Iterator[Dataset]:
     with services.operation(event, "C-GET") as record:
         record.details.update(completed=0, failed=0, warning=0)
 
         def open_sink(instances: list[Instance]) -> Sink:
             del instances       # the workstation chose its contexts when it associated
-            return WorkstationSink(event.assoc, int(event.request.MessageID))
+            return WorkstationSink(event)
 
         yield from relay(services, event, record, "C-GET", open_sink)

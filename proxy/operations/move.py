@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom import Dataset
-from pynetdicom import evt
 
 from proxy.retrieve.relay import relay
 from proxy.retrieve.sinks import DestinationSink, Sink
@@ -25,13 +24,14 @@ from proxy.retrieve.sopclasses import Instance, propose
 from proxy.retrieve.tally import Tally, response
 from proxy.routing import move_destination
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import Status
 
 
-def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:
+def handle(event: Request, services: Services) -> Iterator[Dataset]:
     session = services.session(event)
     with services.operation(event, "C-MOVE") as record:
-        asked = str(event.request.MoveDestination or "").strip()
+        asked = str(event.move_destination or "").strip()
         record.details.update(destination=asked, completed=0, failed=0, warning=0)
         destination = move_destination(services.config, asked)
         if destination is None:
@@ -48,7 +48,7 @@ def handle(event: evt.Event, services: Services) -> Iterator[Dataset]:
             sink = DestinationSink(services, destination.name,
                                    services.destinations[destination.name],
                                    propose(instances), session.info.calling_ae,
-                                   int(event.request.MessageID), session.info)
+                                   int(event.message_id), session.info)
             sink.open()
             return sink
 

@@ -3,8 +3,8 @@
 Rule 1: Success (0x0000) is answered only once the instance is on disk for
         every archive that will receive it (``Spool.commit``: fsync, rename,
         fsync directory). The bytes are kept exactly as received, in the
-        negotiated transfer syntax — normally the file pynetdicom received the
-        data set into (``proxy.store.receive``), moved into the spool, never decoded;
+        negotiated transfer syntax — normally the file the listener received the
+        data set into (``proxy.association`` Rule 2), moved into the spool, never decoded;
         its file meta names the sending and receiving AE titles (for a route
         with ``pass_calling_ae``, the drain calls as the sender).
 Rule 2: which archives get it: the route's ``store_to``, narrowed per archive by
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pynetdicom import evt
-from pynetdicom.dsutils import encode_file_meta
 
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
+from proxy.part10 import file_meta
 from proxy.routing import InstanceFacts, store_targets
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.status import Status
 from proxy.store.drain import publish
 from proxy.store.spool import InstanceMeta, SpoolFull
@@ -51,7 +51,7 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 Reply = tuple[int, str | None]
 
 
-def handle(event: evt.Event, services: Services) -> int | Dataset:
+def handle(event: Request, services: Services) -> int | Dataset:
     session = services.session(event)
     if session.data.get("inbound"):
         inbound_store = services.plugins.inbound_store
@@ -69,18 +69,16 @@ def handle(event: evt.Event, services: Services) -> int | Dataset:
         return _reply(status, comment, record.response)
     finally:
         if received is not None:
-            # Still there only when it was not committed; pynetdicom would not
-            # delete it if this handler raised (Rule 1 of proxy.store.receive).
+            # Still there only when it was not committed (Rule 1).
             received.unlink(missing_ok=True)
 
 
-def _store(event: evt.Event, services: Services, record: OperationRecord,
+def _store(event: Request, services: Services, record: OperationRecord,
            received: Path | None) -> Reply:
     session = services.session(event)
     route = session.route
-    request = event.request
-    meta = InstanceMeta(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID),
-                        str(event.context.transfer_syntax), session.info.calling_ae,
+    meta = InstanceMeta(event.sop_class, event.sop_instance, event.transfer_syntax,
+                        session.info.calling_ae,
                         session.info.called_ae)
     record.details.update(sop_class=meta.sop_class, sop_instance_uid=meta.sop_instance,
                           transfer_syntax=meta.transfer_syntax)
@@ -131,22 +129,17 @@ def _store(event: evt.Event, services: Services, record: OperationRecord,
     return Status.SUCCESS, None
 
 
-def _received_file(event: evt.Event) -> Path | None:
-    """The file pynetdicom received the data set into, if it did (``proxy.store.receive``)."""
-    location = getattr(event.request, "_dataset_path", None)
-    return Path(location) if isinstance(location, (str, Path)) else None
+def _received_file(event: Request) -> Path | None:
+    """The file the listener received the data set into (``proxy.association`` Rule 2)."""
+    return event.dataset_path
 
 
-def _part10(event: evt.Event, meta: InstanceMeta) -> bytes:
-    """The received data set as a Part-10 file naming its sender, as ``proxy.store.receive``
-    writes one (its Rule 5): the spool forwards it on the sender's behalf when asked."""
-    file_meta = event.file_meta
-    if meta.sending_ae:
-        file_meta.SendingApplicationEntityTitle = meta.sending_ae
-    if meta.receiving_ae:
-        file_meta.ReceivingApplicationEntityTitle = meta.receiving_ae
-    return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(file_meta),
-                     event.encoded_dataset(include_meta=False)))
+def _part10(event: Request, meta: InstanceMeta) -> bytes:
+    """The data set held in memory as a Part-10 file naming its sender, as the listener
+    writes one: the spool forwards it on the sender's behalf when asked."""
+    return file_meta(meta.sop_class, meta.sop_instance, meta.transfer_syntax,
+                     sending_ae=meta.sending_ae, receiving_ae=meta.receiving_ae) + (
+        event.data or b"")
 
 
 def _header(source: Path | BytesIO, record: OperationRecord) -> Dataset | None:

@@ -22,9 +22,8 @@ from __future__ import annotations
 from io import BufferedIOBase
 from pathlib import Path
 
-from pynetdicom import evt
-
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.status import Status, hex_status
 from proxy.store.relay import SESSION_KEY, Upstream
 from proxy.store.spool import data_offset
@@ -34,14 +33,13 @@ from proxy.upstream import UpstreamError
 Reply = tuple[int, str | None]
 
 
-def forward(event: evt.Event, services: Services, record: OperationRecord,
+def forward(event: Request, services: Services, record: OperationRecord,
             received: Path | None, encoded: bytes | None) -> Reply:
     """Send the instance to the route's archive; its answer is the workstation's."""
     session = services.session(event)
     upstream: Upstream | None = session.data.get(SESSION_KEY)
-    request = event.request
-    sop_class = str(request.AffectedSOPClassUID)
-    syntax = str(event.context.transfer_syntax)
+    sop_class = event.sop_class
+    syntax = str(event.transfer_syntax)
     if upstream is None:      # cannot happen: a storage context is only accepted mirrored
         return Status.SOP_CLASS_NOT_SUPPORTED, "no archive association for this context"
     record.archives = [upstream.archive]
@@ -51,13 +49,11 @@ def forward(event: evt.Event, services: Services, record: OperationRecord,
                       f"in {syntax}"
         return Status.SOP_CLASS_NOT_SUPPORTED, "the archive does not accept this context"
     command = commands.c_store_rq(
-        int(request.MessageID), sop_class, str(request.AffectedSOPInstanceUID),
-        str(getattr(request, "MoveOriginatorApplicationEntityTitle", "") or "").strip() or None,
-        getattr(request, "MoveOriginatorMessageID", None),
-        int(getattr(request, "Priority", 0) or 0))
+        event.message_id, sop_class, event.sop_instance, event.move_originator_ae,
+        event.move_originator_id, event.priority)
     with services.upstream_call(upstream.archive, "C-STORE", event) as result:
         try:
-            rsp = _send(upstream, cx, command, int(request.MessageID), received, encoded)
+            rsp = _send(upstream, cx, command, event.message_id, received, encoded)
         except UpstreamError as exc:
             result["error"], result["hint"] = exc.reason, exc.hint
             record.hint = exc.hint

@@ -14,8 +14,7 @@ One workstation C-MOVE or C-GET, in the order the work happens (``relay``):
                 ``[spool] dir``/retrieve (``buffer``);
   5. deliver  — each instance C-STOREd onward as soon as it is there; Pending
                 responses with the counts; the final status from ``tally``.
-``scp`` replaces pynetdicom's C-MOVE/C-GET SCP loop on the proxy's listener by a pump
-that sends the handler's responses (pynetdicom's cannot report true counts).
+The responses the handlers yield (with true counts) are sent by ``proxy.responder``.
 ``sopclasses`` and ``tally`` are pure.
 
 ``install`` is registered in ``proxy.app.EXTENSIONS``. It sets in ``services.plugins``:
@@ -29,17 +28,13 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 
-from proxy.retrieve import scp
 from proxy.retrieve.inbound import InboundRegistry
 from proxy.services import Services
-from proxy.store import receive
 
 
 def install(services: Services) -> Callable[[], None]:
-    """Serve C-MOVE/C-GET with the pump; accept move-mode deliveries; clear old buffers."""
+    """Accept move-mode deliveries; clear old buffers."""
     listener = services.listener
-    scp.install(listener.ae)
-    receive.install()                   # thread-local raw sending (sinks Rule 1)
     # Buffers of retrieves that were running when the proxy last stopped are dead weight.
     shutil.rmtree(services.config.spool.dir / "retrieve", ignore_errors=True)
     registry = InboundRegistry(services)
@@ -51,6 +46,5 @@ def install(services: Services) -> Callable[[], None]:
     def stop() -> None:
         listener.retrieving = lambda: False
         listener.inbound_syntaxes = lambda archive: None
-        scp.uninstall(listener.ae)
 
     return stop

@@ -29,7 +29,6 @@ Rule 4: a file leaves the buffer by ``done`` (forwarded: deleted) or ``close``
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import struct
@@ -39,9 +38,10 @@ from collections import deque
 from pathlib import Path
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pynetdicom import evt
 
-from proxy.retrieve.reception import Buffered, Reception, file_meta
+from proxy.part10 import file_meta
+from proxy.retrieve.reception import Buffered, Reception
+from proxy.session import Request
 from proxy.status import Status
 
 
@@ -75,20 +75,18 @@ class InstanceBuffer:
 
     # -- producer side ---------------------------------------------------------------
 
-    def accept(self, event: evt.Event, archive: str) -> int:
-        """The body of a pynetdicom C-STORE handler for instances an archive sends."""
-        request = event.request
-        uid = str(request.AffectedSOPInstanceUID)
-        received = _received_file(event)
+    def accept(self, event: Request, archive: str) -> int:
+        """The body of the C-STORE handler for instances an archive sends."""
+        uid = event.sop_instance
+        received = event.dataset_path
         try:
             slot = self._reserve(uid)
             if isinstance(slot, int):
                 return slot
             size = _store(event, received, slot, uid)
             meta = _meta_length(slot)
-            return self._commit(Buffered(slot, uid, str(request.AffectedSOPClassUID),
-                                         str(event.context.transfer_syntax), size, archive,
-                                         meta))
+            return self._commit(Buffered(slot, uid, event.sop_class, event.transfer_syntax,
+                                         size, archive, meta))
         except OSError:
             self._forget(uid)
             return Status.REFUSED_OUT_OF_RESOURCES
@@ -224,12 +222,6 @@ class InstanceBuffer:
                 "buffer_waits": self.waited}
 
 
-def _received_file(event: evt.Event) -> Path | None:
-    """The file pynetdicom received the data set into (chunked receive), if it did."""
-    location = getattr(event.request, "_dataset_path", None)
-    return Path(location) if isinstance(location, (str, Path)) else None
-
-
 def _meta_length(path: Path) -> int:
     """Bytes before the data set in a Part-10 file whose meta group has a group length."""
     with open(path, "rb") as f:
@@ -243,21 +235,16 @@ def _meta_length(path: Path) -> int:
         return f.tell()
 
 
-def _store(event: evt.Event, received: Path | None, path: Path, uid: str) -> int:
+def _store(event: Request, received: Path | None, path: Path, uid: str) -> int:
     if received is not None:
-        handle = getattr(event.request, "_dataset_file", None)
-        if handle is not None:      # pynetdicom leaves it open on the requester path
-            with contextlib.suppress(OSError):
-                handle.close()
         try:
             os.replace(received, path)
         except OSError:             # another filesystem: copy, then the caller unlinks
             shutil.copyfile(received, path)
         return path.stat().st_size
     # In memory: write preamble, file meta and the data set exactly as received.
-    meta = file_meta(str(event.request.AffectedSOPClassUID), uid,
-                     str(event.context.transfer_syntax))
-    data = event.request.DataSet.getbuffer()
+    meta = file_meta(event.sop_class, uid, event.transfer_syntax)
+    data = event.data or b""
     with open(path, "wb") as out:
         out.write(meta)
         out.write(data)

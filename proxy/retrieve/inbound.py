@@ -41,13 +41,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
-from pynetdicom import evt
 
 from proxy.retrieve.sopclasses import Accepted, accepted_by
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import Status, category
 
-Deliver = Callable[[evt.Event], int]
+Deliver = Callable[[Request], int]
 _STOP_POLL = 0.2             # seconds between looks at the retrieve's cancel token
 
 
@@ -138,13 +138,12 @@ class InboundRegistry:
             if exp in self._open:
                 self._open.remove(exp)
 
-    def deliver(self, event: evt.Event) -> int | Dataset:
+    def deliver(self, event: Request) -> int | Dataset:
         """The C-STORE handler for inbound sessions (``operations.store`` calls it)."""
         session = self.services.session(event)
-        request = event.request
-        uid = str(request.AffectedSOPInstanceUID)
-        originator_ae = request.MoveOriginatorApplicationEntityTitle
-        originator_id = request.MoveOriginatorMessageID
+        uid = event.sop_instance
+        originator_ae = event.move_originator_ae
+        originator_id = event.move_originator_id
         with self.services.operation(event, "C-STORE") as record:
             record.details.update(inbound=True, sop_instance_uid=uid)
             with self._lock:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import StoragePresentationContexts, evt
+from pynetdicom import StoragePresentationContexts
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
@@ -54,6 +54,7 @@ from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.sopclasses import Accepted, Instance
 from proxy.retrieve.survey import Survey, list_instances
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import PENDING, Status, category
 from proxy.upstream import UpstreamError
 
@@ -82,7 +83,7 @@ class Pulled:
 class Puller:
     """Runs the pulls on one thread, feeding ``buffer``; ends with ``buffer.finish()``."""
 
-    def __init__(self, services: Services, event: evt.Event, found: Survey, order: list[str],
+    def __init__(self, services: Services, event: Request, found: Survey, order: list[str],
                  identifier: Dataset, model: str, buffer: InstanceBuffer, token: CancelToken,
                  phi: list[str], on_total: Callable[[int], None],
                  accepted: Accepted | None = None) -> None:

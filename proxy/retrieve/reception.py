@@ -8,14 +8,12 @@ Rule 2: an instance that fails half-way (disk full, the association gone) leaves
         nothing behind: its file is deleted, its UID forgotten by the buffer so
         another archive may still deliver it, and its answer is 0xA700 (Refused:
         Out of Resources, PS3.4 B.2.3).
-Rule 3: ``Buffered`` is what the sinks send from; ``file_meta`` is the Part-10 header
-        the proxy writes itself (pydicom's writer validates every value and costs
-        milliseconds per instance).
+Rule 3: ``Buffered`` is what the sinks send from; ``proxy.part10.file_meta`` is the
+        Part-10 header the proxy writes itself.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -23,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from pydicom import Dataset, dcmread
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from proxy.part10 import file_meta
 from proxy.status import Status
 
 if TYPE_CHECKING:
@@ -154,30 +152,3 @@ class Reception:
             self.path.unlink(missing_ok=True)
             self.buffer._forget(self.uid)
         self.status = Status.REFUSED_OUT_OF_RESOURCES
-
-
-def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, "DICM" and the File Meta Information group (PS3.10 7.1), encoded directly.
-
-    pydicom's writer validates every value and costs milliseconds per instance; these
-    seven elements are all a Part-10 file needs to be sent on as is.
-    """
-    def element(elem: int, vr: bytes, value: bytes) -> bytes:
-        if vr == b"OB":
-            return struct.pack("<HH2s2xI", 2, elem, vr, len(value)) + value
-        return struct.pack("<HH2sH", 2, elem, vr, len(value)) + value
-
-    def text(value: str, pad: bytes) -> bytes:
-        raw = value.encode("ascii")
-        return raw + pad if len(raw) % 2 else raw
-
-    body = b"".join((
-        element(0x0001, b"OB", b"\x00\x01"),
-        element(0x0002, b"UI", text(sop_class, b"\x00")),
-        element(0x0003, b"UI", text(sop_instance, b"\x00")),
-        element(0x0010, b"UI", text(transfer_syntax, b"\x00")),
-        element(0x0012, b"UI", text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        element(0x0013, b"SH", text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-    ))
-    group_length = element(0x0000, b"UL", struct.pack("<I", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_length + body

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from pydicom import Dataset
-from pynetdicom import evt
 
 from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODEL_FOR, GET_MODELS, MOVE_MODELS
@@ -51,6 +50,7 @@ from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
 from proxy.retrieve.tally import Tally, final_status, response
 from proxy.services import OperationRecord, Services
+from proxy.session import Request
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 
@@ -59,14 +59,14 @@ _POLL = 0.05
 PENDING_INTERVAL = 0.2   # seconds between Pending responses (they are optional, PS3.4 C.4.2.3.1)
 
 
-def relay(services: Services, event: evt.Event, record: OperationRecord, operation: str,
+def relay(services: Services, event: Request, record: OperationRecord, operation: str,
           open_sink: OpenSink) -> Iterator[Dataset]:
     """The body of the C-MOVE and C-GET handlers; yields response status datasets."""
     started = time.monotonic()
     session = services.session(event)
     identifier: Dataset = event.identifier
     record.protect(identifier)
-    model = str(event.request.AffectedSOPClassUID)
+    model = str(event.sop_class)
     level = level_of(identifier, MOVE_MODELS.get(model) or GET_MODELS.get(model) or "STUDY")
     record.details["level"] = level or ""
     if level and "QueryRetrieveLevel" not in identifier:
@@ -105,7 +105,7 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
         return
     root = services.config.spool.dir / "retrieve"
     spool = services.config.spool
-    buffer = InstanceBuffer(root / f"{session.info.assoc_id}-{event.request.MessageID}",
+    buffer = InstanceBuffer(root / f"{session.info.assoc_id}-{event.message_id}",
                             spool.retrieve_max_bytes, spool.retrieve_memory_bytes,
                             spool.retrieve_spill_after)
     upstream_request = upstream_identifier(identifier, level, found.selected)
@@ -166,7 +166,7 @@ def relay(services: Services, event: evt.Event, record: OperationRecord, operati
     yield from _finish(services, record, operation, tally, cancelled, upstream, sink_failure)
 
 
-def _fail_the_rest(services: Services, event: evt.Event, found: Survey, identifier: Dataset,
+def _fail_the_rest(services: Services, event: Request, found: Survey, identifier: Dataset,
                    level: str, find_model: str, record: OperationRecord, tally: Tally,
                    why: str) -> None:
     """Every sub-operation not done is Failed; on the fast path, list them first to name them."""

@@ -15,9 +15,9 @@ Rule 1 (original encoding): an instance is sent as received, without decoding, o
         To the Move Destination the C-STOREs go over a lean association
         (``send_over_link``, ``proxy.ul``): fragments at the peer's maximum PDU
         length written with ``sendmsg`` straight from the instance's memory or
-        file. Back to the workstation (C-GET) they go over its pynetdicom
-        association (``send``: ``proxy.store.receive.sending_raw`` from the file,
-        PDUs batched by ``proxy.wire.write_directly``).
+        file. Back to the workstation (C-GET) they go over its own association on the
+        listener's stack (``Request.request``: the send waits while the workstation is
+        behind, the response comes back to this thread).
 Rule 2 (destination): one association for the whole retrieve, opened *before*
         anything is pulled, so a dead destination costs no archive traffic
         (every sub-operation then fails with the reason). If it drops mid-way it
@@ -35,21 +35,21 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
-from proxy import wire
+from proxy.dicom.events import SendMessage
+from proxy.dicom.link import LinkClosed as WorkstationGone
 from proxy.observe import events as ev
 from proxy.retrieve import transcode
 from proxy.retrieve.reception import Buffered
 from proxy.retrieve.sopclasses import Accepted, accepted_by
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import Status, category
-from proxy.store import receive
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
@@ -73,31 +73,6 @@ class Sink(Protocol):
 
 def _message_ids(start: int) -> Iterator[int]:
     return (1 + (start + i) % 65535 for i in itertools.count())
-
-
-def send(assoc: Association, item: Buffered, msg_id: int, peer: str,
-         **originator: Any) -> Delivery:
-    """One C-STORE of a buffered instance from its file (Rule 1)."""
-    exact = any(cx.abstract_syntax == item.sop_class_uid
-                and cx.transfer_syntax[0] == item.transfer_syntax and cx.as_scu
-                for cx in assoc.accepted_contexts)
-    try:
-        if exact and item.path is not None:
-            with receive.sending_raw():
-                rsp = assoc.send_c_store(item.path, msg_id=msg_id, **originator)
-        else:
-            rsp = assoc.send_c_store(item.dataset(), msg_id=msg_id, **originator)
-    except ValueError:
-        return Delivery(None, f"{peer} accepted no context for {_name(item.sop_class_uid)} "
-                              f"in {_name(item.transfer_syntax)}")
-    except (OSError, RuntimeError, AttributeError) as exc:
-        if not assoc.is_established:
-            return Delivery(None, f"{peer} association lost", fatal=True)
-        return Delivery(None, f"{type(exc).__name__}: {exc}")
-    if rsp is None or "Status" not in rsp:
-        return Delivery(None, f"no C-STORE response from {peer} (timeout or abort)",
-                        fatal=not assoc.is_established)
-    return _answered(int(rsp.Status), peer)
 
 
 def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
@@ -271,38 +246,40 @@ class DestinationSink:
 class WorkstationSink:
     """C-STORE sub-operations back over the workstation's association (C-GET, Rule 3)."""
 
-    assoc: Association
-    first_msg_id: int
+    event: Request
     _ids: Iterator[int] | None = None
     _contexts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def accepted(self) -> Accepted:
-        return accepted_by((str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-                           for cx in self.assoc.accepted_contexts if cx.as_scu)
+        return accepted_by((cx.abstract_syntax, cx.transfer_syntax)
+                           for cx in self.event.session.contexts.values() if cx.scp)
 
     def store(self, item: Buffered) -> Delivery:
         if self._ids is None:
-            self._ids = _message_ids(self.first_msg_id)
-            wire.write_directly(self.assoc)
-            self._contexts = {(cx.abstract_syntax, cx.transfer_syntax[0]): cx.context_id
-                              for cx in reversed(self.assoc.accepted_contexts) if cx.as_scu}
-        if not self.assoc.is_established:
+            self._ids = _message_ids(self.event.message_id)
+            self._contexts = {(cx.abstract_syntax, cx.transfer_syntax): cx_id
+                              for cx_id, cx in sorted(self.event.session.contexts.items(),
+                                                      reverse=True) if cx.scp}
+        if not self.event.link_up():
             return Delivery(None, "workstation association ended", fatal=True)
         msg_id = next(self._ids)
         cx = self._contexts.get((item.sop_class_uid, item.transfer_syntax))
         if cx is not None:
-            delivery = self._direct(item, msg_id, cx)
-            if delivery is not None:
-                return delivery
-        elif item.transfer_syntax not in _LITTLE:
-            delivery = self._transcoded(item, msg_id)
-            if delivery is not None:
-                return delivery
-        return send(self.assoc, item, msg_id, "the workstation")
-
-    def _transcoded(self, item: Buffered, msg_id: int) -> Delivery | None:
-        """The proxy's own conversion (``transcode``); None: the usual path says why not."""
+            return self._direct(item, msg_id, cx)
         taken = [ts for (sop_class, ts) in self._contexts if sop_class == item.sop_class_uid]
+        little = next((ts for ts in taken if ts in _LITTLE), None)
+        if item.transfer_syntax in _LITTLE and little is not None:
+            data = encode(item.dataset(), little == ImplicitVRLittleEndian, True)
+            if data is not None:
+                return self._direct(item, msg_id, self._contexts[(item.sop_class_uid, little)],
+                                    data=data)
+        if item.transfer_syntax not in _LITTLE and taken:
+            return self._transcoded(item, msg_id, taken)
+        return Delivery(None, f"the workstation accepted no context for "
+                              f"{_name(item.sop_class_uid)} in {_name(item.transfer_syntax)}")
+
+    def _transcoded(self, item: Buffered, msg_id: int, taken: list[str]) -> Delivery:
+        """The proxy's own conversion (``transcode``)."""
         result = transcode.convert(item, taken)
         if result.transfer_syntax is None:
             return Delivery(None, f"the workstation accepted no context for "
@@ -310,32 +287,38 @@ class WorkstationSink:
                                   f"{_name(item.transfer_syntax)} ({result.reason})")
         cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
         delivery = self._direct(item, msg_id, cx, data=result.data)
-        if delivery is None:
-            return None
         return Delivery(delivery.status, delivery.reason, delivery.fatal, transcoded=True)
 
     def _direct(self, item: Buffered, msg_id: int, cx: int,
-                data: bytes | None = None) -> Delivery | None:
-        """The C-STORE written as received (``wire.write_message``), or ``data`` when the
-        proxy converted it; None: not possible."""
-        command = commands.c_store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
-        if data is not None:
-            written = wire.write_message(self.assoc, cx, command, data=memoryview(data))
-        else:
-            written = item.write_data(lambda **where: wire.write_message(
-                self.assoc, cx, command, **where))
-        if not written:
-            return None
-        _cx, rsp = self.assoc.dimse.get_msg(block=True)      # this thread is the reactor's
-        if rsp is None or getattr(rsp, "Status", None) is None:
-            return Delivery(None, "no C-STORE response from the workstation (timeout or "
-                                  "abort)", fatal=not self.assoc.is_established)
-        if getattr(rsp, "MessageIDBeingRespondedTo", msg_id) != msg_id:
-            return Delivery(None, "the workstation answered another C-STORE")
-        return _answered(int(rsp.Status), "the workstation")
+                data: bytes | None = None) -> Delivery:
+        """The C-STORE written as received, or ``data`` when the proxy converted it."""
+        command = commands.store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
+        exchange = self.event.request
+        assert exchange is not None          # set by the listener for every request
+        try:
+            payload = data if data is not None else item.write_data(_read)
+            rsp = exchange(SendMessage(cx, command, payload)).command
+        except WorkstationGone:
+            return Delivery(None, "workstation association ended (aborted, closed, or no "
+                                  "C-STORE response within dimse_timeout)", fatal=True)
+        except OSError as exc:               # the buffer file
+            return Delivery(None, f"{type(exc).__name__}: {exc}")
+        if rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP \
+                or not isinstance(rsp.get(commands.STATUS), int):
+            return Delivery(None, "the workstation answered the C-STORE with something else")
+        return _answered(int(rsp[commands.STATUS]), "the workstation")
 
     def close(self) -> None:
         pass
+
+
+def _read(data: memoryview | None = None, source: BinaryIO | None = None,
+          length: int = 0) -> bytes | memoryview:
+    """``Buffered.write_data``'s writer that just takes the bytes (one instance at a time)."""
+    if data is not None:
+        return data
+    assert source is not None
+    return source.read(length)
 
 
 def _name(uid: str) -> str:

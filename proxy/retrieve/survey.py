@@ -29,13 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
-from pynetdicom import evt
 
 from proxy.cancel import CancelToken
 from proxy.fanout import Match, Outcome, fan_out
 from proxy.retrieve import sopclasses
 from proxy.retrieve.identifiers import LEVEL_KEYS, with_selection
 from proxy.services import Services
+from proxy.session import Request
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
 
@@ -68,7 +68,7 @@ class Survey:
         return [sopclasses.Instance("", sop_class) for sop_class in self.classes]
 
 
-def survey(services: Services, event: evt.Event, archives: list[str], identifier: Dataset,
+def survey(services: Services, event: Request, archives: list[str], identifier: Dataset,
            level: str, find_model: str, token: CancelToken, phi: list[str]) -> Survey:
     if level == "STUDY":
         quick = _counted(services, event, archives, identifier, find_model, token, phi)
@@ -78,7 +78,7 @@ def survey(services: Services, event: evt.Event, archives: list[str], identifier
                           level)
 
 
-def _counted(services: Services, event: evt.Event, archives: list[str], identifier: Dataset,
+def _counted(services: Services, event: Request, archives: list[str], identifier: Dataset,
              find_model: str, token: CancelToken, phi: list[str]) -> Survey | None:
     query = with_selection(sopclasses.count_identifier(identifier), identifier, "STUDY")
     matches, failed = _ask(services, event, archives, query, find_model, token, phi, "STUDY")
@@ -96,7 +96,7 @@ def _counted(services: Services, event: evt.Event, archives: list[str], identifi
     return result
 
 
-def list_instances(services: Services, event: evt.Event, archives: list[str],
+def list_instances(services: Services, event: Request, archives: list[str],
                    identifier: Dataset, find_model: str, token: CancelToken,
                    phi: list[str], level: str) -> Survey:
     """The full survey (Rule 2): one IMAGE-level C-FIND per archive, in parallel."""
@@ -123,7 +123,7 @@ def _values(matches: list[Dataset], level: str) -> list[str]:
     return list(dict.fromkeys(v for v in found if v))
 
 
-def _ask(services: Services, event: evt.Event, archives: list[str], query: Dataset,
+def _ask(services: Services, event: Request, archives: list[str], query: Dataset,
          find_model: str, token: CancelToken, phi: list[str], level: str,
          ) -> tuple[dict[str, list[Dataset]], dict[str, str]]:
     """One C-FIND per archive in parallel: matches per archive, and why archives failed."""

@@ -1,7 +1,7 @@
 """Forward spooled instances to their archives: one thread per archive, oldest first.
 
 The extension ``start`` (in ``proxy.app.EXTENSIONS``) opens the spool, has
-C-STOREs received straight into its temp dir (``proxy.store.receive``), and starts a
+C-STOREs received straight into its temp dir (``proxy.association`` Rule 2), and starts a
 ``Forwarder`` per archive named in a route's ``store_to`` (or still holding
 pending instances). ``services.plugins.spool`` is the open ``Spool``.
 
@@ -45,11 +45,10 @@ import time
 from collections.abc import Callable
 from itertools import count, takewhile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import evt
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import build_context
 
@@ -63,7 +62,6 @@ from proxy.routing import (
 )
 from proxy.services import Services
 from proxy.status import Status
-from proxy.store import receive
 from proxy.store.policy import (
     Choice,
     Key,
@@ -357,11 +355,8 @@ def start(services: Services) -> Callable[[], None]:
     services.plugins.spool = spool
     listener = services.listener
 
-    def receives_into_spool(assoc: Any) -> bool:
-        return not listener.session(assoc).data.get("inbound")
-
-    receive.receive_into(listener.ae, spool.tmp, receives_into_spool)
-    services.plugins.handlers.append((evt.EVT_CONN_CLOSE, _forget_temp_files))
+    spool.tmp.mkdir(parents=True, exist_ok=True)
+    listener.receive_dir = spool.tmp     # C-STOREs arrive as files there (same filesystem)
 
     wanted = {name for route in config.routes for name in route.store_to}
     orphaned = sorted(set(spool.archives()) - set(config.archives))
@@ -394,7 +389,7 @@ def start(services: Services) -> Callable[[], None]:
 
     def stop() -> None:
         stopping.set()
-        receive.stop_receiving(listener.ae)
+        listener.receive_dir = None
         for forwarder in forwarders:
             forwarder.request_stop()       # all at once, then wait for each
         for forwarder in forwarders:
@@ -418,8 +413,3 @@ def _reencoded(source: BinaryIO, syntax: str) -> bytes:
     if data is None:
         raise ValueError(f"the data set could not be encoded in {uid_name(syntax)}")
     return data
-
-
-def _forget_temp_files(event: evt.Event, services: Services) -> None:
-    del services
-    receive.forget(event.assoc)

@@ -1,8 +1,9 @@
 """``store = "relay"`` routes: one archive association per workstation association, mirrored.
 
 The extension ``install`` (in ``proxy.app.EXTENSIONS``) sets the listener's
-``negotiating`` hook; C-STOREs of such a session are forwarded by
-``proxy.operations.store_relay`` over the ``Upstream`` kept in ``session.data``.
+``negotiating`` hook (the A-ASSOCIATE-AC, context by context: ``proxy.store.mirroring``);
+C-STOREs of such a session are forwarded by ``proxy.operations.store_relay`` over the
+``Upstream`` kept in ``session.data``.
 
 Rule 1 (mirroring): when the workstation's A-ASSOCIATE-RQ arrives, the archive named by
         the route's ``store_to`` is associated with the workstation's storage contexts,
@@ -21,12 +22,8 @@ Rule 3 (life): the archive association lives exactly as long as the workstation'
         fails (``Upstream.store``: 0xA700) — never Success for what the archive did not.
 Rule 4: one ``upstream`` event when the archive association cannot be opened (the
         C-STOREs it would have carried report their own, ``proxy.operations.store_relay``).
-Rule 5: pynetdicom answers a C-STORE only for a SOP class it maps to a storage service
-        (otherwise it aborts the association). A SOP class it does not know that the
-        archive accepted is registered with ``pynetdicom.register_uid`` (its documented
-        way to add private SOP classes) as storage, so the C-STORE is relayed as direct.
-        At most ``MAX_REGISTERED`` are registered per process; past that such a context
-        is refused (0x03) and the log says why.
+Rule 5: a SOP class no table knows that the archive accepted is relayed like any other:
+        the listener dispatches C-STOREs by command, not by SOP class.
 """
 
 from __future__ import annotations
@@ -36,29 +33,30 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from io import BufferedIOBase
 from typing import Any, NoReturn
 
-from pynetdicom import Association, evt, register_uid
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import ServiceClass, StorageServiceClass
-from pynetdicom.sop_class import uid_to_service_class
-
-from proxy.listener import Negotiator, Session
+from proxy.dicom import pdu
+from proxy.dicom.items import PresentationContextRQ
 from proxy.observe import events as ev
 from proxy.routing import Rejection
 from proxy.services import Services
+from proxy.session import Session
 from proxy.store import mirroring
-from proxy.ul import commands, pdu
+from proxy.ul import commands
+from proxy.ul import pdu as ul_pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 
 SESSION_KEY = "store_relay"
-# SOP classes unknown to pynetdicom registered as storage (Rule 5); bounded, as a
-# workstation chooses them.
-MAX_REGISTERED = 1000
-_registered: set[str] = set()
-_register_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A context proposed to the archive (what ``ArchiveClient.link`` reads)."""
+    abstract_syntax: str
+    transfer_syntax: tuple[str, ...]
 
 
 class Upstream:
@@ -126,7 +124,7 @@ class Upstream:
             except TimeoutError:
                 self._lose(f"no C-STORE response from {peer.ae_title} within "
                            f"{peer.timeout:g}s", "timeout")
-            except (LinkClosed, pdu.PduError, OSError) as exc:
+            except (LinkClosed, ul_pdu.PduError, OSError) as exc:
                 self._lose(f"archive association to {peer.ae_title} lost ({exc})", "aborted")
             if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
                     or rsp.get(commands.RESPONDED_TO) != msg_id
@@ -155,37 +153,40 @@ def install(services: Services) -> None:
     """Mirror associations on ``store = "relay"`` routes (a no-op for other routes)."""
     if not any(route.store == "relay" for route in services.config.routes):
         return
-    services.listener.negotiating = _negotiator(services)
-    services.plugins.handlers.extend([
-        (evt.EVT_RELEASED, _on_released),
-        (evt.EVT_CONN_CLOSE, _on_closed),
-    ])
+    listener = services.listener
+    listener.negotiating = _Mirroring(services)
+    listener.on_released.append(_on_released)
+    listener.on_closed.append(_on_closed)
 
 
-def _negotiator(services: Services) -> Negotiator:
-    def negotiate(assoc: Association, session: Session, proposed: list[Any],
-                  contexts: list[Any]) -> list[Any] | Rejection:
+class _Mirroring:
+    """The listener's ``negotiating`` hook for ``store = "relay"`` routes (Rule 1)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def applies(self, session: Session, rq: pdu.AssociateRQ) -> bool:
         route = session.route
-        if route is None or route.store != "relay":
-            return contexts
-        receiving = mirroring.receiving_classes(assoc.requestor.role_selection or {})
-        upstream = mirroring.to_mirror(proposed, receiving)
-        if not upstream:
-            return contexts                        # nothing to store: no archive needed
-        own = [cx for cx in contexts if not mirroring.is_storage(str(cx.abstract_syntax))
-               or str(cx.abstract_syntax) in receiving]
-        return _mirror(services, assoc, session, route.store_to[0], upstream, own)
-    return negotiate
+        return route is not None and route.store == "relay" and bool(
+            mirroring.to_mirror(rq.contexts, mirroring.receiving_classes(rq.user.roles)))
+
+    def __call__(self, session: Session, rq: pdu.AssociateRQ,
+                 ac: pdu.AssociateAC) -> pdu.AssociateAC | Rejection:
+        route = session.route
+        assert route is not None                   # ``applies`` said so
+        upstream = mirroring.to_mirror(rq.contexts, mirroring.receiving_classes(rq.user.roles))
+        return _mirror(self.services, session, route.store_to[0], upstream, ac)
 
 
-def _mirror(services: Services, assoc: Association, session: Session, archive: str,
-            upstream: list[PresentationContext], own: list[PresentationContext]
-            ) -> list[Any] | Rejection:
+def _mirror(services: Services, session: Session, archive: str,
+            upstream: list[PresentationContextRQ], ac: pdu.AssociateAC
+            ) -> pdu.AssociateAC | Rejection:
     client = services.archive_for(archive, session)    # pass_calling_ae applies here too
     started = time.monotonic()
     stack = ExitStack()
+    proposals = [Proposal(cx.abstract_syntax, cx.transfer_syntaxes) for cx in upstream]
     try:
-        link = stack.enter_context(client.link(upstream))
+        link = stack.enter_context(client.link(proposals))
     except UpstreamError as exc:
         stack.close()
         services.bus.emit(ev.UpstreamCompleted(
@@ -198,56 +199,28 @@ def _mirror(services: Services, assoc: Association, session: Session, archive: s
                 if 2 * i + 1 in link.accept.accepted}
     refused = {i: link.accept.refused.get(2 * i + 1, mirroring.NO_REASON)
                for i in range(len(upstream)) if i not in accepted}
-    plan = mirroring.mirrored(upstream, accepted, refused, own)
-    unserved = _serve_unknown(plan.contexts)
-    if unserved:
-        plan = mirroring.MirrorPlan([cx for cx in plan.contexts
-                                     if str(cx.abstract_syntax) not in unserved],
-                                    plan.hide, False)
     details: dict[str, Any] = {"archive": archive, "proposed": len(upstream),
                                "accepted": len(accepted)}
     if refused:
         details["refused"] = mirroring.refusal(upstream, accepted, refused)[:20]
-    for i in plan.hide:       # mirroring Rule 4: seen by pynetdicom's negotiation only
-        upstream[i].abstract_syntax = mirroring.HIDDEN_ABSTRACT_SYNTAX
     relay = session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
 
     def lost(reason: str) -> None:            # Rule 3: the archive ended it first
         session.data["abort_reason"] = reason
-        assoc.abort()
+        session.abort(reason)
     relay.watch(lost, f"relay-{session.info.assoc_id}")
-    if not plan.exact:
-        details["inexact"] = ("the workstation's contexts cannot all get the archive's own "
-                              "answer (an archive answering alike contexts differently, or "
-                              "refusing with reason 1 or 2): see proxy.store.mirroring Rule 3, 4")
     services.bus.emit(ev.Noted("info", "association_mirrored", details, session.info))
-    return plan.contexts
+    return mirroring.mirrored(ac, upstream, accepted, refused)
 
 
-def _serve_unknown(contexts: list[PresentationContext]) -> set[str]:
-    """Register the SOP classes pynetdicom does not know as storage, so their C-STOREs reach
-    the handler (Rule 5); the ones over the bound are returned, not to be offered."""
-    unknown = {str(cx.abstract_syntax) for cx in contexts
-               if uid_to_service_class(str(cx.abstract_syntax)) is ServiceClass}
-    refused = set()
-    with _register_lock:
-        for uid in sorted(unknown - _registered):
-            if len(_registered) >= MAX_REGISTERED:
-                refused.add(uid)
-                continue
-            register_uid(uid, "RelayedStorage_" + uid.replace(".", "_"), StorageServiceClass)
-            _registered.add(uid)
-    return refused
-
-
-def _on_released(event: evt.Event, services: Services) -> None:
-    upstream = services.session(event).data.pop(SESSION_KEY, None)
+def _on_released(session: Session) -> None:
+    upstream = session.data.pop(SESSION_KEY, None)
     if upstream is not None:
         upstream.close(release=True)
 
 
-def _on_closed(event: evt.Event, services: Services) -> None:
+def _on_closed(session: Session) -> None:
     # Anything still open here: the workstation aborted, or the link dropped (Rule 3).
-    upstream = services.session(event).data.pop(SESSION_KEY, None)
+    upstream = session.data.pop(SESSION_KEY, None)
     if upstream is not None:
         upstream.close(release=False)

@@ -19,6 +19,7 @@ AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
 PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
 OFFENDING_ELEMENT, ERROR_ID = 0x0901, 0x0903
 MOVE_ORIGINATOR_AE, MOVE_ORIGINATOR_ID = 0x1030, 0x1031
+MOVE_DESTINATION = 0x0600
 REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
 NO_DATA_SET = 0x0101
 
@@ -101,13 +102,20 @@ def c_cancel_rq(responded_to: int) -> bytes:
 
 def c_store_rq(msg_id: int, sop_class: str, sop_instance: str, originator_ae: str | None = None,
                originator_id: int | None = None, priority: int = 0) -> bytes:
+    return encode(store_rq(msg_id, sop_class, sop_instance, originator_ae, originator_id,
+                           priority))
+
+
+def store_rq(msg_id: int, sop_class: str, sop_instance: str, originator_ae: str | None = None,
+             originator_id: int | None = None, priority: int = 0) -> Command:
+    """A C-STORE-RQ command set, not yet encoded."""
     command: Command = {AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_STORE_RQ,
                         MESSAGE_ID: msg_id, PRIORITY: priority, DATA_SET_TYPE: 0x0000,
                         AFFECTED_SOP_INSTANCE: sop_instance}
     if originator_ae and originator_id is not None:
         command[MOVE_ORIGINATOR_AE] = originator_ae
         command[MOVE_ORIGINATOR_ID] = originator_id
-    return encode(command)
+    return command
 
 
 def c_store_rsp(responded_to: int, sop_class: str, sop_instance: str, status: int) -> bytes:
