@@ -110,7 +110,10 @@ def test_direct_writes_deliver_the_same_bytes(tmp_path: Path, max_pdu: int) -> N
     expected.save_as(path, enforce_file_format=True)
     with Receiver(max_pdu) as rx:
         client = ArchiveClient(Peer("rx", "RECEIVER", "127.0.0.1", rx.port, "PROXY", 10.0))
-        with client.associate([build_context(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
+        # A plain pynetdicom requestor made a wire one, as the listener makes its own.
+        read_ahead = (evt.EVT_CONN_OPEN, lambda event: wire.use_read_ahead(event.assoc))
+        with client.associate([build_context(CTImageStorage, ExplicitVRLittleEndian)],
+                              handlers=[read_ahead]) as assoc:
             assert isinstance(assoc.dul.socket, wire.ReadAheadSocket)
             wire.write_directly(assoc)
             statuses = []
