@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from pynetdicom import _config
-
-from proxy import fastencode, federation, health, retrieve
+from proxy import federation, health, retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
@@ -58,7 +56,6 @@ class Proxy:
     def __init__(self, config: Config, stream: IO[str] | None = None) -> None:
         self.config = config
         _quiet_pynetdicom()
-        fastencode.install()            # pynetdicom's encode, fast for relayed bytes
         self.metrics = MetricsObserver(list(config.archives),
                                        [r.called_ae for r in config.routes])
         self.logger = make_logger(config.log.format, config.log.level, stream)
@@ -135,15 +132,8 @@ class Proxy:
 
 
 def _quiet_pynetdicom() -> None:
-    # pynetdicom logs protocol noise (and tracebacks for peers' garbage) through
-    # the logging module; the proxy reports those as its own events instead.
+    # pynetdicom (doctor's checks, the demo's archives) logs protocol noise through the
+    # logging module; the proxy reports what matters as its own events instead.
     log = logging.getLogger("pynetdicom")
     log.handlers = [logging.NullHandler()]
     log.propagate = False
-    # pynetdicom formats every C-FIND identifier for that log whatever its level:
-    # about half the CPU of relaying a match, and patient data in a log we drop.
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    # Its "standard" handlers format a debug line for every PDU and DIMSE message sent
-    # or received (32 PDUs per CT image at a 16 KB PDU size) for that same dropped log.
-    _config.LOG_HANDLER_LEVEL = "none"

@@ -10,8 +10,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pynetdicom._validators import validate_ae
-
 T = TypeVar("T")
 
 
@@ -59,11 +57,22 @@ def kind(value: Any) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def ae_problem(value: str) -> str | None:
+    """What makes ``value`` no AE title (PS3.5 6.2, VR AE), or None: at most 16
+    characters of the Default Character Repertoire, no backslash, no control characters."""
+    if len(value) > 16:
+        return "must be no more than 16 characters"
+    if not value.isascii() or any(ch == "\\" or ord(ch) < 0x20 or ord(ch) == 0x7F
+                                  for ch in value):
+        return "must not contain backslashes, control characters or non-ASCII characters"
+    return None
+
+
 def ae(path: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(path, f"AE title must be a string, not {kind(value)}")
-    ok, why = validate_ae(value)
-    if not ok:
+    why = ae_problem(value)
+    if why is not None:
         raise ConfigError(path, f"invalid AE title {value!r}: {why}")
     if not value.strip():
         raise ConfigError(path, "AE title must not be empty or all spaces")

@@ -21,9 +21,9 @@ Rule 2b: the Specific Character Set is read without converting it (``proxy.rawte
         pydicom's ``Dataset._character_set`` converts it in place, and a converted
         element is re-encoded (``ISO_IR 100\\0`` would go out as ``ISO_IR 100``). So a
         raw Specific Character Set keeps its bytes where ``dsutils.encode`` rewrites them.
-Rule 3: installed once into the two pynetdicom modules that call ``encode``
-        (``dimse_messages``, ``service_class``); pinned to pynetdicom 3.0 as
-        ``proxy.wire`` is.
+Rule 3: the proxy's own DIMSE writers call it (``proxy.responder`` for the workstation's
+        responses, ``proxy.upstream`` for requests to archives); pynetdicom itself is not
+        patched.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
-from pynetdicom import dimse_messages, dsutils, service_class
+from pynetdicom import dsutils
 
 from proxy import rawtext
 
@@ -133,9 +133,3 @@ def _command_set(ds: Dataset, tags: list[Any]) -> bytes | None:
         out.append(_IMPLICIT.pack(0, tag, len(raw)))
         out.append(raw)
     return b"".join(out)
-
-
-def install() -> None:
-    """Use ``encode`` in pynetdicom's DIMSE messages and service classes (Rule 3)."""
-    dimse_messages.encode = encode
-    service_class.encode = encode

@@ -1,20 +1,19 @@
 """Archive-facing SCU: associations to archives with the AE titles they expect.
 
 Rule 1: every association is bounded in time — connect, ACSE, DIMSE, and the
-        socket itself (pynetdicom clears the socket timeout after connect, so a
-        peer that stops reading would block a send forever; we set it back).
+        socket itself (the peer's ``timeout`` on every socket operation of a ``link``;
+        pynetdicom clears the socket timeout after connect, so ``associate`` sets it back).
 Rule 2: a failure to associate becomes an UpstreamError whose ``reason`` a
         person understands and whose ``hint`` says what to change.
 Rule 3: this module talks DICOM; it does not log or count. Callers emit events.
-Rule 4: a response is only ever taken by the thread waiting for it: pynetdicom's
-        association reactor polls the same DIMSE queue and, in a race its pause
-        handshake does not close, can take (and drop) a C-STORE/C-FIND/C-GET
-        response meant for the sending thread, which then times out
-        (``_responses_to_waiters``).
-Rule 5: ``link`` opens the same kind of association on the proxy's lean upper layer
-        (``proxy.ul``) for bulk transfers (retrieve, store-and-forward), with the same AE titles,
-        time bounds (the peer's ``timeout`` on every socket operation) and the same
-        explanations when it fails.
+Rule 4: every request the proxy makes for a workstation (C-ECHO, C-FIND, C-MOVE, and
+        the retrieve and store paths built on ``link``) goes over the proxy's lean upper
+        layer (``proxy.ul``). ``associate`` (plain pynetdicom) is for the diagnostics
+        (``proxy.doctor``) only.
+Rule 5: a response stream that ends without a final status raises ``no_response``:
+        ``timeout`` when the peer was silent for its ``timeout``, ``aborted`` when the
+        association ended under us. A C-CANCEL goes upstream once the request's
+        ``CancelToken`` fires; the archive's answer to it still comes through.
 Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstation's for
         a request made for it (``calling_as``, route ``pass_calling_ae``); a refusal then
         names that title and says which setting chose it. Associations are never kept
@@ -26,7 +25,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -50,10 +49,9 @@ from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.fastencode import encode
 from proxy.routing import upstream_titles
-from proxy.status import PENDING
+from proxy.status import PENDING, category
 from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
-from proxy.wire import use_read_ahead, wake_on_data
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -184,7 +182,11 @@ class ArchiveClient:
     def associate(self, contexts: Sequence[PresentationContext],
                   ext_neg: list[Any] | None = None,
                   handlers: list[Any] | None = None) -> Iterator[Association]:
-        """An established association, released (or aborted) on exit."""
+        """An established pynetdicom association, released (or aborted) on exit.
+
+        For the diagnostics (``proxy.doctor``); requests made for workstations go over
+        ``link`` (Rule 4).
+        """
         ae = self._make_ae()
         rejections: list[Any] = []
 
@@ -200,7 +202,6 @@ class ArchiveClient:
         if not assoc.is_established:
             raise self._why_not(assoc, rejections)
         assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
-        _responses_to_waiters(assoc)
         with self._active_lock:
             self._active.add(assoc)
         try:
@@ -219,7 +220,7 @@ class ArchiveClient:
     @contextmanager
     def link(self, contexts: Sequence[PresentationContext],
              roles: Sequence[Any] = ()) -> Iterator[Link]:
-        """An established lean association (``proxy.ul``) for bulk transfers.
+        """An established lean association (``proxy.ul``).
 
         Refusals and failures are explained as ``associate`` explains them; the link
         is released on exit, or aborted when the block raises.
@@ -256,14 +257,9 @@ class ArchiveClient:
 
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
-        use_read_ahead(event.assoc)      # fewer recv/select calls per PDU (proxy.wire)
-        wake_on_data(event.assoc)        # read a response when it arrives, not up to 1 ms later
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)
-            # pynetdicom writes whole PDUs: Nagle only adds delayed-ACK stalls (~40 ms
-            # per C-STORE on loopback), which dominate retrieve throughput.
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _why_not(self, assoc: Association, rejections: Sequence[Any] = ()) -> UpstreamError:
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
@@ -293,12 +289,17 @@ class ArchiveClient:
 
     def echo(self) -> int | None:
         """C-ECHO; the status, or raise UpstreamError."""
-        with self.associate([build_context(Verification)]) as assoc:
+        with self.link([build_context(Verification)]) as link:
+            cx = self.link_context(link, Verification, "the archive does not accept "
+                                   "Verification (C-ECHO); check its DICOM configuration")
             sent = time.monotonic()
-            code = status_of(assoc.send_c_echo())
-            if code is None:
-                raise self.no_response("C-ECHO", time.monotonic() - sent)
-            return code
+            try:
+                link.send_message(cx, commands.c_echo_rq(1))
+                return response_status(link.read_message().command, commands.C_ECHO_RSP)
+            except TimeoutError:
+                raise self.no_response("C-ECHO", time.monotonic() - sent) from None
+            except (LinkClosed, OSError, pdu.PduError):
+                raise self.no_response("C-ECHO", 0.0) from None
 
     def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
              syntax: str | None = None) -> Iterator[tuple[int | None, Dataset | None]]:
@@ -322,11 +323,7 @@ class ArchiveClient:
                 with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
                     while True:
                         message = link.read_message()
-                        code = message.command.get(commands.STATUS)
-                        if (not isinstance(code, int)
-                                or message.command.get(commands.COMMAND_FIELD)
-                                != commands.C_FIND_RSP):
-                            raise pdu.PduError("a C-FIND response without a status")
+                        code = response_status(message.command, commands.C_FIND_RSP)
                         last = time.monotonic()
                         yield code, (decode(BytesIO(message.data), implicit, True)
                                      if message.data else None)
@@ -337,65 +334,51 @@ class ArchiveClient:
             except (LinkClosed, OSError, pdu.PduError):
                 raise self.no_response("C-FIND", 0.0) from None
 
-    def link_context(self, link: Link, sop_class: str) -> int:
+    def link_context(self, link: Link, sop_class: str,
+                     hint: str = "the archive does not support this query/retrieve model"
+                     ) -> int:
         """The presentation context ``link`` accepted for ``sop_class`` (lowest ID)."""
         ids = [cx for cx in link.accept.accepted if link.abstract.get(cx) == sop_class]
         if not ids:
             raise UpstreamError(self.peer.name, f"archive {self.peer.ae_title} did not accept "
                                 f"the presentation context for {sop_class}", kind="no_context",
-                                hint="the archive does not support this query/retrieve model")
+                                hint=hint)
         return min(ids)
 
     def move(self, identifier: Dataset, model: str, move_destination: str, msg_id: int,
              cancelled: CancelToken | None = None) -> Iterator[tuple[int, Dataset]]:
         """C-MOVE to ``move_destination``; yields (status, response) for every response.
 
-        ``msg_id`` comes back in the archive's C-STOREs as Move Originator Message ID.
+        ``msg_id`` comes back in the archive's C-STOREs as Move Originator Message ID,
+        and is the one a C-CANCEL names (Rule 5). Each response is ``move_status``.
         """
-        with self.associate([build_context(model, QUERY_TRANSFER_SYNTAXES)]) as assoc:
-            yield from self._retrieve(assoc, "C-MOVE", model, cancelled,
-                                      lambda _: assoc.send_c_move(identifier, move_destination,
-                                                                  model, msg_id=msg_id),
-                                      msg_id)
-
-    def _retrieve(self, assoc: Association, operation: str, model: str,
-                  cancelled: CancelToken | None,
-                  send: Callable[[int], Iterator[tuple[Dataset, Dataset | None]]],
-                  msg_id: int = 1) -> Iterator[tuple[int, Dataset]]:
-        for code, status, identifier in self._exchange(assoc, operation, model, cancelled,
-                                                       send, msg_id):
-            if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
-                status.FailedSOPInstanceUIDList = identifier.FailedSOPInstanceUIDList
-            yield code, status
-
-    def _exchange(self, assoc: Association, operation: str, model: str,
-                  cancelled: CancelToken | None,
-                  send: Callable[[int], Iterator[tuple[Dataset, Dataset | None]]],
-                  msg_id: int = 1) -> Iterator[tuple[int, Dataset, Dataset | None]]:
-        """Every response to one request: (status code, status, identifier).
-
-        A C-CANCEL goes upstream once ``cancelled`` fires; a response stream that
-        ends without a status raises ``no_response`` (Rule 1).
-        """
-        cx = _context_for(assoc, model, self.peer)
-
-        def send_cancel() -> None:
-            if assoc.is_established:
-                assoc.send_c_cancel(msg_id, cx)
-
-        with (cancelled or CancelToken()).on_cancel(send_cancel):
+        with self.link([build_context(model, QUERY_TRANSFER_SYNTAXES)]) as link:
+            cx = self.link_context(link, model)
+            implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
+            request = encode(identifier, implicit, True)
+            if request is None:
+                raise UpstreamError(self.peer.name, "the C-MOVE identifier could not be encoded")
             last = time.monotonic()
-            for status, identifier in send(msg_id):
-                code = status_of(status)
-                if code is None:
-                    raise self.no_response(operation, time.monotonic() - last)
-                last = time.monotonic()
-                yield code, status, identifier
+            try:
+                link.send_message(cx, commands.c_move_rq(msg_id, model, move_destination),
+                                  request)
+                with (cancelled or CancelToken()).on_cancel(
+                        lambda: cancel_on(link, cx, msg_id)):
+                    while True:
+                        message = link.read_message()
+                        code = response_status(message.command, commands.C_MOVE_RSP)
+                        last = time.monotonic()
+                        yield code, move_status(message.command, message.data, implicit)
+                        if code not in PENDING:
+                            return
+            except TimeoutError:
+                raise self.no_response("C-MOVE", time.monotonic() - last) from None
+            except (LinkClosed, OSError, pdu.PduError):
+                raise self.no_response("C-MOVE", 0.0) from None
 
     def no_response(self, operation: str, waited: float) -> UpstreamError:
-        """Why a response stream ended without a status: our DIMSE timeout, or the link."""
-        # pynetdicom aborts the association itself on a DIMSE timeout, so the
-        # association's state cannot tell the two apart; the time waited can.
+        """Why a response stream ended without a status: our timeout (``waited`` reached
+        it), or the archive ending the association (Rule 5)."""
         if waited >= self.peer.timeout * 0.95:
             return UpstreamError(self.peer.name, f"no {operation} response within timeout "
                                  f"({self.peer.timeout:g}s); the proxy aborted the association",
@@ -414,7 +397,7 @@ def query_contexts(model: str, syntax: str | None = None) -> list[PresentationCo
     differs from the archive's (implicit/explicit VR), and copies each element's bytes
     when they agree. An acceptor picks the syntax of a context by its own preference
     (Orthanc: explicit VR whatever the order proposed), so the workstation's syntax gets
-    a context of its own; pynetdicom (and ``_context_for``) use the first accepted
+    a context of its own; ``link_context`` (and pynetdicom) use the first accepted
     context of a SOP class, the lowest ID; the second context is the fallback.
     """
     if syntax is None or syntax not in QUERY_TRANSFER_SYNTAXES:
@@ -423,32 +406,45 @@ def query_contexts(model: str, syntax: str | None = None) -> list[PresentationCo
     return [build_context(model, [syntax]), build_context(model, others)]
 
 
-def _responses_to_waiters(assoc: Association) -> None:
-    """Let the reactor's non-blocking poll take requests only (Rule 4).
+# The response elements a C-MOVE status carries, as pynetdicom names them (PS3.7 9.3.4.2).
+_MOVE_STATUS = {commands.ERROR_COMMENT: "ErrorComment",
+                commands.REMAINING: "NumberOfRemainingSuboperations",
+                commands.COMPLETED: "NumberOfCompletedSuboperations",
+                commands.FAILED: "NumberOfFailedSuboperations",
+                commands.WARNING: "NumberOfWarningSuboperations"}
 
-    ``send_c_store`` pauses the reactor with a flag the reactor sets *before* it
-    blocks, so a thread switch right after the reactor passed the checkpoint lets
-    it poll the queue once more, after the response arrived ("Received unexpected
-    C-STORE service message", then a DIMSE timeout). Requests (e.g. C-STOREs during
-    a C-GET) are still served by whoever takes them.
-    """
-    dimse = assoc.dimse
-    messages = dimse.msg_queue
-    blocking_get = dimse.get_msg
 
-    def get_msg(block: bool = False) -> tuple[Any, Any]:
-        if block:
-            return blocking_get(True)  # type: ignore[no-any-return]
-        with messages.mutex:
-            if messages.queue:
-                _, msg = messages.queue[0]
-                if msg is not None and msg.is_valid_request:   # abort sentinel: a waiter's
-                    item = messages.queue.popleft()
-                    messages.not_full.notify()
-                    return item  # type: ignore[no-any-return]
-            return None, None
+def response_status(command: commands.Command, expected: int) -> int:
+    """The Status of a response of the ``expected`` kind; PduError for anything else."""
+    code, field = command.get(commands.STATUS), command.get(commands.COMMAND_FIELD)
+    if not isinstance(code, int) or field != expected:
+        got = f"0x{field:04X}" if isinstance(field, int) else repr(field)
+        raise pdu.PduError(f"expected a response 0x{expected:04X} with a status, got "
+                           f"command {got}")
+    return code
 
-    dimse.get_msg = get_msg
+
+def move_status(command: commands.Command, identifier: bytes | None,
+                implicit: bool) -> Dataset:
+    """A C-MOVE response as a Dataset: Status, Error Comment, Offending Element and the
+    sub-operation counts; on a final warning, failure or cancel, the identifier's
+    Failed SOP Instance UID List (PS3.4 C.4.2.1.5) too — as pynetdicom reported them."""
+    status = Dataset()
+    status.Status = command[commands.STATUS]
+    offending = command.get(commands.OFFENDING_ELEMENT)
+    if isinstance(offending, str) and offending:
+        status.OffendingElement = [int(tag, 16) for tag in offending.split("\\")]
+    for element, keyword in _MOVE_STATUS.items():
+        if element in command:
+            setattr(status, keyword, command[element])
+    if identifier and category(int(status.Status)) in ("warning", "failure", "cancel"):
+        try:
+            decoded = decode(BytesIO(identifier), implicit, True)
+        except Exception:  # an unreadable identifier: the counts still say what happened
+            decoded = None
+        if decoded is not None and "FailedSOPInstanceUIDList" in decoded:
+            status.FailedSOPInstanceUIDList = decoded.FailedSOPInstanceUIDList
+    return status
 
 
 def status_of(status: Dataset | None) -> int | None:
@@ -462,12 +458,3 @@ def cancel_on(link: Link, cx: int, msg_id: int = 1) -> None:
     """C-CANCEL the request ``msg_id`` on ``link``, unless it has ended."""
     if not link.closed:
         link.send_message(cx, commands.c_cancel_rq(msg_id))
-
-
-def _context_for(assoc: Association, sop_class: str, peer: Peer) -> int:
-    for cx in assoc.accepted_contexts:
-        if cx.abstract_syntax == sop_class:
-            return int(cx.context_id)
-    raise UpstreamError(peer.name, f"archive {peer.ae_title} did not accept the presentation "
-                        f"context for {sop_class}", kind="no_context",
-                        hint="the archive does not support this query/retrieve model")

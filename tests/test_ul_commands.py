@@ -19,6 +19,7 @@ from proxy.ul import commands
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 GET_STUDY = "1.2.840.10008.5.1.4.1.2.2.3"
+MOVE_STUDY = "1.2.840.10008.5.1.4.1.2.2.2"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890"
 
 
@@ -116,6 +117,64 @@ def test_c_cancel_rq_decodes_with_pynetdicom() -> None:
     assert ds.MessageIDBeingRespondedTo == 17
     assert ds.CommandDataSetType == 0x0101
     assert not commands.has_data_set(commands.decode(raw))
+
+
+def test_c_move_rq_converts_to_a_pynetdicom_primitive() -> None:
+    from pynetdicom.dimse_messages import C_MOVE_RQ
+    from pynetdicom.dimse_primitives import C_MOVE
+
+    raw = commands.c_move_rq(9, MOVE_STUDY, "QR_PROXY1", priority=1)   # odd AE: space-padded
+    ds = pydicom_view(raw)
+    assert ds.CommandGroupLength == len(raw) - 12
+    assert ds.CommandField == 0x0021
+    assert ds.CommandDataSetType != 0x0101            # the identifier follows
+    assert element_order(raw) == sorted(element_order(raw))
+    msg = C_MOVE_RQ()
+    msg.command_set = ds
+    primitive = msg.message_to_primitive()
+    assert isinstance(primitive, C_MOVE)
+    assert primitive.MessageID == 9
+    assert primitive.AffectedSOPClassUID == MOVE_STUDY
+    assert primitive.Priority == 1
+    assert primitive.MoveDestination == "QR_PROXY1"
+    assert commands.has_data_set(commands.decode(raw))
+    assert commands.decode(raw)[commands.MOVE_DESTINATION] == "QR_PROXY1"
+
+
+def test_c_echo_rq_converts_to_a_pynetdicom_primitive() -> None:
+    from pynetdicom.dimse_messages import C_ECHO_RQ
+    from pynetdicom.dimse_primitives import C_ECHO
+
+    raw = commands.c_echo_rq(3)
+    msg = C_ECHO_RQ()
+    msg.command_set = pydicom_view(raw)
+    primitive = msg.message_to_primitive()
+    assert isinstance(primitive, C_ECHO)
+    assert primitive.MessageID == 3
+    assert primitive.AffectedSOPClassUID == "1.2.840.10008.1.1"
+    assert msg.command_set.CommandField == 0x0030
+    assert msg.command_set.CommandGroupLength == len(raw) - 12
+    assert not commands.has_data_set(commands.decode(raw))
+
+
+def test_decode_pynetdicom_final_c_move_rsp_with_offending_elements() -> None:
+    from pynetdicom.dimse_messages import C_MOVE_RSP
+    from pynetdicom.dimse_primitives import C_MOVE
+
+    primitive = C_MOVE()
+    primitive.MessageIDBeingRespondedTo = 9
+    primitive.Status = 0xA900
+    primitive.OffendingElement = [0x00100020, 0x0020000D]
+    primitive.ErrorComment = "no such key"
+    primitive.NumberOfFailedSuboperations = 2
+    msg = C_MOVE_RSP()
+    msg.primitive_to_message(primitive)
+    command = commands.decode(pn_encode(msg.command_set, True, True))
+    assert command[commands.COMMAND_FIELD] == commands.C_MOVE_RSP
+    assert command[commands.STATUS] == 0xA900
+    assert command[commands.OFFENDING_ELEMENT] == "00100020\\0020000D"
+    assert command[commands.ERROR_COMMENT] == "no such key"
+    assert command[commands.FAILED] == 2
 
 
 def _get_rsp(**fields: object) -> bytes:

@@ -1,13 +1,13 @@
 """C-STORE on a ``store = "relay"`` route: forwarded while the workstation waits.
 
 Rule 1: the data set goes to the archive exactly as received (the bytes after the
-        file meta pynetdicom put in front of them), over the archive context with the
+        file meta the listener put in front of them), over the archive context with the
         same SOP class and transfer syntax (``proxy.store.relay``: the workstation was
         only offered those). Message ID, priority and Move Originator are the
         workstation's own; Affected SOP Class/Instance UID are the request's.
-Rule 2: the workstation gets the archive's Status, Error Comment and Offending Element
-        unchanged, so a refusal reads as it would without the proxy (an Error ID has no
-        place in pynetdicom's C-STORE response). Nothing is written to the spool.
+Rule 2: the workstation gets the archive's Status, Error Comment, Error ID and Offending
+        Element unchanged, so a refusal reads as it would without the proxy. Nothing is
+        written to the spool.
 Rule 3: when no answer can come from the archive (its association is gone, lost or
         timed out), the answer is 0xA700 (Refused: Out of Resources, PS3.4 B.2.3): the
         instance is not held anywhere, the sender may retry. A C-STORE on a context the
@@ -64,6 +64,8 @@ def forward(event: Request, services: Services, record: OperationRecord,
         comment = rsp.get(commands.ERROR_COMMENT)
         if comment:
             record.details["archive_comment"] = str(comment)
+        if isinstance(rsp.get(commands.ERROR_ID), int):
+            record.response["ErrorID"] = rsp[commands.ERROR_ID]
         if rsp.get(commands.OFFENDING_ELEMENT):
             record.response["OffendingElement"] = [
                 int(tag, 16) for tag in str(rsp[commands.OFFENDING_ELEMENT]).split("\\")]

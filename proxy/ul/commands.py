@@ -16,16 +16,18 @@ import struct
 
 COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0100, 0x0110, 0x0120
 AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
+MOVE_DESTINATION = 0x0600
 PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
 OFFENDING_ELEMENT, ERROR_ID = 0x0901, 0x0903
 MOVE_ORIGINATOR_AE, MOVE_ORIGINATOR_ID = 0x1030, 0x1031
-MOVE_DESTINATION = 0x0600
 REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023
 NO_DATA_SET = 0x0101
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
 C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 C_CANCEL_RQ = 0x0FFF
 
 _UL = {0x0000}
@@ -93,6 +95,19 @@ def c_get_rq(msg_id: int, sop_class: str, priority: int = 0) -> bytes:
 def c_find_rq(msg_id: int, sop_class: str, priority: int = 0) -> bytes:
     return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_FIND_RQ, MESSAGE_ID: msg_id,
                    PRIORITY: priority, DATA_SET_TYPE: 0x0000})
+
+
+def c_move_rq(msg_id: int, sop_class: str, move_destination: str, priority: int = 0) -> bytes:
+    """PS3.7 9.3.4.1: Move Destination (0000,0600) is the AE title the archive stores to."""
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_MOVE_RQ, MESSAGE_ID: msg_id,
+                   PRIORITY: priority, DATA_SET_TYPE: 0x0000,
+                   MOVE_DESTINATION: move_destination})
+
+
+def c_echo_rq(msg_id: int, sop_class: str = "1.2.840.10008.1.1") -> bytes:
+    """PS3.7 9.3.5.1: Verification, no data set."""
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_ECHO_RQ, MESSAGE_ID: msg_id,
+                   DATA_SET_TYPE: NO_DATA_SET})
 
 
 def c_cancel_rq(responded_to: int) -> bytes:

@@ -250,7 +250,7 @@ class Link:
             pass
 
 
-# -- writing P-DATA (also used on pynetdicom's associations, ``proxy.wire``) -------------
+# -- writing P-DATA ----------------------------------------------------------------------
 
 def write_message(sock: socket.socket, step: int, cx: int, command: bytes,
                   data: memoryview | bytes | None = None,

@@ -8,6 +8,8 @@
   destination that rejects the others) and recording every data set it received.
 - ``AbortingArchive``: a Q/R SCP that answers the survey C-FIND truthfully, then
   sends ``deliver`` instances of the C-GET and aborts the association.
+- ``CancellableMoveArchive``: a Q/R SCP for ``retrieve = "move"`` that C-STOREs one
+  instance to the proxy, then waits for a C-CANCEL naming its C-MOVE (and records it).
 
 Rule: everything binds 127.0.0.1 port 0 and is shut down by ``close()``.
 """
@@ -26,6 +28,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 PENDING = 0xFF00
@@ -121,15 +124,7 @@ class AbortingArchive:
         self.port = int(self._server.server_address[1])
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
-        for ds in self.datasets:
-            match = Dataset()
-            match.QueryRetrieveLevel = "IMAGE"
-            match.StudyInstanceUID = ds.StudyInstanceUID
-            match.SeriesInstanceUID = ds.SeriesInstanceUID
-            match.SOPInstanceUID = ds.SOPInstanceUID
-            match.SOPClassUID = ds.SOPClassUID
-            yield PENDING, match
-        yield 0x0000, None
+        yield from image_matches(self.datasets)
 
     def _on_get(self, event: evt.Event) -> Iterator[Any]:
         self.get_requests += 1
@@ -146,4 +141,77 @@ class AbortingArchive:
         return self.port
 
     def close(self) -> None:
+        self._server.shutdown()
+
+
+def image_matches(datasets: Sequence[Dataset]) -> Iterator[tuple[int, Dataset | None]]:
+    """Every instance of ``datasets`` as an IMAGE-level C-FIND match, then Success."""
+    for ds in datasets:
+        match = Dataset()
+        match.QueryRetrieveLevel = "IMAGE"
+        match.StudyInstanceUID = ds.StudyInstanceUID
+        match.SeriesInstanceUID = ds.SeriesInstanceUID
+        match.SOPInstanceUID = ds.SOPInstanceUID
+        match.SOPClassUID = ds.SOPClassUID
+        yield PENDING, match
+    yield 0x0000, None
+
+
+class CancellableMoveArchive:
+    """A Study Root Q/R SCP holding ``datasets`` that C-MOVEs to ``proxy`` (AE title → port):
+    one instance (no pending response), then nothing until a C-CANCEL naming that C-MOVE
+    arrives (answered 0xFE00, ``cancelled`` set) or ``close()``. ``move_ids`` records each
+    C-MOVE's Message ID."""
+
+    def __init__(self, aet: str, datasets: Sequence[Dataset], proxy: tuple[str, int]) -> None:
+        self.aet = aet
+        self.datasets = list(datasets)
+        self.proxy = proxy
+        self.move_ids: list[int] = []
+        self.cancelled = threading.Event()
+        self._closing = threading.Event()
+        ae = AE(aet)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in self.datasets}):
+            ae.add_requested_context(sop_class)
+        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+            (evt.EVT_C_FIND, lambda event: image_matches(self.datasets)),
+            (evt.EVT_C_MOVE, self._on_move)])
+        self.port = int(self._server.server_address[1])
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        self.move_ids.append(int(event.request.MessageID))
+        if event.move_destination.strip() != self.proxy[0]:
+            yield None, None
+            return
+        yield "127.0.0.1", self.proxy[1]
+        yield len(self.datasets)
+        self._deliver_first(event)
+        while not self._closing.is_set():       # pynetdicom has no wait-for-cancel: poll
+            if event.is_cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            self._closing.wait(0.01)
+
+    def _deliver_first(self, event: evt.Event) -> None:
+        """C-STORE the first instance to the proxy as an archive does: from its own AE title,
+        naming the C-MOVE's requestor and Message ID as Move Originator (pynetdicom's own
+        sub-operations name the archive itself, which the proxy rightly refuses)."""
+        ae = AE(self.aet)
+        first = self.datasets[0]
+        ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", self.proxy[1], ae_title=self.proxy[0])
+        if assoc.is_established:
+            assoc.send_c_store(first, originator_aet=event.assoc.requestor.ae_title,
+                               originator_id=int(event.request.MessageID))
+            assoc.release()
+
+    @property
+    def dicom_port(self) -> int:
+        return self.port
+
+    def close(self) -> None:
+        self._closing.set()
         self._server.shutdown()

@@ -35,6 +35,7 @@ from tests.e2e.retrieve_peers import (
     DEFLATED_FILE,
     ENCODED_FILES,
     AbortingArchive,
+    CancellableMoveArchive,
     RecordingSCP,
     encoded_study,
 )
@@ -352,6 +353,32 @@ def test_move_mode_archive_that_does_not_know_the_proxy_says_so(
     op = proxy.operations("C-MOVE")[-1]
     assert "QR_PROXY" in op["hint"] and "modalities" in op["hint"]
     assert dest.received_files() == []
+
+
+def test_a_cancelled_move_mode_retrieve_cancels_the_archives_c_move(
+        studies: SyntheticSet, proxy_port: int, proxy_factory: ProxyFactory,
+        store_scp_factory: StoreSCPFactory) -> None:
+    """The workstation's C-CANCEL reaches the archive as a C-CANCEL of the proxy's own
+    C-MOVE (its Message ID); the archive's Cancel answer ends the retrieve."""
+    datasets = [dcmread(p) for p in studies.studies[1].paths]
+    archive = CancellableMoveArchive("MOVER", datasets, ("QR_PROXY", proxy_port))
+    dest = store_scp_factory("WS1")
+    try:
+        proxy = proxy_factory({**rules(archive, {"WS1": dest.port}, retrieve="move"),
+                               "proxy": {"port": proxy_port}})
+        result = move(proxy, "WS1", studies.studies[1].study_uid, cancel_after=1)
+        assert archive.cancelled.is_set(), result.output[-3000:]
+        assert result.final_status == CANCEL, result.output[-3000:]
+        assert result.completed == 1
+        assert dest.received_sop_uids() == {str(datasets[0].SOPInstanceUID)}
+        up = proxy.wait_event("upstream", lambda e: e.get("operation") == "C-MOVE")
+        assert up["status"] == "0xFE00"
+        inbound = [e for e in proxy.operations("C-STORE") if e.get("inbound")]
+        assert [e["move_message_id"] for e in inbound] == archive.move_ids
+        op = proxy.wait_event("operation", lambda e: e.get("operation") == "C-MOVE")
+        assert op["status"] == "0xFE00"
+    finally:
+        archive.close()
 
 
 # -- federation: the study is split over two archives -------------------------------------
