@@ -178,6 +178,8 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:    # queued in the backlog of a listener that just closed
+        return False                # (it may not be closed yet): ask again
     return False
 
 
