@@ -59,7 +59,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from proxy.rawtext import element, text_values
+from proxy.rawtext import element, keyword_tag, text_values
 
 __all__ = [
     "COUNT_KEYWORDS", "LEVEL_UNIQUE_KEYS", "UNION_KEYWORDS", "Deduplicator",
@@ -258,7 +258,7 @@ def _unique_keywords(level: str) -> tuple[str, ...]:
 
 def _text(identifier: Dataset, keyword: str) -> str:
     # Per streamed match: read the raw bytes, do not convert the element (proxy.rawtext).
-    return "\\".join(v.strip(" \0") for v in text_values(identifier, Tag(keyword)))
+    return "\\".join(v.strip(" \0") for v in text_values(identifier, keyword_tag(keyword)))
 
 
 def _values(elem: DataElement) -> list[str]:

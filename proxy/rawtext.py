@@ -29,6 +29,7 @@ Rule 3: write raw: ``set_text`` stores a value as a RawDataElement in the datase
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 from pydicom import config
@@ -39,7 +40,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-__all__ = ["charset", "element", "encodings", "set_text", "text_values"]
+__all__ = ["charset", "element", "encodings", "keyword_tag", "set_text", "text_values"]
 
 _CHARSET: Final = Tag(0x00080005)
 # Codecs for the Specific Character Set values whose decoding is a plain Python codec
@@ -52,6 +53,12 @@ _TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "S
                               "TM", "UC", "UI", "UR", "UT"})
 # VRs of which a backslash separates values (PS3.5 6.4); LT, ST, UT and UR are single.
 _SINGLE_VRS: Final = frozenset({"LT", "ST", "UT", "UR"})
+
+
+@lru_cache(maxsize=512)
+def keyword_tag(keyword: str) -> BaseTag:
+    """The tag of a DICOM keyword (cached: read once per relayed match)."""
+    return Tag(keyword)
 
 
 def text_values(ds: Dataset, tag: BaseTag | int) -> list[str]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.tag import BaseTag
 
 from proxy.config import Config
 from proxy.listener import Listener
@@ -40,7 +41,7 @@ if TYPE_CHECKING:   # annotations only: these modules import this one (no runtim
     from proxy.store.spool import Spool
 
 # The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
-_PHI_TAGS = tuple(tag for keyword in sorted(PHI_KEYWORDS)
+_PHI_TAGS = tuple(BaseTag(tag) for keyword in sorted(PHI_KEYWORDS)
                   if (tag := tag_for_keyword(keyword)) is not None)
 
 
@@ -62,8 +63,9 @@ class OperationRecord:
         """Remember the patient identifiers in ``ds`` so logs never show them."""
         if ds is None:
             return
-        for tag in _PHI_TAGS:       # runs once per C-FIND match: read, never convert
-            if tag in ds:
+        present = ds.keys()         # runs once per C-FIND match: read, never convert
+        for tag in _PHI_TAGS:
+            if tag in present:
                 self.phi.extend(text_values(ds, tag))
 
 

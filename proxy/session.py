@@ -22,19 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
-from pynetdicom.dsutils import decode
 
 from proxy.cancel import CancelToken
 from proxy.config import RouteConfig
 from proxy.dicom.events import MessageReceived, SendMessage
 from proxy.dicom.negotiation import Accepted
 from proxy.observe import events as ev
+from proxy.rawdataset import decode
 from proxy.ul import commands
 from proxy.ul.commands import Command
 
@@ -133,6 +132,4 @@ class Request:
         if not self.data:
             return Dataset()
         syntax = self.transfer_syntax
-        decoded: Dataset = decode(BytesIO(self.data), syntax == ImplicitVRLittleEndian,
-                                  syntax != ExplicitVRBigEndian)
-        return decoded
+        return decode(self.data, syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian)

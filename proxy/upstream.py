@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
@@ -40,7 +39,6 @@ from pynetdicom import (
     Association,
     evt,
 )
-from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
@@ -48,6 +46,7 @@ from pynetdicom.sop_class import Verification
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.fastencode import encode
+from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING, category
 from proxy.ul import commands, pdu
@@ -325,7 +324,7 @@ class ArchiveClient:
                         message = link.read_message()
                         code = response_status(message.command, commands.C_FIND_RSP)
                         last = time.monotonic()
-                        yield code, (decode(BytesIO(message.data), implicit, True)
+                        yield code, (decode(bytes(message.data), implicit)
                                      if message.data else None)
                         if code not in PENDING:
                             return
@@ -439,7 +438,7 @@ def move_status(command: commands.Command, identifier: bytes | None,
             setattr(status, keyword, command[element])
     if identifier and category(int(status.Status)) in ("warning", "failure", "cancel"):
         try:
-            decoded = decode(BytesIO(identifier), implicit, True)
+            decoded = decode(bytes(identifier), implicit)
         except Exception:  # an unreadable identifier: the counts still say what happened
             decoded = None
         if decoded is not None and "FailedSOPInstanceUIDList" in decoded:

@@ -14,10 +14,11 @@ Rule 2: the association is drained to ``NeedData`` after every read, and
         read.
 Rule 3: back-pressure both ways. Reading pauses while ``max_in_flight`` worker jobs
         are unfinished or the write buffer is above ``write_high_water`` (events wait,
-        undelivered, in the association). A worker's send blocks until the loop has
-        written it below the high-water mark; a loop-thread send only follows a read,
-        which that pause bounds. A write buffer that does not drain within
-        ``network_timeout`` aborts this association only.
+        undelivered, in the association). A worker's send is queued for the loop without
+        waiting while the write buffer is below the mark and what workers queued stays
+        under it; otherwise it blocks until the loop has written it below the mark. A
+        loop-thread send only follows a read, which that pause bounds. A write buffer
+        that does not drain within ``network_timeout`` aborts this association only.
 Rule 4: timers are loop timers, one handle each, no polling: ARTIM (``acse_timeout``)
         runs exactly while ``artim_running``; a watchdog aborts an association with no
         bytes either way for ``network_timeout``, or with a message begun and not
@@ -48,6 +49,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
@@ -126,9 +128,21 @@ class Outbox:
         self._link = link
 
     def send(self, item: Outgoing) -> None:
-        """Blocks until written below the high-water mark; ``LinkClosed`` if gone."""
+        """Queue ``item`` for the loop; blocks only while the association's write buffer
+        and what is queued reach the high-water mark (Rule 3). ``LinkClosed`` if gone;
+        a send the association refused raises here, on the worker's next send."""
+        link = self._link
+        link.raise_failed_send()
+        size = len(item.data) + 256 if isinstance(item, SendMessage) and item.data else 256
+        with link.posted_lock:
+            fast = not link.write_paused and link.posted + size <= link.limits.write_high_water
+            if fast:
+                link.posted += size
+        if fast:
+            self._post(link.send_posted, item, size)
+            return
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._post(self._link.send_for_worker, item, done)
+        self._post(link.send_for_worker, item, done)
         done.result()
 
     def request(self, message: SendMessage) -> MessageReceived:
@@ -168,6 +182,10 @@ class Link(asyncio.Protocol):
         self._active = self.loop.time()
         self._message_since: float | None = None
         self._reply_release = False
+        self._gathered: list[bytes] = []       # writes gathered for one system call
+        self.posted = 0                        # bytes workers queued, not yet sent
+        self.posted_lock = threading.Lock()
+        self._failed_send: Exception | None = None
         self.bytes_received = 0                # 0 at the end: a port probe
         self.abort_reason: str | None = None   # why this side aborted, if it did
 
@@ -318,6 +336,27 @@ class Link(asyncio.Protocol):
         if isinstance(item, pdu.AssociateAC) and not self.established.done():
             self.established.set_result(item)
 
+    def send_posted(self, item: Outgoing, size: int) -> None:
+        """A worker's send that did not wait (``Outbox.send``)."""
+        with self.posted_lock:
+            self.posted -= size
+        if self.closed.done():
+            return
+        try:
+            self._write(self.association.send(item), coalesce=True)
+        except Exception as exc:               # LocalProtocolError, PduError: the worker's
+            self._failed_send = exc
+
+    def raise_failed_send(self) -> None:
+        if self._failed_send is not None:
+            raise self._failed_send
+        if self.closed.done():
+            raise LinkClosed("association closed")
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
     def send_for_worker(self, item: Outgoing,
                         done: concurrent.futures.Future[None]) -> None:
         if self.closed.done():
@@ -333,8 +372,26 @@ class Link(asyncio.Protocol):
         else:
             done.set_result(None)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, coalesce: bool = False) -> None:
+        """Write ``data``; with ``coalesce``, gathered with the other writes of this loop
+        turn into one (a worker's burst of small responses: one system call, not one each).
+        Order is kept: any other write flushes what was gathered first."""
+        if coalesce:
+            if data:
+                if not self._gathered:
+                    self.loop.call_soon(self._flush)
+                self._gathered.append(data)
+            return
+        self._flush()
         if data and self.transport is not None and not self.transport.is_closing():
+            self._active = self.loop.time()
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        if not self._gathered:
+            return
+        data, self._gathered = b"".join(self._gathered), []
+        if self.transport is not None and not self.transport.is_closing():
             self._active = self.loop.time()
             self.transport.write(data)
 

@@ -58,7 +58,7 @@ from proxy.federation.ranges import (
     time_range,
     time_span,
 )
-from proxy.rawtext import element, text_values
+from proxy.rawtext import element, keyword_tag, text_values
 from proxy.status import Status
 
 __all__ = [
@@ -309,5 +309,5 @@ def _single(ds: Dataset, keyword: str) -> str | None:
 
 def _text(ds: Dataset, keyword: str) -> str:
     # Per streamed match (Sample.add): read the raw bytes, do not convert (proxy.rawtext).
-    values = text_values(ds, Tag(keyword))
+    values = text_values(ds, keyword_tag(keyword))
     return values[0].strip(" \0") if values else ""

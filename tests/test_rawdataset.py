@@ -1,0 +1,85 @@
+"""proxy.rawdataset.decode gives what pydicom's reader (pynetdicom's dsutils.decode) gives,
+element for element, on real-world data sets from pydicom's test data (Rule 1), and hands
+what it does not index to pydicom (Rule 2)."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_files
+from pydicom.sequence import Sequence
+from pynetdicom.dsutils import decode as pydicom_decode
+from pynetdicom.dsutils import encode
+
+from proxy import rawdataset
+from proxy.fastencode import encode as fast_encode
+
+
+def _samples() -> list[tuple[str, bytes, bool]]:
+    out = []
+    for path in sorted(get_testdata_files("*.dcm"))[:120]:
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        for implicit in (True, False):
+            try:
+                data = encode(ds, implicit, True)
+            except Exception:
+                continue
+            if data:
+                out.append((path.rsplit("/", 1)[-1], data, implicit))
+    return out
+
+
+SAMPLES = _samples()
+
+
+def as_tuples(ds: Dataset) -> list[tuple[int, str | None, int | None, object]]:
+    """Raw elements as read; an element pydicom's reader converted (an undefined-length
+    sequence) by its VR and value."""
+    return [(int(e.tag), e.VR, e.length, e.value) if getattr(e, "is_raw", False)
+            else (int(e.tag), e.VR, None, repr(e.value)) for e in ds._dict.values()]
+
+
+def test_there_are_enough_samples() -> None:
+    assert len(SAMPLES) > 100
+
+
+@pytest.mark.parametrize(("name", "data", "implicit"), SAMPLES,
+                         ids=[f"{n}-{'implicit' if i else 'explicit'}" for n, _, i in SAMPLES])
+def test_the_same_elements_and_encoding_as_pydicom(name: str, data: bytes,
+                                                   implicit: bool) -> None:
+    ours = rawdataset.decode(data, implicit)
+    theirs = pydicom_decode(BytesIO(data), implicit, True)
+    assert as_tuples(ours) == as_tuples(theirs)
+    assert ours.original_encoding == theirs.original_encoding
+    assert ours.original_character_set == theirs.original_character_set
+    assert fast_encode(ours, implicit, True) == fast_encode(theirs, implicit, True) == data
+
+
+def test_undefined_lengths_and_big_endian_go_to_pydicom() -> None:
+    ds = Dataset()
+    ds.PatientName = "Doe^John"
+    item = Dataset()
+    item.CodeValue = "1"
+    ds.ProcedureCodeSequence = Sequence([item])
+    ds.ProcedureCodeSequence.is_undefined_length = True
+    for implicit, little in ((True, True), (False, True), (False, False)):
+        data = encode(ds, implicit, little)
+        assert data is not None
+        ours = rawdataset.decode(data, implicit, little)
+        assert ours.ProcedureCodeSequence[0].CodeValue == "1"
+        assert str(ours.PatientName) == "Doe^John"
+
+
+def test_a_truncated_data_set_reads_as_pydicom_reads_it() -> None:
+    ds = Dataset()
+    ds.PatientID = "12345678"
+    data = encode(ds, False, True)
+    assert data is not None
+    cut = data[:-3]
+    assert as_tuples(rawdataset.decode(cut, False)) == as_tuples(
+        pydicom_decode(BytesIO(cut), False, True))
