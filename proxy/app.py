@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from proxy import health, retrieve
+from proxy import retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
+from proxy.observe import health
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.operations import echo, find, get, move, store

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
-from proxy.synthetic import make_studies
+from proxy.tools.synthetic import make_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import FindResult, findscu
 from tests.e2e.orthanc import OrthancArchive
