@@ -44,8 +44,8 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.dsutils import decode, encode  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # noqa: E402
 
-from proxy.merging import Deduplicator, merge_all  # noqa: E402
-from proxy.synthetic import make_studies, synthetic_uid  # noqa: E402
+from proxy.query.merging import Deduplicator, merge_all  # noqa: E402
+from proxy.tools.synthetic import make_studies, synthetic_uid  # noqa: E402
 from tests.e2e.orthanc import OrthancArchive  # noqa: E402
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry  # noqa: E402
 

@@ -36,7 +36,7 @@ from pydicom import Dataset  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND  # noqa: E402
 
-from proxy.synthetic import make_studies  # noqa: E402
+from proxy.tools.synthetic import make_studies  # noqa: E402
 from tests.e2e.dcmtk import findscu  # noqa: E402
 from tests.e2e.orthanc import OrthancArchive  # noqa: E402
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry  # noqa: E402

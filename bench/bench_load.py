@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from pydicom import Dataset  # noqa: E402
 
-from proxy.synthetic import make_studies  # noqa: E402
+from proxy.tools.synthetic import make_studies  # noqa: E402
 from tests.e2e.dcmtk import DcmtkResult, findscu, getscu  # noqa: E402
 from tests.e2e.orthanc import OrthancArchive  # noqa: E402
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry  # noqa: E402

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.synthetic import make_studies, write_studies
+from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.dcmtk import StoreSCP, movescu
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK, free_port

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from proxy.synthetic import make_studies, write_studies  # noqa: E402
+from proxy.tools.synthetic import make_studies, write_studies  # noqa: E402
 from tests.e2e.orthanc import OrthancArchive  # noqa: E402
 from tests.e2e.ports import free_port  # noqa: E402
 

@@ -12,13 +12,15 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from proxy import federation, health, retrieve
+from proxy import retrieve
 from proxy.config import Config
 from proxy.listener import Listener
 from proxy.observe import events as ev
+from proxy.observe import health
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.operations import echo, find, get, move, store
+from proxy.query import federation
 from proxy.responder import C_ECHO_RQ, C_MOVE_RQ, respond
 from proxy.services import Services
 from proxy.session import Request

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.rules)
     if args.command == "doctor":
         return _doctor(args.rules, args.timeout)
-    from proxy.demo import run_demo
+    from proxy.tools.demo import run_demo
     return run_demo(port=args.port, metrics_port=args.metrics_port, studies=args.studies,
                     workdir=args.dir, exit_after_ready=args.exit_after_ready)
 
@@ -72,7 +72,7 @@ def _doctor(path: str, timeout: float) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    from proxy.doctor import diagnose, exit_status, render
+    from proxy.tools.doctor import diagnose, exit_status, render
 
     findings = diagnose(config, timeout)
     for line in render(findings):

@@ -34,9 +34,9 @@ from proxy.session import Request, Session
 from proxy.upstream import ArchiveClient, UpstreamError
 
 if TYPE_CHECKING:   # annotations only: these modules import this one (no runtime cycle)
-    from proxy.federation.locations import Locate, LocationCache
-    from proxy.federation.recovery import Finder
-    from proxy.health import HealthMonitor
+    from proxy.observe.health import HealthMonitor
+    from proxy.query.federation.locations import Locate, LocationCache
+    from proxy.query.federation.recovery import Finder
     from proxy.retrieve.inbound import InboundRegistry
     from proxy.store.spool import Spool
 
@@ -74,10 +74,10 @@ class Plugins:
     """What the extensions in ``proxy.app.EXTENSIONS`` plug in; ``None`` when not installed."""
 
     spool: Spool | None = None                    # proxy.store.drain.start
-    health: HealthMonitor | None = None           # proxy.health.start ([health] enabled)
-    locations: LocationCache | None = None        # proxy.federation.install
+    health: HealthMonitor | None = None           # proxy.observe.health.start ([health] enabled)
+    locations: LocationCache | None = None        # proxy.query.federation.install
     remember_location: Callable[[str, str, Dataset], None] | None = None   # federation
-    locate: Locate | None = None                  # proxy.federation.install
+    locate: Locate | None = None                  # proxy.query.federation.install
     find_query: Finder | None = None              # federation: C-FIND with cap recovery
     retrieve_inbound: InboundRegistry | None = None                # proxy.retrieve.install
     inbound_store: Callable[[Request], int | Dataset] | None = None  # proxy.retrieve

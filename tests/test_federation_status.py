@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.fanout import Outcome
 from proxy.operations.find import final_status
+from proxy.query.fanout import Outcome
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 

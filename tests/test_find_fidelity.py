@@ -33,11 +33,11 @@ from pydicom.charset import convert_encodings, encode_string
 from pynetdicom.dsutils import decode
 
 from proxy.fastencode import encode
-from proxy.federation import caps
-from proxy.federation.locations import LocationCache
-from proxy.matching import matches
-from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all, unique_key
 from proxy.operations.find import _deliver, read_query
+from proxy.query.federation import caps
+from proxy.query.federation.locations import LocationCache
+from proxy.query.matching import matches
+from proxy.query.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all, unique_key
 from proxy.services import OperationRecord
 
 RETRIEVE_AE = 0x00080054

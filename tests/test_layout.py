@@ -7,8 +7,13 @@ are left out: they are annotations only and never run.
 
 Rule 1: the runtime graph of proxy.* modules has no cycle, apart from KNOWN_CYCLES.
 Rule 2: the layer table holds: the protocol layer (``proxy.dicom``, ``proxy.ul``) knows
-        no handlers; configuration and observers know no operation, retrieve or store
-        code; ``Services`` (``proxy.services``) is not imported below the handlers.
+        no handlers; configuration imports nothing of the proxy outside ``proxy.config``;
+        observers know no handler code (the health monitor probes through
+        ``proxy.upstream``, below the handlers); the C-FIND side (``proxy.query``) imports
+        no operation handler and no listener; ``Services`` (``proxy.services``) is not
+        imported below the handlers.
+Rule 3: the tools (``proxy.tools``: demo, doctor, synthetic studies) are imported only by
+        ``proxy.cli`` (and by each other): nothing that serves traffic depends on them.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ Graph = Mapping[str, frozenset[str]]
 # on reception's side, so it is not a runtime cycle. A NEW cycle fails Rule 1.
 KNOWN_CYCLES: list[frozenset[str]] = []
 
-# Where the handlers live: what the lower layers must not import.
-HANDLERS = ("proxy.app", "proxy.services", "proxy.listener", "proxy.operations", "proxy.retrieve",
-            "proxy.store", "proxy.federation", "proxy.health", "proxy.cli")
+# The workstation-facing listener on the proxy's own stack.
+LISTENER = ("proxy.listener", "proxy.association", "proxy.responder")
+# One handler per DIMSE operation.
+OPERATIONS = ("proxy.operations",)
+# Where the handlers live, what they run on and what they call: what the lower layers
+# (configuration, observers, negotiation offers) must not import.
+HANDLERS = ("proxy.app", "proxy.services", *LISTENER, *OPERATIONS, "proxy.query",
+            "proxy.retrieve", "proxy.store", "proxy.tools", "proxy.cli")
 
 # Rule 2, allow-lists: modules under the key import from proxy only what is listed.
 ONLY_FROM: dict[str, tuple[str, ...]] = {
@@ -41,19 +51,37 @@ ONLY_FROM: dict[str, tuple[str, ...]] = {
     "proxy.dicom": ("proxy.dicom", "proxy.ul", "proxy.status", "proxy.contexts"),
     "proxy.ul": ("proxy.ul", "proxy.dicom", "proxy.status"),
     "proxy.status": (),
+    # rules.toml → dataclasses (model) through generic checks: the bottom of the proxy.
+    "proxy.config": ("proxy.config",),
 }
 
 # Rule 2, deny-lists: modules under the key import none of what is listed.
 NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.config": HANDLERS,
-    "proxy.config_checks": HANDLERS,
+    # Observers know no handler code. observe.health is the one observer that talks to
+    # peers (a C-ECHO per archive and destination): through proxy.upstream, the archive
+    # client below the handlers; the Services it is started with is an annotation only
+    # (TYPE_CHECKING), so Services → health and health → Services are not runtime edges.
     "proxy.observe": HANDLERS,
+    # The event bus and its Prometheus and log observers talk to no peer.
+    **{f"proxy.observe.{name}": ("proxy.upstream", "proxy.ul", "proxy.dicom")
+       for name in ("events", "metrics", "logs")},
+    # The C-FIND side (fan-out, matching, merging, federation) is called by the handlers
+    # (operations.find, retrieve's survey) and plugged in by proxy.app; it may use
+    # Services (federation is an extension) but no handler, listener, retrieve or store.
+    "proxy.query": (*OPERATIONS, *LISTENER, "proxy.app", "proxy.cli", "proxy.tools",
+                    "proxy.retrieve", "proxy.store"),
     "proxy.contexts": HANDLERS,
     "proxy.dicom": ("proxy.services",),
     "proxy.ul": ("proxy.services",),
     # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
     "proxy.store": tuple(f"proxy.operations.{name}" for name in
                          ("echo", "find", "get", "move", "store", "store_relay")),
+}
+
+# Rule 3, reverse allow-lists: modules under the key are imported only from what is listed.
+IMPORTED_ONLY_BY: dict[str, tuple[str, ...]] = {
+    "proxy.tools": ("proxy.cli", "proxy.tools"),
 }
 
 
@@ -174,7 +202,7 @@ def _under(module: str, prefix: str) -> bool:
 
 
 def violations(graph: Graph) -> list[str]:
-    """Every import that breaks the layer table (Rule 2), as ``a -> b (why)``."""
+    """Every import that breaks the layer table (Rules 2 and 3), as ``a -> b (why)``."""
     out: list[str] = []
     for module, targets in sorted(graph.items()):
         for target in sorted(targets):
@@ -184,6 +212,10 @@ def violations(graph: Graph) -> list[str]:
             for layer, denied in NEVER_FROM.items():
                 if _under(module, layer) and any(_under(target, d) for d in denied):
                     out.append(f"{module} -> {target} ({layer} never imports {denied})")
+            for layer, importers in IMPORTED_ONLY_BY.items():
+                if _under(target, layer) and not any(_under(module, i) for i in importers):
+                    out.append(f"{module} -> {target} ({layer} is imported only by "
+                               f"{importers})")
     return out
 
 
@@ -198,7 +230,14 @@ def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
     assert "proxy.retrieve.transcode" in graph["proxy.retrieve.sinks"]  # from proxy.retrieve import
     assert "proxy.retrieve.reception" in graph["proxy.retrieve.buffer"]
     assert "proxy.retrieve.buffer" not in graph["proxy.retrieve.reception"]  # TYPE_CHECKING
-    assert "proxy.health" not in graph["proxy.services"]               # TYPE_CHECKING
+    assert "proxy.observe.health" not in graph["proxy.services"]       # TYPE_CHECKING
+    assert "proxy.services" not in graph["proxy.observe.health"]       # TYPE_CHECKING
+    assert "proxy.upstream" in graph["proxy.observe.health"]
+    assert "proxy.query.federation" in graph["proxy.app"]     # from proxy.query import federation
+    assert "proxy.query.fanout" in graph["proxy.query.federation.recovery"]
+    assert "proxy.config.checks" in graph["proxy.config.model"]  # from proxy.config import checks
+    assert "proxy.config.model" in graph["proxy.config"]
+    assert {"proxy.tools.demo", "proxy.tools.doctor"} <= graph["proxy.cli"]   # deferred
 
 
 def test_no_new_import_cycle(graph: dict[str, frozenset[str]]) -> None:   # Rule 1
@@ -245,9 +284,30 @@ def test_type_checking_and_deferred_imports() -> None:
 def test_a_layer_breach_is_reported() -> None:
     graph = {"proxy.dicom.pdu": frozenset({"proxy.services", "proxy.status"}),
              "proxy.observe.logs": frozenset({"proxy.retrieve.tally"}),
-             "proxy.config": frozenset({"proxy.config_checks"})}
+             "proxy.observe.metrics": frozenset({"proxy.upstream"}),
+             "proxy.observe.health": frozenset({"proxy.upstream", "proxy.observe.events"}),
+             "proxy.config": frozenset({"proxy.config.model"}),
+             "proxy.config.model": frozenset({"proxy.config.checks", "proxy.status"}),
+             "proxy.query.federation.recovery": frozenset({"proxy.operations.find",
+                                                           "proxy.services"}),
+             "proxy.query.fanout": frozenset({"proxy.association", "proxy.upstream"}),
+             "proxy.retrieve.survey": frozenset({"proxy.tools.synthetic", "proxy.query.fanout"}),
+             "proxy.cli": frozenset({"proxy.tools.demo"}),
+             "proxy.tools.demo": frozenset({"proxy.tools.synthetic", "proxy.app"})}
     found = violations(graph)
     assert any(v.startswith("proxy.dicom.pdu -> proxy.services") for v in found)
     assert any(v.startswith("proxy.observe.logs -> proxy.retrieve.tally") for v in found)
-    assert not any("proxy.status" in v.split(" (")[0] for v in found)
-    assert not any(v.startswith("proxy.config ") for v in found)
+    assert any(v.startswith("proxy.observe.metrics -> proxy.upstream") for v in found)
+    assert any(v.startswith("proxy.config.model -> proxy.status") for v in found)
+    assert any(v.startswith("proxy.query.federation.recovery -> proxy.operations.find")
+               for v in found)
+    assert any(v.startswith("proxy.query.fanout -> proxy.association") for v in found)
+    assert any(v.startswith("proxy.retrieve.survey -> proxy.tools.synthetic") for v in found)
+    reported = {v.split(" (")[0] for v in found}
+    assert not any("proxy.status" in v for v in reported if not v.startswith("proxy.config"))
+    assert not any(v.startswith(("proxy.config ", "proxy.cli ", "proxy.tools.",
+                                 "proxy.observe.health ")) for v in reported)
+    assert "proxy.config.model -> proxy.config.checks" not in reported
+    assert "proxy.query.federation.recovery -> proxy.services" not in reported
+    assert "proxy.query.fanout -> proxy.upstream" not in reported
+    assert "proxy.retrieve.survey -> proxy.query.fanout" not in reported

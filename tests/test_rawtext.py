@@ -17,7 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-from proxy.operations.find import _deliver, workstation_syntax
+from proxy.operations.find import _deliver
+from proxy.query.fanout import workstation_syntax
 from proxy.rawtext import set_text, text_values
 from proxy.services import OperationRecord
 from proxy.upstream import query_contexts

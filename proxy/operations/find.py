@@ -9,16 +9,16 @@ Rule 1: the workstation's identifier goes upstream unchanged (match and return
 Rule 2: one archive: every match and its final status are passed back as is —
         a route never drops what its archive returned. Several archives
         (federation): matches are de-duplicated by the level's unique key across
-        archives only (``proxy.merging`` rules 1-1b: an archive's own answers are
+        archives only (``proxy.query.merging`` rules 1-1b: an archive's own answers are
         never duplicates of each other), and the final status is chosen by
         ``final_status`` (documented there).
         Route ``merge = "stream"`` (default): the first answer for an entity is
         sent at once, later ones dropped and counted (``duplicates``).
         ``merge = "complete"``: every answer is collected, then merged per entity
-        by ``proxy.merging.merge_all`` (empty keys filled from later archives,
+        by ``proxy.query.merging.merge_all`` (empty keys filled from later archives,
         counts take the larger) and sent when the last archive has answered.
 Rule 2b: ``recheck_matches = true``: each match is re-checked against the
-        workstation's query with ``proxy.matching.matches`` (PS3.4 C.2.2.2);
+        workstation's query with ``proxy.query.matching.matches`` (PS3.4 C.2.2.2);
         non-matching ones are dropped and counted (``recheck_dropped``).
 Rule 2c: every archive that answers for an entity is remembered
         (``remember_location``), duplicates included, before de-duplication.
@@ -41,10 +41,10 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 
 from proxy.cancel import CancelToken
-from proxy.fanout import Match, Outcome, fan_out
-from proxy.matching import matches
-from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
+from proxy.query.fanout import Match, Outcome, fan_out, workstation_syntax
+from proxy.query.matching import matches
+from proxy.query.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
 from proxy.rawtext import element, set_text, text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
@@ -185,12 +185,6 @@ def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str
     record.details["matches"] += 1
     record.protect(ds)
     return status, ds
-
-
-def workstation_syntax(event: Request | None) -> str | None:
-    """The transfer syntax of the workstation's request: ask archives in it first, so
-    matches pass through as their bytes (``ArchiveClient.find``, ``proxy.rawtext``)."""
-    return event.transfer_syntax if event is not None else None
 
 
 def final_status(outcomes: list[Outcome], cancelled: bool,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 
 from proxy.cancel import CancelToken
-from proxy.fanout import Match, Outcome, fan_out
+from proxy.query.fanout import Match, Outcome, fan_out
 from proxy.retrieve import sopclasses
 from proxy.retrieve.identifiers import LEVEL_KEYS, with_selection
 from proxy.services import Services

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from proxy.synthetic import make_studies, write_studies
+from proxy.tools.synthetic import make_studies, write_studies
 
 SESSION_STUDIES = 5
 SESSION_SERIES_PER_STUDY = 2

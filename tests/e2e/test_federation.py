@@ -20,7 +20,7 @@ from pydicom import Dataset, dcmread
 
 from proxy.app import Proxy
 from proxy.config import parse
-from proxy.synthetic import make_studies
+from proxy.tools.synthetic import make_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import SUCCESS, FindResult, findscu, tool
 from tests.e2e.fault_peers import ScriptedArchive

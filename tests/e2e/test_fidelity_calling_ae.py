@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset, dcmread
 
-from proxy.synthetic import make_studies, write_studies
+from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.data import SyntheticSet, build_synthetic_set
 from tests.e2e.dcmtk import (
     SUCCESS,

@@ -5,7 +5,7 @@ collision, or patients merged elsewhere): Orthanc files studies under PatientID 
 so it keeps both and a STUDY query by that UID answers two matches. The same findscu is
 sent directly and through the proxy, and the answers must be equal — on a plain route,
 on a route whose archive has cap recovery on (``max_results``), and in a federation of
-two replicas (de-duplication is across archives only, ``proxy.merging`` rule 1b).
+two replicas (de-duplication is across archives only, ``proxy.query.merging`` rule 1b).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
-from proxy.synthetic import make_studies
+from proxy.tools.synthetic import make_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import FindResult, findscu
 from tests.e2e.orthanc import OrthancArchive
@@ -88,7 +88,7 @@ def test_a_federation_of_replicas_answers_each_colliding_study_once(
 
 def test_a_federation_answers_one_uid_held_by_two_archives_once(
         orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory) -> None:
-    """Decision (``proxy.merging`` rule 1): across archives the UID is the entity, even
+    """Decision (``proxy.query.merging`` rule 1): across archives the UID is the entity, even
     under two Patient IDs — archives file one study under their own patient domains."""
     uid, (first, second) = colliding()
     a, b = orthanc_factory("SITE_A"), orthanc_factory("SITE_B")

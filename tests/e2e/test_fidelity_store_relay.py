@@ -29,7 +29,7 @@ from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from proxy.synthetic import make_studies, write_studies
+from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import tool
 from tests.e2e.orthanc import OrthancArchive

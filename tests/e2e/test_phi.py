@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from proxy.observe.logs import PhiFilter
-from proxy.synthetic import make_instance
+from proxy.tools.synthetic import make_instance
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import findscu
 from tests.e2e.ports import LOOPBACK, free_port

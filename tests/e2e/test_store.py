@@ -32,7 +32,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-from proxy.synthetic import make_studies, write_studies
+from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import tool
 from tests.e2e.orthanc import OrthancArchive

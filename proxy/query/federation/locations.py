@@ -17,7 +17,7 @@ Rule 4 (what a hit means): the archives that were *seen* holding the UID. It say
 Rule 5: this module never logs or counts; ``locate`` reports each request to an archive
         through ``Services.upstream_call`` (one ``upstream`` log line each).
 
-``services.plugins`` fields set by ``proxy.federation.install``:
+``services.plugins`` fields set by ``proxy.query.federation.install``:
   ``locations``: the LocationCache; ``remember_location``: ``LocationCache.remember``;
   ``locate``: ``Locator.locate``.
 """
@@ -39,7 +39,7 @@ from pynetdicom.sop_class import (
 )
 
 from proxy.cancel import CancelToken
-from proxy.fanout import Match, Outcome, fan_out
+from proxy.query.fanout import Match, Outcome, fan_out
 from proxy.rawtext import text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request

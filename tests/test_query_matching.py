@@ -1,4 +1,4 @@
-"""Tests for proxy.matching: C-FIND attribute matching, PS3.4 C.2.2.2 (rules 1-10)."""
+"""Tests for proxy.query.matching: C-FIND attribute matching, PS3.4 C.2.2.2 (rules 1-10)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from proxy.matching import is_matching_key, matches
+from proxy.query.matching import is_matching_key, matches
 
 ABSENT: Any = object()  # the candidate lacks the attribute
 

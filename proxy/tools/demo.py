@@ -28,7 +28,7 @@ from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from proxy.config import parse
-from proxy.synthetic import make_studies
+from proxy.tools.synthetic import make_studies
 
 LOOPBACK = "127.0.0.1"
 

@@ -5,7 +5,7 @@ Rule 1: every error is a ConfigError whose message starts with the key path
 Rule 2: unknown keys are errors — a typo must never be silently ignored.
 Rule 3: every reference by name (route → archive, store_to → archive) is
         checked here, so nothing downstream has to cope with a dangling name.
-Rule 4: AE titles are validated with pynetdicom's own rules, plus "not empty".
+Rule 4: AE titles are validated by ``checks.ae_problem`` (PS3.5 6.2, VR AE), plus "not empty".
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proxy import config_checks as check
-from proxy.config_checks import ConfigError as ConfigError
+from proxy.config import checks as check
+from proxy.config.checks import ConfigError as ConfigError
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - the card asks for tomli below 3.11
     import tomllib

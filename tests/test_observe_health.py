@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from proxy import health
 from proxy.config import ConfigError, HealthConfig, parse
-from proxy.health import HealthMonitor, transition, verdict
 from proxy.observe import events as ev
+from proxy.observe import health
+from proxy.observe.health import HealthMonitor, transition, verdict
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
 from proxy.services import Plugins

@@ -2,7 +2,7 @@
 
 Job: from data only, decide whether one archive's answer was probably cut at its match cap,
 and how to split the query so that every piece answers below the cap. No sockets here:
-``proxy.federation.recovery`` runs the plans. Section numbers are PS3.4 Annex C.
+``proxy.query.federation.recovery`` runs the plans. Section numbers are PS3.4 Annex C.
 
 Rule 1 (detection): an answer is capped when the archive has a cap (``max_results = N``) and
         returned N or more matches, or when it ended with Cancel (0xFE00) that the proxy never
@@ -46,7 +46,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from proxy.federation.ranges import (
+from proxy.query.federation.ranges import (
     DATE_CEILING,
     DATE_FLOOR,
     LAST_SECOND,

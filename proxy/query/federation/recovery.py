@@ -1,6 +1,6 @@
 """One archive's C-FIND, past its silent match cap: ask, detect the cap, split, ask again.
 
-Job: the I/O half of ``proxy.federation.caps``. ``Recovery.run`` is what the federation
+Job: the I/O half of ``proxy.query.federation.caps``. ``Recovery.run`` is what the federation
 plugs into ``services.plugins.find_query``: it yields ``(status, identifier)`` for every
 match as it arrives and one final status, like ``ArchiveClient.find``.
 
@@ -39,10 +39,10 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 
 from proxy.cancel import CancelToken
-from proxy.federation import caps
-from proxy.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.observe.events import AssocInfo, FindMatched, Noted
-from proxy.operations.find import workstation_syntax
+from proxy.query.fanout import workstation_syntax
+from proxy.query.federation import caps
+from proxy.query.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.rawtext import text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request

@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (
 )
 
 from proxy.config import Config, parse
-from proxy.doctor import (
+from proxy.tools.doctor import (
     FAIL,
     OK,
     WARN,

@@ -1,4 +1,4 @@
-"""Tests for proxy.federation.locations: the bounded, expiring cache and ``locate``."""
+"""Tests for proxy.query.federation.locations: the bounded, expiring cache and ``locate``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pydicom import Dataset
 
 from proxy.cancel import CancelToken
 from proxy.config import parse
-from proxy.federation.locations import LocationCache, Locator
 from proxy.observe import events as ev
+from proxy.query.federation.locations import LocationCache, Locator
 from proxy.services import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError

@@ -1,7 +1,8 @@
 """Federation: one AE title in front of several archives, one merged C-FIND answer.
 
 The C-FIND fan-out, de-duplication, Retrieve AE Title rewrite and final status live in
-``proxy.operations.find`` (with ``proxy.fanout`` and ``proxy.merging``). This package adds:
+``proxy.operations.find`` (with ``proxy.query.fanout`` and ``proxy.query.merging``).
+This package adds:
 
 - ``caps`` (pure): is an answer capped, and how to split its query (Study Date ranges,
   Study Time ranges, UID lists, parent drill-down, Patient ID prefixes);
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.federation.locations import LocationCache, Locator
-from proxy.federation.recovery import make_finder
+from proxy.query.federation.locations import LocationCache, Locator
+from proxy.query.federation.recovery import make_finder
 from proxy.services import Services
 
 

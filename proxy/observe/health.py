@@ -26,12 +26,14 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.observe import events as ev
-from proxy.services import Services
 from proxy.status import Status, hex_status
 from proxy.upstream import ArchiveClient, UpstreamError
+
+if TYPE_CHECKING:   # annotations only: an observer imports no handler code
+    from proxy.services import Services
 
 ARCHIVE, DESTINATION = "archive", "destination"
 _MAX_WORKERS = 16

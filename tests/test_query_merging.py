@@ -1,4 +1,4 @@
-"""Tests for proxy.merging: de-duplication and merging of federated C-FIND matches."""
+"""Tests for proxy.query.merging: de-duplication and merging of federated C-FIND matches."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dsutils import decode, encode
 
 from proxy import fastencode
-from proxy.merging import (
+from proxy.query.merging import (
     COUNT_KEYWORDS,
     LEVEL_UNIQUE_KEYS,
     UNION_KEYWORDS,

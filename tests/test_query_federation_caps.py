@@ -1,7 +1,7 @@
-"""Tests for proxy.federation.caps (cap detection, split plans) and the recovery loop.
+"""Tests for proxy.query.federation.caps (cap detection, split plans) and the recovery loop.
 
-The recovery tests run ``proxy.federation.recovery.Recovery`` against an in-memory archive
-that matches with ``proxy.matching`` and caps like Orthanc (Cancel after N) or silently
+The recovery tests run ``proxy.query.federation.recovery.Recovery`` against an in-memory archive
+that matches with ``proxy.query.matching`` and caps like Orthanc (Cancel after N) or silently
 (Success after N): the recovered answer must be exactly what the archive holds.
 """
 
@@ -20,10 +20,10 @@ from pydicom import Dataset
 
 from proxy.cancel import CancelToken
 from proxy.config import parse
-from proxy.federation import caps
-from proxy.federation.recovery import Recovery
-from proxy.matching import matches
 from proxy.observe import events as ev
+from proxy.query.federation import caps
+from proxy.query.federation.recovery import Recovery
+from proxy.query.matching import matches
 from proxy.services import Services
 from proxy.status import Status
 from proxy.upstream import UpstreamError
@@ -241,7 +241,7 @@ class FakePeer:
 
 
 class CappedArchive:
-    """Answers C-FIND from a list of identifiers with proxy.matching, capped at ``cap``."""
+    """Answers C-FIND from a list of identifiers with proxy.query.matching, capped at ``cap``."""
 
     def __init__(self, name: str, holdings: list[Dataset], cap: int, silent: bool = False,
                  seed: int = 0) -> None:

@@ -15,11 +15,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 
 from proxy.cancel import CancelToken
 from proxy.upstream import ArchiveClient, UpstreamError
+
+if TYPE_CHECKING:   # annotations only
+    from proxy.session import Request
 
 _QUEUE_DEPTH = 512
 
@@ -43,6 +47,12 @@ class Outcome:
 
 Item = Match | Outcome
 Query = Callable[[ArchiveClient, CancelToken], Iterator[tuple[int | None, Dataset | None]]]
+
+
+def workstation_syntax(event: Request | None) -> str | None:
+    """The transfer syntax of the workstation's request: ask archives in it first, so
+    matches pass through as their bytes (``ArchiveClient.find``, ``proxy.rawtext``)."""
+    return event.transfer_syntax if event is not None else None
 
 
 def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,

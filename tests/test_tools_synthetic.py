@@ -1,4 +1,4 @@
-"""Tests for proxy.synthetic: determinism, hierarchy, dates, patients, valid Part-10 files."""
+"""Tests for proxy.tools.synthetic: determinism, hierarchy, dates, patients, valid Part-10 files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from proxy.synthetic import make_instance, make_studies, study_date_for, write_studies
+from proxy.tools.synthetic import make_instance, make_studies, study_date_for, write_studies
 
 QR_KEYWORDS = (
     "PatientID",
