@@ -9,7 +9,7 @@ Rule 3: this module talks DICOM; it does not log or count. Callers emit events.
 Rule 4: every request the proxy makes for a workstation (C-ECHO, C-FIND, C-MOVE, and
         the retrieve and store paths built on ``link``) goes over the proxy's lean upper
         layer (``proxy.ul``). ``associate`` (plain pynetdicom) is for the diagnostics
-        (``proxy.doctor``) only.
+        (``proxy.tools.doctor``) only.
 Rule 5: a response stream that ends without a final status raises ``no_response``:
         ``timeout`` when the peer was silent for its ``timeout``, ``aborted`` when the
         association ended under us. A C-CANCEL goes upstream once the request's
@@ -183,7 +183,7 @@ class ArchiveClient:
                   handlers: list[Any] | None = None) -> Iterator[Association]:
         """An established pynetdicom association, released (or aborted) on exit.
 
-        For the diagnostics (``proxy.doctor``); requests made for workstations go over
+        For the diagnostics (``proxy.tools.doctor``); requests made for workstations go over
         ``link`` (Rule 4).
         """
         ae = self._make_ae()
