@@ -14,7 +14,8 @@ Rule 2: a C-STORE data set is written as it arrives into a Part-10 file in the
         renamed into place), its File Meta naming the sending and receiving AE titles
         (PS3.10 7.1; ``routing.forward_calling_ae``). Any other data set (an
         identifier) is held in memory up to ``MAX_IDENTIFIER`` bytes; a larger one
-        aborts the association. A file left when the association ends is deleted.
+        aborts the association. A handler takes the file (renames it into the spool or
+        the retrieve buffer) or deletes it; one left when the association ends is deleted.
 Rule 3: a C-CANCEL-RQ is not dispatched: it sets the cancel token of the request it
         names, on the loop thread, while that request's handler runs in a worker.
 Rule 4: every association ends in exactly one report: released, aborted (with the
@@ -216,9 +217,6 @@ class WorkstationAssociation:
             finally:
                 if self._running.get(msg_id) is request:
                     del self._running[msg_id]
-                if path is not None:
-                    path.unlink(missing_ok=True)     # not taken by the handler
-                    self._files.discard(path)
 
         self.link.run_in_worker(work)
 
@@ -291,7 +289,7 @@ class WorkstationAssociation:
             self.link.driver.executor.submit(hook, session)
         if session.accepted:
             listener.bus.emit(ev.AssociationClosed(session.info))
-        for path in self._files:
+        for path in self._files:              # what no handler took (refused, aborted)
             path.unlink(missing_ok=True)
         listener.sessions.discard(session)
         session.admitted = False

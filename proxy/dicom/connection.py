@@ -27,6 +27,9 @@ Rule 5: bounded: a P-DATA-TF may be as long as the maximum PDU length this side
         announced (0 announced → ``UNLIMITED_PDU``), an association PDU as long as
         ``max_associate_pdu``. The 6-byte header decides before the body is buffered,
         so a 4 GB length costs nothing.
+Rule 6: no copy of what arrives whole: PDUs are parsed in place from the bytes of the
+        read that holds them (the PDV data handed on are views of those bytes, which
+        never change); only a PDU split across reads is gathered into one buffer.
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ class Association:
         self.proposed: dict[int, str] = {}    # context ID -> abstract syntax
         self.contexts: dict[int, str] = {}    # accepted context ID -> transfer syntax
         self._assembler = Assembler(stream=stream_data)
-        self._in = bytearray()
+        self._head = bytearray()              # a PDU begun in an earlier read (Rule 6)
+        self._chunk: bytes = b""              # the latest read, parsed in place from _pos
+        self._pos = 0
         self._out = bytearray()
         self._pending: deque[Received] = deque()
         self._eof = self._broken = False
@@ -105,12 +110,16 @@ class Association:
         if not data:
             self._eof = True
         elif not self._broken and not self._eof:
-            self._in += data
+            if self._pos < len(self._chunk):   # not all parsed yet (the driver paused)
+                self._chunk = self._chunk[self._pos:] + bytes(data)
+            else:
+                self._chunk = data if isinstance(data, bytes) else bytes(data)
+            self._pos = 0
 
     @property
     def buffered(self) -> int:
         """Received bytes not yet handled (a partial PDU, within its limit, Rule 5)."""
-        return len(self._in)
+        return len(self._head) + len(self._chunk) - self._pos
 
     def data_to_send(self) -> bytes:
         """Bytes the received input made this side send (A-ABORT, A-ASSOCIATE-RJ)."""
@@ -134,17 +143,27 @@ class Association:
         return self.max_associate_pdu
 
     def _next_pdu(self) -> bool:
-        """Handle one whole buffered PDU; False when there is none."""
-        if self._broken or not self._in:
+        """Handle one whole buffered PDU; False when there is none (Rule 6)."""
+        if self._broken or not self.buffered:
             return False
-        first = self._in[0]
+        head = self._head
+        first = head[0] if head else self._chunk[self._pos]
+        raw: bytes | memoryview | None
         try:
-            framed = pdu.frame(self._in, self._limit(first))
-            if framed is None:
-                return False
-            kind, total = framed
-            raw = bytes(self._in[:total])
-            del self._in[:total]
+            if head:
+                raw = self._completed(head, first)
+                if raw is None:
+                    return False
+            else:
+                view = memoryview(self._chunk)[self._pos:]
+                framed = pdu.frame(view, self._limit(first))
+                if framed is None:             # a PDU begun: wait for the rest
+                    head += view
+                    self._pos = len(self._chunk)
+                    return False
+                raw = view[:framed[1]]
+                self._pos += framed[1]
+            kind = first
             received = pdu.parse(raw)
         except pdu.PduError as exc:
             reason = UNRECOGNIZED_PDU if first not in _RECEIVED else INVALID_PARAMETER
@@ -153,10 +172,32 @@ class Association:
         self._dispatch(_RECEIVED[kind], received)
         return True
 
+    def _completed(self, head: bytearray, first: int) -> bytes | None:
+        """``head`` grown from the latest read up to one whole PDU; None while short."""
+        chunk, pos = self._chunk, self._pos
+        if len(head) < pdu.HEADER.size:
+            take = min(pdu.HEADER.size - len(head), len(chunk) - pos)
+            head += chunk[pos:pos + take]
+            pos = self._pos = pos + take
+            if len(head) < pdu.HEADER.size:
+                return None
+        framed = pdu.frame(head, self._limit(first))   # the limit, before the body
+        total = framed[1] if framed is not None else \
+            pdu.HEADER.size + pdu.HEADER.unpack_from(head)[1]
+        take = min(total - len(head), len(chunk) - pos)
+        head += chunk[pos:pos + take]
+        self._pos = pos + take
+        if len(head) < total:
+            return None
+        raw = bytes(head)
+        head.clear()
+        return raw
+
     def _invalid(self, why: str, reason: int) -> None:
         """Evt19 (Rule 4)."""
         self._broken = True
-        self._in.clear()
+        self._head.clear()
+        self._chunk, self._pos = b"", 0
         self._abort_action(self._step(Event.Evt19), why, reason)
 
     def _abort_action(self, action: Action, why: str, reason: int) -> None:

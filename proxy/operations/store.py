@@ -53,12 +53,12 @@ Reply = tuple[int, str | None]
 
 def handle(event: Request, services: Services) -> int | Dataset:
     session = services.session(event)
-    if session.data.get("inbound"):
-        inbound_store = services.plugins.inbound_store
-        assert inbound_store is not None    # sessions are marked inbound by proxy.retrieve
-        return inbound_store(event)
     received = _received_file(event)
     try:
+        if session.data.get("inbound"):
+            inbound_store = services.plugins.inbound_store
+            assert inbound_store is not None    # sessions are marked inbound by proxy.retrieve
+            return inbound_store(event)
         with services.operation(event, "C-STORE") as record:
             try:
                 status, comment = _store(event, services, record, received)
@@ -69,7 +69,7 @@ def handle(event: Request, services: Services) -> int | Dataset:
         return _reply(status, comment, record.response)
     finally:
         if received is not None:
-            # Still there only when it was not committed (Rule 1).
+            # Still there only when it was not committed or buffered (Rules 1, 4).
             received.unlink(missing_ok=True)
 
 
