@@ -63,7 +63,17 @@ def decode(data: bytes, implicit: bool, little_endian: bool = True) -> Dataset:
     return ds
 
 
-def _flat(data: bytes, implicit: bool) -> Dataset:
+def header(data: bytes, implicit: bool, stop_before: int = 0x7FE00010) -> Dataset | None:
+    """The elements of a little-endian data set before ``stop_before`` (Pixel Data by
+    default): ``data`` may end anywhere after them (the first bytes of a file). None when
+    that part is not flat (Rule 2): the caller asks pydicom."""
+    try:
+        return _flat(data, implicit, stop_before)
+    except _NotFlat:
+        return None
+
+
+def _flat(data: bytes, implicit: bool, stop_before: int | None = None) -> Dataset:
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     at, end = 0, len(data)
     if implicit and end >= 6 and data[4:6] in _KNOWN_VRS:
@@ -87,6 +97,8 @@ def _flat(data: bytes, implicit: bool) -> Dataset:
                 at += 12
             else:
                 at += 8
+        if stop_before is not None and group << 16 | elem >= stop_before:
+            break
         if length == _UNDEFINED or group == 0xFFFE or at + length > end:
             raise _NotFlat
         tag = BaseTag(group << 16 | elem)

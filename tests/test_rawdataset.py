@@ -83,3 +83,27 @@ def test_a_truncated_data_set_reads_as_pydicom_reads_it() -> None:
     cut = data[:-3]
     assert as_tuples(rawdataset.decode(cut, False)) == as_tuples(
         pydicom_decode(BytesIO(cut), False, True))
+
+
+@pytest.mark.parametrize(("name", "data", "implicit"), SAMPLES[::7],
+                         ids=[f"{n}-{'implicit' if i else 'explicit'}" for n, _, i in SAMPLES[::7]])
+def test_a_header_is_what_pydicom_reads_before_pixel_data(name: str, data: bytes,
+                                                          implicit: bool) -> None:
+    ours = rawdataset.header(data, implicit)
+    if ours is None:                   # not flat: the caller asks pydicom (Rule 2)
+        return
+    theirs = pydicom_decode(BytesIO(data), implicit, True)
+    before = [t for t in as_tuples(theirs) if t[0] < 0x7FE00010]
+    assert as_tuples(ours) == before
+
+
+def test_a_header_stops_before_pixel_data_however_much_of_it_is_there() -> None:
+    ds = Dataset()
+    ds.Modality = "CT"
+    ds.PatientID = "P1"
+    ds.add_new(0x7FE00010, "OW", b"\0" * 4096)
+    data = encode(ds, False, True)
+    assert data is not None
+    header = rawdataset.header(data[:200], False)     # the pixel data cut short
+    assert header is not None and header.Modality == "CT" and "PixelData" not in header
+    assert rawdataset.header(data[:18], False) is None  # cut inside PatientID: pydicom's turn

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from proxy import rawdataset
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
 from proxy.part10 import file_meta
@@ -43,9 +45,10 @@ from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status
 from proxy.store.drain import publish
-from proxy.store.spool import InstanceMeta, SpoolFull
+from proxy.store.spool import InstanceMeta, SpoolFull, data_offset
 
 _HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
+_HEADER_BYTES = 64 * 1024
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 Reply = tuple[int, str | None]
@@ -90,7 +93,8 @@ def _store(event: Request, services: Services, record: OperationRecord,
     encoded = None if received is not None else _part10(event, meta)
     size = received.stat().st_size if received is not None else len(encoded or b"")
     record.details["bytes"] = size
-    header = _header(received if received is not None else BytesIO(encoded or b""), record)
+    header = _header(received if received is not None else BytesIO(encoded or b""), record,
+                     meta.transfer_syntax)
     modality = str(header.get("Modality", "") or "") if header is not None else ""
     facts = InstanceFacts(session.info.calling_ae, meta.sop_class, modality)
     targets = store_targets(route, facts)
@@ -142,10 +146,23 @@ def _part10(event: Request, meta: InstanceMeta) -> bytes:
         event.data or b"")
 
 
-def _header(source: Path | BytesIO, record: OperationRecord) -> Dataset | None:
-    """Modality and patient identifiers only; the pixel data is never read."""
+def _header(source: Path | BytesIO, record: OperationRecord,
+            syntax: str = "") -> Dataset | None:
+    """Modality and patient identifiers only; the pixel data is never read. The first
+    ``_HEADER_BYTES`` are indexed (``rawdataset.header``); pydicom reads what they do not
+    hold whole."""
     try:
-        header = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        if isinstance(source, Path):
+            with source.open("rb") as f:
+                head = f.read(_HEADER_BYTES)
+        else:
+            head = source.getvalue()[:_HEADER_BYTES]
+        header = None if syntax == ExplicitVRBigEndian else rawdataset.header(
+            head[data_offset(head[:1024]):], syntax == ImplicitVRLittleEndian)
+        if header is None:
+            if isinstance(source, BytesIO):
+                source.seek(0)
+            header = dcmread(source, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         record.protect(header)
         return header
     except Exception as exc:  # a header pydicom cannot parse is still the archive's to judge
