@@ -122,6 +122,10 @@ def charset(ds: Dataset) -> str | list[str] | None:
 
 def encodings(ds: Dataset) -> str | list[str]:
     """What ``ds._character_set`` says (the Python codecs of its text), unconverted."""
+    raw = ds.get_item(_CHARSET)
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        found = _raw_encodings(raw.value, raw.VR)    # once per character set an archive uses
+        return list(found) if isinstance(found, list) else found
     elem = element(ds, _CHARSET)
     if elem is None:
         return ds._parent_encoding  # type: ignore[no-any-return]
@@ -129,6 +133,18 @@ def encodings(ds: Dataset) -> str | list[str]:
     if isinstance(value, bytes):    # unreadable (rawtext.element gave UN): as pydicom would
         value = value.decode(default_encoding, "replace").strip(" \0")
     return convert_encodings(value)
+
+
+@lru_cache(maxsize=256)
+def _raw_encodings(value: bytes, vr: str | None) -> str | list[str]:
+    ds = Dataset()
+    ds[_CHARSET] = RawDataElement(_CHARSET, vr, len(value), value, 0, vr is None, True)
+    elem = element(ds, _CHARSET)
+    converted = elem.value if elem is not None else None
+    if isinstance(converted, bytes):
+        converted = converted.decode(default_encoding, "replace").strip(" \0")
+    found: str | list[str] = convert_encodings(converted)
+    return found
 
 
 def set_text(ds: Dataset, tag: BaseTag | int, vr: str, value: str) -> None:
