@@ -102,32 +102,33 @@ def _relay(event: Request, services: Services, record: OperationRecord,
 
     lost = False  # the workstation's link went away mid-answer (Rule 5)
     try:
-        for item in fan_out(clients, query, token, poll=watch_cancel,
-                            abandon=lambda: not event.link_up()):
-            if isinstance(item, Outcome):
-                outcomes.append(item)
-                services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
-                                                  record.phi))
-                if finder is None:  # the finder accounts for each request it makes
-                    services.bus.emit(_matched_event(services, event, item))
-                continue
-            assert isinstance(item, Match)
-            if token.is_set:
-                continue
-            ds = item.identifier
-            if recheck and not matches(identifier, ds):
-                record.details["recheck_dropped"] += 1
-                continue
-            remember = services.plugins.remember_location
-            if remember is not None:
-                remember(item.archive, level, ds)
-            if complete:
-                collected.append(ds)
-                origins.append(item.archive)
-                continue
-            if dedupe is not None and not dedupe.offer(ds, item.archive):
-                continue
-            yield _deliver(record, ds, item.status, retrieve_ae)
+        with event.cancel.on_cancel(token.cancel):   # Rule 4, also while waiting upstream
+            for item in fan_out(clients, query, token, poll=watch_cancel,
+                                abandon=lambda: not event.link_up()):
+                if isinstance(item, Outcome):
+                    outcomes.append(item)
+                    services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
+                                                      record.phi))
+                    if finder is None:  # the finder accounts for each request it makes
+                        services.bus.emit(_matched_event(services, event, item))
+                    continue
+                assert isinstance(item, Match)
+                if token.is_set:
+                    continue
+                ds = item.identifier
+                if recheck and not matches(identifier, ds):
+                    record.details["recheck_dropped"] += 1
+                    continue
+                remember = services.plugins.remember_location
+                if remember is not None:
+                    remember(item.archive, level, ds)
+                if complete:
+                    collected.append(ds)
+                    origins.append(item.archive)
+                    continue
+                if dedupe is not None and not dedupe.offer(ds, item.archive):
+                    continue
+                yield _deliver(record, ds, item.status, retrieve_ae)
         lost = not event.link_up()
         if complete and not token.is_set:
             merged = merge_all(level, collected, consume=True,  # ours to give away

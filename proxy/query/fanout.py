@@ -6,7 +6,12 @@ Rule 1: each archive is queried on its own thread; responses are handed to the
         archives down (back-pressure) instead of filling memory.
 Rule 2: an archive's failure is an item in the stream (``Outcome``), never an
         exception that could end the others.
-Rule 3: a workstation's C-CANCEL reaches every archive (``CancelToken``).
+Rule 3: a workstation's C-CANCEL reaches every archive (``CancelToken``); a caller that
+        stops reading early cancels them too.
+Rule 4: one archive (a relay route) is read on the caller's own thread: no queue and no
+        thread hand-off per match. The caller then learns of a C-CANCEL by the token
+        itself (``CancelToken.on_cancel``), not by polling: ``poll`` and ``abandon`` are
+        not called.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
     returns True (checked as often; the workstation went away) the stream ends
     early, without waiting for the archives, which are cancelled.
     """
+    if len(clients) == 1:               # Rule 4
+        [(name, client)] = clients.items()
+        yield from _inline(name, client, query, token)
+        return
     items: queue.Queue[Item] = queue.Queue(maxsize=_QUEUE_DEPTH)
     closed = threading.Event()          # the caller stopped reading: drop everything
 
@@ -124,3 +133,42 @@ def fan_out(clients: dict[str, ArchiveClient], query: Query, token: CancelToken,
         closed.set()
         if remaining:
             token.cancel()      # the caller stopped early: stop the archives too
+
+
+def _inline(name: str, client: ArchiveClient, query: Query,
+            token: CancelToken) -> Iterator[Item]:
+    """One archive, read on the caller's thread (Rule 4)."""
+    count = 0
+    final: int | None = None
+    error: UpstreamError | None = None
+    responses = query(client, token)
+    done = False
+    try:
+        for status, ds in responses:
+            if status in (0xFF00, 0xFF01) and ds is not None:
+                count += 1
+                if not token.is_set:            # after a cancel: drained, not passed on
+                    yield Match(name, ds, status)
+            else:
+                final = status
+        done = True
+    except UpstreamError as exc:
+        error, done = exc, True
+    except Exception as exc:  # a surprise is still just this archive's failure
+        error, done = UpstreamError(name, f"{type(exc).__name__}: {exc}"), True
+    finally:
+        if not done:          # the caller stopped early (Rule 3): cancel, drain aside
+            token.cancel()
+            threading.Thread(target=_drain, args=(responses,), name=f"find-{name}-drain",
+                             daemon=True).start()
+    yield Outcome(name, final, count, error)
+
+
+def _drain(responses: Iterator[tuple[int | None, Dataset | None]]) -> None:
+    """Read what the archive still sends after a C-CANCEL (up to its final status), so
+    it is not left blocked writing to a link nobody reads."""
+    try:
+        for _ in responses:
+            pass
+    except Exception:
+        pass

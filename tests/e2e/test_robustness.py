@@ -323,6 +323,8 @@ def test_a_workstation_that_never_reads_cannot_hang_the_proxy(proxy: ProxyProces
     elapsed = time.monotonic() - started
     assert elapsed < 4 * NETWORK_TIMEOUT + 5, elapsed
     assert "stopped reading" in line["reason"]
+    # The handler reports once its send fails: just after the association's end is logged.
+    proxy.wait_event("operation", lambda e: e["assoc_id"] == line["assoc_id"], timeout=10)
     ops = [o for o in proxy.operations("C-FIND") if o["assoc_id"] == line["assoc_id"]]
     assert len(ops) == 1 and ops[0]["status"] == "none" and "stopped reading" in ops[0]["error"]
     # Back-pressure: what left the proxy is bounded by the kernel's socket buffers
