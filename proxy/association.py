@@ -4,8 +4,10 @@ Job: the ``proxy.dicom.link.Handler`` of every association the listener accepts.
 on the event loop thread; DIMSE requests are answered in the driver's workers
 (``proxy.responder``).
 
-Rule 1: admission is ``routing.admit`` (pure) and the association limit
-        (``routing.too_many_associations``); the contexts are ``proxy.dicom.negotiation``
+Rule 1: admission is ``routing.admit`` (pure; with ``session.source_ip``, the one peer
+        address this module sets, in ``_source``) and the association limits
+        (``routing.too_many_associations``, then the route's ``routing.route_limit``,
+        counted by ``Listener.admitted_on``); the contexts are ``proxy.dicom.negotiation``
         under the route's policy (``Listener.policy_for``); a route may then change the
         answer, or reject, through the listener's ``negotiating`` hook (``proxy.store.
         relay``: association mirroring). Every rejection is one ``association_rejected``.
@@ -39,7 +41,7 @@ from proxy.dicom.link import Answer, Link, Outbox
 from proxy.dicom.negotiation import accepted_contexts
 from proxy.observe import events as ev
 from proxy.part10 import file_meta
-from proxy.routing import Inbound, Rejection, admit, too_many_associations
+from proxy.routing import Inbound, Rejection, admit, route_limit, too_many_associations
 from proxy.session import Request, Session
 from proxy.ul import commands
 
@@ -91,10 +93,9 @@ class WorkstationAssociation:
 
     def __init__(self, listener: Listener, link: Link) -> None:
         self.listener, self.link = listener, link
-        transport = link.transport
-        peername = transport.get_extra_info("peername") if transport is not None else None
-        peer = f"{peername[0]}:{peername[1]}" if peername else "unknown"
-        self.session = Session(ev.AssocInfo(f"a{next(_ids):06d}", "unknown", "unknown", peer))
+        source_ip, peer = self._source()
+        self.session = Session(ev.AssocInfo(f"a{next(_ids):06d}", "unknown", "unknown", peer),
+                               source_ip=source_ip)
         self.session.is_up = lambda: link.abort_reason is None and not link.closed.done()
         self.session.abort = self._abort
         self.requested = False
@@ -102,6 +103,15 @@ class WorkstationAssociation:
         self._running: dict[int, Request] = {}
         self._files: set[Path] = set()
         listener.sessions.add(self.session)
+
+    def _source(self) -> tuple[str, str]:
+        """(source IP, "ip:port") of the workstation: the one place the peer's address is
+        read; source-network rules, logs and metrics all use what this returns."""
+        transport = self.link.transport
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        if not peername:
+            return "", "unknown"
+        return str(peername[0]), f"{peername[0]}:{peername[1]}"
 
     # -- negotiation (Rule 1) ---------------------------------------------------------
     def on_associate_request(self, rq: pdu.AssociateRQ
@@ -112,10 +122,14 @@ class WorkstationAssociation:
         session.info = ev.AssocInfo(session.info.assoc_id, rq.calling_ae.strip() or "unknown",
                                     rq.called_ae.strip() or "unknown", session.info.peer,
                                     route.called_ae if route else "unknown")
-        decision = admit(listener.config, rq.calling_ae, rq.called_ae, listener.retrieving())
+        decision = admit(listener.config, rq.calling_ae, rq.called_ae, listener.retrieving(),
+                         session.source_ip)
         if isinstance(decision, Rejection):
             return self._reject(decision)
         busy = too_many_associations(listener.admitted(), listener.config.proxy.max_associations)
+        if busy is None and not isinstance(decision, Inbound):
+            busy = route_limit(decision, rq.calling_ae,
+                               *listener.admitted_on(decision, rq.calling_ae))
         if busy is not None:
             return self._reject(busy)
         session.admitted = True
@@ -154,7 +168,8 @@ class WorkstationAssociation:
     def _reject(self, why: Rejection) -> pdu.AssociateRJ:
         self.session.admitted = False
         self.session.ended = True
-        self.listener.bus.emit(ev.AssociationRejected(self.session.info, why.reason, why.hint))
+        self.listener.bus.emit(ev.AssociationRejected(self.session.info, why.reason, why.hint,
+                                                      why.security))
         return pdu.AssociateRJ(why.result, why.source, why.diagnostic)
 
     # -- messages (Rules 2, 3) ---------------------------------------------------------

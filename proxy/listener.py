@@ -99,6 +99,13 @@ class Listener:
     def admitted(self) -> int:
         return sum(1 for s in self.sessions if s.admitted and not s.ended)
 
+    def admitted_on(self, route: RouteConfig, calling_ae: str) -> tuple[int, int]:
+        """(admitted on ``route``, of those from ``calling_ae``); loop thread only."""
+        on_route = [s for s in self.sessions if s.admitted and not s.ended
+                    and s.route is not None and s.route.called_ae == route.called_ae]
+        calling = calling_ae.strip()
+        return len(on_route), sum(1 for s in on_route if s.info.calling_ae == calling)
+
     # -- lifecycle -----------------------------------------------------------------
     def limits(self) -> Limits:
         p = self.config.proxy

@@ -23,10 +23,19 @@ Rule 5: on a route with ``pass_calling_ae``, every association the proxy opens f
         there), and C-STOREs to a Move Destination call as ``[proxy] ae_title`` — the
         proxy is that destination's storage SCU; the workstation is named in them as
         Move Originator.
+Rule 6: who may do what (the Security issue). An ``allow`` entry ``AE@CIDR`` binds a
+        calling AE title to source networks: from any other address (``source_ip``,
+        the association's one peer address) it is rejected like an unknown calling AE,
+        as a security event (``Rejection.security``). A route's ``destinations`` lists
+        the Move Destinations its workstations may name; any other is refused with
+        0xA801 (``move_destination_for``), a security event when the route has the key.
+        A route's ``max_associations`` and ``max_associations_per_ae`` (per calling AE
+        title) are local limits like ``[proxy] max_associations`` (``route_limit``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from proxy.config import ArchiveConfig, Config, DestinationConfig, RouteConfig, StoreFilter
@@ -49,6 +58,13 @@ class Rejection:
     result: int
     source: int
     diagnostic: int
+    security: str | None = None        # a security event of this kind (metric label)
+
+
+# Kinds of security events (``dicom_proxy_security_events_total{kind}``).
+SECURITY_SOURCE_NETWORK = "source_network"
+SECURITY_MOVE_DESTINATION = "move_destination"
+SECURITY_KINDS = (SECURITY_SOURCE_NETWORK, SECURITY_MOVE_DESTINATION)
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,12 @@ class Inbound:
     archive: str | None                # the archive whose AE title called, if one did
 
 
-def admit(config: Config, calling_ae: str, called_ae: str,
-          retrieving: bool = False) -> RouteConfig | Inbound | Rejection:
+def admit(config: Config, calling_ae: str, called_ae: str, retrieving: bool = False,
+          source_ip: str | None = None) -> RouteConfig | Inbound | Rejection:
     """Decide whether a workstation may associate, and on which route.
 
-    ``retrieving``: a move-mode retrieve is in flight (Rule 4).
+    ``retrieving``: a move-mode retrieve is in flight (Rule 4). ``source_ip``: the
+    address the association comes from (None: not known, so no bound entry matches).
     """
     called = called_ae.strip()
     calling = calling_ae.strip()
@@ -95,7 +112,52 @@ def admit(config: Config, calling_ae: str, called_ae: str,
             hint=f"add {calling!r} to allow of the route {called!r} in rules.toml",
             result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
             diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED)
+    networks = allowed_networks(route, calling)
+    if networks and not from_networks(source_ip, networks):
+        where = source_ip or "an unknown address"
+        nets = ", ".join(map(str, networks))
+        address = parse_ip(source_ip)
+        add = ("" if address is None else
+               f"if {where} is one of its hosts, add '{calling}@{address}/"
+               f"{address.max_prefixlen}' to allow of the route {called!r} in rules.toml; ")
+        return Rejection(
+            reason=f"calling AE title {calling!r} is not allowed from {where} on route "
+                   f"{called!r} (only from {nets})",
+            hint=f"{add}otherwise another host is using the AE title {calling!r}",
+            result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
+            diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED, security=SECURITY_SOURCE_NETWORK)
     return route
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def allowed_networks(route: RouteConfig, calling_ae: str) -> tuple[Network, ...]:
+    """The networks ``calling_ae`` may call ``route`` from; () when from anywhere."""
+    entries = [e for e in route.allow_from if e.ae_title == calling_ae.strip()]
+    if not entries or any(e.network is None for e in entries):
+        return ()
+    return tuple(e.network for e in entries if e.network is not None)
+
+
+def parse_ip(source_ip: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's address; an IPv4-mapped IPv6 address (``::ffff:10.1.2.3``, a dual-stack
+    listener) is its IPv4 address. None when absent or not an address."""
+    if not source_ip:
+        return None
+    try:
+        address = ipaddress.ip_address(source_ip.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def from_networks(source_ip: str | None, networks: tuple[Network, ...]) -> bool:
+    address = parse_ip(source_ip)
+    return address is not None and any(address.version == net.version and address in net
+                                       for net in networks)
 
 
 def too_many_associations(active: int, limit: int) -> Rejection | None:
@@ -107,6 +169,33 @@ def too_many_associations(active: int, limit: int) -> Rejection | None:
         hint="raise proxy.max_associations or find who holds associations open",
         result=RESULT_TRANSIENT, source=SOURCE_SERVICE_PROVIDER_PRESENTATION,
         diagnostic=DIAG_LOCAL_LIMIT_EXCEEDED)
+
+
+def route_limit(route: RouteConfig, calling_ae: str, on_route: int,
+                from_ae: int) -> Rejection | None:
+    """Transient rejection when the route's limits are reached (Rule 6): ``on_route``
+    associations are admitted on it now, ``from_ae`` of them from ``calling_ae``."""
+    called, calling = route.called_ae, calling_ae.strip()
+    limit = route.max_associations
+    if limit is not None and on_route >= limit:
+        return Rejection(
+            reason=f"association limit of route {called!r} reached ({on_route} active, "
+                   f"max_associations = {limit})",
+            hint=f"raise max_associations of the route {called!r} in rules.toml, or find "
+                 "who holds associations open",
+            result=RESULT_TRANSIENT, source=SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            diagnostic=DIAG_LOCAL_LIMIT_EXCEEDED)
+    limit = route.max_associations_per_ae
+    if limit is not None and from_ae >= limit:
+        return Rejection(
+            reason=f"calling AE title {calling!r} holds {from_ae} associations on route "
+                   f"{called!r} (max_associations_per_ae = {limit})",
+            hint=f"raise max_associations_per_ae of the route {called!r} in rules.toml, or "
+                 f"find why {calling!r} holds associations open (other calling AE titles "
+                 "are still served)",
+            result=RESULT_TRANSIENT, source=SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            diagnostic=DIAG_LOCAL_LIMIT_EXCEEDED)
+    return None
 
 
 def upstream_titles(archive: ArchiveConfig | DestinationConfig,
@@ -146,6 +235,43 @@ def archives_for(config: Config, route: RouteConfig, operation: str) -> list[Arc
 def move_destination(config: Config, move_ae: str) -> DestinationConfig | None:
     """Resolve a C-MOVE destination from the proxy's own table (never the archive's)."""
     return config.destination_by_ae(move_ae)
+
+
+@dataclass(frozen=True)
+class MoveRefusal:
+    """A Move Destination a C-MOVE may not name: answered 0xA801 (PS3.4 C.4.2.1.5)."""
+
+    reason: str
+    hint: str
+    security: str | None = None        # the route's ``destinations`` refused it (Rule 6)
+
+
+def move_destination_for(config: Config, route: RouteConfig | None,
+                         move_ae: str) -> DestinationConfig | MoveRefusal:
+    """The destination a C-MOVE on ``route`` may send to, or why not (Rule 6)."""
+    asked = move_ae.strip()
+    destination = move_destination(config, asked)
+    if route is None or route.destinations is None:
+        if destination is not None:
+            return destination
+        known = ", ".join(d.ae_title for d in config.destinations.values())
+        return MoveRefusal(
+            reason=f"Move Destination {asked!r} is not in [destinations]",
+            hint=f"Move Destination {asked!r} is not in [destinations] (known: "
+                 f"{known or 'none'}); add [destinations.<name>] with ae_title = {asked!r}, "
+                 "host and port to rules.toml")
+    if destination is not None and destination.name in route.destinations:
+        return destination
+    allowed = ", ".join(config.destinations[n].ae_title for n in route.destinations)
+    add = (f"add {destination.name!r} to destinations of the route" if destination is not None
+           else f"add [destinations.<name>] with ae_title = {asked!r}, host and port, and its "
+                "name to destinations of the route")
+    return MoveRefusal(
+        reason=f"route {route.called_ae!r} does not allow Move Destination {asked!r} "
+               f"(allowed: {allowed or 'none'})",
+        hint=f"if its workstations may send studies to {asked!r}, {add} {route.called_ae!r} "
+             "in rules.toml; otherwise find out who asked for it",
+        security=SECURITY_MOVE_DESTINATION)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,9 @@ class Session:
 
     info: ev.AssocInfo
     route: RouteConfig | None = None
+    # The address the association comes from: what source-network rules compare (set
+    # once, by ``proxy.association``; ``info.peer`` is the same address with its port).
+    source_ip: str = ""
     started: float = field(default_factory=time.monotonic)
     accepted: bool = False
     admitted: bool = False              # holds one of the max_associations slots

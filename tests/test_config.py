@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,27 @@ BROKEN: list[tuple[str, Any, str]] = [
                               "archive while the workstation waits: store_to must name "
                               "exactly one (it names 0)"),
     ("routes.0.called_ae", None, "routes[0].called_ae: is required"),
+    ("routes.0.allow", ["WS1", "WS2@10.1.2.300/24"],
+     "routes[0].allow[1]: invalid network '10.1.2.300/24': expected an IPv4 or IPv6 address "
+     "or CIDR such as 10.1.2.0/24 or fd00::/8"),
+    ("routes.0.allow", ["WS2@10.1.2.5/24"],
+     "routes[0].allow[0]: invalid network '10.1.2.5/24': host bits set (did you mean "
+     "10.1.2.0/24?)"),
+    ("routes.0.allow", ["WS2@fd00::/129"], "routes[0].allow[0]: invalid network 'fd00::/129'"),
+    ("routes.0.allow", ["WS2@lab-net"], "routes[0].allow[0]: invalid network 'lab-net'"),
+    ("routes.0.allow", ["WS2@"], "routes[0].allow[0]: 'WS2@': nothing after '@'"),
+    ("routes.0.allow", ["@10.0.0.0/8"], "routes[0].allow[0]: AE title must not be empty"),
+    ("routes.0.allow", ["A" * 17 + "@10.0.0.0/8"], "routes[0].allow[0]: invalid AE title"),
+    ("routes.0.allow", ["WS1", 7], "routes[0].allow[1]: AE title must be a string"),
+    ("routes.0.allow", "WS1", "routes[0].allow: must be an array of AE titles"),
+    ("routes.0.destinations", ["nope"],
+     "routes[0].destinations[0]: no destination named 'nope' (known: none)"),
+    ("routes.0.destinations", "ws1", "routes[0].destinations: must be an array of names"),
+    ("routes.0.max_associations", 0, "routes[0].max_associations: must be a positive integer"),
+    ("routes.0.max_associations_per_ae", -1,
+     "routes[0].max_associations_per_ae: must be a positive integer"),
+    ("routes.0.max_associations_per_ae", 1.5,
+     "routes[0].max_associations_per_ae: must be a positive integer"),
     ("proxy.acse_timeout", 0, "proxy.acse_timeout: must be a positive number"),
     ("proxy.network_timeout", -5, "proxy.network_timeout: must be a positive number"),
     ("proxy.dimse_timeout", "60", "proxy.dimse_timeout: must be a positive number"),
@@ -207,11 +229,13 @@ def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
 # Anything a TOML file can hold, nested a little: whatever it is, parse() either
 # accepts it or raises ConfigError — never another exception (no traceback).
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2, 70000), st.floats(-1, 1e6),
-                     st.sampled_from(["", "RELAY", "site_a", "A" * 17, "x\\y", "hash", "get"]))
+                     st.sampled_from(["", "RELAY", "site_a", "A" * 17, "x\\y", "hash", "get",
+                                      "WS1@10.0.0.0/8", "WS1@::1/200", "@", "ws1"]))
 _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3),
     st.dictionaries(st.sampled_from(["ae_title", "host", "port", "archives", "called_ae",
-                                     "allow", "calling_ae", "timeout", "site_a", "phi"]),
+                                     "allow", "calling_ae", "timeout", "site_a", "phi",
+                                     "destinations", "max_associations_per_ae"]),
                     inner, max_size=4)), max_leaves=8)
 
 
@@ -238,3 +262,30 @@ def test_pass_calling_ae_is_an_optional_boolean() -> None:
         with pytest.raises(ConfigError) as caught:
             parse(with_change("routes.0.pass_calling_ae", wrong))
         assert str(caught.value).startswith("routes[0].pass_calling_ae: must be true or false")
+
+
+def test_allow_binds_calling_ae_titles_to_source_networks() -> None:
+    data = minimal()
+    data["destinations"] = {"ws1": {"ae_title": "WS1", "host": "h", "port": 1},
+                            "ws2": {"ae_title": "WS2", "host": "h", "port": 2}}
+    data["routes"][0].update(allow=["WS1", "WS2@10.1.2.0/24", "WS2@ 192.168.7.9",
+                                    "WS3@::1/128", "WS3@fd00::/8"],
+                             destinations=["ws2"], max_associations=8,
+                             max_associations_per_ae=2)
+    route = parse(data).routes[0]
+    assert route.allow == ("WS1", "WS2", "WS3")          # each title once, in order
+    assert [(e.ae_title, e.network) for e in route.allow_from] == [
+        ("WS1", None),
+        ("WS2", ipaddress.ip_network("10.1.2.0/24")),
+        ("WS2", ipaddress.ip_network("192.168.7.9/32")),   # a bare address is one host
+        ("WS3", ipaddress.ip_network("::1/128")),
+        ("WS3", ipaddress.ip_network("fd00::/8"))]
+    assert route.destinations == ("ws2",)
+    assert (route.max_associations, route.max_associations_per_ae) == (8, 2)
+
+
+def test_access_keys_default_to_open_and_unlimited() -> None:
+    route = parse(minimal()).routes[0]
+    assert (route.allow_from, route.destinations) == ((), None)
+    assert (route.max_associations, route.max_associations_per_ae) == (None, None)
+    assert parse(with_change("routes.0.destinations", [])).routes[0].destinations == ()

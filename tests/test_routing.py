@@ -8,12 +8,15 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from proxy.config import Config, RouteConfig, parse
 from proxy.routing import (
+    MoveRefusal,
     Rejection,
     admit,
     archives_for,
     calling_ae_for,
     forward_calling_ae,
     move_destination,
+    move_destination_for,
+    route_limit,
     too_many_associations,
     upstream_titles,
 )
@@ -27,11 +30,17 @@ def config() -> Config:
             "site_a": {"ae_title": "PACS_A", "host": "h", "port": 104, "calling_ae": "PROXY_AT_A"},
             "site_b": {"ae_title": "PACS_B", "host": "h", "port": 105},
         },
-        "destinations": {"ws1": {"ae_title": "WS1", "host": "h", "port": 11113}},
+        "destinations": {"ws1": {"ae_title": "WS1", "host": "h", "port": 11113},
+                         "ws2": {"ae_title": "WS2", "host": "h", "port": 11114}},
         "routes": [
             {"called_ae": "RELAY", "archives": ["site_a"]},
             {"called_ae": "GUARDED", "archives": ["site_b"], "allow": ["WS1", "WS2"]},
             {"called_ae": "FED", "archives": ["site_a", "site_b"], "store_to": ["site_b"]},
+            {"called_ae": "BOUND", "archives": ["site_a"],
+             "allow": ["LAB@127.0.0.0/8", "LAB@10.9.0.0/16", "ANYWHERE", "ANYWHERE@10.0.0.0/8",
+                       "V6@::1/128", "V6@fd00::/8"],
+             "destinations": ["ws1"], "max_associations": 3, "max_associations_per_ae": 2},
+            {"called_ae": "NO_MOVES", "archives": ["site_a"], "destinations": []},
         ],
     })
 
@@ -69,7 +78,7 @@ def test_rejected_with_the_standard_reason(config: Config, calling: str, called:
 def test_unknown_called_ae_hint_lists_the_routes(config: Config) -> None:
     decision = admit(config, "WS1", "NOPE")
     assert isinstance(decision, Rejection)
-    assert all(r in decision.hint for r in ("RELAY", "GUARDED", "FED"))
+    assert all(r in decision.hint for r in ("RELAY", "GUARDED", "FED", "BOUND"))
 
 
 def test_disallowed_calling_ae_hint_says_what_to_add(config: Config) -> None:
@@ -97,7 +106,11 @@ def test_every_rejection_encodes_as_a_valid_a_associate_rj(config: Config) -> No
     """pynetdicom (as the workstation would) decodes the PDU and names the same reason."""
     limit = too_many_associations(1, 1)
     assert limit is not None
-    for why in (admit(config, "X", "NOPE"), admit(config, "X", "GUARDED"), limit):
+    route = config.route_for("BOUND")
+    assert route is not None
+    for why in (admit(config, "X", "NOPE"), admit(config, "X", "GUARDED"), limit,
+                admit(config, "LAB", "BOUND", source_ip="10.0.0.1"),
+                route_limit(route, "LAB", 3, 0), route_limit(route, "LAB", 0, 2)):
         assert isinstance(why, Rejection)
         primitive = A_ASSOCIATE()
         primitive.result, primitive.result_source = why.result, why.source
@@ -154,3 +167,116 @@ def test_move_destination_comes_from_the_proxy_table(config: Config) -> None:
     dest = move_destination(config, "WS1 ")
     assert dest is not None and dest.name == "ws1"
     assert move_destination(config, "UNKNOWN") is None
+
+
+# -- who may do what (routing Rule 6) -------------------------------------------------------
+
+@pytest.mark.parametrize(("calling", "source_ip"), [
+    ("LAB", "127.0.0.1"), ("LAB", "127.200.3.4"), ("LAB", "10.9.255.1"),   # either network
+    ("LAB", "::ffff:127.0.0.1"),            # IPv4-mapped (a dual-stack listener): its IPv4
+    ("ANYWHERE", "192.0.2.1"), ("ANYWHERE", None),   # a bare entry: from any address
+    ("V6", "::1"), ("V6", "fd12:3456::7"),
+    ("SOMEONE", "127.0.0.1"),
+])
+def test_source_networks_admit_their_addresses(config: Config, calling: str,
+                                               source_ip: str | None) -> None:
+    if calling == "SOMEONE":                       # not in allow at all: the old rejection
+        decision = admit(config, calling, "BOUND", source_ip=source_ip)
+        assert isinstance(decision, Rejection) and decision.security is None
+        return
+    decision = admit(config, calling, "BOUND", source_ip=source_ip)
+    assert isinstance(decision, RouteConfig) and decision.called_ae == "BOUND"
+
+
+@pytest.mark.parametrize(("calling", "source_ip", "networks"), [
+    ("LAB", "10.0.0.1", "127.0.0.0/8, 10.9.0.0/16"),
+    ("LAB", "128.0.0.1", "127.0.0.0/8, 10.9.0.0/16"),
+    ("LAB", "::1", "127.0.0.0/8, 10.9.0.0/16"),        # an IPv6 address is in no IPv4 network
+    ("V6", "::2", "::1/128, fd00::/8"),
+    ("V6", "127.0.0.1", "::1/128, fd00::/8"),
+    ("LAB", None, "127.0.0.0/8, 10.9.0.0/16"),         # address not known: not proven
+    ("LAB", "not-an-address", "127.0.0.0/8, 10.9.0.0/16"),
+])
+def test_source_networks_reject_other_addresses(config: Config, calling: str,
+                                                source_ip: str | None, networks: str) -> None:
+    decision = admit(config, calling + "  ", "BOUND", source_ip=source_ip)
+    assert isinstance(decision, Rejection)
+    # PS3.8 Table 9-21: rejected-permanent, service-user, calling-AE-title-not-recognized.
+    assert (decision.result, decision.source, decision.diagnostic) == (0x01, 0x01, 0x03)
+    where = source_ip or "an unknown address"
+    assert decision.reason == (f"calling AE title {calling!r} is not allowed from {where} on "
+                               f"route 'BOUND' (only from {networks})")
+    assert decision.security == "source_network"
+    assert f"the AE title {calling!r}" in decision.hint
+
+
+def test_source_network_hint_names_the_entry_to_add(config: Config) -> None:
+    v4 = admit(config, "LAB", "BOUND", source_ip="10.0.0.1")
+    v6 = admit(config, "V6", "BOUND", source_ip="::2")
+    assert isinstance(v4, Rejection) and isinstance(v6, Rejection)
+    assert v4.hint == ("if 10.0.0.1 is one of its hosts, add 'LAB@10.0.0.1/32' to allow of the "
+                       "route 'BOUND' in rules.toml; otherwise another host is using the AE "
+                       "title 'LAB'")
+    assert "'V6@::2/128'" in v6.hint
+
+
+def test_the_proxys_own_title_is_not_subject_to_route_networks(config: Config) -> None:
+    decision = admit(config, "PACS_A", "QR_PROXY", source_ip="203.0.113.9")
+    assert not isinstance(decision, Rejection)
+
+
+@pytest.mark.parametrize(("on_route", "from_ae", "limit_name"), [
+    (0, 0, None), (2, 1, None),
+    (3, 0, "max_associations"),           # the route's own limit
+    (2, 2, "max_associations_per_ae"),    # this calling AE's share of it
+    (5, 5, "max_associations"),
+])
+def test_route_limits(config: Config, on_route: int, from_ae: int,
+                      limit_name: str | None) -> None:
+    route = config.route_for("BOUND")
+    assert route is not None
+    decision = route_limit(route, "LAB ", on_route, from_ae)
+    if limit_name is None:
+        assert decision is None
+        return
+    assert decision is not None
+    # rejected-transient, service-provider (presentation), local-limit-exceeded.
+    assert (decision.result, decision.source, decision.diagnostic) == (0x02, 0x03, 0x02)
+    assert f"{limit_name} of the route 'BOUND'" in decision.hint
+    assert f"{limit_name} = " in decision.reason and decision.security is None
+    if limit_name == "max_associations_per_ae":
+        assert decision.reason == ("calling AE title 'LAB' holds 2 associations on route "
+                                   "'BOUND' (max_associations_per_ae = 2)")
+
+
+def test_a_route_without_limits_has_none(config: Config) -> None:
+    route = config.route_for("RELAY")
+    assert route is not None and route_limit(route, "X", 10_000, 10_000) is None
+
+
+def test_move_destinations_a_route_allows(config: Config) -> None:
+    bound, relay = config.route_for("BOUND"), config.route_for("RELAY")
+    allowed = move_destination_for(config, bound, "WS1 ")
+    assert not isinstance(allowed, MoveRefusal) and allowed.name == "ws1"
+    # Without the key: every [destinations] entry; an unknown one is no security event.
+    for asked in ("WS1", "WS2"):
+        found = move_destination_for(config, relay, asked)
+        assert not isinstance(found, MoveRefusal) and found.ae_title == asked
+    unknown = move_destination_for(config, relay, "NOBODY")
+    assert isinstance(unknown, MoveRefusal) and unknown.security is None
+    assert "NOBODY" in unknown.hint and "WS1, WS2" in unknown.hint
+
+
+@pytest.mark.parametrize(("route", "asked", "allowed", "add"), [
+    ("BOUND", "WS2", "WS1", "add 'ws2' to destinations of the route 'BOUND'"),
+    ("BOUND", "EVIL", "WS1", "add [destinations.<name>] with ae_title = 'EVIL'"),
+    ("NO_MOVES", "WS1", "none", "add 'ws1' to destinations of the route 'NO_MOVES'"),
+])
+def test_other_move_destinations_are_refused_as_security_events(
+        config: Config, route: str, asked: str, allowed: str, add: str) -> None:
+    refused = move_destination_for(config, config.route_for(route), asked)
+    assert isinstance(refused, MoveRefusal)
+    assert refused.security == "move_destination"
+    assert refused.reason == (f"route {route!r} does not allow Move Destination {asked!r} "
+                              f"(allowed: {allowed})")
+    assert add in refused.hint

@@ -44,8 +44,8 @@ def rules(**overrides: Any) -> Config:
         "archives": {
             "a": {"ae_title": "PACS_A", "host": "10.0.0.5", "port": 104, "max_results": 3},
             "b": {"ae_title": "PACS_B", "host": "10.0.0.6", "port": 104, "retrieve": "move"}},
-        "routes": [{"called_ae": "ONLY_A", "archives": ["a"]},
-                   {"called_ae": "FED", "archives": ["a", "b"]}]}
+        "routes": [{"called_ae": "ONLY_A", "archives": ["a"], "destinations": []},
+                   {"called_ae": "FED", "archives": ["a", "b"], "destinations": []}]}
     data.update(overrides)
     return parse(data)
 
@@ -121,12 +121,30 @@ def test_config_sanity() -> None:
     assert config_findings(rules()) == []
     looped = rules(archives={"self": {"ae_title": "X", "host": "localhost", "port": 11112},
                              "spare": {"ae_title": "Y", "host": "10.0.0.9", "port": 104}},
-                   routes=[{"called_ae": "R", "archives": ["self"]}],
+                   routes=[{"called_ae": "R", "archives": ["self"], "destinations": []}],
                    health={"enabled": False})
     found = config_findings(looped)
     assert [(f.severity, f.subject) for f in found] == [
         (FAIL, "archive self"), (WARN, "archive spare"), (WARN, "config")]
     assert "the proxy's own listener" in found[0].message
+
+
+def test_a_route_that_may_c_move_anywhere_is_a_warning() -> None:
+    open_routes = rules(
+        destinations={"ws1": {"ae_title": "WS1", "host": "10.0.1.20", "port": 104},
+                      "ws2": {"ae_title": "WS2", "host": "10.0.1.21", "port": 104}},
+        routes=[{"called_ae": "OPEN", "archives": ["a", "b"]},
+                {"called_ae": "CLOSED", "archives": ["a"], "destinations": ["ws1"]}])
+    [finding] = config_findings(open_routes)
+    assert render([finding])[0] == (
+        "WARN route OPEN: no destinations key: its workstations may C-MOVE studies to every "
+        "[destinations] entry (ws1, ws2) and to any added later; fix: add destinations = "
+        "[...] to the route with the names of the destinations its workstations may send to "
+        "(destinations = [] for none)")
+    bare = rules(routes=[{"called_ae": "OPEN", "archives": ["a", "b"]}])
+    assert [f.message for f in config_findings(bare)] == [
+        "no destinations key: its workstations may C-MOVE studies to every [destinations] "
+        "entry (none configured yet) and to any added later"]
 
 
 def test_render_is_one_line_per_finding_plus_a_summary() -> None:

@@ -6,6 +6,7 @@ Rule: one line per error, starting with the key path; no traceback reaches a use
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,6 +146,23 @@ def non_negative_float(path: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(path, f"must be a number of seconds >= 0, not {value!r}")
     return float(value)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network(path: str, value: str) -> Network:
+    """An IPv4 or IPv6 network in CIDR notation (a bare address is one host)."""
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(path, f"invalid network {value!r}: expected an IPv4 or IPv6 "
+                                    "address or CIDR such as 10.1.2.0/24 or fd00::/8") from None
+        raise ConfigError(path, f"invalid network {value!r}: host bits set (did you mean "
+                                f"{loose}?)") from exc
 
 
 def text(path: str, value: Any) -> str:

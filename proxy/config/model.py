@@ -6,6 +6,8 @@ Rule 2: unknown keys are errors — a typo must never be silently ignored.
 Rule 3: every reference by name (route → archive, store_to → archive) is
         checked here, so nothing downstream has to cope with a dangling name.
 Rule 4: AE titles are validated by ``checks.ae_problem`` (PS3.5 6.2, VR AE), plus "not empty".
+Rule 5: source networks (``allow = ["WS1@10.1.2.0/24"]``) are parsed here, once, into
+        ``ipaddress`` networks: admission only compares addresses.
 """
 
 from __future__ import annotations
@@ -123,6 +125,14 @@ class StoreFilter:
 
 
 @dataclass(frozen=True)
+class AllowEntry:
+    """One ``allow`` entry: a calling AE title, from one source network or from anywhere."""
+
+    ae_title: str
+    network: check.Network | None = None   # None: from any address
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     called_ae: str
     archives: tuple[str, ...]
@@ -134,6 +144,10 @@ class RouteConfig:
     store_filters: tuple[StoreFilter, ...] = ()  # per store_to archive; absent: every instance
     pass_calling_ae: bool = False     # archives see the workstation's calling AE, not calling_ae
     store: str = "spool"              # "spool": Success once durable; "relay": the archive's own
+    allow_from: tuple[AllowEntry, ...] = ()  # ``allow`` as written: titles and their networks
+    destinations: tuple[str, ...] | None = None  # Move Destinations allowed (None: every one)
+    max_associations: int | None = None   # associations on this route at once (None: no limit)
+    max_associations_per_ae: int | None = None  # ... per calling AE title (None: no limit)
 
     @property
     def is_federated(self) -> bool:
@@ -217,7 +231,7 @@ def parse(data: Mapping[str, Any]) -> Config:
     })
     archives = _archives(data.get("archives"), proxy.ae_title)
     destinations = _destinations(data.get("destinations", {}))
-    routes = _routes(data.get("routes"), archives)
+    routes = _routes(data.get("routes"), archives, destinations)
     health = check.section("health", data.get("health", {}), HealthConfig, {
         "enabled": check.boolean, "interval": check.positive_float, "timeout": check.positive_float,
     })
@@ -264,7 +278,8 @@ def _destinations(raw: Any) -> dict[str, DestinationConfig]:
     return out
 
 
-def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfig, ...]:
+def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
+            destinations: Mapping[str, DestinationConfig]) -> tuple[RouteConfig, ...]:
     if raw is None or raw == []:
         raise ConfigError("routes", "at least one [[routes]] entry is required")
     if not isinstance(raw, list):
@@ -274,12 +289,22 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig]) -> tuple[RouteConfi
     for i, body in enumerate(raw):
         path = f"routes[{i}]"
         fields = check.fields(path, body, required={"called_ae", "archives"}, checks={
-            "called_ae": check.ae, "archives": check.name_list, "allow": check.ae_list,
+            "called_ae": check.ae, "archives": check.name_list, "allow": _allow_list,
             "store_to": check.name_list, "echo": check.choice(ECHO_MODES),
             "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
             "store_filter": _any, "pass_calling_ae": check.boolean,
-            "store": check.choice(STORE_MODES),
+            "store": check.choice(STORE_MODES), "destinations": check.name_list,
+            "max_associations": check.positive_int,
+            "max_associations_per_ae": check.positive_int,
         })
+        if "allow" in fields:
+            fields["allow_from"] = fields["allow"]
+            fields["allow"] = tuple(dict.fromkeys(e.ae_title for e in fields["allow"]))
+        for j, name in enumerate(fields.get("destinations", ())):
+            if name not in destinations:
+                raise ConfigError(f"{path}.destinations[{j}]",
+                                  f"no destination named {name!r} (known: "
+                                  f"{', '.join(destinations) or 'none'})")
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
         for key in ("archives", "store_to"):
@@ -322,6 +347,28 @@ def _store_filters(path: str, raw: Any, store_to: tuple[str, ...]) -> tuple[Stor
             if not values:
                 raise ConfigError(f"{where}.{key}", "must not be empty")
         out.append(StoreFilter(archive=name, **fields))
+    return tuple(out)
+
+
+def _allow_list(path: str, value: Any) -> tuple[AllowEntry, ...]:
+    """``["WS1", "WS2@10.1.2.0/24", "WS2@fd00::/8"]``: AE titles, each optionally bound to
+    a source network (``AE@CIDR``; an AE title listed several times may call from any)."""
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of AE titles (AE or AE@network), not "
+                                f"{check.kind(value)}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(item, str):
+            raise ConfigError(where, f"AE title must be a string, not {check.kind(item)}")
+        title, at, net = item.rpartition("@")
+        if not at:
+            out.append(AllowEntry(check.ae(where, item)))
+            continue
+        if not net.strip():
+            raise ConfigError(where, f"{item!r}: nothing after '@' (expected AE@network, "
+                                     "e.g. WS1@10.1.2.0/24)")
+        out.append(AllowEntry(check.ae(where, title), check.network(where, net.strip())))
     return tuple(out)
 
 

@@ -76,6 +76,19 @@ class AssociationRejected(Event):
     assoc: AssocInfo
     reason: str
     hint: str | None = None
+    security: str | None = None       # a security event of this kind (``routing`` Rule 6)
+
+
+@dataclass(frozen=True)
+class SecurityRefused(Event):
+    """A request refused by a "who may do what" rule (``routing`` Rule 6), e.g. a C-MOVE
+    to a Move Destination its route does not allow; logged as ``<kind>_refused``."""
+
+    assoc: AssocInfo
+    kind: str                         # "move_destination"
+    reason: str
+    hint: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

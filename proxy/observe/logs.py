@@ -160,7 +160,12 @@ class LogObserver:
                     "contexts_rejected": event.contexts_rejected}, assoc=event.assoc)
             case ev.AssociationRejected():
                 self._emit("warning", "association_rejected",
-                           {"reason": event.reason, "hint": event.hint}, assoc=event.assoc)
+                           {"reason": event.reason, "hint": event.hint,
+                            "security": event.security}, assoc=event.assoc)
+            case ev.SecurityRefused():
+                self._emit("warning", f"{event.kind}_refused", {
+                    "route": event.assoc.route, "reason": event.reason, **dict(event.details),
+                    "hint": event.hint}, assoc=event.assoc)
             case ev.AssociationReleased():
                 self._emit("info", "association_released",
                            {"duration_ms": _ms(event.duration_s)}, assoc=event.assoc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from proxy.observe import events as ev
+from proxy.routing import SECURITY_KINDS
 from proxy.status import category
 
 _DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE")
@@ -70,6 +71,11 @@ class MetricsObserver:
         self.refused = Counter(p + "connections_refused",
                                "TCP connections closed before association (limits)", ["reason"],
                                registry=r)
+        self.security = Counter(p + "security_events",
+                                "Requests refused by a who-may-do-what rule", ["kind"],
+                                registry=r)
+        for kind in SECURITY_KINDS:
+            self.security.labels(kind)
         for name in archives or []:
             # Pre-create series so dashboards show zeros rather than "no data".
             self.matches.labels(name)
@@ -96,8 +102,12 @@ class MetricsObserver:
             case ev.AssociationAccepted(assoc=a):
                 self.associations.labels(a.route, "accepted").inc()
                 self.active.inc()
-            case ev.AssociationRejected(assoc=a):
+            case ev.AssociationRejected(assoc=a, security=kind):
                 self.associations.labels(a.route, "rejected").inc()
+                if kind is not None:
+                    self.security.labels(kind).inc()
+            case ev.SecurityRefused(kind=kind):
+                self.security.labels(kind).inc()
             case ev.AssociationClosed():
                 self.active.dec()
             case ev.OperationCompleted(assoc=a, operation=op, status=st, duration_s=d):

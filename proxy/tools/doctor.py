@@ -298,6 +298,15 @@ def config_findings(config: Config) -> list[Finding]:
             out.append(Finding(WARN, f"archive {name}", "no route uses it: no workstation "
                                "reaches it", f'add "{name}" to the archives of a route, or '
                                "remove it"))
+    for route in config.routes:          # every route serves C-MOVE
+        if route.destinations is None:
+            names = ", ".join(config.destinations) or "none configured yet"
+            out.append(Finding(WARN, f"route {route.called_ae}", "no destinations key: its "
+                               "workstations may C-MOVE studies to every [destinations] entry "
+                               f"({names}) and to any added later",
+                               "add destinations = [...] to the route with the names of the "
+                               "destinations its workstations may send to (destinations = [] "
+                               "for none)"))
     if not config.health.enabled:
         out.append(Finding(WARN, "config", "[health] enabled = false: dicom_proxy_archive_up is "
                            "never set, so the archive-down alert cannot fire",

@@ -88,8 +88,9 @@ def test_doctor_names_every_broken_link(
             "ws_gone": {"ae_title": "WS_GONE", "host": LOOPBACK, "port": gone_port},
         },
         "routes": [
-            {"called_ae": "DEAD_ONLY", "archives": ["dead"]},
-            {"called_ae": "FED", "archives": ["strict", "noget", "capped", "healthy"]},
+            {"called_ae": "DEAD_ONLY", "archives": ["dead"], "destinations": ["ws1"]},
+            {"called_ae": "FED", "archives": ["strict", "noget", "capped", "healthy"],
+             "destinations": ["ws1", "ws_gone"]},
         ],
     }
     started = time.monotonic()
@@ -138,7 +139,7 @@ def test_doctor_is_quiet_and_exits_0_when_all_is_well(
     rules = {"proxy": proxy_section(),
              "archives": {"healthy": archive_entry(healthy, retrieve="move")},
              "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": ws1.port}},
-             "routes": [{"called_ae": "PACS", "archives": ["healthy"]}]}
+             "routes": [{"called_ae": "PACS", "archives": ["healthy"], "destinations": ["ws1"]}]}
     code, lines, stderr = run_doctor(tmp_path, rules)
     assert lines == [
         f"ok   archive healthy: HEALTHY at {LOOPBACK}:{healthy.dicom_port} answers C-ECHO, "
