@@ -88,11 +88,13 @@ port = {dest_port}
 [[routes]]
 called_ae = "ARCHIVE_A_PROXY"
 archives = ["site_a"]
+destinations = ["ws1"]
 
 [[routes]]
 called_ae = "FEDERATION"
 archives = ["site_a", "site_b"]
 store_to = ["site_a"]
+destinations = ["ws1"]
 """
 
 
