@@ -107,6 +107,9 @@ class WorkstationAssociation:
     def _source(self) -> tuple[str, str]:
         """(source IP, "ip:port") of the workstation: the one place the peer's address is
         read; source-network rules, logs and metrics all use what this returns."""
+        if self.link.source is not None:      # named by a load balancer (PROXY protocol)
+            host, port = self.link.source
+            return host, f"{host}:{port}"
         transport = self.link.transport
         peername = transport.get_extra_info("peername") if transport is not None else None
         if not peername:

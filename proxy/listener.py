@@ -21,11 +21,16 @@ Rule 3: the policy a route offers (``policy_for``): Verification and the Q/R mod
 Rule 4: back-pressure: a handler's ``send`` blocks while the workstation is behind, so a
         slow reader never makes the proxy hold a whole answer (``proxy.dicom.link``
         Rule 3); a workstation waiting for an answer is not idle (Rule 4 there).
+Rule 5: connections from the load balancers ``[proxy] proxy_protocol_from`` names start
+        with a PROXY protocol header (``proxy.dicom.io`` Rule 5); the address it names is
+        the workstation's (``proxy.association``); a balancer's connection without one is
+        closed and reported as ``connection_refused``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -125,7 +130,10 @@ class Listener:
             self._driver = driver = io.Driver(self.limits())
             try:
                 bound.append(driver.serve(p.host, p.port, self._associate,
-                                          on_refused=self._refused))
+                                          on_refused=self._refused,
+                                          proxy_from=self._from_balancer if
+                                          p.proxy_protocol_from else None,
+                                          on_proxy_error=self._proxy_error))
             except BaseException as exc:
                 bound.append(exc)
                 ready.set()
@@ -146,6 +154,21 @@ class Listener:
 
     def _associate(self, link: Link) -> Handler:
         return WorkstationAssociation(self, link)
+
+    def _from_balancer(self, address: str) -> bool:
+        """Whether a connection from ``address`` starts with a PROXY protocol header."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.config.proxy.proxy_protocol_from)
+
+    def _proxy_error(self, peer: str, why: str) -> None:
+        self.bus.emit(ev.ConnectionRefused(
+            peer, f"PROXY protocol: {why}; connection closed (proxy_protocol_from names "
+                  f"this address as a load balancer, which must send the header first)"))
 
     def _refused(self, peer: str) -> None:
         self.bus.emit(ev.ConnectionRefused(

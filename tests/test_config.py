@@ -115,6 +115,11 @@ BROKEN: list[tuple[str, Any, str]] = [
                               "archive while the workstation waits: store_to must name "
                               "exactly one (it names 0)"),
     ("routes.0.called_ae", None, "routes[0].called_ae: is required"),
+    ("proxy.proxy_protocol_from", ["10.0.0.0/8", "10.1.2.7/24"],
+     "proxy.proxy_protocol_from[1]: invalid network '10.1.2.7/24': host bits set"),
+    ("proxy.proxy_protocol_from", "10.0.0.0/8",
+     "proxy.proxy_protocol_from: must be an array of networks"),
+    ("proxy.proxy_protocol_from", [8], "proxy.proxy_protocol_from[0]: must be a string"),
     ("routes.0.allow", ["WS1", "WS2@10.1.2.300/24"],
      "routes[0].allow[1]: invalid network '10.1.2.300/24': expected an IPv4 or IPv6 address "
      "or CIDR such as 10.1.2.0/24 or fd00::/8"),
@@ -289,3 +294,18 @@ def test_access_keys_default_to_open_and_unlimited() -> None:
     assert (route.allow_from, route.destinations) == ((), None)
     assert (route.max_associations, route.max_associations_per_ae) == (None, None)
     assert parse(with_change("routes.0.destinations", [])).routes[0].destinations == ()
+
+
+def test_proxy_protocol_from_names_balancer_networks() -> None:
+    import ipaddress
+
+    cfg = parse({"proxy": {"ae_title": "QR_PROXY",
+                           "proxy_protocol_from": ["10.0.0.0/8", "fd00::1"]},
+                 "archives": {"a": {"ae_title": "PACS", "host": "h", "port": 1}},
+                 "routes": [{"called_ae": "R", "archives": ["a"]}]})
+    assert cfg.proxy.proxy_protocol_from == (ipaddress.ip_network("10.0.0.0/8"),
+                                             ipaddress.ip_network("fd00::1/128"))
+    assert parse({"proxy": {"ae_title": "QR_PROXY"},
+                  "archives": {"a": {"ae_title": "PACS", "host": "h", "port": 1}},
+                  "routes": [{"called_ae": "R", "archives": ["a"]}]}
+                 ).proxy.proxy_protocol_from == ()

@@ -165,6 +165,13 @@ def network(path: str, value: str) -> Network:
                                 f"{loose}?)") from exc
 
 
+def networks(path: str, value: Any) -> tuple[Network, ...]:
+    """An array of networks (``network``), e.g. the load balancers a setting trusts."""
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of networks, not {kind(value)}")
+    return tuple(network(f"{path}[{i}]", text(f"{path}[{i}]", v)) for i, v in enumerate(value))
+
+
 def text(path: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(path, f"must be a string, not {kind(value)}")

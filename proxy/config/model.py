@@ -51,6 +51,8 @@ class ProxyConfig:
     dimse_timeout: float = 120.0      # seconds to wait for the next DIMSE message
     network_timeout: float = 60.0     # seconds a socket may be idle or blocked on send
     shutdown_grace: float = 30.0      # seconds running operations get after SIGTERM
+    # Load balancers whose connections start with a PROXY protocol header (v1/v2).
+    proxy_protocol_from: tuple[check.Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         "max_pdu_size": check.pdu_size, "acse_timeout": check.positive_float,
         "dimse_timeout": check.positive_float, "network_timeout": check.positive_float,
         "shutdown_grace": check.positive_float,
+        "proxy_protocol_from": check.networks,
     })
     metrics = check.section("metrics", data.get("metrics", {}), MetricsConfig, {
         "host": check.host, "port": check.port, "enabled": check.boolean,

@@ -25,6 +25,11 @@ Rule 3: ``shutdown(grace)`` stops accepting, lets running associations end withi
 Rule 4: ``connect`` is the requestor side on the same loop: it returns the link once
         the A-ASSOCIATE-AC arrived (``AssociationRejected`` on an RJ, TimeoutError
         after ``acse_timeout``, ``LinkClosed`` if the peer closed first).
+Rule 5: a connection from a load balancer named by ``proxy_from`` starts with a PROXY
+        protocol header (``proxy.dicom.proxyproto``): it is read before any DICOM or TLS
+        byte — peeked, then exactly its length taken, within ``handshake_timeout`` — and
+        the address it names is the link's ``source``. A connection without a valid one
+        is closed and reported (``on_proxy_error``), never served as the balancer.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from proxy.dicom import pdu
+from proxy.dicom import pdu, proxyproto
 from proxy.dicom.link import AssociationRejected, Handler, Limits, Link, LinkClosed, Outbox
+from proxy.dicom.proxyproto import ProxyProtocolError
 
 __all__ = ["AssociationRejected", "Driver", "Handler", "Limits", "Link", "LinkClosed", "Outbox",
            "run"]
@@ -73,18 +79,25 @@ class Driver:
 
     def serve(self, host: str, port: int, factory: Callable[[Link], Handler], *,
               tls: ssl.SSLContext | None = None, backlog: int = 128,
-              on_refused: Callable[[str], None] | None = None) -> int:
+              on_refused: Callable[[str], None] | None = None,
+              proxy_from: Callable[[str], bool] | None = None,
+              on_proxy_error: Callable[[str, str], None] | None = None) -> int:
         """Listen on (host, port); the bound port is returned (0 picks a free one).
-        ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1)."""
+        ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1);
+        connections from addresses ``proxy_from`` accepts start with a PROXY protocol
+        header (Rule 5), ``on_proxy_error(peer, why)`` is told of each that did not."""
         listener = socket.create_server((host, port), backlog=backlog)
         listener.setblocking(False)
         self._listeners.append(listener)
-        self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused)
+        self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused,
+                             proxy_from, on_proxy_error)
         return int(listener.getsockname()[1])
 
     def _accept(self, listener: socket.socket, factory: Callable[[Link], Handler],
                 tls: ssl.SSLContext | None,
-                on_refused: Callable[[str], None] | None) -> None:
+                on_refused: Callable[[str], None] | None,
+                proxy_from: Callable[[str], bool] | None = None,
+                on_proxy_error: Callable[[str, str], None] | None = None) -> None:
         for _ in range(64):
             try:
                 sock, address = listener.accept()
@@ -102,7 +115,8 @@ class Driver:
             self._connections += 1
             self._idle.clear()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._start(sock, factory, tls))
+            via = proxy_from is not None and proxy_from(str(address[0]))
+            self._spawn(self._start(sock, factory, tls, via, on_proxy_error))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -110,15 +124,59 @@ class Driver:
         task.add_done_callback(self._tasks.discard)
 
     async def _start(self, sock: socket.socket, factory: Callable[[Link], Handler],
-                     tls: ssl.SSLContext | None) -> None:
+                     tls: ssl.SSLContext | None, via_balancer: bool = False,
+                     on_proxy_error: Callable[[str, str], None] | None = None) -> None:
+        source: tuple[str, int] | None = None
+        try:
+            if via_balancer:
+                source = await asyncio.wait_for(self._proxy_header(sock),
+                                                self.limits.handshake_timeout)
+        except (TimeoutError, OSError, ProxyProtocolError) as exc:
+            why = (f"no PROXY protocol header within {self.limits.handshake_timeout:g} s"
+                   if isinstance(exc, TimeoutError) else str(exc))
+            peer = _peer_of(sock)
+            sock.close()
+            self._connection_ended()
+            if on_proxy_error is not None:
+                with contextlib.suppress(Exception):
+                    on_proxy_error(peer, why)
+            return
         try:
             await self.loop.connect_accepted_socket(
-                lambda: Link(self, factory, "acceptor"), sock, ssl=tls,
+                lambda: Link(self, factory, "acceptor", source=source), sock, ssl=tls,
                 ssl_handshake_timeout=self.limits.handshake_timeout if tls else None)
         except Exception as exc:
             log.info("connection not started: %s", exc)   # Rule 2: this one only
             sock.close()
             self._connection_ended()
+
+    async def _proxy_header(self, sock: socket.socket) -> tuple[str, int] | None:
+        """Rule 5: the balancer's header, taken from the socket and nothing after it."""
+        sock.setblocking(False)
+        while True:
+            await self._readable(sock)
+            peeked = sock.recv(proxyproto.MAX_V2_LENGTH + 16, socket.MSG_PEEK)
+            if not peeked:
+                raise ProxyProtocolError("the balancer closed the connection before its "
+                                         "PROXY protocol header")
+            header = proxyproto.parse(peeked)
+            if header is not None:
+                sock.recv(header.length)        # exactly the header: DICOM or TLS follows
+                return header.source
+            await asyncio.sleep(0.005)          # a header split across segments: rare
+
+    async def _readable(self, sock: socket.socket) -> None:
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_reader(sock.fileno(), wake)
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(sock.fileno())
 
     async def connect(self, host: str, port: int, request: pdu.AssociateRQ,
                       factory: Callable[[Link], Handler], *, tls: ssl.SSLContext | None = None,
@@ -176,3 +234,11 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
     else:
         uvloop.run(main())
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"

@@ -163,8 +163,10 @@ class Link(asyncio.Protocol):
     """One association and its transport."""
 
     def __init__(self, driver: Owner, factory: Callable[[Link], Handler],
-                 role: Literal["acceptor", "requestor"]) -> None:
+                 role: Literal["acceptor", "requestor"],
+                 source: tuple[str, int] | None = None) -> None:
         self.driver, self.limits, self.loop = driver, driver.limits, driver.loop
+        self.source = source          # the peer a load balancer named (PROXY protocol)
         self.association = Association(role, stream_data=self.limits.stream_data)
         self._factory = factory
         self.handler: Handler                  # made once the transport is up
