@@ -45,11 +45,12 @@ from pynetdicom.sop_class import Verification
 
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
+from proxy.dicom import commands
 from proxy.fastencode import encode
 from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING, category
-from proxy.ul import commands, pdu
+from proxy.ul import pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

@@ -33,7 +33,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from proxy.ul import commands, pdu
+from proxy.dicom import commands
+from proxy.ul import pdu
 from proxy.ul.link import COMMAND, LAST, Link, LinkClosed, Rejected
 from proxy.upstream import ArchiveClient, Peer, UpstreamError
 

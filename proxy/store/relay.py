@@ -37,14 +37,13 @@ from dataclasses import dataclass
 from io import BufferedIOBase
 from typing import Any, NoReturn
 
-from proxy.dicom import pdu
+from proxy.dicom import commands, pdu
 from proxy.dicom.items import PresentationContextRQ
 from proxy.observe import events as ev
 from proxy.routing import Rejection
 from proxy.services import Services
 from proxy.session import Session
 from proxy.store import mirroring
-from proxy.ul import commands
 from proxy.ul import pdu as ul_pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError

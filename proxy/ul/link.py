@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from io import BufferedIOBase
 from typing import Protocol
 
-from proxy.ul import commands, pdu
-from proxy.ul.commands import Command
+from proxy.dicom import commands
+from proxy.dicom.commands import Command
+from proxy.ul import pdu
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
 SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
