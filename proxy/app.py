@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from proxy import retrieve
 from proxy.config import Config
+from proxy.dicom import commands
 from proxy.listener import Listener
 from proxy.observe import events as ev
 from proxy.observe import health
@@ -25,7 +26,6 @@ from proxy.responder import C_ECHO_RQ, C_MOVE_RQ, respond
 from proxy.services import Services
 from proxy.session import Request
 from proxy.store import drain, relay
-from proxy.ul import commands
 from proxy.upstream import ArchiveClient, Peer
 
 Handler = Callable[..., Any]

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from proxy.dicom import negotiation, pdu
+from proxy.dicom import commands, negotiation, pdu
 from proxy.dicom.events import Aborted, DataFragment, MessageReceived
 from proxy.dicom.link import Answer, Link, Outbox
 from proxy.dicom.negotiation import accepted_contexts
@@ -43,7 +43,6 @@ from proxy.observe import events as ev
 from proxy.part10 import file_meta
 from proxy.routing import Inbound, Rejection, admit, route_limit, too_many_associations
 from proxy.session import Request, Session
-from proxy.ul import commands
 
 if TYPE_CHECKING:
     from proxy.listener import Listener

@@ -30,13 +30,13 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from proxy.dicom import commands
+from proxy.dicom.commands import Command
 from proxy.dicom.events import SendMessage
 from proxy.dicom.link import LinkClosed
 from proxy.fastencode import encode
 from proxy.session import Request
 from proxy.status import PENDING, Status
-from proxy.ul import commands
-from proxy.ul.commands import Command
 
 C_ECHO_RQ, C_MOVE_RQ = 0x0030, 0x0021
 UNRECOGNIZED_OPERATION = 0x0211

@@ -30,12 +30,12 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from proxy.cancel import CancelToken
 from proxy.config import RouteConfig
+from proxy.dicom import commands
+from proxy.dicom.commands import Command
 from proxy.dicom.events import MessageReceived, SendMessage
 from proxy.dicom.negotiation import Accepted
 from proxy.observe import events as ev
 from proxy.rawdataset import decode
-from proxy.ul import commands
-from proxy.ul.commands import Command
 
 
 @dataclass(eq=False)               # one object per association: hashed by identity

@@ -45,11 +45,11 @@ from pynetdicom.sop_class import Verification
 
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
+from proxy.dicom import commands, items, pdu
 from proxy.fastencode import encode
 from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING, category
-from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed, Rejected
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
@@ -224,20 +224,23 @@ class ArchiveClient:
         Refusals and failures are explained as ``associate`` explains them; the link
         is released on exit, or aborted when the block raises.
         """
-        proposed = [pdu.ProposedContext(2 * i + 1, cx.abstract_syntax,
-                                        tuple(cx.transfer_syntax))
-                    for i, cx in enumerate(contexts)]
-        request = pdu.AssociateRequest(
-            self.peer.ae_title, self.peer.calling_ae, proposed, self.max_pdu_size,
-            PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
-            [pdu.RoleSelection(str(r.sop_class_uid), bool(r.scu_role), bool(r.scp_role))
-             for r in roles])
+        proposed = tuple(items.PresentationContextRQ(2 * i + 1, cx.abstract_syntax,
+                                                   tuple(cx.transfer_syntax))
+                         for i, cx in enumerate(contexts))
+        request = pdu.AssociateRQ(
+            self.peer.ae_title, self.peer.calling_ae, proposed,
+            items.UserInformation(
+                max_length=self.max_pdu_size,
+                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION[:16] or None,
+                roles=tuple(items.RoleSelection(str(r.sop_class_uid), bool(r.scu_role),
+                                              bool(r.scp_role)) for r in roles)))
         try:
             link = Link.open(self.peer.host, self.peer.port, request,
                              min(self.peer.timeout, 10.0), self.peer.timeout)
         except Rejected as exc:
             raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
-                                    exc.rj.diagnostic) from None
+                                    exc.rj.reason) from None
         except (OSError, LinkClosed, pdu.PduError) as exc:
             raise self._not_associated(f"failed during negotiation: {exc}") from None
         link.abstract = {cx.context_id: cx.abstract_syntax for cx in proposed}

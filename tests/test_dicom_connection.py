@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.dicom import pdu
+from proxy.dicom import commands, pdu
 from proxy.dicom.connection import Association, LocalProtocolError
 from proxy.dicom.events import (
     Aborted,
@@ -29,7 +29,6 @@ from proxy.dicom.events import (
 )
 from proxy.dicom.items import PresentationContextAC, PresentationContextRQ, UserInformation
 from proxy.dicom.states import State
-from proxy.ul import commands
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"

@@ -14,9 +14,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
-from proxy.dicom import dimse, pdu
+from proxy.dicom import commands, dimse, pdu
 from proxy.dicom.events import DataFragment, MessageReceived
-from proxy.ul import commands
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ECHO = {commands.COMMAND_FIELD: 0x0030, commands.MESSAGE_ID: 1,

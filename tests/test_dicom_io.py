@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode
 
-from proxy.dicom import pdu
+from proxy.dicom import commands, pdu
 from proxy.dicom.dimse import fragments
 from proxy.dicom.events import Aborted, DataFragment, MessageReceived, SendMessage
 from proxy.dicom.io import (
@@ -36,7 +36,6 @@ from proxy.dicom.io import (
 )
 from proxy.dicom.items import PresentationContextRQ, UserInformation
 from proxy.dicom.negotiation import Offer, Policy, negotiate
-from proxy.ul import commands
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"

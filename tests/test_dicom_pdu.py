@@ -5,6 +5,7 @@ Properties: parse(encode(p)) == p; random and mutated bytes raise only PduError.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -317,3 +318,31 @@ well_formed: st.SearchStrategy[pdu.Pdu] = st.one_of(
 def test_pynetdicom_reencodes_any_well_formed_pdu(value: pdu.Pdu) -> None:
     raw = pdu.encode(value)
     assert pynetdicom_reencodes(raw) == raw
+
+
+# -- check_request (Rule 7): what the requestor side refuses to propose ---------------------
+
+_PROPOSAL = pdu.AssociateRQ("ARCHIVE", "QR_PROXY", (
+    PresentationContextRQ(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),
+    PresentationContextRQ(255, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",))))
+
+
+def test_check_request_passes_a_valid_proposal_and_sixteen_character_titles() -> None:
+    pdu.check_request(_PROPOSAL)
+    pdu.check_request(dataclasses.replace(_PROPOSAL, called_ae="A" * 16))
+
+
+@pytest.mark.parametrize("title", ["", "A" * 17, "ÄRCHIVE", "AR\\CH", "AR\nCH", " " * 16])
+@pytest.mark.parametrize("which", ["called", "calling"])
+def test_check_request_refuses_invalid_ae_titles(title: str, which: str) -> None:
+    request = dataclasses.replace(_PROPOSAL, **{f"{which}_ae": title})
+    with pytest.raises(pdu.PduError, match=f"{which} AE title"):
+        pdu.check_request(request)
+
+
+@pytest.mark.parametrize("context_id", [0, 2, 254, 256, -1])
+def test_check_request_refuses_even_or_out_of_range_context_ids(context_id: int) -> None:
+    request = dataclasses.replace(_PROPOSAL, contexts=(
+        PresentationContextRQ(context_id, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",)),))
+    with pytest.raises(pdu.PduError, match=f"context ID {context_id}"):
+        pdu.check_request(request)

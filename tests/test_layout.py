@@ -48,7 +48,7 @@ HANDLERS = ("proxy.app", "proxy.services", *LISTENER, *OPERATIONS, "proxy.query"
 ONLY_FROM: dict[str, tuple[str, ...]] = {
     # The upper layer: PDUs, states, DIMSE, negotiation, its I/O. proxy.contexts holds
     # the pure presentation-context tables negotiation answers from.
-    "proxy.dicom": ("proxy.dicom", "proxy.ul", "proxy.status", "proxy.contexts"),
+    "proxy.dicom": ("proxy.dicom", "proxy.status", "proxy.contexts"),
     "proxy.ul": ("proxy.ul", "proxy.dicom", "proxy.status"),
     "proxy.status": (),
     # rules.toml → dataclasses (model) through generic checks: the bottom of the proxy.

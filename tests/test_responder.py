@@ -16,13 +16,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from proxy.dicom import commands
 from proxy.dicom.events import SendMessage
 from proxy.dicom.link import LinkClosed
 from proxy.dicom.negotiation import Accepted
 from proxy.observe.events import AssocInfo
 from proxy.responder import C_MOVE_RQ, respond
 from proxy.session import Request, Session
-from proxy.ul import commands
 
 FIND, MOVE = StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
 

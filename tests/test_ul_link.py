@@ -33,11 +33,22 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from proxy.ul import commands, pdu
-from proxy.ul.link import COMMAND, LAST, Link, LinkClosed, Rejected
+from proxy.dicom import commands, items, pdu
+from proxy.ul.link import (
+    COMMAND,
+    LAST,
+    RELEASE_RP,
+    RELEASE_RQ,
+    Link,
+    LinkClosed,
+    Negotiated,
+    Rejected,
+    pdata_header,
+)
 from proxy.upstream import ArchiveClient, Peer, UpstreamError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
 INSTANCE = "1.2.826.0.1.3680043.8.498.1"
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 STORE_RQ = commands.c_store_rq(5, CT, INSTANCE, "MOVER", 3)       # announces a data set
@@ -125,7 +136,7 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 
 
 def make_link(sock: socket.socket, peer_max: int = 16384, our_max: int = 16384) -> Link:
-    return Link(sock, pdu.AssociateAccept(max_pdu_length=peer_max), our_max)
+    return Link(sock, Negotiated(max_pdu_length=peer_max), our_max)
 
 
 def payload(n: int, seed: int = 1) -> bytes:
@@ -226,7 +237,7 @@ def test_command_without_data_set_does_not_ask_for_a_target(pair: Pair) -> None:
 def test_a_abort_raises_link_closed(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours)
-    theirs.sendall(pdu.abort(2, 6))
+    theirs.sendall(pdu.encode(pdu.Abort(2, 6)))
     with pytest.raises(LinkClosed, match="A-ABORT"):
         link.read_message(lambda _cx, _command: None)
     assert link.closed
@@ -236,7 +247,8 @@ def test_a_abort_raises_link_closed(pair: Pair) -> None:
 def test_a_abort_inside_a_data_set_raises_link_closed(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours)
-    theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ), (1, 0, b"partial")) + pdu.abort())
+    theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ), (1, 0, b"partial"))
+                   + pdu.encode(pdu.Abort()))
     target = Collect()
     with pytest.raises(LinkClosed, match="A-ABORT"):
         link.read_message(lambda _cx, _command: target)
@@ -260,7 +272,7 @@ def test_peer_closing_raises_link_closed(pair: Pair, sent: bytes) -> None:
 def test_a_release_rq_mid_operation_is_answered_and_raises_link_closed(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours)
-    theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ), (1, 0, b"some")) + pdu.RELEASE_RQ)
+    theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ), (1, 0, b"some")) + RELEASE_RQ)
     with pytest.raises(LinkClosed, match="released"):
         link.read_message(lambda _cx, _command: Collect())
     assert link.closed
@@ -548,9 +560,9 @@ def _answer_release(sock: socket.socket, before: bytes, answer: bytes) -> tuple[
 
 
 @pytest.mark.parametrize(("before", "answer"), [
-    (b"", pdu.RELEASE_RP),
-    (pdata((1, COMMAND | LAST, STORE_RSP)), pdu.RELEASE_RP),     # late data is discarded
-    (b"", pdu.abort(2, 0)),
+    (b"", RELEASE_RP),
+    (pdata((1, COMMAND | LAST, STORE_RSP)), RELEASE_RP),     # late data is discarded
+    (b"", pdu.encode(pdu.Abort(2, 0))),
 ])
 def test_release_completes_when_the_peer_answers(
         pair: Pair, pool: ThreadPoolExecutor, before: bytes, answer: bytes) -> None:
@@ -581,7 +593,7 @@ def test_release_when_the_peer_just_closes(pair: Pair, pool: ThreadPoolExecutor)
 def test_release_after_close_sends_nothing(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours)
-    theirs.sendall(pdu.abort())
+    theirs.sendall(pdu.encode(pdu.Abort()))
     with pytest.raises(LinkClosed):
         link.read_message(lambda _cx, _command: None)
     link.release()
@@ -591,12 +603,13 @@ def test_release_after_close_sends_nothing(pair: Pair) -> None:
 
 # -- Link.open against a tiny acceptor on 127.0.0.1 -------------------------------------------
 
-REQUEST = pdu.AssociateRequest(
+REQUEST = pdu.AssociateRQ(
     "ARCHIVE", "QR_PROXY",
-    [pdu.ProposedContext(1, "1.2.840.10008.5.1.4.1.2.2.3", (EXPLICIT, IMPLICIT)),
-     pdu.ProposedContext(3, CT, (EXPLICIT, IMPLICIT)),
-     pdu.ProposedContext(5, "1.2.840.10008.5.1.4.1.1.4", (IMPLICIT,))],
-    65536, "1.2.826.0.1.3680043.9.3811.3.0.4", "TEST", [pdu.RoleSelection(CT, False, True)])
+    (items.PresentationContextRQ(1, "1.2.840.10008.5.1.4.1.2.2.3", (EXPLICIT, IMPLICIT)),
+     items.PresentationContextRQ(3, CT, (EXPLICIT, IMPLICIT)),
+     items.PresentationContextRQ(5, "1.2.840.10008.5.1.4.1.1.4", (IMPLICIT,))),
+    items.UserInformation(65536, "1.2.826.0.1.3680043.9.3811.3.0.4", "TEST",
+                          roles=(items.RoleSelection(CT, False, True),)))
 
 
 @pytest.fixture
@@ -656,7 +669,7 @@ def test_open_negotiates_and_release_completes(
         listener: socket.socket, pool: ThreadPoolExecutor) -> None:
     def release(conn: socket.socket) -> tuple[int, bytes]:
         request = read_pdu(conn)
-        conn.sendall(pdu.RELEASE_RP)
+        conn.sendall(RELEASE_RP)
         return request
 
     peer = pool.submit(acceptor, listener, ac_bytes(16384), release)
@@ -676,6 +689,12 @@ def test_open_negotiates_and_release_completes(
     assert (rq.called_ae_title, rq.calling_ae_title) == ("ARCHIVE", "QR_PROXY")
     assert [cx.context_id for cx in rq.presentation_context] == [1, 3, 5]
     assert rq.user_information.maximum_length == 65536
+    assert rq.user_information.implementation_class_uid == "1.2.826.0.1.3680043.9.3811.3.0.4"
+    assert rq.user_information.implementation_version_name == "TEST"
+    roles = rq.user_information.role_selection
+    assert {uid: (r.scu_role, r.scp_role) for uid, r in roles.items()} == {CT: (False, True)}
+    # PS3.7 D.3.3: sub-items in ascending type order, as the lean layer always sent them
+    assert [i.item_type for i in rq.user_information.user_data] == [0x51, 0x52, 0x54, 0x55]
 
 
 def test_open_with_an_acceptor_without_a_limit(
@@ -696,13 +715,13 @@ def test_open_rejected(listener: socket.socket, pool: ThreadPoolExecutor,
     peer = pool.submit(acceptor, listener, rj.encode(), closed_by_link)
     with pytest.raises(Rejected) as raised:
         Link.open("127.0.0.1", port_of(listener), REQUEST, 5.0, 5.0)
-    assert raised.value.rj == pdu.AssociateReject(result, source, diagnostic)
+    assert raised.value.rj == pdu.AssociateRJ(result, source, diagnostic)
     assert f"diagnostic {diagnostic}" in str(raised.value)
     assert peer.result(timeout=5)[1] is True               # the socket was closed
 
 
 @pytest.mark.parametrize(("answer", "message"), [
-    (pdu.abort(2, 0), "PDU type 0x07"),
+    (pdu.encode(pdu.Abort(2, 0)), "PDU type 0x07"),
     (b"", "closed the connection"),
 ])
 def test_open_answered_with_abort_or_close(listener: socket.socket, pool: ThreadPoolExecutor,
@@ -714,8 +733,8 @@ def test_open_answered_with_abort_or_close(listener: socket.socket, pool: Thread
 
 
 def test_open_with_an_invalid_request_closes_the_socket(listener: socket.socket) -> None:
-    bad = pdu.AssociateRequest("ARCHIVE", "QR_PROXY", [pdu.ProposedContext(2, CT, (IMPLICIT,))],
-                               0, "1.2.3")
+    bad = pdu.AssociateRQ("ARCHIVE", "QR_PROXY", (items.PresentationContextRQ(2, CT, (IMPLICIT,)),),
+                          items.UserInformation(0, "1.2.3"))
     with pytest.raises(pdu.PduError, match="context ID 2"):
         Link.open("127.0.0.1", port_of(listener), bad, 5.0, 5.0)
     conn, _addr = listener.accept()
@@ -802,3 +821,32 @@ def test_archive_client_link_wrong_called_ae_is_rejected(
     assert raised.value.kind == "rejected"
     assert "called AE title not recognised" in raised.value.reason
     assert raised.value.hint is not None and "WRONG" in raised.value.hint
+
+
+# -- what the link derives from the PDUs ------------------------------------------------------
+
+
+def test_negotiated_of_an_ac_with_refusals_roles_and_no_length_limit() -> None:
+    ac = pdu.AssociateAC("ARCHIVE", "QR_PROXY", (
+        items.PresentationContextAC(1, 0, EXPLICIT), items.PresentationContextAC(3, 0, IMPLICIT),
+        items.PresentationContextAC(5, 3), items.PresentationContextAC(7, 4),
+        items.PresentationContextAC(9, 1), items.PresentationContextAC(11, 0)),
+        items.UserInformation(None, "1.2.3", roles=(items.RoleSelection(CT, False, True),
+                                                    items.RoleSelection(MR, True, False))))
+    parsed = pdu.parse(pdu.encode(ac))
+    assert isinstance(parsed, pdu.AssociateAC)
+    got = Negotiated.of(parsed)
+    assert got.max_pdu_length == 0
+    assert got.accepted == {1: EXPLICIT, 3: IMPLICIT}
+    # accepted without a transfer syntax is no context to send on
+    assert got.refused == {5: 3, 7: 4, 9: 1, 11: 0}
+    assert got.scp_roles == {CT: True, MR: False}
+
+
+@pytest.mark.parametrize("size", [0, 1, 16378])
+def test_pdata_header_layout(size: int) -> None:
+    header = pdata_header(5, COMMAND | LAST, size)
+    assert header == (bytes((0x04, 0)) + struct.pack(">L", size + 6)
+                      + struct.pack(">L", size + 2) + bytes((5, 0x03)))
+    parsed = pdu.parse(header + bytes(size))
+    assert parsed == pdu.PData((pdu.Pdv(5, True, True, bytes(size)),))

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from proxy.dicom import commands
+from proxy.dicom.commands import Command, CommandError
 from proxy.dicom.events import DataFragment, MessageReceived
 from proxy.dicom.pdu import COMMAND, HEADER, LAST, P_DATA_TF, pdv_header
-from proxy.ul import commands
-from proxy.ul.commands import Command, CommandError
 
 UNLIMITED_FRAGMENT = 1 << 20
 MAX_COMMAND = 64 * 1024                    # a command set is a few hundred bytes

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.dicom.commands import Command
 from proxy.dicom.pdu import AssociateAC, AssociateRJ, AssociateRQ
-from proxy.ul.commands import Command
 
 
 @dataclass(frozen=True)

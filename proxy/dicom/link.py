@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
-from proxy.dicom import pdu
+from proxy.dicom import commands, pdu
 from proxy.dicom.connection import Association, LocalProtocolError, Outgoing
 from proxy.dicom.events import (
     Aborted,
@@ -69,7 +69,6 @@ from proxy.dicom.events import (
     ReleaseRequested,
     SendMessage,
 )
-from proxy.ul import commands
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,9 @@ Rule 5: A-RELEASE-RQ/RP and A-ABORT are exactly 4 bytes long (PS3.8 9.3.6-9.3.8)
         P-DATA-TF holds at least one PDV whose control header uses only bits 0-1.
 Rule 6: a parsed PDV's data is a read-only ``memoryview`` of the (immutable) PDU bytes,
         not a copy: a data set fragment is copied only where it is finally kept.
+Rule 7: ``check_request`` is the requestor's own stricter check of what it proposes:
+        AE titles per PS3.5 6.2 (1-16 printable ASCII, no backslash, not all spaces),
+        presentation context IDs odd, 1-255 (PS3.8 9.3.2.2).
 """
 
 from __future__ import annotations
@@ -131,6 +134,19 @@ def _associate(kind: int, pdu: AssociateRQ | AssociateAC, body_items: bytes) -> 
     return HEADER.pack(kind, len(body)) + body
 
 
+def check_request(rq: AssociateRQ) -> None:
+    """Rule 7: ``PduError`` naming the first field this side must not propose."""
+    for which, title in (("called", rq.called_ae), ("calling", rq.calling_ae)):
+        raw = title.encode("utf-8", "surrogatepass")
+        if (not 0 < len(raw) <= 16 or not raw.strip(b" ")
+                or any(c < 0x20 or c > 0x7E or c == 0x5C for c in raw)):
+            raise PduError(f"{which} AE title {title!r} must be 1 to 16 printable ASCII "
+                           "characters, not all spaces, no backslash")
+    for cx in rq.contexts:
+        if not (cx.context_id % 2 == 1 and 1 <= cx.context_id <= 255):
+            raise PduError(f"presentation context ID {cx.context_id} must be odd, 1-255")
+
+
 def pdv_header(context_id: int, is_command: bool, is_last: bool, length: int) -> bytes:
     """The 6 bytes before a PDV fragment of ``length`` bytes."""
     return PDV_HEADER.pack(length + 2, context_id, COMMAND * is_command | LAST * is_last)
@@ -184,7 +200,7 @@ def parse(data: bytes | bytearray | memoryview) -> Pdu:
     if kind in (A_ASSOCIATE_RQ, A_ASSOCIATE_AC):
         return _parse_associate(kind, body)
     if kind == P_DATA_TF:
-        return PData(tuple(_pdvs(body)))
+        return PData(tuple(pdvs(body)))
     if kind not in (A_ASSOCIATE_RJ, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
         raise PduError(f"unrecognised PDU type 0x{kind:02X}")
     if length != 4:
@@ -225,7 +241,8 @@ def _parse_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
     return AssociateAC(called.strip(), calling.strip(), tuple(contexts_ac), info, app[0], version)
 
 
-def _pdvs(body: memoryview) -> list[Pdv]:
+def pdvs(body: memoryview) -> list[Pdv]:
+    """The PDV items of a P-DATA-TF body (header excluded), each a view into ``body``."""
     out: list[Pdv] = []
     at = 0
     while at < len(body):

@@ -22,12 +22,12 @@ from __future__ import annotations
 from io import BufferedIOBase
 from pathlib import Path
 
+from proxy.dicom import commands
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status, hex_status
 from proxy.store.relay import SESSION_KEY, Upstream
 from proxy.store.spool import data_offset
-from proxy.ul import commands
 from proxy.upstream import UpstreamError
 
 Reply = tuple[int, str | None]

@@ -35,12 +35,12 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, build_context
 
 from proxy.cancel import CancelToken
+from proxy.dicom import commands as cmd
+from proxy.dicom import pdu
 from proxy.fastencode import encode
 from proxy.retrieve.buffer import InstanceBuffer
 from proxy.retrieve.reception import Reception
 from proxy.status import PENDING, Status
-from proxy.ul import commands as cmd
-from proxy.ul import pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError, cancel_on
 

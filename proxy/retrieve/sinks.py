@@ -41,6 +41,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
+from proxy.dicom import commands, pdu
 from proxy.dicom.events import SendMessage
 from proxy.dicom.link import LinkClosed as WorkstationGone
 from proxy.observe import events as ev
@@ -50,7 +51,6 @@ from proxy.retrieve.sopclasses import Accepted, accepted_by
 from proxy.services import Services
 from proxy.session import Request
 from proxy.status import Status, category
-from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 

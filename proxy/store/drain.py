@@ -53,6 +53,7 @@ from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import build_context
 
 from proxy.config import SpoolConfig
+from proxy.dicom import commands, pdu
 from proxy.observe import events as ev
 from proxy.routing import (
     DIAG_CALLING_AE_NOT_RECOGNISED,
@@ -75,7 +76,6 @@ from proxy.store.policy import (
     uid_name,
 )
 from proxy.store.spool import Entry, InstanceMeta, Spool, data_offset
-from proxy.ul import commands, pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 

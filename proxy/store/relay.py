@@ -37,15 +37,13 @@ from dataclasses import dataclass
 from io import BufferedIOBase
 from typing import Any, NoReturn
 
-from proxy.dicom import pdu
+from proxy.dicom import commands, pdu
 from proxy.dicom.items import PresentationContextRQ
 from proxy.observe import events as ev
 from proxy.routing import Rejection
 from proxy.services import Services
 from proxy.session import Session
 from proxy.store import mirroring
-from proxy.ul import commands
-from proxy.ul import pdu as ul_pdu
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 
@@ -124,7 +122,7 @@ class Upstream:
             except TimeoutError:
                 self._lose(f"no C-STORE response from {peer.ae_title} within "
                            f"{peer.timeout:g}s", "timeout")
-            except (LinkClosed, ul_pdu.PduError, OSError) as exc:
+            except (LinkClosed, pdu.PduError, OSError) as exc:
                 self._lose(f"archive association to {peer.ae_title} lost ({exc})", "aborted")
             if (rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP
                     or rsp.get(commands.RESPONDED_TO) != msg_id

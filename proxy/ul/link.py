@@ -28,17 +28,19 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BufferedIOBase
 from typing import Protocol
 
-from proxy.ul import commands, pdu
-from proxy.ul.commands import Command
+from proxy.dicom import commands, pdu
+from proxy.dicom.commands import Command
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
 SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
 MAX_PARTS = 512                  # ... in at most this many buffers (IOV_MAX is 1024)
-COMMAND, LAST = 0x01, 0x02       # message control header bits (PS3.8 E.2)
+COMMAND, LAST = pdu.COMMAND, pdu.LAST     # message control header bits (PS3.8 E.2)
+RELEASE_RQ = pdu.encode(pdu.ReleaseRQ())
+RELEASE_RP = pdu.encode(pdu.ReleaseRP())
 
 
 class LinkClosed(ConnectionError):
@@ -48,10 +50,31 @@ class LinkClosed(ConnectionError):
 class Rejected(Exception):
     """The acceptor answered A-ASSOCIATE-RJ."""
 
-    def __init__(self, rj: pdu.AssociateReject) -> None:
+    def __init__(self, rj: pdu.AssociateRJ) -> None:
         super().__init__(f"A-ASSOCIATE-RJ result {rj.result} source {rj.source} "
-                         f"diagnostic {rj.diagnostic}")
+                         f"diagnostic {rj.reason}")
         self.rj = rj
+
+
+@dataclass
+class Negotiated:
+    """What the acceptor's A-ASSOCIATE-AC granted, by presentation context ID."""
+
+    max_pdu_length: int = 0               # what the acceptor accepts; 0 = no limit
+    accepted: dict[int, str] = field(default_factory=dict)   # context ID -> transfer syntax
+    refused: dict[int, int] = field(default_factory=dict)    # context ID -> result/reason
+    scp_roles: dict[str, bool] = field(default_factory=dict)  # SOP class -> SCP role granted
+
+    @classmethod
+    def of(cls, ac: pdu.AssociateAC) -> Negotiated:
+        out = cls(ac.user.max_length or 0)
+        for cx in ac.contexts:
+            if cx.result == 0 and cx.transfer_syntax:
+                out.accepted[cx.context_id] = cx.transfer_syntax
+            else:
+                out.refused[cx.context_id] = cx.result
+        out.scp_roles = {r.sop_class_uid: r.scp_role for r in ac.user.roles}
+        return out
 
 
 class DataTarget(Protocol):
@@ -68,7 +91,7 @@ class Message:
 class Link:
     """An established association; ``open`` negotiates it."""
 
-    def __init__(self, sock: socket.socket, accept: pdu.AssociateAccept,
+    def __init__(self, sock: socket.socket, accept: Negotiated,
                  max_pdu_length: int) -> None:
         self.sock = sock
         self.accept = accept
@@ -77,7 +100,7 @@ class Link:
         self.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
         self._buf = bytearray(max(max_pdu_length + 6, 64 * 1024) + 64 * 1024)
         self._start = self._end = 0
-        self._pdvs: deque[tuple[int, int, memoryview]] = deque()
+        self._pdvs: deque[pdu.Pdv] = deque()
         self._send_lock = threading.Lock()
         self.closed = False
         self.abstract: dict[int, str] = {}     # context ID -> abstract syntax proposed
@@ -85,22 +108,25 @@ class Link:
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
-    def open(cls, host: str, port: int, request: pdu.AssociateRequest,
+    def open(cls, host: str, port: int, request: pdu.AssociateRQ,
              connect_timeout: float, timeout: float) -> Link:
         """Connect and negotiate; raises OSError (TCP), Rejected, LinkClosed, TimeoutError."""
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(timeout)
-            sock.sendall(pdu.encode_associate_rq(request))
-            link = cls(sock, pdu.AssociateAccept(), request.max_pdu_length)
+            pdu.check_request(request)
+            sock.sendall(pdu.encode(request))
+            link = cls(sock, Negotiated(), request.user.max_length or 0)
             kind, body = link._read_pdu()
-            if kind == pdu.A_ASSOCIATE_RJ:
-                raise Rejected(pdu.parse_associate_rj(bytes(body)))
-            if kind != pdu.A_ASSOCIATE_AC:
+            if kind not in (pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ):
                 raise LinkClosed(f"the peer answered the association request with PDU "
                                  f"type 0x{kind:02X}")
-            link.accept = accept = pdu.parse_associate_ac(bytes(body))
+            answer = pdu.parse(pdu.HEADER.pack(kind, len(body)) + body)
+            if isinstance(answer, pdu.AssociateRJ):
+                raise Rejected(answer)
+            assert isinstance(answer, pdu.AssociateAC)
+            link.accept = accept = Negotiated.of(answer)
             peer = accept.max_pdu_length
             link.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
             return link
@@ -156,27 +182,31 @@ class Link:
         return message
 
     def _next_pdv(self) -> tuple[int, int, memoryview]:
+        """(context ID, message control header, fragment) of the next PDV."""
         while not self._pdvs:
             kind, body = self._read_pdu()
             if kind == pdu.P_DATA_TF:
-                self._pdvs.extend(pdu.pdv_items(body))
+                self._pdvs.extend(pdu.pdvs(body))
             elif kind == pdu.A_ABORT:
                 self._shut()
                 raise LinkClosed("the peer aborted the association (A-ABORT)")
             elif kind == pdu.A_RELEASE_RQ:
-                self._send_raw(pdu.RELEASE_RP)
+                self._send_raw(RELEASE_RP)
                 self._shut()
                 raise LinkClosed("the peer released the association mid-operation")
             else:
                 self.abort()
                 raise pdu.PduError(f"unexpected PDU type 0x{kind:02X} in an association")
-        return self._pdvs.popleft()
+        pdv = self._pdvs.popleft()
+        return (pdv.context_id, COMMAND * pdv.is_command | LAST * pdv.is_last,
+                memoryview(pdv.data))
 
     def _read_pdu(self) -> tuple[int, memoryview]:
         header = self._take(6)
         kind, length = pdu.HEADER.unpack_from(header)
-        if kind not in pdu.PDU_TYPES or (self.max_pdu_length and kind == pdu.P_DATA_TF
-                                         and length > self.max_pdu_length):
+        known = pdu.A_ASSOCIATE_RQ <= kind <= pdu.A_ABORT
+        if not known or (self.max_pdu_length and kind == pdu.P_DATA_TF
+                         and length > self.max_pdu_length):
             self.abort()
             raise pdu.PduError(f"PDU type 0x{kind:02X} of {length} bytes (the proxy "
                                f"accepts at most {self.max_pdu_length})")
@@ -210,7 +240,7 @@ class Link:
         if self.closed:
             return
         try:
-            self._send_raw(pdu.RELEASE_RQ)
+            self._send_raw(RELEASE_RQ)
             while True:
                 kind, _body = self._read_pdu()
                 if kind in (pdu.A_RELEASE_RP, pdu.A_ABORT):
@@ -227,7 +257,7 @@ class Link:
             return
         if self._send_lock.acquire(blocking=False):
             try:
-                self.sock.sendall(pdu.abort())
+                self.sock.sendall(pdu.encode(pdu.Abort()))
             except OSError:
                 pass
             finally:
@@ -264,7 +294,7 @@ def write_message(sock: socket.socket, step: int, cx: int, command: bytes,
 
 
 def _fragments(sock: socket.socket, step: int, cx: int, kind: int, view: memoryview) -> None:
-    full = pdu.pdata_header(cx, kind, step)           # every fragment but the last
+    full = pdata_header(cx, kind, step)           # every fragment but the last
     parts: list[bytes | memoryview] = []
     size, at, total = 0, 0, len(view)
     while total - at > step:
@@ -275,7 +305,7 @@ def _fragments(sock: socket.socket, step: int, cx: int, kind: int, view: memoryv
         if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
             sendmsg_all(sock, parts)
             parts, size = [], 0
-    parts.append(pdu.pdata_header(cx, kind | LAST, total - at))
+    parts.append(pdata_header(cx, kind | LAST, total - at))
     parts.append(view[at:])
     sendmsg_all(sock, parts)
 
@@ -285,7 +315,7 @@ def _from_file(sock: socket.socket, step: int, cx: int, source: BufferedIOBase,
     per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2)) * step
     chunk = bytearray(min(per_batch, max(length, 1)))
     view = memoryview(chunk)
-    full = pdu.pdata_header(cx, 0, step)
+    full = pdata_header(cx, 0, step)
     left = length
     while left > len(chunk):                          # whole fragments, none of them last
         if source.readinto(view) != len(chunk):
@@ -299,6 +329,13 @@ def _from_file(sock: socket.socket, step: int, cx: int, source: BufferedIOBase,
     if left and source.readinto(view[:left]) != left:
         raise OSError("buffered instance ended early")
     _fragments(sock, step, cx, 0, view[:left])
+
+
+def pdata_header(context_id: int, control: int, fragment_length: int) -> bytes:
+    """The 12 bytes before a fragment sent alone in its P-DATA-TF."""
+    return (pdu.HEADER.pack(pdu.P_DATA_TF, fragment_length + 6)
+            + pdu.pdv_header(context_id, bool(control & COMMAND), bool(control & LAST),
+                             fragment_length))
 
 
 def sendmsg_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:

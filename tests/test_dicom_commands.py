@@ -1,4 +1,4 @@
-"""proxy.ul.commands: our command sets read back with pynetdicom/pydicom, pynetdicom's
+"""proxy.dicom.commands: our command sets read back with pynetdicom/pydicom, pynetdicom's
 read back with ours, padding follows PS3.5, truncation raises CommandError."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pynetdicom.dimse_primitives import C_GET, C_STORE
 from pynetdicom.dsutils import decode as pn_decode
 from pynetdicom.dsutils import encode as pn_encode
 
-from proxy.ul import commands
+from proxy.dicom import commands
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 GET_STUDY = "1.2.840.10008.5.1.4.1.2.2.3"
