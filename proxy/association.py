@@ -8,7 +8,10 @@ Rule 1: admission is ``routing.admit`` (pure) and the association limit
         (``routing.too_many_associations``); the contexts are ``proxy.dicom.negotiation``
         under the route's policy (``Listener.policy_for``); a route may then change the
         answer, or reject, through the listener's ``negotiating`` hook (``proxy.store.
-        relay``: association mirroring). Every rejection is one ``association_rejected``.
+        relay``: association mirroring). A ``tls_only`` route refuses an association that
+        came over the clear port (``routing.clear_on_tls_only``); one over TLS carries
+        ``session.tls`` and its client certificate's subject (``session.tls_subject``).
+        Every rejection is one ``association_rejected``.
 Rule 2: a C-STORE data set is written as it arrives into a Part-10 file in the
         listener's ``receive_dir`` (the spool's temp dir: same filesystem, so it can be
         renamed into place), its File Meta naming the sending and receiving AE titles
@@ -39,8 +42,9 @@ from proxy.dicom.link import Answer, Link, Outbox
 from proxy.dicom.negotiation import accepted_contexts
 from proxy.observe import events as ev
 from proxy.part10 import file_meta
-from proxy.routing import Inbound, Rejection, admit, too_many_associations
+from proxy.routing import Inbound, Rejection, admit, clear_on_tls_only, too_many_associations
 from proxy.session import Request, Session
+from proxy.tls import peer_subject
 from proxy.ul import commands
 
 if TYPE_CHECKING:
@@ -97,6 +101,10 @@ class WorkstationAssociation:
         self.session = Session(ev.AssocInfo(f"a{next(_ids):06d}", "unknown", "unknown", peer))
         self.session.is_up = lambda: link.abort_reason is None and not link.closed.done()
         self.session.abort = self._abort
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None:          # the TLS listener: the handshake is done
+            self.session.tls = True
+            self.session.tls_subject = peer_subject(ssl_object.getpeercert())
         self.requested = False
         self._incoming: _Incoming | None = None
         self._running: dict[int, Request] = {}
@@ -118,6 +126,10 @@ class WorkstationAssociation:
         busy = too_many_associations(listener.admitted(), listener.config.proxy.max_associations)
         if busy is not None:
             return self._reject(busy)
+        if not isinstance(decision, Inbound):
+            clear = clear_on_tls_only(decision, session.tls, listener.tls_port)
+            if clear is not None:
+                return self._reject(clear)
         session.admitted = True
         if isinstance(decision, Inbound):  # an archive delivering C-MOVE sub-operations
             session.data["inbound"] = True

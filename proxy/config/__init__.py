@@ -29,6 +29,7 @@ from proxy.config.model import (
     RouteConfig,
     SpoolConfig,
     StoreFilter,
+    TlsConfig,
     load,
     parse,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "RouteConfig",
     "SpoolConfig",
     "StoreFilter",
+    "TlsConfig",
     "load",
     "parse",
 ]

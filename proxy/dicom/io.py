@@ -19,7 +19,11 @@ figure, so ``run`` uses it when it is importable.
 Rule 1: the connection cap is applied at accept(), before a byte is read: a
         connection over ``max_connections`` is closed unread.
 Rule 2: a failed TLS handshake (or one slower than ``handshake_timeout``) closes that
-        connection only; accept errors (EMFILE) never stop the listener.
+        connection only; accept errors (EMFILE) never stop the listener. Handshakes run
+        in their own task, never in the accept loop; ``on_tls(peer, error, peer_cert)``
+        is told of each outcome (error None: it succeeded). ``tls`` may be a callable
+        returning the context, read at each accept, so a reload (new certificates)
+        reaches new connections while running ones keep theirs.
 Rule 3: ``shutdown(grace)`` stops accepting, lets running associations end within
         ``grace`` seconds, then aborts the rest (A-ABORT, then close).
 Rule 4: ``connect`` is the requestor side on the same loop: it returns the link once
@@ -36,7 +40,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 
 from proxy.dicom import pdu
 from proxy.dicom.link import AssociationRejected, Handler, Limits, Link, LinkClosed, Outbox
@@ -45,6 +49,11 @@ __all__ = ["AssociationRejected", "Driver", "Handler", "Limits", "Link", "LinkCl
            "run"]
 
 log = logging.getLogger(__name__)
+
+# A TLS listener's context: fixed, or read at each accept (Rule 2: reloads).
+TlsSource: TypeAlias = ssl.SSLContext | Callable[[], ssl.SSLContext] | None
+# Told of each handshake: (peer "ip:port", the error or None, the peer's certificate).
+TlsOutcome: TypeAlias = Callable[[str, BaseException | None, dict[str, Any] | None], None]
 
 
 class Driver:
@@ -72,19 +81,22 @@ class Driver:
             self._idle.set()
 
     def serve(self, host: str, port: int, factory: Callable[[Link], Handler], *,
-              tls: ssl.SSLContext | None = None, backlog: int = 128,
-              on_refused: Callable[[str], None] | None = None) -> int:
+              tls: TlsSource = None, backlog: int = 128,
+              on_refused: Callable[[str], None] | None = None,
+              on_tls: TlsOutcome | None = None) -> int:
         """Listen on (host, port); the bound port is returned (0 picks a free one).
-        ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1)."""
+        ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1);
+        ``on_tls`` of each TLS handshake's outcome (Rule 2)."""
         listener = socket.create_server((host, port), backlog=backlog)
         listener.setblocking(False)
         self._listeners.append(listener)
-        self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused)
+        self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused,
+                             on_tls)
         return int(listener.getsockname()[1])
 
     def _accept(self, listener: socket.socket, factory: Callable[[Link], Handler],
-                tls: ssl.SSLContext | None,
-                on_refused: Callable[[str], None] | None) -> None:
+                tls: TlsSource, on_refused: Callable[[str], None] | None,
+                on_tls: TlsOutcome | None) -> None:
         for _ in range(64):
             try:
                 sock, address = listener.accept()
@@ -102,7 +114,9 @@ class Driver:
             self._connections += 1
             self._idle.clear()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._start(sock, factory, tls))
+            context = tls() if callable(tls) else tls
+            self._spawn(self._start(sock, factory, context,
+                                    f"{address[0]}:{address[1]}", on_tls))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -110,15 +124,23 @@ class Driver:
         task.add_done_callback(self._tasks.discard)
 
     async def _start(self, sock: socket.socket, factory: Callable[[Link], Handler],
-                     tls: ssl.SSLContext | None) -> None:
+                     tls: ssl.SSLContext | None, peer: str = "unknown",
+                     on_tls: TlsOutcome | None = None) -> None:
         try:
-            await self.loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 lambda: Link(self, factory, "acceptor"), sock, ssl=tls,
                 ssl_handshake_timeout=self.limits.handshake_timeout if tls else None)
         except Exception as exc:
             log.info("connection not started: %s", exc)   # Rule 2: this one only
             sock.close()
             self._connection_ended()
+            if tls is not None and on_tls is not None:
+                with contextlib.suppress(Exception):
+                    on_tls(peer, exc, None)
+            return
+        if tls is not None and on_tls is not None:
+            with contextlib.suppress(Exception):
+                on_tls(peer, None, transport.get_extra_info("peercert"))
 
     async def connect(self, host: str, port: int, request: pdu.AssociateRQ,
                       factory: Callable[[Link], Handler], *, tls: ssl.SSLContext | None = None,
