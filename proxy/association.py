@@ -104,7 +104,7 @@ class WorkstationAssociation:
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is not None:          # the TLS listener: the handshake is done
             self.session.tls = True
-            self.session.tls_subject = peer_subject(ssl_object.getpeercert())
+            self.session.tls_subject = peer_subject(ssl_object.getpeercert(True))
         self.requested = False
         self._incoming: _Incoming | None = None
         self._running: dict[int, Request] = {}
@@ -160,7 +160,8 @@ class WorkstationAssociation:
         session.contexts = accepted_contexts(rq, answer)
         session.peer_max_pdu = rq.user.max_length or 0
         rejected = sum(1 for cx in answer.contexts if cx.result != negotiation.ACCEPTANCE)
-        listener.bus.emit(ev.AssociationAccepted(session.info, len(session.contexts), rejected))
+        listener.bus.emit(ev.AssociationAccepted(session.info, len(session.contexts), rejected,
+                                                 session.tls, session.tls_subject))
         return answer
 
     def _reject(self, why: Rejection) -> pdu.AssociateRJ:

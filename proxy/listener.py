@@ -162,7 +162,7 @@ class Listener:
         return self._tls_context
 
     def _handshake(self, peer: str, error: BaseException | None,
-                   peer_cert: dict[str, object] | None) -> None:
+                   peer_cert: bytes | None) -> None:
         subject = tlsmod.peer_subject(peer_cert)
         if error is None:
             self.bus.emit(ev.TlsHandshake("workstation", peer, True, subject=subject))

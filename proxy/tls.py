@@ -155,14 +155,11 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def peer_subject(peer_cert: dict[str, object] | None) -> str | None:
-    """The subject of a peer certificate as ``ssl`` reports it (``getpeercert()``)."""
-    if not peer_cert:
+def peer_subject(der: bytes | None) -> str | None:
+    """The RFC 4514 subject of a peer certificate (DER, as ``getpeercert(True)`` gives it)."""
+    if not der:
         return None
-    parts = []
-    subject = peer_cert.get("subject")
-    if isinstance(subject, tuple):
-        for rdn in subject:
-            for key, value in rdn:
-                parts.append(f"{key}={value}")
-    return ",".join(parts) or None
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return None

@@ -1,6 +1,7 @@
 """Certificates for the TLS tests, made with ``cryptography``: a CA, the proxy's
 certificate, workstation certificates (good, expired, not yet valid, from an untrusted
-CA, for the wrong name). PEM files in a directory; nothing is shared between tests."""
+CA, for the wrong name). RSA keys: DCMTK's default BCP 195 profile offers ECDHE_RSA and
+DHE_RSA suites for TLS 1.2. PEM files in a directory; nothing is shared between tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DAY = datetime.timedelta(days=1)
@@ -35,7 +36,7 @@ class Authority:
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.key = rsa.generate_private_key(65537, 2048)
         now = datetime.datetime.now(datetime.UTC)
         self.subject = _name(f"{name} test CA")
         self.cert = (x509.CertificateBuilder().subject_name(self.subject)
@@ -53,7 +54,7 @@ class Authority:
               dns: tuple[str, ...] = ("localhost",),
               ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
         """A leaf certificate valid from now+days[0] to now+days[1] (days may be < 0)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        key = rsa.generate_private_key(65537, 2048)
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]

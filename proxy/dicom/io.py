@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 # A TLS listener's context: fixed, or read at each accept (Rule 2: reloads).
 TlsSource: TypeAlias = ssl.SSLContext | Callable[[], ssl.SSLContext] | None
-# Told of each handshake: (peer "ip:port", the error or None, the peer's certificate).
-TlsOutcome: TypeAlias = Callable[[str, BaseException | None, dict[str, Any] | None], None]
+# Told of each handshake: (peer "ip:port", the error or None, the peer's certificate, DER).
+TlsOutcome: TypeAlias = Callable[[str, BaseException | None, bytes | None], None]
 
 
 class Driver:
@@ -139,8 +139,9 @@ class Driver:
                     on_tls(peer, exc, None)
             return
         if tls is not None and on_tls is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
             with contextlib.suppress(Exception):
-                on_tls(peer, None, transport.get_extra_info("peercert"))
+                on_tls(peer, None, ssl_object.getpeercert(True) if ssl_object else None)
 
     async def connect(self, host: str, port: int, request: pdu.AssociateRQ,
                       factory: Callable[[Link], Handler], *, tls: ssl.SSLContext | None = None,

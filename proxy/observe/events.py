@@ -70,6 +70,8 @@ class AssociationAccepted(Event):
     assoc: AssocInfo
     contexts_accepted: int
     contexts_rejected: int
+    tls: bool = False                 # over the TLS listener
+    client_certificate: str | None = None   # its subject, when the workstation showed one
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,9 @@ class LogObserver:
             case ev.AssociationAccepted():
                 self._emit("info", "association_accepted", {
                     "contexts_accepted": event.contexts_accepted,
-                    "contexts_rejected": event.contexts_rejected}, assoc=event.assoc)
+                    "contexts_rejected": event.contexts_rejected,
+                    "tls": event.tls or None, "client_certificate": event.client_certificate},
+                    assoc=event.assoc)
             case ev.AssociationRejected():
                 self._emit("warning", "association_rejected",
                            {"reason": event.reason, "hint": event.hint}, assoc=event.assoc)
