@@ -68,6 +68,14 @@ def explain(error: BaseException, handshake_timeout: float) -> tuple[str, str]:
                          "to the proxy's clear port")
     text = f"{getattr(error, 'reason', '') or ''} {getattr(error, 'verify_message', '') or ''} " \
            f"{error}".lower()
+    if "alert" in text and any(k in text for k in ("unknown ca", "unknown_ca", "bad certificate",
+                                                   "bad_certificate", "certificate expired",
+                                                   "certificate_expired")):
+        # The workstation's TLS alert: it refused the proxy's certificate, not vice versa.
+        reason = EXPIRED if "expired" in text else UNKNOWN_CA
+        return reason, ("the workstation refused the proxy's certificate ([tls] cert): add the "
+                        "CA that issued it to the workstation's trusted CAs (DCMTK: +cf CA), "
+                        "or renew it if it expired")
     if "expired" in text:
         return EXPIRED, ("the workstation's certificate has expired: issue it a new one "
                          "from the CA in [tls] ca")
@@ -97,6 +105,9 @@ def explain(error: BaseException, handshake_timeout: float) -> tuple[str, str]:
                           "1.2 or newer, BCP 195 ciphers), or did not speak TLS at all: "
                           "enable TLS 1.2+ on the workstation, or point clear DICOM at the "
                           "clear port")
+    if isinstance(error, ConnectionError) or "eof" in text:
+        return OTHER, ("the peer closed the connection during the TLS handshake: a port probe "
+                       "or health check, or a workstation that gave up (see its TLS log)")
     return OTHER, f"the TLS handshake failed ({error}); check the workstation's TLS settings"
 
 

@@ -97,6 +97,16 @@ def test_real_failures_are_named_in_the_contracts_words(pki: Pki, who: str | Non
     assert "certificate" in hint
 
 
+def test_a_workstation_refusing_the_proxys_certificate_is_told_apart(pki: Pki) -> None:
+    distrustful = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # trusts the rogue CA only
+    distrustful.load_verify_locations(cafile=str(pki.rogue_ca.path))
+    distrustful.load_cert_chain(str(pki.workstation.cert), str(pki.workstation.key))
+    error = handshake(tls.server_context(config(pki)), distrustful)
+    assert error is not None
+    reason, hint = tls.explain(error, 10)
+    assert reason == tls.UNKNOWN_CA and "refused the proxy's certificate" in hint
+
+
 def test_an_old_protocol_version_is_protocol(pki: Pki) -> None:
     error = handshake(tls.server_context(config(pki, min_version="1.3")),
                       client(pki, pki.workstation, maximum=ssl.TLSVersion.TLSv1_2))
