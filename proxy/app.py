@@ -98,7 +98,8 @@ class Proxy:
         self.address = self.listener.start()
         self.bus.emit(ev.ProxyStarted(self.config.proxy.ae_title, self.address[0],
                                       self.address[1], metrics_url,
-                                      [r.called_ae for r in self.config.routes]))
+                                      [r.called_ae for r in self.config.routes],
+                                      self.listener.tls_port))
         return self.address
 
     def stop(self, reason: str = "stop requested", grace: float | None = None) -> int:

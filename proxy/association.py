@@ -10,7 +10,10 @@ Rule 1: admission is ``routing.admit`` (pure; with ``session.source_ip``, the on
         counted by ``Listener.admitted_on``); the contexts are ``proxy.dicom.negotiation``
         under the route's policy (``Listener.policy_for``); a route may then change the
         answer, or reject, through the listener's ``negotiating`` hook (``proxy.store.
-        relay``: association mirroring). Every rejection is one ``association_rejected``.
+        relay``: association mirroring). A ``tls_only`` route refuses an association that
+        came over the clear port (``routing.clear_on_tls_only``); one over TLS carries
+        ``session.tls`` and its client certificate's subject (``session.tls_subject``).
+        Every rejection is one ``association_rejected``.
 Rule 2: a C-STORE data set is written as it arrives into a Part-10 file in the
         listener's ``receive_dir`` (the spool's temp dir: same filesystem, so it can be
         renamed into place), its File Meta naming the sending and receiving AE titles
@@ -41,8 +44,16 @@ from proxy.dicom.link import Answer, Link, Outbox
 from proxy.dicom.negotiation import accepted_contexts
 from proxy.observe import events as ev
 from proxy.part10 import file_meta
-from proxy.routing import Inbound, Rejection, admit, route_limit, too_many_associations
+from proxy.routing import (
+    Inbound,
+    Rejection,
+    admit,
+    clear_on_tls_only,
+    route_limit,
+    too_many_associations,
+)
 from proxy.session import Request, Session
+from proxy.tls import peer_subject
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
@@ -97,6 +108,11 @@ class WorkstationAssociation:
                                source_ip=source_ip)
         self.session.is_up = lambda: link.abort_reason is None and not link.closed.done()
         self.session.abort = self._abort
+        transport = link.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None:          # the TLS listener: the handshake is done
+            self.session.tls = True
+            self.session.tls_subject = peer_subject(ssl_object.getpeercert(True))
         self.requested = False
         self._incoming: _Incoming | None = None
         self._running: dict[int, Request] = {}
@@ -134,6 +150,10 @@ class WorkstationAssociation:
                                *listener.admitted_on(decision, rq.calling_ae))
         if busy is not None:
             return self._reject(busy)
+        if not isinstance(decision, Inbound):
+            clear = clear_on_tls_only(decision, session.tls, listener.tls_port)
+            if clear is not None:
+                return self._reject(clear)
         session.admitted = True
         if isinstance(decision, Inbound):  # an archive delivering C-MOVE sub-operations
             session.data["inbound"] = True
@@ -164,7 +184,8 @@ class WorkstationAssociation:
         session.contexts = accepted_contexts(rq, answer)
         session.peer_max_pdu = rq.user.max_length or 0
         rejected = sum(1 for cx in answer.contexts if cx.result != negotiation.ACCEPTANCE)
-        listener.bus.emit(ev.AssociationAccepted(session.info, len(session.contexts), rejected))
+        listener.bus.emit(ev.AssociationAccepted(session.info, len(session.contexts), rejected,
+                                                 session.tls, session.tls_subject))
         return answer
 
     def _reject(self, why: Rejection) -> pdu.AssociateRJ:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -101,6 +102,9 @@ def serve(config: Config) -> int:
     # Before start(): a SIGTERM while starting still means "stop cleanly, exit 0".
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP: re-read the [tls] certificate, key and CAs; running associations keep theirs.
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
     proxy = Proxy(config)
     try:
         proxy.start()
@@ -108,8 +112,10 @@ def serve(config: Config) -> int:
         print(f"dicom-proxy: {_startup_failure(config, exc)}", file=sys.stderr)
         proxy.stop(reason="startup failed", grace=0)   # whatever did start (threads)
         return EXIT_FAILURE
-    while not stop.wait(0.5):
-        pass
+    while not stop.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            proxy.listener.reload_tls()
     proxy.stop(reason=reason["why"])
     sys.stdout.flush()
     return EXIT_OK
@@ -121,6 +127,8 @@ def _startup_failure(config: Config, exc: OSError) -> str:
 
     if isinstance(exc, SpoolError):
         return f"[spool] dir: {exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"[tls] cert/key/ca: unusable ({exc})"
     return (f"cannot listen on {config.proxy.host}:{config.proxy.port} or metrics "
             f"{config.metrics.host}:{config.metrics.port}: {exc.strerror or exc}")
 

@@ -18,6 +18,12 @@ Rule 3: the policy a route offers (``policy_for``): Verification and the Q/R mod
         requestor's own transfer syntax order wins (``proxy.contexts`` Rule 2). An
         archive delivering move-mode sub-operations is offered what its retrieves'
         receivers accepted (``inbound_policy``, ``proxy.contexts`` Rule 4).
+Rule 5: DICOM over TLS (``proxy.tls``): with ``[proxy] tls_port`` a second listener on
+        the same loop terminates TLS; its handshakes run beside the accept loop, bounded
+        by ``[tls] handshake_timeout``; each outcome is one ``TlsHandshake`` event (a
+        failure: the contract's reason and a hint). ``reload_tls`` (SIGHUP) builds a new
+        context from the files and swaps it in for new connections; running
+        associations keep theirs. The certificates held are reported for the expiry gauge.
 Rule 4: back-pressure: a handler's ``send`` blocks while the workstation is behind, so a
         slow reader never makes the proxy hold a whole answer (``proxy.dicom.link``
         Rule 3); a workstation waiting for an answer is not idle (Rule 4 there).
@@ -31,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from proxy import tls as tlsmod
 from proxy.association import WorkstationAssociation
 from proxy.config import Config, RouteConfig
 from proxy.contexts import offers_for_inbound, offers_for_route
@@ -88,6 +96,8 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
         self._policies: dict[str, Policy] = {}
+        self.tls_port: int | None = None            # the TLS listener's bound port
+        self._tls_context: ssl.SSLContext | None = None
 
     # -- policy (Rule 3) -----------------------------------------------------------
     def policy_for(self, route: RouteConfig) -> Policy:
@@ -114,13 +124,16 @@ class Listener:
     # -- lifecycle -----------------------------------------------------------------
     def limits(self) -> Limits:
         p = self.config.proxy
+        handshake = self.config.tls.handshake_timeout if self.config.tls else 10.0
         return Limits(max_connections=p.max_connections, acse_timeout=p.acse_timeout,
                       dimse_timeout=p.dimse_timeout, network_timeout=p.network_timeout,
                       write_high_water=WRITE_HIGH_WATER, stream_data=True,
-                      workers=p.max_associations + 8)
+                      workers=p.max_associations + 8, handshake_timeout=handshake)
 
     def start(self) -> tuple[str, int]:
         p = self.config.proxy
+        if self.config.tls is not None and p.tls_port is not None:
+            self._tls_context = tlsmod.server_context(self.config.tls)   # bad files: no start
         ready = threading.Event()
         bound: list[int | BaseException] = []
 
@@ -134,7 +147,14 @@ class Listener:
                                           proxy_from=self._from_balancer if
                                           p.proxy_protocol_from else None,
                                           on_proxy_error=self._proxy_error))
+                if self._tls_context is not None and p.tls_port is not None:
+                    self.tls_port = driver.serve(
+                        p.host, p.tls_port, self._associate, tls=self._current_tls,
+                        on_refused=self._refused, on_tls=self._handshake,
+                        proxy_from=self._from_balancer if p.proxy_protocol_from else None,
+                        on_proxy_error=self._proxy_error)
             except BaseException as exc:
+                driver.stop_accepting()
                 bound.append(exc)
                 ready.set()
                 return
@@ -150,7 +170,44 @@ class Listener:
             raise RuntimeError("the listener did not start")
         if isinstance(bound[0], BaseException):
             raise bound[0]
+        self._report_certificates()
         return p.host, bound[0]
+
+    # -- TLS (Rule 5) ----------------------------------------------------------------
+    def _current_tls(self) -> ssl.SSLContext:
+        assert self._tls_context is not None
+        return self._tls_context
+
+    def _handshake(self, peer: str, error: BaseException | None,
+                   peer_cert: bytes | None) -> None:
+        subject = tlsmod.peer_subject(peer_cert)
+        if error is None:
+            self.bus.emit(ev.TlsHandshake("workstation", peer, True, subject=subject))
+            return
+        assert self.config.tls is not None
+        reason, hint = tlsmod.explain(error, self.config.tls.handshake_timeout)
+        self.bus.emit(ev.TlsHandshake("workstation", peer, False, reason, hint, subject))
+
+    def _report_certificates(self) -> None:
+        if self.config.tls is None:
+            return
+        for cert in tlsmod.held_certificates(self.config.tls):
+            self.bus.emit(ev.TlsCertificateHeld(cert.subject, cert.role, cert.not_after))
+
+    def reload_tls(self) -> bool:
+        """Re-read [tls] cert, key and ca (SIGHUP); new handshakes use them (Rule 5).
+        On unusable files the running context stays and ``tls_reload_failed`` says why."""
+        if self.config.tls is None or self._tls_context is None:
+            return False
+        try:
+            context = tlsmod.server_context(self.config.tls)
+            self._report_certificates()
+        except (OSError, ValueError) as exc:
+            self.bus.emit(ev.TlsReloaded(f"{type(exc).__name__}: {exc}"))
+            return False
+        self._tls_context = context          # one reference swap: read at each accept
+        self.bus.emit(ev.TlsReloaded())
+        return True
 
     def _associate(self, link: Link) -> Handler:
         return WorkstationAssociation(self, link)

@@ -160,6 +160,21 @@ def from_networks(source_ip: str | None, networks: tuple[Network, ...]) -> bool:
                                        for net in networks)
 
 
+def clear_on_tls_only(route: RouteConfig, over_tls: bool,
+                      tls_port: int | None) -> Rejection | None:
+    """A ``tls_only`` route refuses an association that came over the clear port: called AE
+    not recognised (PS3.8 9.3.4), the nearest reason: this AE title does not exist there."""
+    if over_tls or not route.tls_only:
+        return None
+    where = f"the TLS port {tls_port}" if tls_port else "the proxy's TLS port"
+    return Rejection(
+        reason=f"route {route.called_ae} accepts TLS only",
+        hint=f"connect to {where} with DICOM over TLS (DCMTK: +tls KEY CERT +cf CA), or set "
+             f"tls_only = false on the route {route.called_ae!r}",
+        result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
+        diagnostic=DIAG_CALLED_AE_NOT_RECOGNISED)
+
+
 def too_many_associations(active: int, limit: int) -> Rejection | None:
     """Transient rejection when the association limit is reached (PS3.8 9.3.4)."""
     if active < limit:

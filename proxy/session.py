@@ -56,6 +56,8 @@ class Session:
     # accepted presentation context ID -> abstract/transfer syntax and roles
     contexts: dict[int, Accepted] = field(default_factory=dict)
     peer_max_pdu: int = 0               # the workstation's maximum PDU length (0: none)
+    tls: bool = False                   # arrived on the TLS listener (handshake done)
+    tls_subject: str | None = None      # its client certificate's subject, if it showed one
     # The association's link: whether it is still up, and how to abort it.
     is_up: Callable[[], bool] = lambda: True
     abort: Callable[[str], None] = lambda why: None

@@ -448,6 +448,40 @@ def test_tls_handshake_failures_close_only_their_connection(
         server.stop()
 
 
+def test_tls_outcomes_are_reported_and_a_swapped_context_reaches_new_connections(
+        certificate: tuple[str, str]) -> None:
+    """``on_tls`` hears each handshake (error or None); a callable ``tls`` is read per accept."""
+    key, cert = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    current = {"ctx": server_ctx}
+    outcomes: list[tuple[str, BaseException | None]] = []
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(Scp, Limits(handshake_timeout=1.0))
+
+    async def serve_tls() -> int:
+        return server.driver.serve("127.0.0.1", 0, Scp, tls=lambda: current["ctx"],
+                                   on_tls=lambda peer, error, der: outcomes.append((peer, error)))
+    try:
+        port = server.call(serve_tls())
+        assert server.call(echo_through(server.driver, port, client_ctx)) == 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as mute:
+            mute_peer = f"127.0.0.1:{mute.getsockname()[1]}"
+            assert read_until_closed(mute) == b""
+        deadline = time.monotonic() + 5
+        while len(outcomes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert outcomes[0][1] is None
+        assert outcomes[1][0] == mute_peer and outcomes[1][1] is not None
+        other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)      # no certificate: every
+        current["ctx"] = other                               # new handshake fails now
+        with pytest.raises((ssl.SSLError, OSError)):
+            server.call(echo_through(server.driver, port, client_ctx))
+    finally:
+        server.stop()
+
+
 def test_requestor_connect_against_pynetdicom_scp_and_rejection(scp: LoopThread) -> None:
     ae = AE(ae_title="PROXY")
     ae.add_supported_context(VERIFICATION)

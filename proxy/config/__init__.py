@@ -30,6 +30,7 @@ from proxy.config.model import (
     RouteConfig,
     SpoolConfig,
     StoreFilter,
+    TlsConfig,
     load,
     parse,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "RouteConfig",
     "SpoolConfig",
     "StoreFilter",
+    "TlsConfig",
     "load",
     "parse",
 ]

@@ -190,6 +190,17 @@ def path_value(path: str, value: Any) -> Path:
     return Path(value)
 
 
+def readable_file(path: str, value: Any) -> Path:
+    """A file that exists and can be read now (certificates, keys)."""
+    file = path_value(path, value)
+    try:
+        with open(file, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read {str(file)!r}: {exc.strerror}") from None
+    return file
+
+
 def choice(options: tuple[str, ...]) -> Check:
     def check(path: str, value: Any) -> str:
         if value not in options:

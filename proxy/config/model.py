@@ -53,6 +53,22 @@ class ProxyConfig:
     shutdown_grace: float = 30.0      # seconds running operations get after SIGTERM
     # Load balancers whose connections start with a PROXY protocol header (v1/v2).
     proxy_protocol_from: tuple[check.Network, ...] = ()
+    tls_port: int | None = None       # a second listener speaking DICOM over TLS (None: none)
+
+
+TLS_VERSIONS = ("1.2", "1.3")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The proxy's certificate and the CAs it trusts (PEM files; PS3.15 Annex B)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None            # peers' certificates are verified against these
+    require_client_cert: bool = True  # the TLS listener refuses workstations without one
+    min_version: str = "1.2"          # "1.2" or "1.3" (BCP 195: never SSL, TLS 1.0/1.1)
+    handshake_timeout: float = 10.0   # seconds; a peer that stalls the handshake is dropped
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,8 @@ class ArchiveConfig:
     retrieve: str = "get"
     max_results: int = 0
     timeout: float = 30.0
+    tls: bool = False                 # parsed and validated; originating TLS is not yet used
+    tls_server_name: str | None = None  # the name its certificate must carry (default: host)
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,8 @@ class DestinationConfig:
     ae_title: str
     host: str
     port: int
+    tls: bool = False                 # parsed and validated; originating TLS is not yet used
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,7 @@ class RouteConfig:
     destinations: tuple[str, ...] | None = None  # Move Destinations allowed (None: every one)
     max_associations: int | None = None   # associations on this route at once (None: no limit)
     max_associations_per_ae: int | None = None  # ... per calling AE title (None: no limit)
+    tls_only: bool = False            # answered only on the TLS listener ([proxy] tls_port)
 
     @property
     def is_federated(self) -> bool:
@@ -167,6 +188,7 @@ class Config:
     routes: tuple[RouteConfig, ...]
     health: HealthConfig = field(default_factory=HealthConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    tls: TlsConfig | None = None
     source: Path | None = field(default=None, compare=False)
 
     def route_for(self, called_ae: str) -> RouteConfig | None:
@@ -206,7 +228,7 @@ def load(path: str | Path) -> Config:
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
     check.only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations",
-                               "routes", "health", "federation"})
+                               "routes", "health", "federation", "tls"})
     if "proxy" not in data:
         raise ConfigError("proxy", "section is required")
     proxy = check.section("proxy", data["proxy"], ProxyConfig, {
@@ -214,7 +236,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         "max_associations": check.positive_int, "max_connections": check.positive_int,
         "max_pdu_size": check.pdu_size, "acse_timeout": check.positive_float,
         "dimse_timeout": check.positive_float, "network_timeout": check.positive_float,
-        "shutdown_grace": check.positive_float,
+        "shutdown_grace": check.positive_float, "tls_port": check.port,
         "proxy_protocol_from": check.networks,
     })
     metrics = check.section("metrics", data.get("metrics", {}), MetricsConfig, {
@@ -242,8 +264,56 @@ def parse(data: Mapping[str, Any]) -> Config:
         "location_cache_entries": check.positive_int, "location_cache_ttl": check.positive_float,
         "max_subqueries": check.positive_int,
     })
+    tls = _tls(data.get("tls"))
+    _tls_references(proxy, tls, archives, destinations, routes)
     return Config(proxy, metrics, log, spool, archives, destinations, routes, health=health,
-                  federation=federation)
+                  federation=federation, tls=tls)
+
+
+def _tls(raw: Any) -> TlsConfig | None:
+    """``[tls]``: the files must exist and be readable now, not at the first handshake."""
+    if raw is None:
+        return None
+    fields = check.fields("tls", raw, required={"cert", "key"}, checks={
+        "cert": check.readable_file, "key": check.readable_file, "ca": check.readable_file,
+        "require_client_cert": check.boolean, "min_version": _tls_version,
+        "handshake_timeout": check.positive_float,
+    })
+    tls = TlsConfig(**fields)
+    if tls.require_client_cert and tls.ca is None:
+        raise ConfigError("tls.ca", "is required with require_client_cert = true (the CA "
+                                    "certificates workstation certificates are verified "
+                                    "against); or set require_client_cert = false")
+    return tls
+
+
+def _tls_version(path: str, value: Any) -> str:
+    if isinstance(value, float):           # min_version = 1.2 written without quotes
+        value = repr(value)
+    return str(check.choice(TLS_VERSIONS)(path, value))
+
+
+def _tls_references(proxy: ProxyConfig, tls: TlsConfig | None,
+                    archives: Mapping[str, ArchiveConfig],
+                    destinations: Mapping[str, DestinationConfig],
+                    routes: tuple[RouteConfig, ...]) -> None:
+    """Keys that need ``[tls]`` (the proxy's certificate and CAs) name it as the fix."""
+    if tls is not None:
+        if proxy.tls_port is not None and proxy.tls_port != 0 and proxy.tls_port == proxy.port:
+            raise ConfigError("proxy.tls_port", f"is the clear port ({proxy.port}): the TLS "
+                                                "listener needs a port of its own")
+        return
+    if proxy.tls_port is not None:
+        raise ConfigError("proxy.tls_port", "needs a [tls] section (cert, key, ca)")
+    for i, route in enumerate(routes):
+        if route.tls_only:
+            raise ConfigError(f"routes[{i}].tls_only", "needs [proxy] tls_port and a [tls] "
+                                                       "section: no TLS listener would answer")
+    for group, table in (("archives", archives), ("destinations", destinations)):
+        for name, peer in table.items():
+            if peer.tls:
+                raise ConfigError(f"{group}.{name}.tls", "needs a [tls] section (its ca "
+                                                         "verifies the peer's certificate)")
 
 
 def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
@@ -257,7 +327,8 @@ def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
             "ae_title": check.ae, "host": check.host, "port": check.peer_port,
             "calling_ae": check.ae,
             "retrieve": check.choice(RETRIEVE_MODES), "max_results": check.non_negative_int,
-            "timeout": check.positive_float,
+            "timeout": check.positive_float, "tls": check.boolean,
+            "tls_server_name": check.host,
         })
         fields.setdefault("calling_ae", default_calling)
         out[name] = ArchiveConfig(name=name, **fields)
@@ -272,6 +343,7 @@ def _destinations(raw: Any) -> dict[str, DestinationConfig]:
         path = f"destinations.{name}"
         fields = check.fields(path, body, required={"ae_title", "host", "port"}, checks={
             "ae_title": check.ae, "host": check.host, "port": check.peer_port,
+            "tls": check.boolean, "tls_server_name": check.host,
         })
         if fields["ae_title"] in seen:
             raise ConfigError(f"{path}.ae_title", f"{fields['ae_title']!r} is already used by "
@@ -297,6 +369,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
             "merge": check.choice(MERGE_MODES), "recheck_matches": check.boolean,
             "store_filter": _any, "pass_calling_ae": check.boolean,
             "store": check.choice(STORE_MODES), "destinations": check.name_list,
+            "tls_only": check.boolean,
             "max_associations": check.positive_int,
             "max_associations_per_ae": check.positive_int,
         })

@@ -19,7 +19,11 @@ figure, so ``run`` uses it when it is importable.
 Rule 1: the connection cap is applied at accept(), before a byte is read: a
         connection over ``max_connections`` is closed unread.
 Rule 2: a failed TLS handshake (or one slower than ``handshake_timeout``) closes that
-        connection only; accept errors (EMFILE) never stop the listener.
+        connection only; accept errors (EMFILE) never stop the listener. Handshakes run
+        in their own task, never in the accept loop; ``on_tls(peer, error, peer_cert)``
+        is told of each outcome (error None: it succeeded). ``tls`` may be a callable
+        returning the context, read at each accept, so a reload (new certificates)
+        reaches new connections while running ones keep theirs.
 Rule 3: ``shutdown(grace)`` stops accepting, lets running associations end within
         ``grace`` seconds, then aborts the rest (A-ABORT, then close).
 Rule 4: ``connect`` is the requestor side on the same loop: it returns the link once
@@ -41,7 +45,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 
 from proxy.dicom import pdu, proxyproto
 from proxy.dicom.link import AssociationRejected, Handler, Limits, Link, LinkClosed, Outbox
@@ -51,6 +55,11 @@ __all__ = ["AssociationRejected", "Driver", "Handler", "Limits", "Link", "LinkCl
            "run"]
 
 log = logging.getLogger(__name__)
+
+# A TLS listener's context: fixed, or read at each accept (Rule 2: reloads).
+TlsSource: TypeAlias = ssl.SSLContext | Callable[[], ssl.SSLContext] | None
+# Told of each handshake: (peer "ip:port", the error or None, the peer's certificate, DER).
+TlsOutcome: TypeAlias = Callable[[str, BaseException | None, bytes | None], None]
 
 
 class Driver:
@@ -78,26 +87,28 @@ class Driver:
             self._idle.set()
 
     def serve(self, host: str, port: int, factory: Callable[[Link], Handler], *,
-              tls: ssl.SSLContext | None = None, backlog: int = 128,
+              tls: TlsSource = None, backlog: int = 128,
               on_refused: Callable[[str], None] | None = None,
+              on_tls: TlsOutcome | None = None,
               proxy_from: Callable[[str], bool] | None = None,
               on_proxy_error: Callable[[str, str], None] | None = None) -> int:
         """Listen on (host, port); the bound port is returned (0 picks a free one).
         ``on_refused(peer)`` is told of each connection closed over the cap (Rule 1);
-        connections from addresses ``proxy_from`` accepts start with a PROXY protocol
-        header (Rule 5), ``on_proxy_error(peer, why)`` is told of each that did not."""
+        ``on_tls`` of each TLS handshake's outcome (Rule 2); connections from addresses
+        ``proxy_from`` accepts start with a PROXY protocol header (Rule 5),
+        ``on_proxy_error(peer, why)`` is told of each that did not."""
         listener = socket.create_server((host, port), backlog=backlog)
         listener.setblocking(False)
         self._listeners.append(listener)
         self.loop.add_reader(listener, self._accept, listener, factory, tls, on_refused,
-                             proxy_from, on_proxy_error)
+                             on_tls, proxy_from, on_proxy_error)
         return int(listener.getsockname()[1])
 
     def _accept(self, listener: socket.socket, factory: Callable[[Link], Handler],
-                tls: ssl.SSLContext | None,
-                on_refused: Callable[[str], None] | None,
-                proxy_from: Callable[[str], bool] | None = None,
-                on_proxy_error: Callable[[str, str], None] | None = None) -> None:
+                tls: TlsSource, on_refused: Callable[[str], None] | None,
+                on_tls: TlsOutcome | None,
+                proxy_from: Callable[[str], bool] | None,
+                on_proxy_error: Callable[[str, str], None] | None) -> None:
         for _ in range(64):
             try:
                 sock, address = listener.accept()
@@ -115,8 +126,10 @@ class Driver:
             self._connections += 1
             self._idle.clear()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            context = tls() if callable(tls) else tls
             via = proxy_from is not None and proxy_from(str(address[0]))
-            self._spawn(self._start(sock, factory, tls, via, on_proxy_error))
+            self._spawn(self._start(sock, factory, context, f"{address[0]}:{address[1]}",
+                                    on_tls, via, on_proxy_error))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -124,7 +137,8 @@ class Driver:
         task.add_done_callback(self._tasks.discard)
 
     async def _start(self, sock: socket.socket, factory: Callable[[Link], Handler],
-                     tls: ssl.SSLContext | None, via_balancer: bool = False,
+                     tls: ssl.SSLContext | None, peer: str = "unknown",
+                     on_tls: TlsOutcome | None = None, via_balancer: bool = False,
                      on_proxy_error: Callable[[str, str], None] | None = None) -> None:
         source: tuple[str, int] | None = None
         try:
@@ -134,21 +148,30 @@ class Driver:
         except (TimeoutError, OSError, ProxyProtocolError) as exc:
             why = (f"no PROXY protocol header within {self.limits.handshake_timeout:g} s"
                    if isinstance(exc, TimeoutError) else str(exc))
-            peer = _peer_of(sock)
             sock.close()
             self._connection_ended()
             if on_proxy_error is not None:
                 with contextlib.suppress(Exception):
                     on_proxy_error(peer, why)
             return
+        if source is not None:
+            peer = f"{source[0]}:{source[1]}"
         try:
-            await self.loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 lambda: Link(self, factory, "acceptor", source=source), sock, ssl=tls,
                 ssl_handshake_timeout=self.limits.handshake_timeout if tls else None)
         except Exception as exc:
             log.info("connection not started: %s", exc)   # Rule 2: this one only
             sock.close()
             self._connection_ended()
+            if tls is not None and on_tls is not None:
+                with contextlib.suppress(Exception):
+                    on_tls(peer, exc, None)
+            return
+        if tls is not None and on_tls is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            with contextlib.suppress(Exception):
+                on_tls(peer, None, ssl_object.getpeercert(True) if ssl_object else None)
 
     async def _proxy_header(self, sock: socket.socket) -> tuple[str, int] | None:
         """Rule 5: the balancer's header, taken from the socket and nothing after it."""
@@ -234,11 +257,3 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
     else:
         uvloop.run(main())
-
-
-def _peer_of(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "unknown"
-    return f"{host}:{port}"

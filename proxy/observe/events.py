@@ -45,6 +45,7 @@ class ProxyStarted(Event):
     port: int
     metrics_url: str | None
     routes: Sequence[str]
+    tls_port: int | None = None       # the DICOM-over-TLS listener's port, when there is one
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class AssociationAccepted(Event):
     assoc: AssocInfo
     contexts_accepted: int
     contexts_rejected: int
+    tls: bool = False                 # over the TLS listener
+    client_certificate: str | None = None   # its subject, when the workstation showed one
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,34 @@ class ForwardDeadLettered(Event):
     reason: str
     path: str                         # where the instance now lies
     hint: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsHandshake(Event):
+    """One TLS handshake with a peer; ``reason``/``hint`` when it failed (``proxy.tls``)."""
+
+    side: str                         # workstation, archive, destination
+    peer: str                         # ip:port
+    ok: bool
+    reason: str | None = None         # the contract's words: unknown CA, expired, timeout...
+    hint: str | None = None
+    subject: str | None = None        # the peer certificate's subject, when one was shown
+
+
+@dataclass(frozen=True)
+class TlsCertificateHeld(Event):
+    """A certificate the proxy holds (its own, a CA's): its expiry, for the gauge."""
+
+    subject: str
+    role: str                         # "proxy" or "ca"
+    not_after: float                  # unix seconds
+
+
+@dataclass(frozen=True)
+class TlsReloaded(Event):
+    """SIGHUP re-read [tls] cert/key/ca; ``error`` when the new files were unusable."""
+
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,8 @@ class LogObserver:
             case ev.ProxyStarted():
                 self._emit("info", "proxy_started", {
                     "ae_title": event.ae_title, "host": event.host, "port": event.port,
-                    "metrics_url": event.metrics_url, "routes": list(event.routes)})
+                    "metrics_url": event.metrics_url, "routes": list(event.routes),
+                    "tls_port": event.tls_port})
             case ev.ProxyStopping():
                 self._emit("info", "proxy_stopping", {
                     "reason": event.reason, "active_associations": event.active_associations})
@@ -157,7 +158,9 @@ class LogObserver:
             case ev.AssociationAccepted():
                 self._emit("info", "association_accepted", {
                     "contexts_accepted": event.contexts_accepted,
-                    "contexts_rejected": event.contexts_rejected}, assoc=event.assoc)
+                    "contexts_rejected": event.contexts_rejected,
+                    "tls": event.tls or None, "client_certificate": event.client_certificate},
+                    assoc=event.assoc)
             case ev.AssociationRejected():
                 self._emit("warning", "association_rejected",
                            {"reason": event.reason, "hint": event.hint,
@@ -210,6 +213,20 @@ class LogObserver:
                     "sop_class": event.sop_class, "sop_instance_uid": event.sop_instance_uid,
                     "status": hex_status(event.status), "reason": event.reason,
                     "path": event.path, "hint": event.hint})
+            case ev.TlsHandshake(ok=False):
+                self._emit("warning", "tls_failed", {
+                    "peer": event.peer, "side": event.side, "reason": event.reason,
+                    "hint": event.hint, "subject": event.subject})
+            case ev.TlsHandshake(ok=True):
+                self._emit("debug", "tls_accepted", {
+                    "peer": event.peer, "side": event.side, "subject": event.subject})
+            case ev.TlsReloaded(error=None):
+                self._emit("info", "tls_reloaded", {})
+            case ev.TlsReloaded():
+                self._emit("error", "tls_reload_failed", {
+                    "error": event.error,
+                    "hint": "the previous certificates stay in use; fix the files in [tls] "
+                            "and send SIGHUP again"})
             case ev.Noted():
                 self._emit(event.level, event.message, dict(event.fields), event.phi, event.assoc)
             case _:

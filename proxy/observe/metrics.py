@@ -76,6 +76,13 @@ class MetricsObserver:
                                 registry=r)
         for kind in SECURITY_KINDS:
             self.security.labels(kind)
+        self.tls_handshakes = Counter(p + "tls_handshakes", "TLS handshakes by side and result",
+                                      ["side", "result"], registry=r)
+        self.tls_expiry = Gauge(p + "tls_certificate_expiry_seconds",
+                                "Expiry time (unix seconds) of each certificate the proxy holds",
+                                ["subject", "role"], registry=r)
+        for result in ("ok", "failed"):
+            self.tls_handshakes.labels("workstation", result)
         for name in archives or []:
             # Pre-create series so dashboards show zeros rather than "no data".
             self.matches.labels(name)
@@ -139,6 +146,10 @@ class MetricsObserver:
                 self.spool_pending.set(n)
                 self.spool_bytes.set(b)
                 self.spool_oldest.set(age)
+            case ev.TlsHandshake(side=side, ok=ok):
+                self.tls_handshakes.labels(side, "ok" if ok else "failed").inc()
+            case ev.TlsCertificateHeld(subject=subject, role=role, not_after=not_after):
+                self.tls_expiry.labels(subject, role).set(not_after)
             case ev.ConnectionRefused(reason=reason):
                 self.refused.labels(reason).inc()
             case _:

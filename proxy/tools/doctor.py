@@ -12,6 +12,9 @@ Rule 3: probes are gentle and bounded: one TCP connect and at most one
         StudyInstanceUID only and is cancelled after ``max_results + 1``
         matches (one match when no cap is configured); every wait is bounded
         by ``timeout`` (and by the peer's own). Peers are probed in parallel.
+Rule 5: with ``[tls]``, the proxy's own certificate is checked without the network:
+        that it chains to ``[tls] ca`` (FAIL otherwise: workstations verifying it refuse
+        the proxy), and its days to expiry (FAIL expired, WARN within 30 days, else ok).
 Rule 4: ``exit_status``: 1 when any finding is FAIL (something is broken),
         else 0 — warnings are printed but do not fail.
 """
@@ -19,6 +22,7 @@ Rule 4: ``exit_status``: 1 when any finding is FAIL (something is broken),
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +43,8 @@ from pynetdicom.sop_class import (
     Verification as ECHO,
 )
 
-from proxy.config import ArchiveConfig, Config, DestinationConfig
+from proxy import tls as tlsmod
+from proxy.config import ArchiveConfig, Config, DestinationConfig, TlsConfig
 from proxy.status import PENDING, Status, category, hex_status
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
@@ -53,6 +58,7 @@ from proxy.upstream import (
 OK, WARN, FAIL = "ok", "warn", "fail"
 _LABEL = {OK: "ok  ", WARN: "WARN", FAIL: "FAIL"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+EXPIRY_WARNING_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,8 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(jobs)))) as pool:
         reports = list(pool.map(run, jobs))
     reachable = {r.name: r.reachable for r in reports if r.kind == "archive"}
-    return [*config_findings(config), *(f for r in reports for f in r.findings),
+    tls = tls_findings(config.tls, time.time()) if config.tls is not None else []
+    return [*config_findings(config), *tls, *(f for r in reports for f in r.findings),
             *route_findings(config, reachable)]
 
 
@@ -281,6 +288,36 @@ def route_findings(config: Config, reachable: Mapping[str, bool]) -> list[Findin
             out.append(Finding(WARN, f"route {route.called_ae}", f"{names} of this federated "
                                "route is down: answers miss its studies",
                                "see the archive lines above"))
+    return out
+
+
+def tls_findings(tls: TlsConfig, now: float) -> list[Finding]:
+    """The proxy's own certificate: chain to [tls] ca, days to expiry (Rule 5)."""
+    subject = "tls certificate"
+    try:
+        held = tlsmod.held_certificates(tls)
+        chain = tlsmod.chain_problem(tls)
+    except (OSError, ValueError) as exc:
+        return [Finding(FAIL, subject, f"{tls.cert} or {tls.ca} cannot be read as PEM "
+                        f"certificates: {exc}", "point [tls] cert and ca at PEM files")]
+    own = next(c for c in held if c.role == "proxy")
+    out: list[Finding] = []
+    if chain is not None:
+        out.append(Finding(FAIL, subject, f"{own.subject} ({tls.cert}) does not chain to a CA "
+                           f"in {tls.ca}: {chain}", "issue the proxy's certificate from a CA "
+                           "in [tls] ca, or add its issuer (and intermediates) there"))
+    elif tls.ca is not None:
+        out.append(Finding(OK, subject, f"{own.subject} chains to a CA in {tls.ca}"))
+    days = (own.not_after - now) / 86400.0
+    if days < 0:
+        out.append(Finding(FAIL, subject, f"{own.subject} expired {-days:.0f} days ago: "
+                           "workstations refuse the TLS handshake",
+                           f"renew {tls.cert} and send SIGHUP to the proxy"))
+    elif days < EXPIRY_WARNING_DAYS:
+        out.append(Finding(WARN, subject, f"{own.subject} expires in {days:.0f} days",
+                           f"renew {tls.cert} and send SIGHUP to the proxy before it does"))
+    else:
+        out.append(Finding(OK, subject, f"{own.subject} expires in {days:.0f} days"))
     return out
 
 

@@ -173,10 +173,12 @@ def _query_args(model: str, level: str | None, keys: Sequence[str]) -> list[str]
 
 
 def echoscu(
-    host: str, port: int, called_ae: str, calling_ae: str, *, timeout: float = 30.0
+    host: str, port: int, called_ae: str, calling_ae: str, *, timeout: float = 30.0,
+    tls: Sequence[str] = (),
 ) -> DcmtkResult:
-    """C-ECHO; ``final_status`` is 0x0000 when ``Received Echo Response (Success)`` was logged."""
-    args = [*_network_args(called_ae, calling_ae, timeout), host, str(port)]
+    """C-ECHO; ``final_status`` is 0x0000 when ``Received Echo Response (Success)`` was logged.
+    ``tls``: DCMTK's TLS options, e.g. ``["+tls", KEY, CERT, "+cf", CA]``."""
+    args = [*_network_args(called_ae, calling_ae, timeout), *tls, host, str(port)]
     result = _run(DcmtkResult, "echoscu", args, timeout, rsp_type=None)
     if "Received Echo Response (Success)" in result.output:
         result.statuses.append(SUCCESS)
@@ -194,6 +196,7 @@ def findscu(
     keys: Sequence[str] = (),
     cancel_after: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    tls: Sequence[str] = (),
 ) -> FindResult:
     """C-FIND; every pending identifier is returned as a Dataset, in arrival order.
 
@@ -205,7 +208,7 @@ def findscu(
     """
     with tempfile.TemporaryDirectory(prefix="findscu-") as out:
         args = [*_network_args(called_ae, calling_ae, timeout), *_query_args(model, level, keys)]
-        args += ["-X", "-od", out]
+        args += ["-X", "-od", out, *tls]
         if cancel_after is not None:
             args += ["--cancel", str(cancel_after)]
         result = _run(FindResult, "findscu", [*args, host, str(port)], timeout, "C-FIND RSP")

@@ -46,7 +46,7 @@ def toml_value(value: Any) -> str:
 def to_toml(rules: Mapping[str, Any]) -> str:
     """Write the rules dict (sections, archives.*, destinations.*, routes[]) as TOML."""
     out: list[str] = []
-    for section in ("proxy", "metrics", "log", "spool", "health"):
+    for section in ("proxy", "metrics", "log", "spool", "health", "tls"):
         if section in rules:
             out.append(f"[{section}]")
             out += [f"{k} = {toml_value(v)}" for k, v in rules[section].items()]
@@ -84,6 +84,7 @@ class ProxyProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.reader: LineReader | None = None
         self.port = 0
+        self.tls_port = 0
         self.metrics_port = 0
         self.stderr_path = workdir / "proxy.stderr"
 
@@ -102,6 +103,7 @@ class ProxyProcess:
         self.reader = LineReader.of(self.proc.stdout)  # type: ignore[arg-type]
         started = self.wait_event("proxy_started", timeout=timeout)
         self.port = int(started["port"])
+        self.tls_port = int(started.get("tls_port") or 0)
         url = started.get("metrics_url")
         if url:
             self.metrics_port = int(url.rsplit(":", 1)[1].split("/")[0])
