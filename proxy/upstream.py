@@ -18,6 +18,11 @@ Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstati
         a request made for it (``calling_as``, route ``pass_calling_ae``); a refusal then
         names that title and says which setting chose it. Associations are never kept
         for reuse, so one opened with one calling AE title never carries another's request.
+Rule 7: a peer with ``tls = true`` is reached over TLS only (``proxy.tls.ClientTls``: its
+        certificate verified for ``tls_server_name``, default its host), by ``link`` and
+        ``associate`` alike; a failed handshake is an UpstreamError of kind ``tls`` whose
+        reason is the contract's (``proxy.tls.explain_peer``), and ``ClientTls`` hears
+        every handshake so the caller logs ``tls_failed`` and counts it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
+from proxy import tls as tlsmod
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.dicom import commands, items, pdu
@@ -50,7 +56,7 @@ from proxy.fastencode import encode
 from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING, category
-from proxy.ul.link import Link, LinkClosed, Rejected
+from proxy.ul.link import Link, LinkClosed, Rejected, TlsFailed
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -69,7 +75,7 @@ class UpstreamError(Exception):
         self.peer = peer
         self.reason = reason
         self.hint = hint
-        self.kind = kind            # refused, timeout, rejected, aborted, no_context, error
+        self.kind = kind            # refused, timeout, rejected, aborted, no_context, tls, error
         self.rejection = rejection  # A-ASSOCIATE-RJ (result, source, diagnostic), if rejected
 
 
@@ -84,13 +90,23 @@ class Peer:
     calling_ae: str
     timeout: float
     for_workstation: bool = False      # calling_ae is a workstation's (pass_calling_ae)
+    side: str = "archive"              # archive or destination (tls_failed's side)
+    tls: bool = False                  # reached over TLS only (Rule 7)
+    server_name: str | None = None     # the name its certificate must carry (None: host)
 
     @classmethod
     def of(cls, cfg: ArchiveConfig | DestinationConfig, default_calling: str,
            timeout: float = 30.0) -> Peer:
         calling, called = upstream_titles(cfg, default_calling)
+        archive = isinstance(cfg, ArchiveConfig)
         t = cfg.timeout if isinstance(cfg, ArchiveConfig) else timeout
-        return cls(cfg.name, called, cfg.host, cfg.port, calling, t)
+        return cls(cfg.name, called, cfg.host, cfg.port, calling, t,
+                   side="archive" if archive else "destination", tls=cfg.tls,
+                   server_name=cfg.tls_server_name)
+
+    @property
+    def expected_name(self) -> str:
+        return self.server_name or self.host
 
 
 def tcp_probe(host: str, port: int, timeout: float) -> str | None:
@@ -137,10 +153,11 @@ class ArchiveClient:
     """Opens bounded associations to one archive (or destination)."""
 
     def __init__(self, peer: Peer, network_timeout: float = 60.0,
-                 max_pdu_size: int = 262_144) -> None:
+                 max_pdu_size: int = 262_144, tls: tlsmod.ClientTls | None = None) -> None:
         self.peer = peer
         self.network_timeout = network_timeout
         self.max_pdu_size = max_pdu_size
+        self.tls = tls
         self._active: set[Association | Link] = set()
         self._active_lock = threading.Lock()
 
@@ -153,7 +170,7 @@ class ArchiveClient:
         if calling_ae == self.peer.calling_ae:
             return self
         other = ArchiveClient(replace(self.peer, calling_ae=calling_ae, for_workstation=True),
-                              self.network_timeout, self.max_pdu_size)
+                              self.network_timeout, self.max_pdu_size, self.tls)
         other._active, other._active_lock = self._active, self._active_lock
         return other
 
@@ -195,9 +212,12 @@ class ArchiveClient:
 
         bound = [(evt.EVT_CONN_OPEN, self._bound_socket), (evt.EVT_PDU_RECV, note_rejection),
                  *(handlers or [])]
+        tls_args = None
+        if self.peer.tls:
+            tls_args = (self._tls().context, self.peer.expected_name)
         assoc = ae.associate(self.peer.host, self.peer.port, contexts=list(contexts),
                              ae_title=self.peer.ae_title, ext_neg=ext_neg,
-                             evt_handlers=bound)
+                             evt_handlers=bound, tls_args=tls_args)
         if not assoc.is_established:
             raise self._why_not(assoc, rejections)
         assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
@@ -235,9 +255,23 @@ class ArchiveClient:
                 implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION[:16] or None,
                 roles=tuple(items.RoleSelection(str(r.sop_class_uid), bool(r.scu_role),
                                               bool(r.scp_role)) for r in roles)))
+        peer = self.peer
+        tls = self._tls() if peer.tls else None
+        where = f"{peer.host}:{peer.port}"
+        connect_timeout = min(peer.timeout, 10.0)
         try:
-            link = Link.open(self.peer.host, self.peer.port, request,
-                             min(self.peer.timeout, 10.0), self.peer.timeout)
+            link = Link.open(peer.host, peer.port, request, connect_timeout, peer.timeout,
+                             tls=tls.context if tls else None,
+                             server_hostname=peer.expected_name,
+                             on_tls=(lambda cert: tls.heard(peer.side, where, peer_cert=cert))
+                             if tls else None)
+        except TlsFailed as exc:
+            assert tls is not None
+            reason, hint = tlsmod.explain_peer(exc.error, peer.side, peer.expected_name,
+                                               connect_timeout)
+            tls.heard(peer.side, where, reason, hint)
+            raise UpstreamError(peer.name, f"TLS handshake with {peer.side} {peer.ae_title} "
+                                f"at {where} failed: {reason}", hint, kind="tls") from None
         except Rejected as exc:
             raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
                                     exc.rj.reason) from None
@@ -256,6 +290,13 @@ class ArchiveClient:
         finally:
             with self._active_lock:
                 self._active.discard(link)
+
+    def _tls(self) -> tlsmod.ClientTls:
+        if self.tls is None:
+            raise UpstreamError(self.peer.name, f"{self.peer.side} {self.peer.name} has tls = "
+                                "true but the proxy has no client TLS context",
+                                "add a [tls] section (cert, key, ca)", kind="tls")
+        return self.tls
 
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
