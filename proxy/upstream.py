@@ -28,6 +28,7 @@ Rule 7: a peer with ``tls = true`` is reached over TLS only (``proxy.tls.ClientT
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -120,6 +121,16 @@ def tcp_probe(host: str, port: int, timeout: float) -> str | None:
         return f"TCP connect timed out after {timeout:g}s (host down or a firewall drops)"
     except OSError as exc:
         return f"TCP connect failed: {exc.strerror or exc}"
+
+
+def tls_probe(peer: Peer, context: ssl.SSLContext, timeout: float) -> BaseException | None:
+    """None when a TLS handshake with ``peer`` succeeds; otherwise the handshake's error."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=peer.expected_name):
+            return None
+    except (OSError, ssl.SSLError) as exc:
+        return exc
 
 
 def explain_rejection(peer: Peer, result: int, source: int, diagnostic: int) -> UpstreamError:
@@ -267,11 +278,9 @@ class ArchiveClient:
                              if tls else None)
         except TlsFailed as exc:
             assert tls is not None
-            reason, hint = tlsmod.explain_peer(exc.error, peer.side, peer.expected_name,
-                                               connect_timeout)
-            tls.heard(peer.side, where, reason, hint)
-            raise UpstreamError(peer.name, f"TLS handshake with {peer.side} {peer.ae_title} "
-                                f"at {where} failed: {reason}", hint, kind="tls") from None
+            reason, failed = self._tls_failure(exc.error)
+            tls.heard(peer.side, where, reason, failed.hint)
+            raise failed from None
         except Rejected as exc:
             raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
                                     exc.rj.reason) from None
@@ -315,7 +324,21 @@ class ArchiveClient:
             rj = rejections[-1]
             return explain_rejection(self.peer, int(rj.result), int(rj.source),
                                      int(rj.reason_diagnostic))
+        if self.peer.tls:
+            # pynetdicom reports a failed TLS handshake as an abort: one probe says why.
+            error = tls_probe(self.peer, self._tls().context, min(self.peer.timeout, 10.0))
+            if error is not None:
+                return self._tls_failure(error)[1]
         return self._not_associated("was aborted or timed out during negotiation")
+
+    def _tls_failure(self, error: BaseException) -> tuple[str, UpstreamError]:
+        """The contract's reason and the UpstreamError (kind ``tls``) of a failed handshake."""
+        peer = self.peer
+        reason, hint = tlsmod.explain_peer(error, peer.side, peer.expected_name,
+                                           min(peer.timeout, 10.0))
+        return reason, UpstreamError(peer.name, f"TLS handshake with {peer.side} "
+                                     f"{peer.ae_title} at {peer.host}:{peer.port} failed: "
+                                     f"{reason}", hint, kind="tls")
 
     def _not_associated(self, what: str) -> UpstreamError:
         """No association: unreachable (a TCP probe says how), or the handshake ``what``."""

@@ -10,21 +10,27 @@ sees it (one ``tls_failed`` line, side ``archive``, and the handshake counter).
 
 from __future__ import annotations
 
+import io
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
 from tests.e2e.data import SyntheticSet
-from tests.e2e.dcmtk import StoreSCP, findscu, getscu, movescu
+from tests.e2e.dcmtk import StoreSCP, findscu, getscu, movescu, tool
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK
-from tests.e2e.proxy_harness import ProxyProcess, archive_entry
+from tests.e2e.proxy_harness import REPO, ProxyProcess, archive_entry, to_toml
 from tests.tls_certs import Pki, make_pki
 
 ProxyFactory = Callable[..., ProxyProcess]
@@ -174,3 +180,75 @@ def test_a_refused_archive_certificate(archive: OrthancArchive, pki: Pki,
     assert "TLS handshake" in upstream["error"]
     assert proxy.metric(HANDSHAKES, side="archive", result="failed") == 1
     assert proxy.metric(HANDSHAKES, side="archive", result="ok") == 0
+
+
+def body(data: bytes) -> bytes:
+    """A Part-10 file's data set as encoded (after preamble and file meta)."""
+    f = io.BytesIO(data)
+    read_preamble(f, False)
+    _read_file_meta_info(f)
+    return data[f.tell():]
+
+
+def stored(archive: OrthancArchive, uid: str, timeout: float = 60) -> tuple[str, bytes]:
+    """(Orthanc ID, file) of the instance ``uid`` once the archive holds it."""
+    deadline = time.monotonic() + timeout
+    while not (found := archive.rest("POST", "/tools/lookup", uid.encode())):
+        assert time.monotonic() < deadline, f"{uid} never reached the archive"
+        time.sleep(0.1)
+    data: bytes = archive.rest("GET", f"/instances/{found[0]['ID']}/file")
+    return found[0]["ID"], data
+
+
+def test_store_and_forward_reaches_the_tls_archive_as_a_direct_tls_store_does(
+        archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
+        synthetic_studies: SyntheticSet, tmp_path: Path) -> None:
+    config = rules(archive, pki)
+    config["routes"] = [{"called_ae": "STORE", "archives": ["pacs"], "store_to": ["pacs"]}]
+    proxy = proxy_factory(config)
+    ds = dcmread(synthetic_studies.paths[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = tmp_path / "new.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    uid = str(ds.SOPInstanceUID)
+
+    def store(port: int, called: str, *flags: str) -> str:
+        argv = [tool("storescu"), *flags, "-aet", "MODALITY", "-aec", called, "-to", "10",
+                "-ta", "10", "-td", "30", LOOPBACK, str(port), str(path)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    store(proxy.port, "STORE")
+    orthanc_id, via_proxy = stored(archive, uid)
+    archive.rest("DELETE", f"/instances/{orthanc_id}")
+    store(archive.dicom_port, archive.aet, *ws_tls(pki))
+    orthanc_id, direct = stored(archive, uid)
+    archive.rest("DELETE", f"/instances/{orthanc_id}")
+    assert body(via_proxy) == body(direct)
+    assert proxy.metric(HANDSHAKES, side="archive", result="ok") >= 1
+    assert not proxy.events("tls_failed")
+
+
+def run_doctor(tmp_path: Path, config: dict[str, Any]) -> tuple[int, list[str]]:
+    path = tmp_path / "rules.toml"
+    config = {"proxy": {"ae_title": "QR_PROXY", "host": LOOPBACK, "port": 0}, **config}
+    path.write_text(to_toml(config))
+    done = subprocess.run([sys.executable, "-m", "proxy.cli", "doctor", "--rules", str(path),
+                           "--timeout", "5"], capture_output=True, text=True, timeout=90,
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_doctor_reaches_the_tls_archive_and_names_a_refused_certificate(
+        archive: OrthancArchive, pki: Pki, tmp_path: Path) -> None:
+    code, lines = run_doctor(tmp_path, rules(archive, pki))
+    assert code == 0, lines
+    assert any(line.startswith("ok   archive pacs:") and "answers C-ECHO, C-FIND" in line
+               for line in lines), lines
+    code, lines = run_doctor(tmp_path, rules(archive, pki, tls_server_name="pacs.example"))
+    assert code == 1
+    [line] = [x for x in lines if x.startswith("FAIL archive pacs:")]
+    assert f"TLS handshake with archive {archive.aet} at {LOOPBACK}:{archive.dicom_port} " \
+        "failed: name mismatch" in line and "pacs.example" in line, line
