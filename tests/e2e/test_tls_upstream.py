@@ -200,11 +200,13 @@ def stored(archive: OrthancArchive, uid: str, timeout: float = 60) -> tuple[str,
     return found[0]["ID"], data
 
 
-def test_store_and_forward_reaches_the_tls_archive_as_a_direct_tls_store_does(
+@pytest.mark.parametrize("mode", ["spool", "relay"])
+def test_a_store_reaches_the_tls_archive_as_a_direct_tls_store_does(
         archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
-        synthetic_studies: SyntheticSet, tmp_path: Path) -> None:
+        synthetic_studies: SyntheticSet, tmp_path: Path, mode: str) -> None:
     config = rules(archive, pki)
-    config["routes"] = [{"called_ae": "STORE", "archives": ["pacs"], "store_to": ["pacs"]}]
+    config["routes"] = [{"called_ae": "STORE", "archives": ["pacs"], "store_to": ["pacs"],
+                         "store": mode}]
     proxy = proxy_factory(config)
     ds = dcmread(synthetic_studies.paths[0])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
