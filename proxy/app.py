@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from proxy import retrieve
+from proxy import tls as tlsmod
 from proxy.config import Config
 from proxy.dicom import commands
 from proxy.listener import Listener
@@ -64,12 +65,18 @@ class Proxy:
         phi = PhiFilter(config.log.phi, config.log.phi_key)
         self.bus = ev.EventBus([LogObserver(self.logger, phi), self.metrics])
         p = config.proxy
+        # Originating TLS (archives/destinations with tls = true): one context for all.
+        tls_peers = [*(a.tls for a in config.archives.values()),
+                     *(d.tls for d in config.destinations.values())]
+        self.client_tls = tlsmod.ClientTls(config.tls, self._handshake) \
+            if config.tls is not None and any(tls_peers) else None
         self.archives = {
-            name: ArchiveClient(Peer.of(a, p.ae_title), p.network_timeout, p.max_pdu_size)
+            name: ArchiveClient(Peer.of(a, p.ae_title), p.network_timeout, p.max_pdu_size,
+                                self.client_tls)
             for name, a in config.archives.items()}
         self.destinations = {
             name: ArchiveClient(Peer.of(d, p.ae_title, p.dimse_timeout), p.network_timeout,
-                                p.max_pdu_size)
+                                p.max_pdu_size, self.client_tls)
             for name, d in config.destinations.items()}
         self.listener = Listener(config, self.bus)
         self.services = Services(config, self.bus, self.listener, self.archives,
@@ -78,6 +85,22 @@ class Proxy:
         self.address: tuple[str, int] | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
+
+    def _handshake(self, side: str, peer: str, reason: str | None, hint: str | None,
+                   subject: str | None) -> None:
+        self.bus.emit(ev.TlsHandshake(side, peer, reason is None, reason, hint, subject))
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: the listener's context and the client context toward TLS peers are
+        rebuilt from the [tls] files; unusable files keep the running ones."""
+        ok = self.listener.reload_tls()
+        if self.client_tls is not None:
+            try:
+                self.client_tls.reload()
+            except (OSError, ValueError) as exc:
+                self.bus.emit(ev.TlsReloaded(f"{type(exc).__name__}: {exc}"))
+                return False
+        return ok
 
     def start(self) -> tuple[str, int]:
         for extension in EXTENSIONS:

@@ -115,7 +115,7 @@ def serve(config: Config) -> int:
     while not stop.wait(0.2):
         if reload.is_set():
             reload.clear()
-            proxy.listener.reload_tls()
+            proxy.reload_tls()
     proxy.stop(reason=reason["why"])
     sys.stdout.flush()
     return EXIT_OK

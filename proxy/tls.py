@@ -4,7 +4,10 @@ failed handshake means, and what the certificates it holds say.
 Job: build the ``ssl.SSLContext`` the workstation-facing TLS listener hands to
 ``proxy.dicom.io`` (``server_context``); turn a handshake error into one of the
 contract's reasons with a hint a network engineer acts on (``explain``); read the
-subject and expiry of the proxy's own certificate and of its CAs (``held_certificates``).
+subject and expiry of the proxy's own certificate and of its CAs (``held_certificates``);
+build the context the proxy originates TLS with toward archives and destinations that
+have ``tls = true`` (``client_context``, ``ClientTls``) and explain their failures
+(``explain_peer``).
 
 Rule 1: BCP 195: TLS 1.2 or newer only (``min_version`` may raise it to 1.3), no
         compression, no renegotiation, the stdlib's secure cipher list minus NULL,
@@ -16,11 +19,16 @@ Rule 3: a context is built whole from the files as they are now; a reload builds
 Rule 4: ``explain`` is pure: exception in, (reason, hint) out; the reasons are the
         contract's words: "unknown CA", "expired", "not yet valid", "name mismatch",
         "no certificate", "protocol", "timeout"; anything else is "handshake failed".
+Rule 5: toward a peer the proxy verifies (``CERT_REQUIRED``, the name checked: the peer's
+        ``tls_server_name``, default its host) against ``[tls] ca`` (the system's CAs when
+        there is none), presents its own certificate to peers that ask for one, and
+        keeps Rule 1's versions, ciphers and no compression.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +64,75 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=str(tls.ca))
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
     return ctx
+
+
+def client_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The context toward archives and destinations (Rules 1, 3, 5)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)     # CERT_REQUIRED, check_hostname
+    ctx.minimum_version = _VERSIONS[tls.min_version]
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    ctx.set_ciphers(CIPHERS)
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.ca is not None:
+        ctx.load_verify_locations(cafile=str(tls.ca))
+    else:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return ctx
+
+
+# (side, peer "host:port", reason and hint (None: it succeeded), peer certificate
+# subject) of one handshake.
+HandshakeHook = Callable[[str, str, str | None, str | None, str | None], None]
+
+
+class ClientTls:
+    """The proxy's client context, swapped whole by ``reload`` (SIGHUP, Rule 3), and who
+    hears each handshake toward a peer (``on_handshake``; the caller logs and counts)."""
+
+    def __init__(self, config: TlsConfig, on_handshake: HandshakeHook | None = None) -> None:
+        self.config = config
+        self.context = client_context(config)
+        self.on_handshake = on_handshake
+
+    def reload(self) -> None:
+        """Re-read the files; raises OSError/ssl.SSLError and keeps the old context then."""
+        self.context = client_context(self.config)
+
+    def heard(self, side: str, peer: str, reason: str | None = None, hint: str | None = None,
+              peer_cert: bytes | None = None) -> None:
+        if self.on_handshake is not None:
+            self.on_handshake(side, peer, reason, hint, peer_subject(peer_cert))
+
+
+_PEER_HINTS = {
+    UNKNOWN_CA: "the {side}'s certificate is not signed by a CA in [tls] ca (or the {side} "
+                "refused the proxy's certificate): add the CA that issued it to [tls] ca, or "
+                "the proxy's CA to the {side}'s trusted certificates",
+    EXPIRED: "a certificate in the handshake has expired (the {side}'s, or the proxy's as "
+             "the {side} saw it): renew it",
+    NOT_YET_VALID: "the {side}'s certificate is not valid yet: check the clocks of the "
+                   "{side} and the proxy, or the certificate's start date",
+    NAME_MISMATCH: "the {side}'s certificate does not carry {name}: set tls_server_name to a "
+                   "name in its subjectAltName, or issue it a certificate for {name}",
+    NO_CERTIFICATE: "the {side} wants a client certificate the proxy did not present: check "
+                    "[tls] cert and key",
+    PROTOCOL: "the {side} offered no TLS version or cipher the proxy accepts (TLS 1.2 or "
+              "newer, BCP 195 ciphers), or does not speak TLS on that port: check its TLS "
+              "settings, or set tls = false for a clear DICOM port",
+    TIMEOUT: "the {side} did not finish the TLS handshake in time: is TLS enabled on that "
+             "port? (a clear DICOM port waits for an association request)",
+}
+
+
+def explain_peer(error: BaseException, side: str, name: str,
+                 timeout: float) -> tuple[str, str]:
+    """(reason, hint) for a failed handshake toward an archive or destination (Rule 4);
+    ``name`` is the name its certificate had to carry."""
+    reason, _hint = explain(error, timeout)
+    if reason in _PEER_HINTS:
+        return reason, _PEER_HINTS[reason].format(side=side, name=name)
+    return reason, f"the TLS handshake with the {side} failed ({error}); check its TLS settings"
 
 
 def explain(error: BaseException, handshake_timeout: float) -> tuple[str, str]:

@@ -18,11 +18,17 @@ Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstati
         a request made for it (``calling_as``, route ``pass_calling_ae``); a refusal then
         names that title and says which setting chose it. Associations are never kept
         for reuse, so one opened with one calling AE title never carries another's request.
+Rule 7: a peer with ``tls = true`` is reached over TLS only (``proxy.tls.ClientTls``: its
+        certificate verified for ``tls_server_name``, default its host), by ``link`` and
+        ``associate`` alike; a failed handshake is an UpstreamError of kind ``tls`` whose
+        reason is the contract's (``proxy.tls.explain_peer``), and ``ClientTls`` hears
+        every handshake so the caller logs ``tls_failed`` and counts it.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +49,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
+from proxy import tls as tlsmod
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.dicom import commands, items, pdu
@@ -50,7 +57,7 @@ from proxy.fastencode import encode
 from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
 from proxy.status import PENDING, category
-from proxy.ul.link import Link, LinkClosed, Rejected
+from proxy.ul.link import Link, LinkClosed, Rejected, TlsFailed
 
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -69,7 +76,7 @@ class UpstreamError(Exception):
         self.peer = peer
         self.reason = reason
         self.hint = hint
-        self.kind = kind            # refused, timeout, rejected, aborted, no_context, error
+        self.kind = kind            # refused, timeout, rejected, aborted, no_context, tls, error
         self.rejection = rejection  # A-ASSOCIATE-RJ (result, source, diagnostic), if rejected
 
 
@@ -84,13 +91,23 @@ class Peer:
     calling_ae: str
     timeout: float
     for_workstation: bool = False      # calling_ae is a workstation's (pass_calling_ae)
+    side: str = "archive"              # archive or destination (tls_failed's side)
+    tls: bool = False                  # reached over TLS only (Rule 7)
+    server_name: str | None = None     # the name its certificate must carry (None: host)
 
     @classmethod
     def of(cls, cfg: ArchiveConfig | DestinationConfig, default_calling: str,
            timeout: float = 30.0) -> Peer:
         calling, called = upstream_titles(cfg, default_calling)
+        archive = isinstance(cfg, ArchiveConfig)
         t = cfg.timeout if isinstance(cfg, ArchiveConfig) else timeout
-        return cls(cfg.name, called, cfg.host, cfg.port, calling, t)
+        return cls(cfg.name, called, cfg.host, cfg.port, calling, t,
+                   side="archive" if archive else "destination", tls=cfg.tls,
+                   server_name=cfg.tls_server_name)
+
+    @property
+    def expected_name(self) -> str:
+        return self.server_name or self.host
 
 
 def tcp_probe(host: str, port: int, timeout: float) -> str | None:
@@ -104,6 +121,16 @@ def tcp_probe(host: str, port: int, timeout: float) -> str | None:
         return f"TCP connect timed out after {timeout:g}s (host down or a firewall drops)"
     except OSError as exc:
         return f"TCP connect failed: {exc.strerror or exc}"
+
+
+def tls_probe(peer: Peer, context: ssl.SSLContext, timeout: float) -> BaseException | None:
+    """None when a TLS handshake with ``peer`` succeeds; otherwise the handshake's error."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=peer.expected_name):
+            return None
+    except (OSError, ssl.SSLError) as exc:
+        return exc
 
 
 def explain_rejection(peer: Peer, result: int, source: int, diagnostic: int) -> UpstreamError:
@@ -137,10 +164,11 @@ class ArchiveClient:
     """Opens bounded associations to one archive (or destination)."""
 
     def __init__(self, peer: Peer, network_timeout: float = 60.0,
-                 max_pdu_size: int = 262_144) -> None:
+                 max_pdu_size: int = 262_144, tls: tlsmod.ClientTls | None = None) -> None:
         self.peer = peer
         self.network_timeout = network_timeout
         self.max_pdu_size = max_pdu_size
+        self.tls = tls
         self._active: set[Association | Link] = set()
         self._active_lock = threading.Lock()
 
@@ -153,7 +181,7 @@ class ArchiveClient:
         if calling_ae == self.peer.calling_ae:
             return self
         other = ArchiveClient(replace(self.peer, calling_ae=calling_ae, for_workstation=True),
-                              self.network_timeout, self.max_pdu_size)
+                              self.network_timeout, self.max_pdu_size, self.tls)
         other._active, other._active_lock = self._active, self._active_lock
         return other
 
@@ -195,9 +223,12 @@ class ArchiveClient:
 
         bound = [(evt.EVT_CONN_OPEN, self._bound_socket), (evt.EVT_PDU_RECV, note_rejection),
                  *(handlers or [])]
+        tls_args = None
+        if self.peer.tls:
+            tls_args = (self._tls().context, self.peer.expected_name)
         assoc = ae.associate(self.peer.host, self.peer.port, contexts=list(contexts),
                              ae_title=self.peer.ae_title, ext_neg=ext_neg,
-                             evt_handlers=bound)
+                             evt_handlers=bound, tls_args=tls_args)
         if not assoc.is_established:
             raise self._why_not(assoc, rejections)
         assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
@@ -235,9 +266,21 @@ class ArchiveClient:
                 implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION[:16] or None,
                 roles=tuple(items.RoleSelection(str(r.sop_class_uid), bool(r.scu_role),
                                               bool(r.scp_role)) for r in roles)))
+        peer = self.peer
+        tls = self._tls() if peer.tls else None
+        where = f"{peer.host}:{peer.port}"
+        connect_timeout = min(peer.timeout, 10.0)
         try:
-            link = Link.open(self.peer.host, self.peer.port, request,
-                             min(self.peer.timeout, 10.0), self.peer.timeout)
+            link = Link.open(peer.host, peer.port, request, connect_timeout, peer.timeout,
+                             tls=tls.context if tls else None,
+                             server_hostname=peer.expected_name,
+                             on_tls=(lambda cert: tls.heard(peer.side, where, peer_cert=cert))
+                             if tls else None)
+        except TlsFailed as exc:
+            assert tls is not None
+            reason, failed = self._tls_failure(exc.error)
+            tls.heard(peer.side, where, reason, failed.hint)
+            raise failed from None
         except Rejected as exc:
             raise explain_rejection(self.peer, exc.rj.result, exc.rj.source,
                                     exc.rj.reason) from None
@@ -257,6 +300,13 @@ class ArchiveClient:
             with self._active_lock:
                 self._active.discard(link)
 
+    def _tls(self) -> tlsmod.ClientTls:
+        if self.tls is None:
+            raise UpstreamError(self.peer.name, f"{self.peer.side} {self.peer.name} has tls = "
+                                "true but the proxy has no client TLS context",
+                                "add a [tls] section (cert, key, ca)", kind="tls")
+        return self.tls
+
     def _bound_socket(self, event: evt.Event) -> None:
         # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
         sock = event.assoc.dul.socket
@@ -274,7 +324,21 @@ class ArchiveClient:
             rj = rejections[-1]
             return explain_rejection(self.peer, int(rj.result), int(rj.source),
                                      int(rj.reason_diagnostic))
+        if self.peer.tls:
+            # pynetdicom reports a failed TLS handshake as an abort: one probe says why.
+            error = tls_probe(self.peer, self._tls().context, min(self.peer.timeout, 10.0))
+            if error is not None:
+                return self._tls_failure(error)[1]
         return self._not_associated("was aborted or timed out during negotiation")
+
+    def _tls_failure(self, error: BaseException) -> tuple[str, UpstreamError]:
+        """The contract's reason and the UpstreamError (kind ``tls``) of a failed handshake."""
+        peer = self.peer
+        reason, hint = tlsmod.explain_peer(error, peer.side, peer.expected_name,
+                                           min(peer.timeout, 10.0))
+        return reason, UpstreamError(peer.name, f"TLS handshake with {peer.side} "
+                                     f"{peer.ae_title} at {peer.host}:{peer.port} failed: "
+                                     f"{reason}", hint, kind="tls")
 
     def _not_associated(self, what: str) -> UpstreamError:
         """No association: unreachable (a TCP probe says how), or the handshake ``what``."""

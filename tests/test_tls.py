@@ -170,3 +170,87 @@ def test_doctor_checks_the_proxys_certificate(pki: Pki, tmp_path: Path) -> None:
     junk = tmp_path / "junk.crt"
     junk.write_text("not a certificate")
     assert tls_findings(config(pki, cert=junk), now)[0].severity == FAIL
+
+
+# -- originating TLS toward archives and destinations (client_context, Rule 5) ----------
+
+
+def client_handshake(server: ssl.SSLContext, client_ctx: ssl.SSLContext,
+                     name: str = "localhost") -> tuple[BaseException | None, bool]:
+    """One real handshake; (the client's error or None, whether the server saw a cert)."""
+    a, b = socket.socketpair()
+    seen: list[bool] = []
+
+    def server_side() -> None:
+        try:
+            with server.wrap_socket(a, server_side=True) as s:
+                seen.append(s.getpeercert(True) is not None)
+                s.sendall(b"x")
+        except (OSError, ssl.SSLError):
+            a.close()
+
+    thread = threading.Thread(target=server_side, daemon=True)
+    thread.start()
+    try:
+        with client_ctx.wrap_socket(b, server_hostname=name) as s:
+            s.recv(1)
+    except (OSError, ssl.SSLError) as exc:
+        return exc, bool(seen and seen[0])
+    finally:
+        b.close()
+        thread.join(5)
+    return None, bool(seen and seen[0])
+
+
+def test_the_client_context_verifies_the_peer_and_presents_the_proxys_certificate(
+        pki: Pki) -> None:
+    ctx = tls.client_context(config(pki))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.options & ssl.OP_NO_COMPRESSION
+    assert tls.client_context(config(pki, min_version="1.3")).minimum_version == \
+        ssl.TLSVersion.TLSv1_3
+    # An archive asking for a client certificate from the site CA gets the proxy's.
+    archive = tls.server_context(config(pki, cert=pki.workstation.cert,
+                                        key=pki.workstation.key, require_client_cert=True))
+    error, presented = client_handshake(archive, ctx)
+    assert error is None and presented
+
+
+def test_without_a_ca_the_client_context_trusts_the_system_cas(pki: Pki) -> None:
+    ctx = tls.client_context(config(pki, ca=None))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    archive = tls.server_context(config(pki, cert=pki.workstation.cert,
+                                        key=pki.workstation.key, require_client_cert=False,
+                                        ca=None))
+    error, _ = client_handshake(archive, ctx)         # the site test CA is no system CA
+    assert error is not None and tls.explain_peer(error, "archive", "localhost", 10)[0] == \
+        tls.UNKNOWN_CA
+
+
+@pytest.mark.parametrize(("served", "name", "reason", "words"), [
+    ("wrong_name", "localhost", tls.NAME_MISMATCH, "tls_server_name"),
+    ("workstation", "pacs.elsewhere.example", tls.NAME_MISMATCH, "pacs.elsewhere.example"),
+    ("untrusted", "localhost", tls.UNKNOWN_CA, "[tls] ca"),
+    ("expired", "localhost", tls.EXPIRED, "renew"),
+])
+def test_a_refused_peer_certificate_is_named_for_the_archive_side(
+        pki: Pki, served: str, name: str, reason: str, words: str) -> None:
+    issued: Issued = getattr(pki, served)
+    archive = tls.server_context(config(pki, cert=issued.cert, key=issued.key,
+                                        require_client_cert=False))
+    error, _ = client_handshake(archive, tls.client_context(config(pki)), name)
+    assert error is not None
+    said, hint = tls.explain_peer(error, "archive", name, 10)
+    assert said == reason, error
+    assert words in hint and "archive" in hint
+
+
+def test_client_tls_reload_swaps_the_context_and_reports_handshakes(pki: Pki) -> None:
+    heard: list[tuple[str, str, str | None, str | None, str | None]] = []
+    holder = tls.ClientTls(config(pki), lambda *a: heard.append(a))
+    before = holder.context
+    holder.reload()
+    assert holder.context is not before
+    holder.heard("destination", "127.0.0.1:104", "unknown CA", "hint")
+    assert heard == [("destination", "127.0.0.1:104", "unknown CA", "hint", None)]

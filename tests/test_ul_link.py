@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import random
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
+from proxy import tls
+from proxy.config import TlsConfig
 from proxy.dicom import commands, items, pdu
 from proxy.ul.link import (
     COMMAND,
@@ -43,9 +46,11 @@ from proxy.ul.link import (
     LinkClosed,
     Negotiated,
     Rejected,
+    TlsFailed,
     pdata_header,
 )
 from proxy.upstream import ArchiveClient, Peer, UpstreamError
+from tests.tls_certs import Pki, make_pki
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -850,3 +855,67 @@ def test_pdata_header_layout(size: int) -> None:
                       + struct.pack(">L", size + 2) + bytes((5, 0x03)))
     parsed = pdu.parse(header + bytes(size))
     assert parsed == pdu.PData((pdu.Pdv(5, True, True, bytes(size)),))
+
+
+# -- Link.open over TLS (Rule 5) against a tiny TLS acceptor ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def link_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("link-pki"))
+
+
+def _tls_config(pki: Pki, **kw: Any) -> TlsConfig:
+    values: dict[str, Any] = {"cert": pki.proxy.cert, "key": pki.proxy.key, "ca": pki.ca.path,
+                              **kw}
+    return TlsConfig(**values)
+
+
+def test_open_over_tls_negotiates_and_sends_a_large_data_set_in_order(
+        listener: socket.socket, pool: ThreadPoolExecutor, link_pki: Pki) -> None:
+    server = tls.server_context(_tls_config(link_pki, cert=link_pki.workstation.cert,
+                                            key=link_pki.workstation.key,
+                                            require_client_cert=True))
+    data = payload(3 * 1024 * 1024 + 17)        # several sendmsg batches' worth
+
+    def tls_acceptor() -> tuple[bytes, bytes, list[int]]:
+        conn, _addr = listener.accept()
+        conn.settimeout(5)
+        with server.wrap_socket(conn, server_side=True) as secure:
+            assert secure.getpeercert() is not None          # the proxy presented its own
+            assert read_pdu(secure)[0] == pdu.A_ASSOCIATE_RQ
+            secure.sendall(ac_bytes(16384))
+            return check_message(read_until_last(secure), 16384, 3)
+
+    peer = pool.submit(tls_acceptor)
+    heard: list[bytes | None] = []
+    link = Link.open("127.0.0.1", port_of(listener), REQUEST, 5.0, 5.0,
+                     tls=tls.client_context(_tls_config(link_pki)),
+                     server_hostname="localhost", on_tls=heard.append)
+    assert link.accept.accepted == {1: EXPLICIT, 3: IMPLICIT}
+    link.send_message(3, STORE_RQ, data)
+    command, got, sizes = peer.result(timeout=10)
+    assert command == STORE_RQ and got == data
+    assert sizes == expected_sizes(len(data), 16384 - 6)
+    assert heard and heard[0]                                 # the peer certificate (DER)
+    link.abort()
+
+
+def test_open_over_tls_to_a_wrongly_named_peer_raises_tls_failed(
+        listener: socket.socket, pool: ThreadPoolExecutor, link_pki: Pki) -> None:
+    server = tls.server_context(_tls_config(link_pki, cert=link_pki.wrong_name.cert,
+                                            key=link_pki.wrong_name.key,
+                                            require_client_cert=False))
+
+    def tls_acceptor() -> None:
+        conn, _addr = listener.accept()
+        try:
+            server.wrap_socket(conn, server_side=True).close()
+        except (OSError, ssl.SSLError):
+            conn.close()
+
+    pool.submit(tls_acceptor)
+    with pytest.raises(TlsFailed) as info:
+        Link.open("127.0.0.1", port_of(listener), REQUEST, 5.0, 5.0,
+                  tls=tls.client_context(_tls_config(link_pki)), server_hostname="localhost")
+    assert tls.explain_peer(info.value.error, "archive", "localhost", 5)[0] == tls.NAME_MISMATCH

@@ -122,7 +122,7 @@ class ArchiveConfig:
     retrieve: str = "get"
     max_results: int = 0
     timeout: float = 30.0
-    tls: bool = False                 # parsed and validated; originating TLS is not yet used
+    tls: bool = False                 # reached over TLS only (proxy.tls.client_context)
     tls_server_name: str | None = None  # the name its certificate must carry (default: host)
 
 
@@ -132,8 +132,8 @@ class DestinationConfig:
     ae_title: str
     host: str
     port: int
-    tls: bool = False                 # parsed and validated; originating TLS is not yet used
-    tls_server_name: str | None = None
+    tls: bool = False                 # reached over TLS only (proxy.tls.client_context)
+    tls_server_name: str | None = None  # the name its certificate must carry (default: host)
 
 
 @dataclass(frozen=True)

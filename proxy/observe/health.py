@@ -150,7 +150,7 @@ def peers_of(services: Services, timeout: float) -> dict[tuple[str, str], Archiv
         for name, client in clients.items():
             peer = dataclasses.replace(client.peer, timeout=min(client.peer.timeout, timeout))
             out[(kind, name)] = ArchiveClient(peer, min(client.network_timeout, timeout),
-                                              client.max_pdu_size)
+                                              client.max_pdu_size, client.tls)
     return out
 
 

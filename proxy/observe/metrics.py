@@ -81,8 +81,9 @@ class MetricsObserver:
         self.tls_expiry = Gauge(p + "tls_certificate_expiry_seconds",
                                 "Expiry time (unix seconds) of each certificate the proxy holds",
                                 ["subject", "role"], registry=r)
-        for result in ("ok", "failed"):
-            self.tls_handshakes.labels("workstation", result)
+        for side in ("workstation", "archive", "destination"):
+            for result in ("ok", "failed"):
+                self.tls_handshakes.labels(side, result)
         for name in archives or []:
             # Pre-create series so dashboards show zeros rather than "no data".
             self.matches.labels(name)

@@ -95,12 +95,19 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
         *(("archive", a) for a in config.archives.values()),
         *(("destination", d) for d in config.destinations.values())]
 
+    client_tls: tlsmod.ClientTls | None = None
+    if config.tls is not None and any(cfg.tls for _kind, cfg in jobs):
+        try:
+            client_tls = tlsmod.ClientTls(config.tls)
+        except (OSError, ValueError):
+            client_tls = None          # tls_findings says what is wrong with the files
+
     def run(job: tuple[str, ArchiveConfig | DestinationConfig]) -> PeerReport:
         kind, cfg = job
         try:
             if isinstance(cfg, ArchiveConfig):
-                return check_archive(cfg, config.proxy.ae_title, timeout)
-            return check_destination(cfg, config.proxy.ae_title, timeout)
+                return check_archive(cfg, config.proxy.ae_title, timeout, client_tls)
+            return check_destination(cfg, config.proxy.ae_title, timeout, client_tls)
         except Exception as exc:  # a pynetdicom surprise is still one finding, not a crash
             return PeerReport(kind, cfg.name, False, (Finding(
                 FAIL, f"{kind} {cfg.name}", f"{cfg.ae_title} at {cfg.host}:{cfg.port}: "
@@ -119,7 +126,8 @@ def _peer(cfg: ArchiveConfig | DestinationConfig, proxy_ae: str, timeout: float)
     return dataclasses.replace(peer, timeout=min(peer.timeout, timeout))
 
 
-def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float) -> PeerReport:
+def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
+                  tls: tlsmod.ClientTls | None = None) -> PeerReport:
     """TCP, then one association: C-ECHO, the retrieve context, a STUDY-level test query."""
     peer = _peer(cfg, proxy_ae, timeout)
     subject = f"archive {cfg.name}"
@@ -128,7 +136,7 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float) -> PeerRepo
         return PeerReport("archive", cfg.name, False, (down,))
     contexts = [build_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in (ECHO, FIND, GET, MOVE)]
     try:
-        with ArchiveClient(peer, timeout).associate(contexts) as assoc:
+        with ArchiveClient(peer, timeout, tls=tls).associate(contexts) as assoc:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             echo = status_of(assoc.send_c_echo()) if ECHO in accepted else None
             query = _test_query(assoc, cfg.max_results) if FIND in accepted else None
@@ -138,7 +146,8 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float) -> PeerRepo
                       tuple(archive_findings(cfg, peer, accepted, echo, query)))
 
 
-def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float) -> PeerReport:
+def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float,
+                      tls: tlsmod.ClientTls | None = None) -> PeerReport:
     """TCP, then a C-ECHO with the proxy's AE title (the one C-MOVEs arrive from)."""
     peer = _peer(cfg, proxy_ae, timeout)
     subject = f"destination {cfg.name}"
@@ -146,7 +155,7 @@ def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float) -> 
     if down is not None:
         return PeerReport("destination", cfg.name, False, (down,))
     try:
-        with ArchiveClient(peer, timeout).associate([build_context(ECHO)]) as assoc:
+        with ArchiveClient(peer, timeout, tls=tls).associate([build_context(ECHO)]) as assoc:
             echo = status_of(assoc.send_c_echo())
     except UpstreamError as exc:
         finding = _association_failed(exc, subject)

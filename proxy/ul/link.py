@@ -18,6 +18,11 @@ Rule 2 (bounded): the read buffer holds at most one PDU beyond what the kernel g
         size costs no memory beyond the buffer.
 Rule 3 (timeouts): every socket operation is bounded by ``timeout`` (TimeoutError);
         the peer closing or aborting raises ``LinkClosed`` saying which.
+Rule 5 (TLS): ``open(tls=context)`` wraps the connected socket, the handshake bounded
+        by ``connect_timeout``, the name checked against ``server_hostname``; a failed
+        handshake raises ``TlsFailed``. ``sendmsg`` does not exist on a TLS socket: a
+        batch is joined and written with one ``sendall`` (one TLS record run, one copy
+        the encryption costs anyway).
 Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC; no
         limit → ``MAX_FRAGMENT``), one PDV per P-DATA-TF, as DCMTK and pynetdicom do.
 """
@@ -25,6 +30,7 @@ Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC;
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +51,14 @@ RELEASE_RP = pdu.encode(pdu.ReleaseRP())
 
 class LinkClosed(ConnectionError):
     """The association ended under us: aborted, released or the connection closed."""
+
+
+class TlsFailed(ConnectionError):
+    """The TLS handshake with the peer failed; ``error`` is what the ssl module raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"TLS handshake failed: {error}")
+        self.error = error
 
 
 class Rejected(Exception):
@@ -109,11 +123,22 @@ class Link:
 
     @classmethod
     def open(cls, host: str, port: int, request: pdu.AssociateRQ,
-             connect_timeout: float, timeout: float) -> Link:
-        """Connect and negotiate; raises OSError (TCP), Rejected, LinkClosed, TimeoutError."""
+             connect_timeout: float, timeout: float, tls: ssl.SSLContext | None = None,
+             server_hostname: str | None = None,
+             on_tls: Callable[[bytes | None], None] | None = None) -> Link:
+        """Connect (over TLS when ``tls``, Rule 5; ``on_tls`` hears the peer's certificate
+        of a handshake that succeeded) and negotiate; raises OSError (TCP), TlsFailed,
+        Rejected, LinkClosed, TimeoutError."""
         sock = socket.create_connection((host, port), timeout=connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+                except (OSError, ssl.SSLError) as exc:
+                    raise TlsFailed(exc) from exc
+                if on_tls is not None:
+                    on_tls(sock.getpeercert(True))
             sock.settimeout(timeout)
             pdu.check_request(request)
             sock.sendall(pdu.encode(request))
@@ -339,7 +364,10 @@ def pdata_header(context_id: int, control: int, fragment_length: int) -> bytes:
 
 
 def sendmsg_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
-    """``sendmsg`` until every byte of ``parts`` is written."""
+    """``sendmsg`` until every byte of ``parts`` is written (a TLS socket: Rule 5)."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(parts))
+        return
     while parts:
         sent = sock.sendmsg(parts)
         while parts and sent >= len(parts[0]):
