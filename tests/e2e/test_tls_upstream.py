@@ -129,6 +129,30 @@ def test_find_and_get_through_the_proxy_answer_as_the_tls_archive_does(
     assert not proxy.events("tls_failed")
 
 
+def test_tls_on_both_sides_answers_as_the_tls_archive_does(
+        archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
+        synthetic_studies: SyntheticSet) -> None:
+    """The issue's "any mix": a TLS workstation, through the proxy's TLS port, to the TLS
+    archive — every leg encrypted, the answer the archive's own."""
+    config = rules(archive, pki, retrieve="get")
+    config["proxy"] = {"tls_port": 0}
+    proxy = proxy_factory(config)
+    assert proxy.tls_port
+    direct = findscu(LOOPBACK, archive.dicom_port, archive.aet, "WS_TLS", keys=KEYS,
+                     tls=ws_tls(pki))
+    through = findscu(LOOPBACK, proxy.tls_port, "RELAY", "WS_TLS", keys=KEYS, tls=ws_tls(pki))
+    assert direct.ok, direct.output[-2000:]
+    assert through.ok, through.output[-2000:]
+    assert len(through.identifiers) == len(synthetic_studies.studies)
+    for keyword in KEYS:
+        assert sorted(through.values(keyword)) == sorted(direct.values(keyword))
+    assert proxy.metric(HANDSHAKES, side="workstation", result="ok") >= 1
+    assert proxy.metric(HANDSHAKES, side="archive", result="ok") >= 1
+    accepted = proxy.wait_event("association_accepted", lambda e: e["calling_ae"] == "WS_TLS")
+    assert accepted.get("tls") is True
+    assert not proxy.events("tls_failed")
+
+
 def test_move_reaches_a_tls_destination(
         archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
         synthetic_studies: SyntheticSet) -> None:
