@@ -36,7 +36,6 @@ Rule 5: connections from the load balancers ``[proxy] proxy_protocol_from`` name
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import ssl
 import threading
 import time
@@ -52,7 +51,7 @@ from proxy.dicom import io, pdu
 from proxy.dicom.link import Handler, Limits, Link
 from proxy.dicom.negotiation import Policy
 from proxy.observe import events as ev
-from proxy.routing import Rejection
+from proxy.routing import Rejection, from_networks
 from proxy.session import Request, Session
 
 
@@ -214,13 +213,7 @@ class Listener:
 
     def _from_balancer(self, address: str) -> bool:
         """Whether a connection from ``address`` starts with a PROXY protocol header."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.config.proxy.proxy_protocol_from)
+        return from_networks(address, self.config.proxy.proxy_protocol_from)
 
     def _proxy_error(self, peer: str, why: str) -> None:
         self.bus.emit(ev.ConnectionRefused(

@@ -21,20 +21,20 @@ Rule 2: anything but a flat little-endian data set with defined lengths goes to 
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from io import BytesIO
 
 from pydicom import Dataset
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import default_encoding
 from pydicom.dataelem import (
     DataElement,
     RawDataElement,
-    convert_raw_data_element,
     empty_value_for_VR,
 )
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pynetdicom.dsutils import decode as pydicom_decode
+
+from proxy.rawtext import raw_encodings
 
 _HEADER = struct.Struct("<HHL")            # Implicit VR: tag, 32-bit length
 _EXPLICIT = struct.Struct("<HH2sH")        # Explicit VR: tag, VR, 16-bit length
@@ -120,16 +120,4 @@ def _empty(vr: str | None) -> bytes | None:
 
 def _encodings(elem: RawDataElement | DataElement) -> str | list[str]:
     value = elem.value
-    found = _encodings_of(value if isinstance(value, bytes) else b"", elem.VR)
-    return list(found) if isinstance(found, list) else found    # never the cached list
-
-
-@lru_cache(maxsize=256)
-def _encodings_of(value: bytes, vr: str | None) -> str | list[str]:
-    """As pydicom's reader: the element converted, its value's Python codecs (cached:
-    the few character sets an archive uses)."""
-    raw = value if value else _empty(vr)
-    converted = convert_raw_data_element(
-        RawDataElement(BaseTag(_CHARSET), vr, len(value), raw, 0, vr is None, True))
-    encodings: str | list[str] = convert_encodings(converted.value)
-    return encodings
+    return raw_encodings(value if isinstance(value, bytes) else b"", elem.VR)

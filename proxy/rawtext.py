@@ -40,7 +40,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-__all__ = ["charset", "element", "encodings", "keyword_tag", "set_text", "text_values"]
+__all__ = ["charset", "element", "encodings", "keyword_tag", "raw_encodings", "set_text",
+           "text_values"]
 
 _CHARSET: Final = Tag(0x00080005)
 # Codecs for the Specific Character Set values whose decoding is a plain Python codec
@@ -124,8 +125,7 @@ def encodings(ds: Dataset) -> str | list[str]:
     """What ``ds._character_set`` says (the Python codecs of its text), unconverted."""
     raw = ds.get_item(_CHARSET)
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
-        found = _raw_encodings(raw.value, raw.VR)    # once per character set an archive uses
-        return list(found) if isinstance(found, list) else found
+        return raw_encodings(raw.value, raw.VR)     # once per character set an archive uses
     elem = element(ds, _CHARSET)
     if elem is None:
         return ds._parent_encoding  # type: ignore[no-any-return]
@@ -133,6 +133,13 @@ def encodings(ds: Dataset) -> str | list[str]:
     if isinstance(value, bytes):    # unreadable (rawtext.element gave UN): as pydicom would
         value = value.decode(default_encoding, "replace").strip(" \0")
     return convert_encodings(value)
+
+
+def raw_encodings(value: bytes, vr: str | None) -> str | list[str]:
+    """The Python codecs of a raw Specific Character Set value (``vr`` None: Implicit VR),
+    as pydicom's reader finds them; a new list each time (the conversion is cached)."""
+    found = _raw_encodings(value, vr)
+    return list(found) if isinstance(found, list) else found
 
 
 @lru_cache(maxsize=256)

@@ -161,7 +161,7 @@ def test_a_gone_workstation_closes_the_handler_and_nothing_more_is_sent() -> Non
 
 
 def test_an_operation_the_proxy_does_not_serve_is_unrecognized() -> None:
-    rq, sent = request(0x0140, CTImageStorage)           # N-ACTION-RQ
+    rq, sent = request(0x0140, CTImageStorage)           # N-CREATE-RQ
     respond(rq, None, None)
     [rsp] = sent
     assert rsp.command[commands.STATUS] == 0x0211 and rsp.command[commands.COMMAND_FIELD] == 0x8140
