@@ -87,8 +87,10 @@ class Proxy:
         self._stopped = threading.Event()
 
     def _handshake(self, side: str, peer: str, reason: str | None, hint: str | None,
-                   subject: str | None) -> None:
-        self.bus.emit(ev.TlsHandshake(side, peer, reason is None, reason, hint, subject))
+                   seen: tlsmod.PeerCertificate | None) -> None:
+        self.bus.emit(ev.TlsHandshake(side, peer, reason is None, reason, hint,
+                                      seen.subject if seen else None,
+                                      seen.not_after if seen else None))
 
     def reload_tls(self) -> bool:
         """SIGHUP: the listener's context and the client context toward TLS peers are

@@ -141,7 +141,7 @@ class WorkstationAssociation:
                                     rq.called_ae.strip() or "unknown", session.info.peer,
                                     route.called_ae if route else "unknown")
         decision = admit(listener.config, rq.calling_ae, rq.called_ae, listener.retrieving(),
-                         session.source_ip)
+                         session.source_ip, session.tls_subject)
         if isinstance(decision, Rejection):
             return self._reject(decision)
         busy = too_many_associations(listener.admitted(), listener.config.proxy.max_associations)

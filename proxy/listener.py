@@ -179,9 +179,11 @@ class Listener:
 
     def _handshake(self, peer: str, error: BaseException | None,
                    peer_cert: bytes | None) -> None:
-        subject = tlsmod.peer_subject(peer_cert)
+        seen = tlsmod.peer_certificate(peer_cert)
+        subject = seen.subject if seen else None
         if error is None:
-            self.bus.emit(ev.TlsHandshake("workstation", peer, True, subject=subject))
+            self.bus.emit(ev.TlsHandshake("workstation", peer, True, subject=subject,
+                                          not_after=seen.not_after if seen else None))
             return
         assert self.config.tls is not None
         reason, hint = tlsmod.explain(error, self.config.tls.handshake_timeout)

@@ -31,6 +31,12 @@ Rule 6: who may do what (the Security issue). An ``allow`` entry ``AE@CIDR`` bin
         0xA801 (``move_destination_for``), a security event when the route has the key.
         A route's ``max_associations`` and ``max_associations_per_ae`` (per calling AE
         title) are local limits like ``[proxy] max_associations`` (``route_limit``).
+Rule 7: a route's ``certificates`` binds a calling AE title to TLS client certificate
+        subjects: that title is admitted only over TLS with a verified certificate whose
+        subject has every attribute of one of them (``tls_subject``, values compared as
+        X.520 caseIgnoreMatch; the certificate may carry more). Anything else is rejected
+        like an unknown calling AE, as a security event of kind ``certificate``. Titles
+        without a binding are governed by ``allow`` alone.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from proxy.config import ArchiveConfig, Config, DestinationConfig, RouteConfig, StoreFilter
+from proxy.config.checks import subject_attributes
 
 # A-ASSOCIATE-RJ fields, PS3.8 Table 9-21.
 RESULT_PERMANENT = 0x01
@@ -64,7 +71,8 @@ class Rejection:
 # Kinds of security events (``dicom_proxy_security_events_total{kind}``).
 SECURITY_SOURCE_NETWORK = "source_network"
 SECURITY_MOVE_DESTINATION = "move_destination"
-SECURITY_KINDS = (SECURITY_SOURCE_NETWORK, SECURITY_MOVE_DESTINATION)
+SECURITY_CERTIFICATE = "certificate"
+SECURITY_KINDS = (SECURITY_SOURCE_NETWORK, SECURITY_MOVE_DESTINATION, SECURITY_CERTIFICATE)
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,13 @@ class Inbound:
 
 
 def admit(config: Config, calling_ae: str, called_ae: str, retrieving: bool = False,
-          source_ip: str | None = None) -> RouteConfig | Inbound | Rejection:
+          source_ip: str | None = None, tls_subject: str | None = None
+          ) -> RouteConfig | Inbound | Rejection:
     """Decide whether a workstation may associate, and on which route.
 
     ``retrieving``: a move-mode retrieve is in flight (Rule 4). ``source_ip``: the
     address the association comes from (None: not known, so no bound entry matches).
+    ``tls_subject``: the RFC 4514 subject of its verified client certificate (Rule 7).
     """
     called = called_ae.strip()
     calling = calling_ae.strip()
@@ -126,7 +136,41 @@ def admit(config: Config, calling_ae: str, called_ae: str, retrieving: bool = Fa
             hint=f"{add}otherwise another host is using the AE title {calling!r}",
             result=RESULT_PERMANENT, source=SOURCE_SERVICE_USER,
             diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED, security=SECURITY_SOURCE_NETWORK)
-    return route
+    return certificate_refusal(route, calling, tls_subject) or route
+
+
+def subject_matches(bound: frozenset[tuple[str, str]], tls_subject: str) -> bool:
+    """Whether a certificate subject (RFC 4514) has every attribute of ``bound`` (Rule 7)."""
+    try:
+        return bound <= subject_attributes(tls_subject)
+    except ValueError:
+        return False
+
+
+def certificate_refusal(route: RouteConfig, calling_ae: str,
+                        tls_subject: str | None) -> Rejection | None:
+    """Rule 7: why ``calling_ae`` may not use ``route`` with this certificate (None: it may)."""
+    binding = route.certificate_binding(calling_ae)
+    if binding is None:
+        return None
+    if tls_subject is not None and any(subject_matches(b, tls_subject)
+                                       for b in binding.attributes):
+        return None
+    wanted = " or ".join(binding.subjects)
+    if tls_subject is None:
+        reason = (f"calling AE title {calling_ae!r} is bound to a client certificate on route "
+                  f"{route.called_ae!r} ({wanted}) and this association showed none")
+        hint = (f"{calling_ae} must call over TLS (the proxy's tls_port) with its client "
+                "certificate; otherwise another host is using its AE title")
+    else:
+        reason = (f"calling AE title {calling_ae!r} is bound to a client certificate on route "
+                  f"{route.called_ae!r} ({wanted}) and this association showed {tls_subject}")
+        hint = (f"if {tls_subject} is {calling_ae}'s new certificate, add it to certificates."
+                f"{calling_ae} of the route {route.called_ae!r} in rules.toml; otherwise "
+                f"another workstation is using the AE title {calling_ae!r}")
+    return Rejection(reason=reason, hint=hint, result=RESULT_PERMANENT,
+                     source=SOURCE_SERVICE_USER, diagnostic=DIAG_CALLING_AE_NOT_RECOGNISED,
+                     security=SECURITY_CERTIFICATE)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -83,7 +83,7 @@ def client_context(tls: TlsConfig) -> ssl.SSLContext:
 
 # (side, peer "host:port", reason and hint (None: it succeeded), peer certificate
 # subject) of one handshake.
-HandshakeHook = Callable[[str, str, str | None, str | None, str | None], None]
+HandshakeHook = Callable[[str, str, str | None, str | None, "PeerCertificate | None"], None]
 
 
 class ClientTls:
@@ -102,7 +102,7 @@ class ClientTls:
     def heard(self, side: str, peer: str, reason: str | None = None, hint: str | None = None,
               peer_cert: bytes | None = None) -> None:
         if self.on_handshake is not None:
-            self.on_handshake(side, peer, reason, hint, peer_subject(peer_cert))
+            self.on_handshake(side, peer, reason, hint, peer_certificate(peer_cert))
 
 
 _PEER_HINTS = {
@@ -243,11 +243,27 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def peer_subject(der: bytes | None) -> str | None:
-    """The RFC 4514 subject of a peer certificate (DER, as ``getpeercert(True)`` gives it)."""
+@dataclass(frozen=True)
+class PeerCertificate:
+    """What a peer's certificate says (``getpeercert(True)``, verified by the handshake)."""
+
+    subject: str              # RFC 4514
+    not_after: float          # unix seconds
+
+
+def peer_certificate(der: bytes | None) -> PeerCertificate | None:
+    """The subject and expiry of a peer certificate (DER, as ``getpeercert(True)`` gives)."""
     if not der:
         return None
     try:
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        cert = x509.load_der_x509_certificate(der)
+        return PeerCertificate(cert.subject.rfc4514_string(),
+                               cert.not_valid_after_utc.timestamp())
     except ValueError:
         return None
+
+
+def peer_subject(der: bytes | None) -> str | None:
+    """The RFC 4514 subject of a peer certificate (DER, as ``getpeercert(True)`` gives it)."""
+    seen = peer_certificate(der)
+    return seen.subject if seen is not None else None

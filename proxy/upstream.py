@@ -232,6 +232,11 @@ class ArchiveClient:
         if not assoc.is_established:
             raise self._why_not(assoc, rejections)
         assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
+        if self.peer.tls:                      # the certificate the handshake verified
+            held = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+            if isinstance(held, ssl.SSLSocket):
+                self._tls().heard(self.peer.side, f"{self.peer.host}:{self.peer.port}",
+                                  peer_cert=held.getpeercert(True))
         with self._active_lock:
             self._active.add(assoc)
         try:

@@ -104,3 +104,47 @@ def test_no_ca_is_fine_without_client_certificates(pki: Pki) -> None:
     del data["tls"]["ca"]
     config = parse(data)
     assert config.tls is not None and config.tls.ca is None
+
+
+# -- [[routes]] certificates: calling AE titles bound to client certificate subjects --------
+
+def test_certificate_bindings_are_parsed(pki: Pki) -> None:
+    data = rules(pki)
+    data["routes"][0]["certificates"] = {
+        "WS1": "CN=ws1.example.org,O=Radiology",
+        "WS2": ["CN=old.example.org", "cn=new.example.org,  o=Radiology"]}
+    route = parse(data).routes[0]
+    ws1, ws2 = route.certificate_binding("WS1"), route.certificate_binding("WS2")
+    assert ws1 is not None and ws2 is not None and route.certificate_binding("WS3") is None
+    assert ws1.subjects == ("CN=ws1.example.org,O=Radiology",)
+    assert ws2.subjects == ("CN=old.example.org", "cn=new.example.org,  o=Radiology")
+    # Attributes by OID, values case- and space-folded: both spellings name one subject.
+    assert ws2.attributes[1] == frozenset({("2.5.4.3", "new.example.org"),
+                                           ("2.5.4.10", "radiology")})
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda d: d["routes"][0].update(certificates={"WS1": "not a subject"}),
+     "routes[0].certificates.WS1[0]: 'not a subject' is not a certificate subject"),
+    (lambda d: d["routes"][0].update(certificates={"WS1": []}),
+     "routes[0].certificates.WS1: names no certificate subject"),
+    (lambda d: d["routes"][0].update(certificates={"WS1": 3}),
+     "routes[0].certificates.WS1[0]: must be a string"),
+    (lambda d: d["routes"][0].update(certificates=["CN=x"]),
+     "routes[0].certificates: must be a table"),
+    (lambda d: d["routes"][0].update(allow=["WS2"], certificates={"WS1": "CN=ws1"}),
+     "routes[0].certificates.WS1: 'WS1' is not in allow of this route"),
+    (lambda d: (d["tls"].update(require_client_cert=False),
+                d["routes"][0].update(certificates={"WS1": "CN=ws1"})),
+     "routes[0].certificates: needs [proxy] tls_port and [tls] require_client_cert = true"),
+    (lambda d: (d["proxy"].pop("tls_port"), d["routes"][0].update(certificates={"WS1": "CN=a"})),
+     "routes[0].certificates: needs [proxy] tls_port and [tls] require_client_cert = true"),
+    (lambda d: (d.pop("tls"), d["proxy"].pop("tls_port"),
+                d["routes"][0].update(certificates={"WS1": "CN=ws1"})),
+     "routes[0].certificates: needs [proxy] tls_port and a [tls] section"),
+])
+def test_certificate_binding_mistakes_name_their_key(pki: Pki, change: Any,
+                                                     expected: str) -> None:
+    data = copy.deepcopy(rules(pki))
+    change(data)
+    assert error_of(data).startswith(expected)

@@ -20,12 +20,15 @@ from proxy.routing import (
     too_many_associations,
     upstream_titles,
 )
+from tests.tls_certs import make_pki
 
 
 @pytest.fixture(scope="module")
-def config() -> Config:
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
     return parse({
-        "proxy": {"ae_title": "QR_PROXY"},
+        "proxy": {"ae_title": "QR_PROXY", "tls_port": 0},
+        "tls": {"cert": str(pki.proxy.cert), "key": str(pki.proxy.key), "ca": str(pki.ca.path)},
         "archives": {
             "site_a": {"ae_title": "PACS_A", "host": "h", "port": 104, "calling_ae": "PROXY_AT_A"},
             "site_b": {"ae_title": "PACS_B", "host": "h", "port": 105},
@@ -41,6 +44,9 @@ def config() -> Config:
                        "V6@::1/128", "V6@fd00::/8"],
              "destinations": ["ws1"], "max_associations": 3, "max_associations_per_ae": 2},
             {"called_ae": "NO_MOVES", "archives": ["site_a"], "destinations": []},
+            {"called_ae": "CERTS", "archives": ["site_a"],
+             "certificates": {"WS1": "CN=ws1.example.org,O=Radiology",
+                              "WS2": ["CN=old.example.org", "CN=new.example.org"]}},
         ],
     })
 
@@ -280,3 +286,40 @@ def test_other_move_destinations_are_refused_as_security_events(
     assert refused.reason == (f"route {route!r} does not allow Move Destination {asked!r} "
                               f"(allowed: {allowed})")
     assert add in refused.hint
+
+
+# -- calling AE titles bound to client certificates (routing Rule 7) -------------------------
+
+@pytest.mark.parametrize(("calling", "subject"), [
+    ("WS1", "CN=ws1.example.org,O=Radiology"),
+    ("WS1", "C=DE,O=radiology,CN=WS1.Example.org"),   # more attributes, other order and case
+    ("WS2", "CN=old.example.org"), ("WS2", "CN=new.example.org,O=Anything"),   # either
+    ("OTHER", None), ("OTHER", "CN=whoever"),          # not bound: allow alone decides
+])
+def test_bound_titles_are_admitted_with_their_certificate(config: Config, calling: str,
+                                                          subject: str | None) -> None:
+    decision = admit(config, calling, "CERTS", source_ip="127.0.0.1", tls_subject=subject)
+    assert isinstance(decision, RouteConfig) and decision.called_ae == "CERTS"
+
+
+@pytest.mark.parametrize(("calling", "subject", "showed"), [
+    ("WS1", None, "this association showed none"),                  # clear port, or no cert
+    ("WS1", "CN=ws2.example.org,O=Radiology", "showed CN=ws2.example.org,O=Radiology"),
+    ("WS1", "CN=ws1.example.org", "showed CN=ws1.example.org"),     # O missing
+    ("WS1", "CN=ws1.example.org.evil,O=Radiology", "showed CN=ws1.example.org.evil"),
+    ("WS2", "CN=older.example.org", "showed CN=older.example.org"),
+])
+def test_bound_titles_are_refused_with_another_certificate(config: Config, calling: str,
+                                                           subject: str | None,
+                                                           showed: str) -> None:
+    decision = admit(config, calling + " ", "CERTS", source_ip="127.0.0.1", tls_subject=subject)
+    assert isinstance(decision, Rejection)
+    assert (decision.result, decision.source, decision.diagnostic) == (0x01, 0x01, 0x03)
+    assert decision.security == "certificate"
+    assert decision.reason.startswith(f"calling AE title {calling!r} is bound to a client "
+                                      "certificate on route 'CERTS'")
+    assert showed in decision.reason
+    if subject is None:
+        assert "must call over TLS" in decision.hint
+    else:
+        assert f"add it to certificates.{calling} of the route 'CERTS'" in decision.hint

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from proxy import tls
 from proxy.config import TlsConfig
@@ -247,10 +249,14 @@ def test_a_refused_peer_certificate_is_named_for_the_archive_side(
 
 
 def test_client_tls_reload_swaps_the_context_and_reports_handshakes(pki: Pki) -> None:
-    heard: list[tuple[str, str, str | None, str | None, str | None]] = []
+    heard: list[tuple[str, str, str | None, str | None, tls.PeerCertificate | None]] = []
     holder = tls.ClientTls(config(pki), lambda *a: heard.append(a))
     before = holder.context
     holder.reload()
     assert holder.context is not before
     holder.heard("destination", "127.0.0.1:104", "unknown CA", "hint")
     assert heard == [("destination", "127.0.0.1:104", "unknown CA", "hint", None)]
+    der = x509.load_pem_x509_certificate(pki.proxy.cert.read_bytes())
+    holder.heard("archive", "127.0.0.1:105", peer_cert=der.public_bytes(Encoding.DER))
+    assert heard[-1] == ("archive", "127.0.0.1:105", None, None, tls.PeerCertificate(
+        pki.proxy.subject, der.not_valid_after_utc.timestamp()))

@@ -7,6 +7,7 @@ Rule: one line per error, starting with the key path; no traceback reaches a use
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,6 +171,43 @@ def networks(path: str, value: Any) -> tuple[Network, ...]:
     if not isinstance(value, list):
         raise ConfigError(path, f"must be an array of networks, not {kind(value)}")
     return tuple(network(f"{path}[{i}]", text(f"{path}[{i}]", v)) for i, v in enumerate(value))
+
+
+# A certificate subject as a set of (attribute OID, value folded for comparison).
+Subject = frozenset[tuple[str, str]]
+
+
+def subject_attributes(rfc4514: str) -> Subject:
+    """The attributes of a distinguished name written as RFC 4514 (``CN=ws1,O=Radiology``),
+    each value compared as X.520's caseIgnoreMatch does: case and runs of spaces folded.
+    Raises ValueError when it is not a distinguished name."""
+    from cryptography import x509  # only configs with certificate bindings need it
+
+    # openssl's default display ("CN = ws1, O = Radiology") puts spaces around separators.
+    compact = re.sub(r"(?<!\\)\s*([,+=])\s*", r"\1", rfc4514.strip())
+    compact = re.sub(r"(^|(?<!\\)[,+])([A-Za-z][A-Za-z0-9-]*)=",    # cn=, o= as CN=, O=
+                     lambda m: m.group(1) + m.group(2).upper() + "=", compact)
+    try:
+        name = x509.Name.from_rfc4514_string(compact)
+    except ValueError as exc:
+        raise ValueError(str(exc) or "expected TYPE=value pairs separated by commas") from None
+    out = set()
+    for attribute in name:
+        value = attribute.value if isinstance(attribute.value, str) else attribute.value.hex()
+        out.add((attribute.oid.dotted_string, " ".join(value.split()).casefold()))
+    if not out:
+        raise ValueError("no attributes")
+    return frozenset(out)
+
+
+def subject(path: str, value: Any) -> Subject:
+    """A certificate subject, RFC 4514: ``"CN=ws1.example.org,O=Radiology"``."""
+    try:
+        return subject_attributes(text(path, value))
+    except ValueError as exc:
+        raise ConfigError(path, f"{value!r} is not a certificate subject ({exc}): write it "
+                                "as RFC 4514, e.g. \"CN=ws1.example.org,O=Radiology\" (openssl "
+                                "x509 -noout -subject -nameopt RFC2253 shows it)") from None
 
 
 def text(path: str, value: Any) -> str:

@@ -155,6 +155,15 @@ class AllowEntry:
 
 
 @dataclass(frozen=True)
+class CertificateBinding:
+    """A calling AE title bound to TLS client certificate subjects (``certificates``)."""
+
+    ae_title: str
+    subjects: tuple[str, ...]                      # as written (for logs and hints)
+    attributes: tuple[check.Subject, ...]          # each: the attributes a certificate needs
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     called_ae: str
     archives: tuple[str, ...]
@@ -171,6 +180,10 @@ class RouteConfig:
     max_associations: int | None = None   # associations on this route at once (None: no limit)
     max_associations_per_ae: int | None = None  # ... per calling AE title (None: no limit)
     tls_only: bool = False            # answered only on the TLS listener ([proxy] tls_port)
+    certificates: tuple[CertificateBinding, ...] = ()  # calling AE → client certificate subjects
+
+    def certificate_binding(self, calling_ae: str) -> CertificateBinding | None:
+        return next((b for b in self.certificates if b.ae_title == calling_ae), None)
 
     @property
     def is_federated(self) -> bool:
@@ -302,6 +315,11 @@ def _tls_references(proxy: ProxyConfig, tls: TlsConfig | None,
         if proxy.tls_port is not None and proxy.tls_port != 0 and proxy.tls_port == proxy.port:
             raise ConfigError("proxy.tls_port", f"is the clear port ({proxy.port}): the TLS "
                                                 "listener needs a port of its own")
+        for i, route in enumerate(routes):
+            if route.certificates and (not tls.require_client_cert or proxy.tls_port is None):
+                raise ConfigError(f"routes[{i}].certificates", "needs [proxy] tls_port and "
+                                  "[tls] require_client_cert = true: only a verified client "
+                                  "certificate proves a subject")
         return
     if proxy.tls_port is not None:
         raise ConfigError("proxy.tls_port", "needs a [tls] section (cert, key, ca)")
@@ -309,6 +327,10 @@ def _tls_references(proxy: ProxyConfig, tls: TlsConfig | None,
         if route.tls_only:
             raise ConfigError(f"routes[{i}].tls_only", "needs [proxy] tls_port and a [tls] "
                                                        "section: no TLS listener would answer")
+        if route.certificates:
+            raise ConfigError(f"routes[{i}].certificates", "needs [proxy] tls_port and a [tls] "
+                              "section with require_client_cert = true: only a verified "
+                              "client certificate proves a subject")
     for group, table in (("archives", archives), ("destinations", destinations)):
         for name, peer in table.items():
             if peer.tls:
@@ -372,6 +394,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
             "tls_only": check.boolean,
             "max_associations": check.positive_int,
             "max_associations_per_ae": check.positive_int,
+            "certificates": _certificates,
         })
         if "allow" in fields:
             fields["allow_from"] = fields["allow"]
@@ -381,6 +404,12 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
                 raise ConfigError(f"{path}.destinations[{j}]",
                                   f"no destination named {name!r} (known: "
                                   f"{', '.join(destinations) or 'none'})")
+        allowed = fields.get("allow", ())
+        for binding in fields.get("certificates", ()):
+            if allowed and binding.ae_title not in allowed:
+                raise ConfigError(f"{path}.certificates.{binding.ae_title}",
+                                  f"{binding.ae_title!r} is not in allow of this route, so it "
+                                  "is refused whatever its certificate: add it to allow")
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
         for key in ("archives", "store_to"):
@@ -423,6 +452,24 @@ def _store_filters(path: str, raw: Any, store_to: tuple[str, ...]) -> tuple[Stor
             if not values:
                 raise ConfigError(f"{where}.{key}", "must not be empty")
         out.append(StoreFilter(archive=name, **fields))
+    return tuple(out)
+
+
+def _certificates(path: str, value: Any) -> tuple[CertificateBinding, ...]:
+    """``{ WS1 = "CN=ws1,O=Radiology", WS2 = ["CN=old,O=Rad", "CN=new,O=Rad"] }``: each
+    calling AE title bound to the client certificate subjects it may use (a list: any of
+    them, e.g. while a certificate is renewed)."""
+    table = check.table(path, value)
+    out = []
+    for title, raw in table.items():
+        where = f"{path}.{title}"
+        check.ae(where, title)
+        written = raw if isinstance(raw, list) else [raw]
+        if not written:
+            raise ConfigError(where, "names no certificate subject")
+        subjects = tuple(check.text(f"{where}[{i}]", s) for i, s in enumerate(written))
+        attributes = tuple(check.subject(f"{where}[{i}]", s) for i, s in enumerate(subjects))
+        out.append(CertificateBinding(title, subjects, attributes))
     return tuple(out)
 
 

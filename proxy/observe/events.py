@@ -219,6 +219,7 @@ class TlsHandshake(Event):
     reason: str | None = None         # the contract's words: unknown CA, expired, timeout...
     hint: str | None = None
     subject: str | None = None        # the peer certificate's subject, when one was shown
+    not_after: float | None = None    # ... and its expiry (unix seconds)
 
 
 @dataclass(frozen=True)

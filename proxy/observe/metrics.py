@@ -2,6 +2,10 @@
 
 Rule: labels are configured names only (route called AE, archive name, operation,
 status category); an unconfigured peer is ``unknown`` so cardinality stays bounded.
+Rule 2: ``tls_certificate_expiry_seconds`` carries certificate subjects: the proxy's own
+        and its CAs (``role`` proxy, ca) and each verified peer certificate it has seen
+        in a handshake (``role`` workstation, archive, destination). Peers' subjects are
+        bounded by what ``[tls] ca`` issued, and by ``SEEN_CERTIFICATES`` per role besides.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from proxy.observe import events as ev
 from proxy.routing import SECURITY_KINDS
 from proxy.status import category
 
+SEEN_CERTIFICATES = 256          # distinct peer certificate subjects exported per role
 _DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -79,8 +84,10 @@ class MetricsObserver:
         self.tls_handshakes = Counter(p + "tls_handshakes", "TLS handshakes by side and result",
                                       ["side", "result"], registry=r)
         self.tls_expiry = Gauge(p + "tls_certificate_expiry_seconds",
-                                "Expiry time (unix seconds) of each certificate the proxy holds",
+                                "Expiry time (unix seconds) of each certificate the proxy "
+                                "holds or has seen a peer present",
                                 ["subject", "role"], registry=r)
+        self._seen: dict[str, set[str]] = {}
         for side in ("workstation", "archive", "destination"):
             for result in ("ok", "failed"):
                 self.tls_handshakes.labels(side, result)
@@ -99,6 +106,14 @@ class MetricsObserver:
                 self.upstream.labels(name, op, "failure")
             for called in routes or []:
                 self.operations.labels(op, called, "failure")
+
+    def _seen_certificate(self, subject: str, role: str, not_after: float) -> None:
+        seen = self._seen.setdefault(role, set())
+        if subject not in seen:
+            if len(seen) >= SEEN_CERTIFICATES:
+                return                          # Rule 2: bounded
+            seen.add(subject)
+        self.tls_expiry.labels(subject, role).set(not_after)
 
     def serve(self, host: str, port: int) -> int:
         """Start the exposition endpoint; return the bound port."""
@@ -147,8 +162,10 @@ class MetricsObserver:
                 self.spool_pending.set(n)
                 self.spool_bytes.set(b)
                 self.spool_oldest.set(age)
-            case ev.TlsHandshake(side=side, ok=ok):
+            case ev.TlsHandshake(side=side, ok=ok, subject=subject, not_after=not_after):
                 self.tls_handshakes.labels(side, "ok" if ok else "failed").inc()
+                if ok and subject is not None and not_after is not None:
+                    self._seen_certificate(subject, side, not_after)
             case ev.TlsCertificateHeld(subject=subject, role=role, not_after=not_after):
                 self.tls_expiry.labels(subject, role).set(not_after)
             case ev.ConnectionRefused(reason=reason):

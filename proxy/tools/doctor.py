@@ -15,6 +15,9 @@ Rule 3: probes are gentle and bounded: one TCP connect and at most one
 Rule 5: with ``[tls]``, the proxy's own certificate is checked without the network:
         that it chains to ``[tls] ca`` (FAIL otherwise: workstations verifying it refuse
         the proxy), and its days to expiry (FAIL expired, WARN within 30 days, else ok).
+Rule 6: each peer with ``tls = true`` reached: the certificate it presented (verified by
+        the handshake: chain to ``[tls] ca``, its name) and its days to expiry (WARN
+        within 30 days, so it is renewed before associations start failing).
 Rule 4: ``exit_status``: 1 when any finding is FAIL (something is broken),
         else 0 — warnings are printed but do not fail.
 """
@@ -96,9 +99,16 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
         *(("destination", d) for d in config.destinations.values())]
 
     client_tls: tlsmod.ClientTls | None = None
+    presented: dict[str, tlsmod.PeerCertificate] = {}      # "host:port" → its certificate
+
+    def heard(side: str, peer: str, reason: str | None, hint: str | None,
+              seen: tlsmod.PeerCertificate | None) -> None:
+        if reason is None and seen is not None:
+            presented[peer] = seen
+
     if config.tls is not None and any(cfg.tls for _kind, cfg in jobs):
         try:
-            client_tls = tlsmod.ClientTls(config.tls)
+            client_tls = tlsmod.ClientTls(config.tls, heard)
         except (OSError, ValueError):
             client_tls = None          # tls_findings says what is wrong with the files
 
@@ -106,8 +116,14 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
         kind, cfg = job
         try:
             if isinstance(cfg, ArchiveConfig):
-                return check_archive(cfg, config.proxy.ae_title, timeout, client_tls)
-            return check_destination(cfg, config.proxy.ae_title, timeout, client_tls)
+                report = check_archive(cfg, config.proxy.ae_title, timeout, client_tls)
+            else:
+                report = check_destination(cfg, config.proxy.ae_title, timeout, client_tls)
+            seen = presented.get(f"{cfg.host}:{cfg.port}") if cfg.tls else None
+            if seen is None:
+                return report
+            return dataclasses.replace(report, findings=(
+                *report.findings, peer_certificate_finding(kind, cfg, seen, time.time())))
         except Exception as exc:  # a pynetdicom surprise is still one finding, not a crash
             return PeerReport(kind, cfg.name, False, (Finding(
                 FAIL, f"{kind} {cfg.name}", f"{cfg.ae_title} at {cfg.host}:{cfg.port}: "
@@ -328,6 +344,23 @@ def tls_findings(tls: TlsConfig, now: float) -> list[Finding]:
     else:
         out.append(Finding(OK, subject, f"{own.subject} expires in {days:.0f} days"))
     return out
+
+
+def peer_certificate_finding(kind: str, cfg: ArchiveConfig | DestinationConfig,
+                             seen: tlsmod.PeerCertificate, now: float) -> Finding:
+    """Rule 6: the certificate a TLS peer presented, as the handshake verified it."""
+    subject = f"{kind} {cfg.name}"
+    name = cfg.tls_server_name or cfg.host
+    what = f"TLS certificate {seen.subject} (chains to [tls] ca, carries {name})"
+    days = (seen.not_after - now) / 86400.0
+    if days < 0:
+        return Finding(FAIL, subject, f"{what} expired {-days:.0f} days ago",
+                       f"renew the certificate of {cfg.ae_title} at {cfg.host}:{cfg.port}")
+    if days < EXPIRY_WARNING_DAYS:
+        return Finding(WARN, subject, f"{what} expires in {int(days)} days: associations "
+                       "will then fail", f"renew the certificate of {cfg.ae_title} at "
+                       f"{cfg.host}:{cfg.port} before it does")
+    return Finding(OK, subject, f"{what} expires in {int(days)} days")
 
 
 def config_findings(config: Config) -> list[Finding]:

@@ -43,6 +43,7 @@ from tests.e2e.dcmtk import echoscu, findscu
 from tests.e2e.ports import LOOPBACK, POLL_INTERVAL, free_port
 from tests.e2e.processes import spawn, stop_process
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
+from tests.tls_certs import make_pki
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
@@ -162,13 +163,15 @@ def _traffic(proxy: ProxyProcess) -> None:
 def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(
     orthanc_factory: OrthancFactory, store_scp_factory: StoreSCPFactory,
     proxy_factory: ProxyFactory, prometheus_factory: Callable[[str], Prometheus],
-    synthetic_studies: SyntheticSet,
+    synthetic_studies: SyntheticSet, tmp_path: Path,
 ) -> None:
+    pki = make_pki(tmp_path / "pki")        # the certificate-expiry series exist with [tls]
     capped = orthanc_factory("PACS_CAP", limit_find_results=3)
     capped.upload(synthetic_studies.paths)
     ws1 = store_scp_factory("WS1")
     proxy = proxy_factory({
         "proxy": {"max_connections": 2},
+        "tls": {"cert": str(pki.proxy.cert), "key": str(pki.proxy.key), "ca": str(pki.ca.path)},
         "health": {"enabled": True, "interval": 0.5, "timeout": 2},
         "archives": {"capped": archive_entry(capped, max_results=3),
                      "down": {"ae_title": "PACS_DOWN", "host": LOOPBACK, "port": free_port(),

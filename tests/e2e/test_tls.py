@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -56,7 +57,9 @@ def rules(archive: OrthancArchive, pki: Pki, cert_dir: Path | None = None) -> di
                 "ca": str(pki.ca.path), "handshake_timeout": HANDSHAKE_TIMEOUT},
         "archives": {"pacs": archive_entry(archive)},
         "routes": [{"called_ae": "RELAY", "archives": ["pacs"]},
-                   {"called_ae": "SECURE", "archives": ["pacs"], "tls_only": True}],
+                   {"called_ae": "SECURE", "archives": ["pacs"], "tls_only": True},
+                   {"called_ae": "BOUND", "archives": ["pacs"],
+                    "certificates": {"WS1": pki.workstation.subject}}],
     }
 
 
@@ -88,6 +91,11 @@ def test_echo_and_find_over_tls_answer_as_the_archive_does(
     accepted = proxy.wait_event("association_accepted", lambda e: e["called_ae"] == "SECURE")
     assert accepted["tls"] is True
     assert accepted["client_certificate"] == pki.workstation.subject
+    # The workstation's certificate, as the handshake verified it, is exported with its expiry.
+    expires = x509.load_pem_x509_certificate(pki.workstation.cert.read_bytes())
+    assert proxy.metric("dicom_proxy_tls_certificate_expiry_seconds", role="workstation",
+                        subject=pki.workstation.subject) == \
+        expires.not_valid_after_utc.timestamp()
     assert proxy.metric(HANDSHAKES, side="workstation", result="ok") >= 2
     assert proxy.metric(HANDSHAKES, side="workstation", result="failed") == 0
     # A route without tls_only answers on both ports.
@@ -126,6 +134,51 @@ def test_a_refused_workstation_certificate(proxy: ProxyProcess, pki: Pki, who: s
     assert len(proxy.events("tls_failed")) == 1
     assert proxy.metric(HANDSHAKES, side="workstation", result="failed") == 1
     assert not proxy.events("association_accepted")
+
+
+# -- a calling AE title bound to its client certificate (routing Rule 7) ---------------------
+
+SECURITY = "dicom_proxy_security_events_total"
+
+
+def test_a_bound_title_gets_in_with_its_own_certificate(proxy: ProxyProcess, pki: Pki,
+                                                        archive: OrthancArchive) -> None:
+    mine = tls_args(pki, pki.workstation)
+    keys = ["StudyInstanceUID", "PatientID"]
+    through = findscu(LOOPBACK, proxy.tls_port, "BOUND", "WS1", keys=keys, tls=mine)
+    direct = findscu(LOOPBACK, archive.dicom_port, archive.aet, "WS1", keys=keys)
+    assert through.ok and direct.ok, through.output[-2000:]
+    assert sorted(through.values("StudyInstanceUID")) == \
+        sorted(direct.values("StudyInstanceUID"))
+    # A title without a binding on the route: ``allow`` (absent: any) decides alone.
+    assert echoscu(LOOPBACK, proxy.tls_port, "BOUND", "WS9",
+                   tls=tls_args(pki, pki.wrong_name)).ok
+    assert echoscu(LOOPBACK, proxy.port, "BOUND", "WS9").ok
+    assert not proxy.events("association_rejected")
+    assert proxy.metric(SECURITY, kind="certificate") == 0
+
+
+@pytest.mark.parametrize("how", ["another certificate", "clear port"])
+def test_a_bound_title_with_another_identity_is_not_recognised(
+        proxy: ProxyProcess, pki: Pki, archive: OrthancArchive, how: str) -> None:
+    before = len(archive.calling_aets())
+    if how == "clear port":
+        result = echoscu(LOOPBACK, proxy.port, "BOUND", "WS1")
+        showed = "this association showed none"
+    else:            # a certificate the site CA issued, to someone else
+        result = echoscu(LOOPBACK, proxy.tls_port, "BOUND", "WS1",
+                         tls=tls_args(pki, pki.wrong_name))
+        showed = f"this association showed {pki.wrong_name.subject}"
+    # The user: refused, permanently, as an unknown calling AE title.
+    assert result.association_rejected, result.output[-2000:]
+    assert result.rejection_reason == "Calling AE Title Not Recognized"
+    # The operator: which certificate the title is bound to, what it showed, what to do.
+    line = proxy.wait_event("association_rejected", lambda e: e["calling_ae"] == "WS1")
+    assert line["reason"] == (f"calling AE title 'WS1' is bound to a client certificate on "
+                              f"route 'BOUND' ({pki.workstation.subject}) and {showed}")
+    assert line["security"] == "certificate" and line["severity"] == "warning"
+    assert proxy.metric(SECURITY, kind="certificate") == 1
+    assert len(archive.calling_aets()) == before             # nothing went upstream
 
 
 def test_a_silent_peer_is_dropped_after_handshake_timeout_and_delays_no_one(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from pydicom import Dataset, dcmread
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
@@ -31,7 +32,7 @@ from tests.e2e.dcmtk import StoreSCP, findscu, getscu, movescu, tool
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK
 from tests.e2e.proxy_harness import REPO, ProxyProcess, archive_entry, to_toml
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Issued, Pki, make_pki
 
 ProxyFactory = Callable[..., ProxyProcess]
 HANDSHAKES = "dicom_proxy_tls_handshakes_total"
@@ -45,14 +46,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def archive(synthetic_studies: SyntheticSet, pki: Pki) -> Iterator[OrthancArchive]:
+def pacs_cert(pki: Pki) -> Issued:
+    return pki.ca.issue("pacs", "PACS archive")
+
+
+def tls_archive(name: str, pacs_cert: Issued, pki: Pki) -> OrthancArchive:
     """Orthanc speaking DICOM over TLS only; it wants a certificate from the site CA."""
-    pacs_cert = pki.ca.issue("pacs", "PACS archive")
-    tls = {"DicomTlsEnabled": True, "DicomTlsCertificate": str(pacs_cert.cert),
-           "DicomTlsPrivateKey": str(pacs_cert.key),
-           "DicomTlsTrustedCertificates": str(pki.ca.path),
-           "DicomTlsRemoteCertificateRequired": True}
-    with OrthancArchive("PACS_TLSUP", extra_config=tls) as pacs:
+    return OrthancArchive(name, extra_config={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(pacs_cert.cert),
+        "DicomTlsPrivateKey": str(pacs_cert.key),
+        "DicomTlsTrustedCertificates": str(pki.ca.path),
+        "DicomTlsRemoteCertificateRequired": True})
+
+
+@pytest.fixture(scope="module")
+def archive(synthetic_studies: SyntheticSet, pki: Pki,
+            pacs_cert: Issued) -> Iterator[OrthancArchive]:
+    with tls_archive("PACS_TLSUP", pacs_cert, pki) as pacs:
         pacs.upload(synthetic_studies.paths)
         yield pacs
 
@@ -102,7 +112,7 @@ def rules(archive: OrthancArchive, pki: Pki, ca: Path | None = None,
 
 
 def test_find_and_get_through_the_proxy_answer_as_the_tls_archive_does(
-        archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
+        archive: OrthancArchive, pki: Pki, pacs_cert: Issued, proxy_factory: ProxyFactory,
         synthetic_studies: SyntheticSet, tmp_path: Path) -> None:
     proxy = proxy_factory(rules(archive, pki, retrieve="get"))
     direct = findscu(LOOPBACK, archive.dicom_port, archive.aet, "WS_CLEAR", keys=KEYS,
@@ -113,6 +123,10 @@ def test_find_and_get_through_the_proxy_answer_as_the_tls_archive_does(
     assert len(direct.identifiers) == len(synthetic_studies.studies)
     for keyword in KEYS:
         assert sorted(through.values(keyword)) == sorted(direct.values(keyword))
+    # The archive's certificate, as the handshake verified it, is exported with its expiry.
+    expires = x509.load_pem_x509_certificate(pacs_cert.cert.read_bytes()).not_valid_after_utc
+    assert proxy.metric("dicom_proxy_tls_certificate_expiry_seconds", role="archive",
+                        subject=pacs_cert.subject) == expires.timestamp()
     study = synthetic_studies.studies[0]
     direct_got = direct_get(archive, pki, study.paths, study.study_uid)
     through_got = getscu(LOOPBACK, proxy.port, "RELAY", "WS_CLEAR",
@@ -268,13 +282,28 @@ def run_doctor(tmp_path: Path, config: dict[str, Any]) -> tuple[int, list[str]]:
 
 
 def test_doctor_reaches_the_tls_archive_and_names_a_refused_certificate(
-        archive: OrthancArchive, pki: Pki, tmp_path: Path) -> None:
+        archive: OrthancArchive, pki: Pki, pacs_cert: Issued, tmp_path: Path) -> None:
     code, lines = run_doctor(tmp_path, rules(archive, pki))
     assert code == 0, lines
     assert any(line.startswith("ok   archive pacs:") and "answers C-ECHO, C-FIND" in line
                for line in lines), lines
+    assert f"ok   archive pacs: TLS certificate {pacs_cert.subject} (chains to [tls] ca, " \
+        f"carries {LOOPBACK}) expires in 364 days" in lines, lines
     code, lines = run_doctor(tmp_path, rules(archive, pki, tls_server_name="pacs.example"))
     assert code == 1
     [line] = [x for x in lines if x.startswith("FAIL archive pacs:")]
     assert f"TLS handshake with archive {archive.aet} at {LOOPBACK}:{archive.dicom_port} " \
         "failed: name mismatch" in line and "pacs.example" in line, line
+
+
+def test_doctor_warns_of_an_archive_certificate_about_to_expire(pki: Pki,
+                                                                  tmp_path: Path) -> None:
+    soon = pki.ca.issue("pacs-soon", "PACS expiring soon", days=(-300, 10.5))
+    with tls_archive("PACS_SOON", soon, pki) as pacs:
+        code, lines = run_doctor(tmp_path, rules(pacs, pki))
+    assert code == 0, lines                       # a warning, not a failure: it still works
+    [line] = [x for x in lines if x.startswith("WARN archive pacs:")]
+    assert line == (f"WARN archive pacs: TLS certificate {soon.subject} (chains to [tls] ca, "
+                    f"carries {LOOPBACK}) expires in 10 days: associations will then fail; "
+                    f"fix: renew the certificate of {pacs.aet} at {LOOPBACK}:"
+                    f"{pacs.dicom_port} before it does"), line
