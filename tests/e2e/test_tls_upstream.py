@@ -26,6 +26,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
 
 from tests.e2e.data import SyntheticSet
 from tests.e2e.dcmtk import StoreSCP, findscu, getscu, movescu, tool
@@ -73,7 +74,20 @@ def ws_tls(pki: Pki) -> list[str]:
 
 def direct_get(archive: OrthancArchive, pki: Pki, paths: tuple[Path, ...],
                study_uid: str) -> dict[str, Dataset]:
-    """The same C-GET straight to the TLS archive (DCMTK getscu has no TLS: pynetdicom)."""
+    """The same C-GET straight to the TLS archive."""
+    return tls_get(archive.dicom_port, archive.aet, pki, paths, study_uid)
+
+
+def tls_workstation(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca.path))
+    context.load_cert_chain(str(pki.workstation.cert), str(pki.workstation.key))
+    return context
+
+
+def tls_get(port: int, called: str, pki: Pki, paths: tuple[Path, ...],
+            study_uid: str) -> dict[str, Dataset]:
+    """A C-GET over TLS as a workstation (DCMTK 3.6.7's getscu and movescu have no TLS
+    options, so a pynetdicom workstation does it)."""
     classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}
     ae = AE("WS_CLEAR")
     ae.add_requested_context(GET)
@@ -85,12 +99,10 @@ def direct_get(archive: OrthancArchive, pki: Pki, paths: tuple[Path, ...],
         got[str(event.dataset.SOPInstanceUID)] = event.dataset
         return 0
 
-    context = ssl.create_default_context(cafile=str(pki.ca.path))
-    context.load_cert_chain(str(pki.workstation.cert), str(pki.workstation.key))
-    assoc = ae.associate(LOOPBACK, archive.dicom_port, ae_title=archive.aet,
+    assoc = ae.associate(LOOPBACK, port, ae_title=called,
                          ext_neg=[build_role(uid, scp_role=True) for uid in classes],
                          evt_handlers=[(evt.EVT_C_STORE, on_store)],
-                         tls_args=(context, "localhost"))
+                         tls_args=(tls_workstation(pki), "localhost"))
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -191,6 +203,48 @@ def test_move_reaches_a_tls_destination(
     assert proxy.metric(HANDSHAKES, side="destination", result="failed") == 0
 
 
+def test_get_and_move_from_a_tls_workstation_over_tls_legs(
+        archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
+        synthetic_studies: SyntheticSet) -> None:
+    """C-GET and C-MOVE with TLS on every leg: workstation → proxy, proxy → archive,
+    proxy → Move Destination; what arrives is what a direct TLS C-GET brings."""
+    study = synthetic_studies.studies[0]
+    dest_cert = pki.ca.issue("dest-both", "Destination WS both")
+    with StoreSCP("WS_DEST2", extra_args=["+tls", str(dest_cert.key), str(dest_cert.cert),
+                                          "+cf", str(pki.ca.path)]) as dest:
+        dest.start()
+        config = rules(archive, pki, retrieve="get")
+        config["proxy"] = {"tls_port": 0}
+        config["destinations"] = {"ws": {"ae_title": "WS_DEST2", "host": LOOPBACK,
+                                         "port": dest.port, "tls": True,
+                                         "tls_server_name": "localhost"}}
+        proxy = proxy_factory(config)
+        direct = direct_get(archive, pki, study.paths, study.study_uid)
+        through = tls_get(proxy.tls_port, "RELAY", pki, study.paths, study.study_uid)
+        assert set(through) == set(direct) == set(study.sop_uids)
+        for uid, ds in through.items():
+            assert ds == direct[uid]
+
+        ae = AE("WS_TLS_MOVER")
+        ae.add_requested_context(MOVE)
+        assoc = ae.associate(LOOPBACK, proxy.tls_port, ae_title="RELAY",
+                             tls_args=(tls_workstation(pki), "localhost"))
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study.study_uid
+        final = [status for status, _ in assoc.send_c_move(query, "WS_DEST2", MOVE)
+                 if status][-1]
+        assoc.release()
+        assert final.Status == SUCCESS
+        assert final.NumberOfCompletedSuboperations == len(study.sop_uids)
+        dest.wait_for_files(len(study.sop_uids))
+        assert dest.received_sop_uids() == set(study.sop_uids)
+    assert proxy.metric(HANDSHAKES, side="workstation", result="ok") == 2
+    assert proxy.metric(HANDSHAKES, side="destination", result="ok") >= 1
+    assert not proxy.events("tls_failed")
+
+
 @pytest.mark.parametrize(("setting", "reason"), [
     ("wrong_name", "name mismatch"),
     ("rogue_ca", "unknown CA"),
@@ -238,13 +292,18 @@ def stored(archive: OrthancArchive, uid: str, timeout: float = 60) -> tuple[str,
     return found[0]["ID"], data
 
 
-@pytest.mark.parametrize("mode", ["spool", "relay"])
+@pytest.mark.parametrize(("mode", "workstation"), [
+    ("spool", "clear"), ("relay", "clear"),
+    ("relay", "tls"),          # storescu +tls to the proxy's TLS port: TLS on both legs
+])
 def test_a_store_reaches_the_tls_archive_as_a_direct_tls_store_does(
         archive: OrthancArchive, pki: Pki, proxy_factory: ProxyFactory,
-        synthetic_studies: SyntheticSet, tmp_path: Path, mode: str) -> None:
+        synthetic_studies: SyntheticSet, tmp_path: Path, mode: str, workstation: str) -> None:
     config = rules(archive, pki)
     config["routes"] = [{"called_ae": "STORE", "archives": ["pacs"], "store_to": ["pacs"],
                          "store": mode}]
+    if workstation == "tls":
+        config["proxy"] = {"tls_port": 0}
     proxy = proxy_factory(config)
     ds = dcmread(synthetic_studies.paths[0])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -260,7 +319,11 @@ def test_a_store_reaches_the_tls_archive_as_a_direct_tls_store_does(
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
-    store(proxy.port, "STORE")
+    if workstation == "tls":
+        store(proxy.tls_port, "STORE", *ws_tls(pki))
+        assert proxy.metric(HANDSHAKES, side="workstation", result="ok") == 1
+    else:
+        store(proxy.port, "STORE")
     orthanc_id, via_proxy = stored(archive, uid)
     archive.rest("DELETE", f"/instances/{orthanc_id}")
     store(archive.dicom_port, archive.aet, *ws_tls(pki))
