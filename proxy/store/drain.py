@@ -16,7 +16,11 @@ Rule 2: each instance is proposed in its own transfer syntax and, if the
         with ``sendmsg`` straight from the file, after its file meta. Only when the
         archive accepted the other little-endian syntax alone is the instance decoded
         and re-encoded (Explicit <-> Implicit VR, ``pynetdicom.dsutils.encode``).
-        One C-STORE at a time: the link negotiates no asynchronous window.
+        One C-STORE at a time: the link negotiates no asynchronous window. The
+        bookkeeping of a delivered instance (its spool link removed, counted, gauges)
+        is done after the next instance has been sent, while the archive stores it,
+        so the archive is never kept waiting for the proxy's own work (``_deferred``);
+        a crash in between resends that one instance (archives keep it once).
 Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
         removed from the queue; archive unreachable, rejecting, timing out or
         out of resources → retried after ``backoff_delay`` (exponential, capped,
@@ -102,6 +106,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._link: Link | None = None
         self._attempts: dict[str, int] = {}
+        self._deferred: Callable[[], None] | None = None   # a delivered one's bookkeeping
         self.thread = threading.Thread(target=self._run, name=f"forward-{archive}", daemon=True)
 
     def start(self) -> None:
@@ -157,7 +162,10 @@ class Forwarder:
                     for entry, meta in batch:
                         self._dead(entry, meta, None, self._no_context_reason(meta, link))
                     return True
-                return self._stream(link, batch, proposed, calling)
+                try:
+                    return self._stream(link, batch, proposed, calling)
+                finally:
+                    self._settle_deferred()
         except UpstreamError as exc:
             with self.services.upstream_call(self.archive, "C-STORE") as call:
                 call.update(error=exc.reason, hint=exc.hint)
@@ -190,6 +198,7 @@ class Forwarder:
                 sent += 1
             if sent >= _MAX_PER_ASSOCIATION or link.closed:
                 return True
+            self._settle_deferred()        # off the queue before looking at it again
             batch = self._more(proposed, calling)
         return True
 
@@ -247,13 +256,16 @@ class Forwarder:
             if error is not None:
                 call["error"] = error
             call["status"] = status
+        self._settle_deferred()              # not sent (a file that failed): settle it now
         verdict = classify(status)
         if verdict in (Verdict.DELIVERED, Verdict.WARNING):
-            self.spool.forwarded(self.archive, entry)
-            self._attempts.pop(entry.id, None)
-            self._count(completed=verdict is Verdict.DELIVERED,
-                        warning=verdict is Verdict.WARNING)
-            self.publish()
+            def delivered() -> None:
+                self.spool.forwarded(self.archive, entry)
+                self._attempts.pop(entry.id, None)
+                self._count(completed=verdict is Verdict.DELIVERED,
+                            warning=verdict is Verdict.WARNING)
+                self.publish()
+            self._deferred = delivered          # done once the next one is on its way
             return True
         if verdict is Verdict.REFUSED:
             assert status is not None
@@ -289,6 +301,7 @@ class Forwarder:
                     data = _reencoded(source, choice.transfer_syntax)
                     writing = True
                     link.send_message(cx, command, data=data)
+            self._settle_deferred()            # the previous one's, while this one is stored
             rsp = link.read_message().command
         except TimeoutError:
             link.abort()
@@ -309,6 +322,11 @@ class Forwarder:
             link.abort()
             return None, "the archive answered the C-STORE with something else; aborted"
         return status, None
+
+    def _settle_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            deferred()
 
     def _dead(self, entry: Entry, meta: InstanceMeta, status: int | None, reason: str,
               cause: str | None = None) -> None:
