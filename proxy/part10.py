@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from proxy.dicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 
 def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, *,
@@ -35,8 +35,8 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, *,
         element(0x0002, b"UI", text(sop_class, b"\x00")),
         element(0x0003, b"UI", text(sop_instance, b"\x00")),
         element(0x0010, b"UI", text(transfer_syntax, b"\x00")),
-        element(0x0012, b"UI", text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        element(0x0013, b"SH", text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        element(0x0012, b"UI", text(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        element(0x0013, b"SH", text(IMPLEMENTATION_VERSION, b" ")),
     ]
     if sending_ae:
         parts.append(element(0x0017, b"AE", text(sending_ae, b" ")))

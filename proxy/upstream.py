@@ -40,8 +40,6 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
     AE,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
     Association,
     evt,
 )
@@ -53,6 +51,7 @@ from proxy import tls as tlsmod
 from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, DestinationConfig
 from proxy.dicom import commands, items, pdu
+from proxy.dicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from proxy.fastencode import encode
 from proxy.rawdataset import decode
 from proxy.routing import upstream_titles
@@ -203,6 +202,8 @@ class ArchiveClient:
         ae.network_timeout = self.network_timeout
         ae.connection_timeout = min(self.peer.timeout, 10.0)
         ae.maximum_pdu_size = self.max_pdu_size
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION
         return ae
 
     @contextmanager
@@ -267,8 +268,8 @@ class ArchiveClient:
             self.peer.ae_title, self.peer.calling_ae, proposed,
             items.UserInformation(
                 max_length=self.max_pdu_size,
-                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION[:16] or None,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version=IMPLEMENTATION_VERSION,
                 roles=tuple(items.RoleSelection(str(r.sop_class_uid), bool(r.scu_role),
                                               bool(r.scp_role)) for r in roles)))
         peer = self.peer

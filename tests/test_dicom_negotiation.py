@@ -231,3 +231,14 @@ def test_requestor_order_picks_the_requestors_first_acceptable(
             assert ts == common[0]
         else:
             assert not common
+
+
+def test_the_proxy_names_itself_with_its_own_implementation_uid() -> None:
+    from pydicom.uid import UID
+
+    from proxy.dicom.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+    from proxy.part10 import file_meta
+    assert UID(IMPLEMENTATION_CLASS_UID).is_valid and IMPLEMENTATION_CLASS_UID.startswith("2.25.")
+    assert 1 <= len(IMPLEMENTATION_VERSION) <= 16          # PS3.7 D.3.3.2.2: SH, 16 chars
+    meta = file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2.1")
+    assert IMPLEMENTATION_CLASS_UID.encode() in meta and IMPLEMENTATION_VERSION.encode() in meta

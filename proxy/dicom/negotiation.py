@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from proxy import __version__
 from proxy.dicom.items import (
     ExtendedNegotiation,
     PresentationContextAC,
@@ -68,8 +69,10 @@ LOCAL_LIMIT_EXCEEDED = AssociateRJ(TRANSIENT, PRESENTATION_PROVIDER, 2)
 DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95",
                       "1.2.840.10008.1.2.4.205"})
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.9.3811.3.0.4"
-IMPLEMENTATION_VERSION = "DICOMPROXY_1"
+# The proxy's own Implementation Class UID (PS3.7 D.3.3.2; a UUID-derived 2.25 UID, PS3.5
+# B.2) and version name: in every association it accepts or requests and every file it writes.
+IMPLEMENTATION_CLASS_UID = "2.25.162438964047009189657653309476940645118"
+IMPLEMENTATION_VERSION = f"DICOMPROXY_{__version__}"[:16]
 
 
 @dataclass(frozen=True)
