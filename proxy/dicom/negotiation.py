@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
-from proxy import __version__
 from proxy.dicom.items import (
     ExtendedNegotiation,
     PresentationContextAC,
@@ -72,7 +72,11 @@ DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95",
 # The proxy's own Implementation Class UID (PS3.7 D.3.3.2; a UUID-derived 2.25 UID, PS3.5
 # B.2) and version name: in every association it accepts or requests and every file it writes.
 IMPLEMENTATION_CLASS_UID = "2.25.162438964047009189657653309476940645118"
-IMPLEMENTATION_VERSION = f"DICOMPROXY_{__version__}"[:16]
+try:
+    _VERSION = version("dicom-proxy")          # pyproject.toml's, as installed
+except PackageNotFoundError:                   # run from a source tree not installed
+    _VERSION = "dev"
+IMPLEMENTATION_VERSION = f"DICOMPROXY_{_VERSION}"[:16]
 
 
 @dataclass(frozen=True)
