@@ -2,9 +2,9 @@
 its negotiation policy (``proxy.dicom.negotiation.Offer``).
 
 Rule 1: accept only what the proxy can serve: Verification, the Q/R models it
-        relays (Patient Root, Study Root), and storage SOP classes (C-STORE in,
-        and C-STORE sub-operations back to a C-GET requester, with SCP/SCU role
-        selection accepted).
+        relays (Patient Root, Study Root), Modality Worklist C-FIND, and storage SOP
+        classes (C-STORE in, and C-STORE sub-operations back to a C-GET requester, with
+        SCP/SCU role selection accepted).
 Rule 2: transfer syntaxes are accepted as proposed for storage, so pixel data
         passes through in its original encoding — never decoded by the proxy.
         When one context offers several, the peer's own order decides
@@ -30,6 +30,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -51,6 +52,7 @@ STORAGE_SYNTAXES = tuple(str(ts) for ts in AllTransferSyntaxes if ts not in DEFL
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: "PATIENT",
     StudyRootQueryRetrieveInformationModelFind: "STUDY",
+    ModalityWorklistInformationFind: "WORKLIST",     # no Query/Retrieve Level (PS3.4 K.6)
 }
 MOVE_MODELS = {
     PatientRootQueryRetrieveInformationModelMove: "PATIENT",

@@ -81,7 +81,7 @@ def test_unique_key_of_a_raw_identifier() -> None:
     assert unique_key("STUDY", _wire(padded)) == ("1.2.3",)
 
 
-@pytest.mark.parametrize("level", ["", "WORKLIST", "INSTANCE"])
+@pytest.mark.parametrize("level", ["", "FRAME", "INSTANCE"])
 def test_unknown_level_is_an_error(level: str) -> None:
     with pytest.raises(ValueError, match="Query/Retrieve Level"):
         unique_key(level, _ds(StudyInstanceUID="1.2.3"))
@@ -415,3 +415,37 @@ def test_a_value_filled_from_the_same_charset_keeps_its_bytes(later_implicit: bo
     expected = _answer(False, PatientName=name + b" ", StudyDescription=desc)
     assert fastencode.encode(merged, False, True) == fastencode.encode(expected, False, True)
     assert merged.get_item(pn).value == theirs and theirs.startswith(name)
+
+
+# -- Modality Worklist items (rule 1c) ----------------------------------------------------------
+
+def _worklist(accession: str, step: str | None, name: str = "DOE^JANE") -> Dataset:
+    item = Dataset()
+    item.PatientName = name
+    item.AccessionNumber = accession
+    sps = Dataset()
+    sps.Modality = "CT"
+    if step is not None:
+        sps.ScheduledProcedureStepID = step
+    item.ScheduledProcedureStepSequence = [sps]
+    return item
+
+
+def test_worklist_items_are_keyed_by_accession_and_step_id() -> None:
+    wire = _wire(_worklist("ACC1", "SPS1"))
+    assert unique_key("WORKLIST", wire) == ("ACC1", "SPS1")
+    assert "ScheduledProcedureStepSequence" in wire and \
+        type(wire.get_item(0x00400100)).__name__ == "RawDataElement"     # read, not converted
+    assert unique_key("WORKLIST", _wire(_worklist("ACC1", None))) is None   # no step: rule 2
+    assert unique_key("WORKLIST", _wire(_worklist("", "SPS1"))) == ("", "SPS1")
+
+
+def test_worklist_deduplication_across_providers() -> None:
+    dedupe = Deduplicator("WORKLIST")
+    assert dedupe.offer(_wire(_worklist("ACC1", "SPS1")), "ris_a")
+    assert dedupe.offer(_wire(_worklist("ACC1", "SPS2")), "ris_a")       # another step
+    assert dedupe.offer(_wire(_worklist("ACC2", "SPS1")), "ris_a")       # another accession
+    assert not dedupe.offer(_wire(_worklist("ACC1", "SPS1", "OTHER^NAME")), "ris_b")
+    assert dedupe.offer(_wire(_worklist("ACC9", None)), "ris_b")           # no key: kept
+    assert dedupe.offer(_wire(_worklist("ACC9", "X")), "ris_a")
+    assert dedupe.duplicates == 1

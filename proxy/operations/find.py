@@ -41,10 +41,11 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 
 from proxy.cancel import CancelToken
+from proxy.contexts import FIND_MODELS
 from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
 from proxy.query.fanout import Match, Outcome, fan_out, workstation_syntax
 from proxy.query.matching import matches
-from proxy.query.merging import LEVEL_UNIQUE_KEYS, Deduplicator, merge_all
+from proxy.query.merging import LEVEL_UNIQUE_KEYS, WORKLIST, Deduplicator, merge_all
 from proxy.rawtext import element, set_text, text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
@@ -63,6 +64,8 @@ def handle(event: Request, services: Services) -> Iterator[Response]:
         identifier: Dataset = event.identifier
         model = str(event.sop_class)
         level = read_query(record, identifier)
+        if FIND_MODELS.get(model) == WORKLIST:    # no Query/Retrieve Level (PS3.4 K.6)
+            level = record.details["level"] = WORKLIST
         if route is None:  # cannot happen after admission; answer rather than crash
             record.status = Status.UNABLE_TO_PROCESS
             yield _failure(record.status, "no route for this association")

@@ -20,6 +20,11 @@ Rule 1b: answers of one source (one archive's answer; one upstream response) are
         had within a source: the n-th answer with a key from one source is a duplicate of
         the n-th with that key from another (multiset maximum), so two archives holding the
         same two colliding studies give two answers, not four and not one.
+Rule 1c: a Modality Worklist answer (``WORKLIST``, no Query/Retrieve Level) is one
+        Scheduled Procedure Step: the same item when its Accession Number and the
+        Scheduled Procedure Step ID (in its Scheduled Procedure Step Sequence) are equal —
+        an SPS ID is unique within its Requested Procedure (PS3.3 C.4.10), which the
+        Accession Number names (issue #14). Worklists are de-duplicated, not merged.
 Rule 2: an answer without its unique key (absent or empty) cannot be de-duplicated: it is
         passed through, never dropped.
 Rule 3: streaming mode (Deduplicator): the first answer with a key is sent at once, later
@@ -62,9 +67,19 @@ from pydicom.tag import BaseTag, Tag
 from proxy.rawtext import element, keyword_tag, text_values
 
 __all__ = [
-    "COUNT_KEYWORDS", "LEVEL_UNIQUE_KEYS", "UNION_KEYWORDS", "Deduplicator",
-    "merge", "merge_all", "unique_key",
+    "COUNT_KEYWORDS",
+    "LEVEL_UNIQUE_KEYS",
+    "UNION_KEYWORDS",
+    "WORKLIST",
+    "Deduplicator",
+    "merge",
+    "merge_all",
+    "unique_key",
 ]
+
+WORKLIST: Final = "WORKLIST"        # the Modality Worklist model's pseudo-level (rule 1c)
+_SPS_SEQUENCE = Tag(0x00400100)     # Scheduled Procedure Step Sequence
+_SPS_ID = Tag(0x00400009)           # Scheduled Procedure Step ID
 
 LEVEL_UNIQUE_KEYS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "PATIENT": ("PatientID", "IssuerOfPatientID"),
@@ -91,8 +106,10 @@ _TEXT_VRS: Final = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN", "SQ"})
 def unique_key(level: str, identifier: Dataset) -> tuple[str, ...] | None:
     """The entity's unique key at ``level`` (rule 1); ``None`` when it has none (rule 2).
 
-    Raises ValueError for a level that is not PATIENT, STUDY, SERIES or IMAGE.
+    Raises ValueError for a level that is not PATIENT, STUDY, SERIES, IMAGE or WORKLIST.
     """
+    if level.strip().upper() == WORKLIST:
+        return _worklist_key(identifier)
     values = tuple(_text(identifier, keyword) for keyword in _unique_keywords(level))
     return values if values[0] else None
 
@@ -248,7 +265,20 @@ def merge_all(level: str, identifiers: Iterable[Dataset], *,
     return merged
 
 
+def _worklist_key(identifier: Dataset) -> tuple[str, ...] | None:
+    """Rule 1c: (Accession Number, Scheduled Procedure Step ID); None without an SPS ID."""
+    sequence = element(identifier, _SPS_SEQUENCE)       # read, not converted in place
+    if sequence is None or sequence.VR != "SQ" or not sequence.value:
+        return None
+    step = "\\".join(v.strip(" \0") for v in text_values(sequence.value[0], _SPS_ID))
+    if not step:
+        return None
+    return _text(identifier, "AccessionNumber"), step
+
+
 def _unique_keywords(level: str) -> tuple[str, ...]:
+    if level.strip().upper() == WORKLIST:
+        return ("AccessionNumber", "ScheduledProcedureStepID")
     keywords = LEVEL_UNIQUE_KEYS.get(level.strip().upper())
     if keywords is None:
         known = ", ".join(LEVEL_UNIQUE_KEYS)
