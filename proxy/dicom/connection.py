@@ -166,7 +166,8 @@ class Association:
 
     def buffer_updated(self, n: int) -> None:
         """``n`` bytes were read into the ``get_buffer()`` view (Rule 7)."""
-        self._end += n
+        if not self._broken:                  # else discarded (Rule 4)
+            self._end += n
 
     @property
     def buffered(self) -> int:
