@@ -4,7 +4,9 @@ A socket pair; the peer is a forked process writing one C-STORE-RQ command PDU a
 N P-DATA-TF PDUs of one data set (pre-built bytes, batched into large ``sendall``s so
 the peer is never the bottleneck); the link reads them with ``read_message`` into a
 ``DataTarget`` that only counts (no copy). Reported per PDU: wall time and the reading
-thread's CPU time (``time.thread_time``), best of R runs.
+thread's CPU time (``time.thread_time``), best of R runs. The "send" rows are the other
+direction: ``send_message`` of a data set of N fragments from memory (the ``sendmsg``
+path), the peer reading and discarding.
 
 ``--baseline REV`` also loads ``proxy/ul/link.py`` as it is at git revision REV (e.g.
 ``main``) and runs the same workload through it, alternating runs, so the ratio new/old
@@ -66,6 +68,16 @@ def peer(sock: socket.socket, pdu_body: int, n: int) -> None:
     sock.sendall(middle * left + last)
 
 
+def sink(sock: socket.socket, total: int) -> None:
+    """The child of a send run: read and discard ``total`` bytes."""
+    buffer = memoryview(bytearray(1 << 20))
+    while total > 0:
+        got = sock.recv_into(buffer)
+        if not got:
+            return
+        total -= got
+
+
 def make_link(module: ModuleType, sock: socket.socket, max_pdu: int) -> Any:
     """An established link on context 1 (CT, Explicit VR), both sides at ``max_pdu``."""
     if not hasattr(module, "new_association"):           # the link before proxy.dicom drove it
@@ -85,7 +97,10 @@ def make_link(module: ModuleType, sock: socket.socket, max_pdu: int) -> Any:
     return module.Link(sock, association, module.Negotiated.of(ac))
 
 
-def one_run(module: ModuleType, pdu_body: int, n: int) -> tuple[float, float]:
+def one_run(module: ModuleType, pdu_body: int, n: int, data: bytes | None
+            ) -> tuple[float, float]:
+    """One read (``data`` None) or send run; (wall, CPU) microseconds per PDU."""
+    send = data is not None
     ours, theirs = socket.socketpair()
     for s in (ours, theirs):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
@@ -95,7 +110,10 @@ def one_run(module: ModuleType, pdu_body: int, n: int) -> tuple[float, float]:
     if child == 0:                                   # the peer
         ours.close()
         try:
-            peer(theirs, pdu_body, n)
+            if data is not None:
+                sink(theirs, 12 + len(STORE_RQ) + n * (pdu_body + 6))
+            else:
+                peer(theirs, pdu_body, n)
         finally:
             os._exit(0)
     theirs.close()
@@ -103,14 +121,20 @@ def one_run(module: ModuleType, pdu_body: int, n: int) -> tuple[float, float]:
         link = make_link(module, ours, max(pdu_body, 16384))
         target = Count()
         wall, cpu = time.perf_counter(), time.thread_time()
-        message = link.read_message(lambda _cx, _command: target)
+        if data is not None:
+            link.send_message(1, STORE_RQ, data)
+        else:
+            message = link.read_message(lambda _cx, _command: target)
         cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-        assert message.command[commands.COMMAND_FIELD] == commands.C_STORE_RQ
-        assert target.fragments == n and target.bytes == n * (pdu_body - 6), \
-            (target.fragments, target.bytes)
+        if not send:
+            assert message.command[commands.COMMAND_FIELD] == commands.C_STORE_RQ
+            assert target.fragments == n and target.bytes == n * (pdu_body - 6), \
+                (target.fragments, target.bytes)
     finally:
-        ours.close()
+        if send:
+            ours.shutdown(socket.SHUT_WR)
         os.waitpid(child, 0)
+        ours.close()
     return wall / n * 1e6, cpu / n * 1e6
 
 
@@ -139,16 +163,20 @@ def main() -> None:
     modules: dict[str, ModuleType] = {"new": current}
     if args.baseline:
         modules = {"old": load_baseline(args.baseline), "new": current}
-    print(f"{'PDU':>6} {'N':>6} " + " ".join(f"{name + ' wall':>10} {name + ' cpu':>10}"
-                                              for name in modules) + "   (us per PDU, best)")
-    for label, body, n in (("16 KB", 16384, args.n16k), ("1 MB", 1 << 20, args.n1m)):
+    print(f"{'':>5} {'PDU':>6} {'N':>6} " + " ".join(
+        f"{name + ' wall':>10} {name + ' cpu':>10}" for name in modules) + "   (us per PDU, best)")
+    for way, label, body, n in (("read", "16 KB", 16384, args.n16k),
+                                ("read", "1 MB", 1 << 20, args.n1m),
+                                ("send", "16 KB", 16384, args.n16k),
+                                ("send", "1 MB", 1 << 20, args.n1m)):
         best = {name: (float("inf"), float("inf")) for name in modules}
+        data = b"\xa5" * (n * (body - 6)) if way == "send" else None   # pages touched once
         for _ in range(args.runs):
             for name, module in modules.items():
-                wall, cpu = one_run(module, body, n)
+                wall, cpu = one_run(module, body, n, data)
                 best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-        row = f"{label:>6} {n:>6} " + " ".join(f"{w:>10.2f} {c:>10.2f}"
-                                               for w, c in best.values())
+        row = f"{way:>5} {label:>6} {n:>6} " + " ".join(f"{w:>10.2f} {c:>10.2f}"
+                                                        for w, c in best.values())
         if "old" in best:
             row += (f"   new/old wall {best['new'][0] / best['old'][0]:.2f}"
                     f" cpu {best['new'][1] / best['old'][1]:.2f}")

@@ -81,6 +81,10 @@ _RECEIVED = {pdu.A_ASSOCIATE_AC: Event.Evt3, pdu.A_ASSOCIATE_RJ: Event.Evt4,
              pdu.A_ABORT: Event.Evt16}
 _ARTIM_START = {Action.AE5, Action.AE8, Action.AR4, Action.AA1, Action.AA8}
 _ARTIM_STOP = {Action.AE6, Action.AR5, Action.AA2, Action.AA5}
+_ARTIM = _ARTIM_START | _ARTIM_STOP
+# per PDU: module names, not Enum class attribute look-ups (a metaclass call each)
+_IDLE, _DATA_RECEIVED = State.Sta1, {Action.DT2, Action.AR6}
+_COMMAND, _LAST = pdu.COMMAND, pdu.LAST
 Outgoing = pdu.AssociateRQ | pdu.AssociateAC | pdu.AssociateRJ | SendMessage | \
     pdu.ReleaseRQ | pdu.ReleaseRP | pdu.Abort
 
@@ -120,10 +124,11 @@ class Association:
     def _step(self, event: Event, *, acceptable: bool = True) -> Action:
         action, self.state = transition(self.state, event, requestor=self.requestor,
                                         acceptable=acceptable)
-        if action in _ARTIM_START:
-            self.artim_running = True
-        elif action in _ARTIM_STOP:
-            self.artim_running = action is Action.AE6 and not acceptable
+        if action in _ARTIM:
+            if action in _ARTIM_START:
+                self.artim_running = True
+            else:
+                self.artim_running = action is Action.AE6 and not acceptable
         return action
 
     # -- receiving -------------------------------------------------------------------
@@ -186,7 +191,7 @@ class Association:
 
     def next_event(self) -> Received:
         while not self._pending:
-            if self.state is State.Sta1:
+            if self.state is _IDLE:
                 return ConnectionClosed()
             if not self._next_pdu():
                 if not self._eof:
@@ -249,7 +254,15 @@ class Association:
         if end - start < total:
             return False
         self._start = start + total
-        self._parsed(kind, self._view[start:start + total])
+        if kind != pdu.P_DATA_TF:
+            self._parsed(kind, self._view[start:start + total])
+            return True
+        try:                                   # the bulk: straight to its PDVs
+            pdvs = pdu.pdv_items(self._view[start + pdu.HEADER.size:start + total])
+        except pdu.PduError as exc:
+            self._invalid(f"PDU type 0x{kind:02X}: {exc}", INVALID_PARAMETER)
+            return True
+        self._dispatch(kind, pdvs)
         return True
 
     def _parsed(self, kind: int, raw: bytes | memoryview) -> None:
@@ -318,7 +331,7 @@ class Association:
         before = self.state
         action = self._step(_RECEIVED[kind], acceptable=not isinstance(received, pdu.AssociateRQ)
                             or bool(received.protocol_version & 1))
-        if action is Action.DT2 or action is Action.AR6:    # the bulk of an association
+        if action in _DATA_RECEIVED:          # the bulk of an association: DT-2, AR-6
             assert isinstance(received, list)
             self._data(received)
         elif action in (Action.AA1, Action.AA7, Action.AA8):
@@ -365,8 +378,8 @@ class Association:
                 if context_id not in contexts:
                     raise DimseError(f"PDV on presentation context {context_id}, which "
                                      "this association did not accept")
-                pending.extend(feed(context_id, control & pdu.COMMAND != 0,
-                                    control & pdu.LAST != 0, data))
+                pending.extend(feed(context_id, control & _COMMAND != 0,
+                                    control & _LAST != 0, data))
         except DimseError as exc:
             self._invalid(str(exc), INVALID_PARAMETER)
 

@@ -58,6 +58,7 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 HEADER = struct.Struct(">BxL")            # PDU type, reserved, length
 PDV_HEADER = struct.Struct(">LBB")        # item length, context ID, message control header
 COMMAND, LAST = 0x01, 0x02                # message control header bits (PS3.8 E.2)
+_PDV_UNPACK = PDV_HEADER.unpack_from
 _FIXED = 68                               # A-ASSOCIATE-RQ/AC fields before the items
 
 
@@ -256,17 +257,18 @@ def pdv_items(body: memoryview) -> list[tuple[int, int, memoryview]]:
     """``pdvs`` as (context ID, message control header, data) tuples: what a receiver
     on the bulk path takes, one per 16 KB of a data set, without a value object each."""
     out: list[tuple[int, int, memoryview]] = []
-    at, size = 0, len(body)
+    at, size, unpack = 0, len(body), _PDV_UNPACK
     while at < size:
-        if at + PDV_HEADER.size > size:
+        if at + 6 > size:
             raise PduError(f"truncated PDV item header at byte {at} of the P-DATA-TF")
-        length, cx, control = PDV_HEADER.unpack_from(body, at)
-        if length < 2 or at + 4 + length > size:
+        length, cx, control = unpack(body, at)
+        end = at + 4 + length
+        if length < 2 or end > size:
             raise PduError(f"PDV item length {length} does not fit its P-DATA-TF")
-        if control & ~(COMMAND | LAST):
+        if control > 3:                       # bits 2-7 reserved (COMMAND | LAST == 3)
             raise PduError(f"PDV message control header 0x{control:02X} sets reserved bits")
-        out.append((cx, control, body[at + 6:at + 4 + length]))
-        at += 4 + length
+        out.append((cx, control, body[at + 6:end]))
+        at = end
     if not out:
         raise PduError("P-DATA-TF without a PDV item")
     return out
