@@ -664,6 +664,26 @@ def test_a_pdu_the_state_table_does_not_expect_is_aborted(pair: Pair) -> None:
     assert closed_by_link(theirs)
 
 
+def test_an_invalid_pdu_during_a_blocked_send_is_answered_without_waiting(
+        pair: Pair, pool: ThreadPoolExecutor) -> None:
+    """The reader's A-ABORT (AA-8) never waits for a send in progress (Rule 1)."""
+    ours, theirs = pair                 # the peer never reads: the send blocks
+    ours.settimeout(60)
+    link = make_link(ours)
+    sending = pool.submit(link.send_message, 1, STORE_RQ, bytes(64 * 1024 * 1024))
+    deadline = time.monotonic() + 5
+    while not link._send_lock.locked():
+        assert time.monotonic() < deadline and not sending.done()
+    theirs.sendall(pdu.encode(REQUEST))           # Evt6 in Sta6
+    started = time.monotonic()
+    with pytest.raises(ProtocolError, match="unexpected in Sta6"):
+        link.read_message()
+    assert time.monotonic() - started < 2         # not the 60 s the send could take
+    with pytest.raises(OSError):
+        sending.result(timeout=5)
+    assert link.closed
+
+
 def test_a_pdv_on_a_context_never_accepted_is_aborted(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours)

@@ -157,6 +157,7 @@ class Link:
 
     def _established(self, accept: Negotiated) -> None:
         self.accept = accept
+        self.abstract = dict(self.association.proposed)
         peer = self.association.peer_max_pdu_length
         self.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
 
@@ -297,11 +298,8 @@ class Link:
             with lock:
                 event = association.next_event()
                 out = association.data_to_send()
-            if out:
-                try:
-                    self._send_raw(out)
-                except OSError:
-                    pass                       # the A-ABORT of a connection already gone
+            if out:                            # an A-ABORT: the event says why
+                self._send_urgent(out)
             if event.__class__ is not NeedData:
                 return event
             with lock:
@@ -371,14 +369,19 @@ class Link:
                 out = self.association.send(pdu.Abort())
             except LocalProtocolError:         # already over (Sta1) or closing (Sta13)
                 out = b""
-        if out and self._send_lock.acquire(blocking=False):
+        self._send_urgent(out)
+        self._shut()
+
+    def _send_urgent(self, data: bytes) -> None:
+        """An A-ABORT: written unless a send is in progress (Rule 1: never waited for;
+        closing the socket ends that send), errors ignored (the connection may be gone)."""
+        if data and self._send_lock.acquire(blocking=False):
             try:
-                self.sock.sendall(out)
+                self.sock.sendall(data)
             except OSError:
                 pass
             finally:
                 self._send_lock.release()
-        self._shut()
 
     def _send_raw(self, data: bytes) -> None:
         with self._send_lock:
