@@ -140,14 +140,14 @@ class Link:
                  accept: Negotiated) -> None:
         self.sock = sock
         self.association = association
-        self.accept = accept
-        self.fragment = MAX_FRAGMENT
+        self.accept: Negotiated
+        self.abstract: dict[int, str]          # context ID -> abstract syntax proposed
+        self.fragment: int                     # data per P-DATA-TF toward the peer (Rule 4)
         self._established(accept)
         self._lock = threading.Lock()          # the association (Rule 1)
         self._send_lock = threading.Lock()
         self._eof = False
         self.closed = False
-        self.abstract: dict[int, str] = dict(association.proposed)  # context ID -> abstract
 
     @property
     def max_pdu_length(self) -> int:
