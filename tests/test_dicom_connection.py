@@ -189,7 +189,8 @@ def test_release_collision() -> None:
 def test_unexpected_pdu_aborts_with_the_table_action() -> None:
     _, acceptor = establish()
     (event,) = deliver(pdu.encode(RQ), acceptor)                  # Evt6 in Sta6: AA-8
-    assert event == Aborted(2, 2, local=True, reason_text="AssociateRQ PDU unexpected in Sta6")
+    assert event == Aborted(2, 2, local=True,
+                            reason_text="AssociateRQ PDU (type 0x01) unexpected in Sta6")
     assert acceptor.data_to_send() == pdu.encode(pdu.Abort(2, 2))
     assert deliver(pdu.encode(pdu.ReleaseRQ()), acceptor) == []   # Sta13: AA-6, ignored
     assert deliver(pdu.encode(pdu.Abort()), acceptor) == [ConnectionClosed()]  # AA-2

@@ -37,6 +37,9 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from proxy import tls
 from proxy.config import TlsConfig
 from proxy.dicom import commands, items, pdu
+from proxy.dicom.connection import LocalProtocolError
+from proxy.dicom.events import AssociateAccepted
+from proxy.dicom.states import State
 from proxy.ul.link import (
     COMMAND,
     LAST,
@@ -45,9 +48,10 @@ from proxy.ul.link import (
     Link,
     LinkClosed,
     Negotiated,
+    ProtocolError,
     Rejected,
     TlsFailed,
-    pdata_header,
+    new_association,
 )
 from proxy.upstream import ArchiveClient, Peer, UpstreamError
 from tests.tls_certs import Pki, make_pki
@@ -140,8 +144,25 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
+LINK_CONTEXTS = (1, 3, 5, 7, 9)
+
+
 def make_link(sock: socket.socket, peer_max: int = 16384, our_max: int = 16384) -> Link:
-    return Link(sock, Negotiated(max_pdu_length=peer_max), our_max)
+    """A link whose association was negotiated in memory, PDU by PDU (A-ASSOCIATE-RQ out,
+    A-ASSOCIATE-AC in): contexts 1-9 accepted, the given maximum PDU lengths."""
+    association = new_association()
+    association.send(pdu.AssociateRQ("ARCHIVE", "QR_PROXY", tuple(
+        items.PresentationContextRQ(cx, CT, (EXPLICIT,)) for cx in LINK_CONTEXTS),
+        items.UserInformation(our_max)))
+    ac = pdu.AssociateAC("ARCHIVE", "QR_PROXY", tuple(
+        items.PresentationContextAC(cx, 0, EXPLICIT) for cx in LINK_CONTEXTS),
+        items.UserInformation(peer_max))
+    raw = pdu.encode(ac)
+    association.get_buffer()[:len(raw)] = raw
+    association.buffer_updated(len(raw))
+    assert isinstance(association.next_event(), AssociateAccepted)
+    assert association.state is State.Sta6
+    return Link(sock, association, Negotiated.of(ac))
 
 
 def payload(n: int, seed: int = 1) -> bytes:
@@ -297,12 +318,13 @@ def test_a_p_data_tf_longer_than_our_max_aborts(pair: Pair) -> None:
     ours, theirs = pair
     link = make_link(ours, our_max=4096)
     theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ)) + pdata((1, LAST, payload(4091))))
-    with pytest.raises(pdu.PduError, match="4097 bytes"):
+    with pytest.raises(pdu.PduError, match=r"4097-byte PDU .* limit of 4096"):
         link.read_message(lambda _cx, _command: None)
     assert link.closed
     kind, body = read_pdu(theirs)
     assert kind == pdu.A_ABORT
-    assert body == b"\x00\x00\x00\x00"
+    # Evt19 in Sta6 is AA-8: service-provider source (2), invalid parameter value (6)
+    assert body == b"\x00\x00\x02\x06"
     assert closed_by_link(theirs)
 
 
@@ -334,14 +356,18 @@ def test_a_data_fragment_without_a_command_raises_link_closed(pair: Pair) -> Non
         link.read_message(lambda _cx, _command: None)
 
 
-@pytest.mark.parametrize("intruder", [(1, COMMAND | LAST, STORE_RSP), (3, LAST, b"other")])
+@pytest.mark.parametrize(("intruder", "why"), [
+    ((1, COMMAND | LAST, STORE_RSP), "command fragment while the data set of the previous"),
+    ((3, LAST, b"other"), "context changed mid-message from 1 to 3")])
 def test_a_message_interleaved_into_a_data_set_raises_link_closed(
-        pair: Pair, intruder: tuple[int, int, bytes]) -> None:
+        pair: Pair, intruder: tuple[int, int, bytes], why: str) -> None:
     ours, theirs = pair
     link = make_link(ours)
     theirs.sendall(pdata((1, COMMAND | LAST, STORE_RQ), (1, 0, b"part"), intruder))
-    with pytest.raises(LinkClosed, match="interleaved"):
+    with pytest.raises(LinkClosed, match=why):
         link.read_message(lambda _cx, _command: Collect())
+    assert link.closed
+    assert read_pdu(theirs) == (pdu.A_ABORT, b"\x00\x00\x02\x06")    # AA-8
 
 
 def test_an_unreadable_command_raises_pdu_error(pair: Pair) -> None:
@@ -606,6 +632,124 @@ def test_release_after_close_sends_nothing(pair: Pair) -> None:
     assert closed_by_link(theirs)
 
 
+def test_release_collision_is_answered_and_completes(pair: Pair, pool: ThreadPoolExecutor) -> None:
+    """PS3.8 9.2.4: both sides send A-RELEASE-RQ; the requestor answers first (Sta9 →
+    Sta11), then takes the acceptor's A-RELEASE-RP."""
+    ours, theirs = pair
+    link = make_link(ours)
+
+    def acceptor_side() -> list[tuple[int, bytes]]:
+        heard = [read_pdu(theirs)]              # our A-RELEASE-RQ ...
+        theirs.sendall(RELEASE_RQ)              # ... crosses the acceptor's own
+        heard.append(read_pdu(theirs))          # the requestor answers the collision
+        theirs.sendall(RELEASE_RP)
+        return heard
+
+    peer = pool.submit(acceptor_side)
+    link.release()
+    assert peer.result(timeout=5) == [(pdu.A_RELEASE_RQ, b"\x00" * 4),
+                                      (pdu.A_RELEASE_RP, b"\x00" * 4)]
+    assert link.association.state is State.Sta1   # AR-3: released, not aborted
+    assert link.closed
+    assert closed_by_link(theirs)
+
+
+def test_a_pdu_the_state_table_does_not_expect_is_aborted(pair: Pair) -> None:
+    ours, theirs = pair
+    link = make_link(ours)
+    theirs.sendall(pdu.encode(REQUEST))           # A-ASSOCIATE-RQ in Sta6: Evt6, AA-8
+    with pytest.raises(ProtocolError, match=r"AssociateRQ PDU \(type 0x01\) unexpected in Sta6"):
+        link.read_message()
+    assert read_pdu(theirs) == (pdu.A_ABORT, b"\x00\x00\x02\x02")   # unexpected PDU
+    assert closed_by_link(theirs)
+
+
+def test_an_invalid_pdu_during_a_blocked_send_is_answered_without_waiting(
+        pair: Pair, pool: ThreadPoolExecutor) -> None:
+    """The reader's A-ABORT (AA-8) never waits for a send in progress (Rule 1)."""
+    ours, theirs = pair                 # the peer never reads: the send blocks
+    ours.settimeout(60)
+    link = make_link(ours)
+    sending = pool.submit(link.send_message, 1, STORE_RQ, bytes(64 * 1024 * 1024))
+    deadline = time.monotonic() + 5
+    while not link._send_lock.locked():
+        assert time.monotonic() < deadline and not sending.done()
+    theirs.sendall(pdu.encode(REQUEST))           # Evt6 in Sta6
+    started = time.monotonic()
+    with pytest.raises(ProtocolError, match="unexpected in Sta6"):
+        link.read_message()
+    assert time.monotonic() - started < 2         # not the 60 s the send could take
+    with pytest.raises(OSError):
+        sending.result(timeout=5)
+    assert link.closed
+
+
+def test_a_pdv_on_a_context_never_accepted_is_aborted(pair: Pair) -> None:
+    ours, theirs = pair
+    link = make_link(ours)
+    theirs.sendall(pdata((11, COMMAND | LAST, STORE_RSP)))
+    with pytest.raises(ProtocolError, match="context 11, which this association did not"):
+        link.read_message()
+    assert read_pdu(theirs)[0] == pdu.A_ABORT
+
+
+def test_sending_on_a_context_not_accepted_writes_nothing(pair: Pair) -> None:
+    ours, theirs = pair
+    link = make_link(ours)
+    with pytest.raises(LocalProtocolError, match="context 11 was not accepted"):
+        link.send_message(11, STORE_RQ, b"data")
+    link.send_message(1, STORE_RSP)               # the link is still usable
+    (kind, body), = read_until_last(theirs, data=False)
+    assert kind == pdu.P_DATA_TF and split_pdvs(body) == [(1, COMMAND | LAST, STORE_RSP)]
+
+
+def test_no_message_goes_out_once_our_release_request_did(
+        pair: Pair, pool: ThreadPoolExecutor) -> None:
+    """Evt9 in Sta7 has no action in PS3.8 Table 9-10: the state table refuses the
+    message before a byte of it is written, while the release waits for its answer."""
+    ours, theirs = pair
+    link = make_link(ours)
+    releasing = pool.submit(link.release)
+    assert read_pdu(theirs)[0] == pdu.A_RELEASE_RQ   # the link is now in Sta7
+    with pytest.raises(LinkClosed, match=r"no longer carry a message.*Evt9.*Sta7"):
+        link.send_message(1, STORE_RQ, b"late")
+    theirs.sendall(RELEASE_RP)
+    releasing.result(timeout=5)
+    assert closed_by_link(theirs)                  # nothing but the A-RELEASE-RQ came
+
+
+def test_fragments_are_views_of_the_read_buffer_not_copies(pair: Pair,
+                                                           pool: ThreadPoolExecutor) -> None:
+    """Rule 2: each data fragment is a view of the association's one read buffer, PDUs
+    split across reads included (the buffer holds a whole PDU: none is gathered)."""
+    ours, theirs = pair
+    link = make_link(ours, our_max=65536)
+    data = payload(600_000, seed=5)
+    wire = pdata((1, COMMAND | LAST, STORE_RQ)) + b"".join(
+        pdata((1, LAST if at + 65530 >= len(data) else 0, data[at:at + 65530]))
+        for at in range(0, len(data), 65530))
+
+    def peer() -> None:                            # odd pieces: PDUs straddle reads
+        for at in range(0, len(wire), 7919):
+            theirs.sendall(wire[at:at + 7919])
+
+    sent = pool.submit(peer)
+    owners: set[int] = set()
+    kinds: set[type] = set()
+    got = bytearray()
+
+    class Views:
+        def write(self, fragment: memoryview) -> None:
+            owners.add(id(fragment.obj))
+            kinds.add(type(fragment.obj))
+            got.extend(fragment)
+
+    link.read_message(lambda _cx, _command: Views())
+    sent.result(timeout=5)
+    assert bytes(got) == data
+    assert kinds == {bytearray} and len(owners) == 1
+
+
 # -- Link.open against a tiny acceptor on 127.0.0.1 -------------------------------------------
 
 REQUEST = pdu.AssociateRQ(
@@ -846,15 +990,6 @@ def test_negotiated_of_an_ac_with_refusals_roles_and_no_length_limit() -> None:
     # accepted without a transfer syntax is no context to send on
     assert got.refused == {5: 3, 7: 4, 9: 1, 11: 0}
     assert got.scp_roles == {CT: True, MR: False}
-
-
-@pytest.mark.parametrize("size", [0, 1, 16378])
-def test_pdata_header_layout(size: int) -> None:
-    header = pdata_header(5, COMMAND | LAST, size)
-    assert header == (bytes((0x04, 0)) + struct.pack(">L", size + 6)
-                      + struct.pack(">L", size + 2) + bytes((5, 0x03)))
-    parsed = pdu.parse(header + bytes(size))
-    assert parsed == pdu.PData((pdu.Pdv(5, True, True, bytes(size)),))
 
 
 # -- Link.open over TLS (Rule 5) against a tiny TLS acceptor ----------------------------------

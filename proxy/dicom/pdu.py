@@ -15,8 +15,10 @@ Rule 4: an AE title goes out space-padded to 16 bytes and comes back stripped
         (PS3.8 9.3.2: leading and trailing spaces are not significant).
 Rule 5: A-RELEASE-RQ/RP and A-ABORT are exactly 4 bytes long (PS3.8 9.3.6-9.3.8); a
         P-DATA-TF holds at least one PDV whose control header uses only bits 0-1.
-Rule 6: a parsed PDV's data is a read-only ``memoryview`` of the (immutable) PDU bytes,
-        not a copy: a data set fragment is copied only where it is finally kept.
+Rule 6: a parsed PDV's data is a ``memoryview`` of the PDU bytes, not a copy: a data set
+        fragment is copied only where it is finally kept. Parsed from ``bytes`` it is
+        read-only and never changes; parsed from a ``memoryview`` it lasts as long as
+        the bytes under that view stay unchanged (the caller's buffer).
 Rule 7: ``check_request`` is the requestor's own stricter check of what it proposes:
         AE titles per PS3.5 6.2 (1-16 printable ASCII, no backslash, not all spaces),
         presentation context IDs odd, 1-255 (PS3.8 9.3.2.2).
@@ -56,6 +58,7 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 HEADER = struct.Struct(">BxL")            # PDU type, reserved, length
 PDV_HEADER = struct.Struct(">LBB")        # item length, context ID, message control header
 COMMAND, LAST = 0x01, 0x02                # message control header bits (PS3.8 E.2)
+_PDV_UNPACK = PDV_HEADER.unpack_from
 _FIXED = 68                               # A-ASSOCIATE-RQ/AC fields before the items
 
 
@@ -189,8 +192,11 @@ def frame(buffer: bytes | bytearray | memoryview, limit: int) -> tuple[int, int]
 
 
 def parse(data: bytes | bytearray | memoryview) -> Pdu:
-    """One whole PDU, header included; trailing bytes are an error."""
-    view = memoryview(data if isinstance(data, bytes) else bytes(data))
+    """One whole PDU, header included; trailing bytes are an error. A ``memoryview`` is
+    parsed where it lies (its PDVs are views of it: its owner keeps those bytes as they
+    are while they are used); a ``bytearray`` is copied first (Rule 6)."""
+    view = data if isinstance(data, memoryview) else memoryview(
+        data if isinstance(data, bytes) else bytes(data))
     if len(view) < HEADER.size:
         raise PduError(f"PDU of {len(view)} bytes is shorter than its 6-byte header")
     kind, length = HEADER.unpack_from(view)
@@ -243,19 +249,26 @@ def _parse_associate(kind: int, body: memoryview) -> AssociateRQ | AssociateAC:
 
 def pdvs(body: memoryview) -> list[Pdv]:
     """The PDV items of a P-DATA-TF body (header excluded), each a view into ``body``."""
-    out: list[Pdv] = []
-    at = 0
-    while at < len(body):
-        if at + PDV_HEADER.size > len(body):
+    return [Pdv(cx, bool(control & COMMAND), bool(control & LAST), data)
+            for cx, control, data in pdv_items(body)]
+
+
+def pdv_items(body: memoryview) -> list[tuple[int, int, memoryview]]:
+    """``pdvs`` as (context ID, message control header, data) tuples: what a receiver
+    on the bulk path takes, one per 16 KB of a data set, without a value object each."""
+    out: list[tuple[int, int, memoryview]] = []
+    at, size, unpack = 0, len(body), _PDV_UNPACK
+    while at < size:
+        if at + 6 > size:
             raise PduError(f"truncated PDV item header at byte {at} of the P-DATA-TF")
-        length, cx, control = PDV_HEADER.unpack_from(body, at)
-        if length < 2 or at + 4 + length > len(body):
+        length, cx, control = unpack(body, at)
+        end = at + 4 + length
+        if length < 2 or end > size:
             raise PduError(f"PDV item length {length} does not fit its P-DATA-TF")
-        if control & ~(COMMAND | LAST):
+        if control > 3:                       # bits 2-7 reserved (COMMAND | LAST == 3)
             raise PduError(f"PDV message control header 0x{control:02X} sets reserved bits")
-        out.append(Pdv(cx, bool(control & COMMAND), bool(control & LAST),
-                       body[at + 6:at + 4 + length]))
-        at += 4 + length
+        out.append((cx, control, body[at + 6:end]))
+        at = end
     if not out:
         raise PduError("P-DATA-TF without a PDV item")
     return out

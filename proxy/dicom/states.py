@@ -13,6 +13,9 @@ Rule 3: a cell the standard leaves empty is a local primitive the user may not i
 Rule 4: two actions have two possible next states: AE-6 (Sta3 if the DUL finds the
         A-ASSOCIATE-RQ acceptable, else Sta13) and AR-8 (Sta9 for the requestor,
         Sta10 for the acceptor of a release collision); the caller says which.
+Rule 5: the table is consulted for every PDU either way, so states, events and actions
+        hash by identity (members are singletons), not by ``Enum.__hash__``, a Python
+        function called once per key per lookup.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from enum import Enum, unique
 
 
 class State(Enum):
+    __hash__ = object.__hash__          # Rule 5
     Sta1 = "Idle"
     Sta2 = "Transport connection open (awaiting A-ASSOCIATE-RQ PDU)"
     Sta3 = "Awaiting local A-ASSOCIATE response primitive"
@@ -37,6 +41,7 @@ class State(Enum):
 
 
 class Event(Enum):
+    __hash__ = object.__hash__          # Rule 5
     Evt1 = "A-ASSOCIATE request (local user)"
     Evt2 = "Transport connect confirmation (local transport service)"
     Evt3 = "A-ASSOCIATE-AC PDU (received on transport connection)"
@@ -60,6 +65,7 @@ class Event(Enum):
 
 @unique
 class Action(Enum):
+    __hash__ = object.__hash__          # Rule 5
     AE1 = "AE-1: Issue TRANSPORT CONNECT request primitive to local transport service"
     AE2 = "AE-2: Send A-ASSOCIATE-RQ-PDU"
     AE3 = "AE-3: Issue A-ASSOCIATE confirmation (accept) primitive"

@@ -2,29 +2,39 @@
 
 Job: the retrieve's bulk path (C-GET from an archive, C-STORE to a Move Destination)
 and store-and-forward (spool → archive) move every byte of a study through the
-proxy. pynetdicom spends a thread hand-off, a state-machine step and a DIMSE
-re-assembly per 16 KB PDU there; this link reads PDUs into one buffer and hands
-each data fragment to its consumer as a ``memoryview`` (no copy, no per-PDU thread
-hop) and writes fragments with ``sendmsg`` straight from the caller's buffer.
+proxy. This link is the blocking driver of the proxy's one upper layer,
+``proxy.dicom.connection.Association(role="requestor")``: every PDU it sends or
+receives goes through that PS3.8 state table (A-ASSOCIATE, P-DATA, A-RELEASE both
+ways, release collision, A-ABORT, an invalid PDU answered with A-ABORT). It reads into
+the association's own buffer (``get_buffer``/``recv_into``) and hands each data
+fragment to its consumer as a ``memoryview`` of that buffer (no copy, no per-PDU
+thread hop), and writes fragments with ``sendmsg`` straight from the caller's buffer
+or file chunk, the association deciding and giving the headers (``send_pdata``).
 
 Rule 1 (who owns what): one thread reads (``read_message``); any thread may send, a
         whole message at a time under one lock, so PDUs of two messages never
         interleave (a C-CANCEL sent while a C-STORE-RSP goes out); any thread may
-        ``abort``, without waiting for a send in progress.
-Rule 2 (bounded): the read buffer holds at most one PDU beyond what the kernel gave
-        us; a PDU longer than the maximum the proxy proposed (``max_pdu_length``)
-        is a protocol error, answered with A-ABORT, never a larger buffer. Data set
-        fragments go to the caller's ``DataTarget`` as they arrive: a C-STORE of any
-        size costs no memory beyond the buffer.
+        ``abort``, without waiting for a send in progress. The association is touched
+        under its own lock, never across a socket call.
+Rule 2 (bounded): the read buffer holds the PDU in progress and room for one read; a
+        PDU longer than the maximum the proxy proposed (``max_pdu_length``) is a
+        protocol error, answered with A-ABORT, never a larger buffer. Data set
+        fragments go to the caller's ``DataTarget`` as they arrive, valid only during
+        ``write``: a C-STORE of any size costs no memory beyond the buffer.
 Rule 3 (timeouts): every socket operation is bounded by ``timeout`` (TimeoutError);
-        the peer closing or aborting raises ``LinkClosed`` saying which.
+        the peer closing or aborting raises ``LinkClosed`` saying which; a peer
+        breaking PS3.8 (a malformed or unexpected PDU, DIMSE out of order) raises
+        ``ProtocolError`` (a ``LinkClosed`` and a ``PduError``) once the A-ABORT the
+        state table chose is sent and the socket closed.
+Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC; no
+        limit → ``MAX_FRAGMENT``), one PDV per P-DATA-TF, as DCMTK and pynetdicom do.
+        A message the state table refuses (the association released or aborted
+        meanwhile) raises ``LinkClosed`` before a byte of it is written.
 Rule 5 (TLS): ``open(tls=context)`` wraps the connected socket, the handshake bounded
         by ``connect_timeout``, the name checked against ``server_hostname``; a failed
         handshake raises ``TlsFailed``. ``sendmsg`` does not exist on a TLS socket: a
         batch is joined and written with one ``sendall`` (one TLS record run, one copy
         the encryption costs anyway).
-Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC; no
-        limit → ``MAX_FRAGMENT``), one PDV per P-DATA-TF, as DCMTK and pynetdicom do.
 """
 
 from __future__ import annotations
@@ -32,14 +42,25 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BufferedIOBase
-from typing import Protocol
+from typing import NoReturn, Protocol
 
-from proxy.dicom import commands, pdu
+from proxy.dicom import pdu
 from proxy.dicom.commands import Command
+from proxy.dicom.connection import UNLIMITED_PDU, Association, LocalProtocolError
+from proxy.dicom.events import (
+    Aborted,
+    AssociateAccepted,
+    AssociateRejected,
+    DataFragment,
+    MessageReceived,
+    NeedData,
+    Received,
+    ReleaseRequested,
+)
+from proxy.dicom.states import State
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
 SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
@@ -47,10 +68,15 @@ MAX_PARTS = 512                  # ... in at most this many buffers (IOV_MAX is 
 COMMAND, LAST = pdu.COMMAND, pdu.LAST     # message control header bits (PS3.8 E.2)
 RELEASE_RQ = pdu.encode(pdu.ReleaseRQ())
 RELEASE_RP = pdu.encode(pdu.ReleaseRP())
+_SENDING = (State.Sta6, State.Sta8)       # where PS3.8 lets this side send P-DATA
 
 
 class LinkClosed(ConnectionError):
     """The association ended under us: aborted, released or the connection closed."""
+
+
+class ProtocolError(LinkClosed, pdu.PduError):
+    """The peer broke PS3.8 (Rule 3): the link sent the state table's A-ABORT and closed."""
 
 
 class TlsFailed(ConnectionError):
@@ -102,22 +128,38 @@ class Message:
     data: bytes | None = None          # when no DataTarget took it
 
 
-class Link:
-    """An established association; ``open`` negotiates it."""
+def new_association() -> Association:
+    """The requestor side this link drives: data sets streamed, read in place."""
+    return Association("requestor", stream_data=True, receive_into=True)
 
-    def __init__(self, sock: socket.socket, accept: Negotiated,
-                 max_pdu_length: int) -> None:
+
+class Link:
+    """An established association (``association`` in Sta6); ``open`` negotiates it."""
+
+    def __init__(self, sock: socket.socket, association: Association,
+                 accept: Negotiated) -> None:
         self.sock = sock
-        self.accept = accept
-        self.max_pdu_length = max_pdu_length
-        peer = accept.max_pdu_length
-        self.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
-        self._buf = bytearray(max(max_pdu_length + 6, 64 * 1024) + 64 * 1024)
-        self._start = self._end = 0
-        self._pdvs: deque[pdu.Pdv] = deque()
+        self.association = association
+        self.accept: Negotiated
+        self.abstract: dict[int, str]          # context ID -> abstract syntax proposed
+        self.fragment: int                     # data per P-DATA-TF toward the peer (Rule 4)
+        self._established(accept)
+        self._lock = threading.Lock()          # the association (Rule 1)
         self._send_lock = threading.Lock()
+        self._eof = False
         self.closed = False
-        self.abstract: dict[int, str] = {}     # context ID -> abstract syntax proposed
+
+    @property
+    def max_pdu_length(self) -> int:
+        """What the proxy proposed (its A-ASSOCIATE-RQ); 0: no limit."""
+        limit = self.association.receive_limit
+        return 0 if limit == UNLIMITED_PDU else limit
+
+    def _established(self, accept: Negotiated) -> None:
+        self.accept = accept
+        self.abstract = dict(self.association.proposed)
+        peer = self.association.peer_max_pdu_length
+        self.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
 
     # -- opening ---------------------------------------------------------------------
 
@@ -141,19 +183,15 @@ class Link:
                     on_tls(sock.getpeercert(True))
             sock.settimeout(timeout)
             pdu.check_request(request)
-            sock.sendall(pdu.encode(request))
-            link = cls(sock, Negotiated(), request.user.max_length or 0)
-            kind, body = link._read_pdu()
-            if kind not in (pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ):
-                raise LinkClosed(f"the peer answered the association request with PDU "
-                                 f"type 0x{kind:02X}")
-            answer = pdu.parse(pdu.HEADER.pack(kind, len(body)) + body)
-            if isinstance(answer, pdu.AssociateRJ):
-                raise Rejected(answer)
-            assert isinstance(answer, pdu.AssociateAC)
-            link.accept = accept = Negotiated.of(answer)
-            peer = accept.max_pdu_length
-            link.fragment = min(peer - 6, MAX_FRAGMENT) if peer > 6 else MAX_FRAGMENT
+            association = new_association()
+            link = cls(sock, association, Negotiated())
+            link._send_raw(association.send(request))
+            answer = link._next()
+            if isinstance(answer, AssociateRejected):
+                raise Rejected(answer.reject)
+            if not isinstance(answer, AssociateAccepted):
+                link._ended(answer, "the peer answered the association request: ")
+            link._established(Negotiated.of(answer.accept))
             return link
         except BaseException:
             sock.close()
@@ -165,9 +203,63 @@ class Link:
                      data: memoryview | bytes | None = None,
                      source: BufferedIOBase | None = None, length: int = 0) -> None:
         """One DIMSE message: command, then the data set from ``data`` or ``length``
-        bytes read from ``source`` (Rule 1)."""
+        bytes read from ``source`` (Rules 1, 4)."""
         with self._send_lock:
-            write_message(self.sock, self.fragment, context_id, command, data, source, length)
+            self._fragments(context_id, COMMAND, memoryview(command))
+            if data is not None:
+                self._fragments(context_id, 0, memoryview(data))
+            elif source is not None:
+                self._from_file(context_id, source, length)
+
+    def _header(self, cx: int, control: int, length: int) -> bytes:
+        """The association's header for a run of P-DATA-TF PDUs (Rule 4)."""
+        with self._lock:
+            try:
+                return self.association.send_pdata(cx, control, length)
+            except LocalProtocolError as exc:
+                if self.association.state in _SENDING:
+                    raise                      # a context or length the caller got wrong
+                raise LinkClosed(f"the association can no longer carry a message: {exc}"
+                                 ) from None
+
+    def _fragments(self, cx: int, kind: int, view: memoryview) -> None:
+        step = self.fragment
+        full = b""                             # every fragment but the last
+        parts: list[bytes | memoryview] = []
+        size, at, total = 0, 0, len(view)
+        while total - at > step:
+            if not parts:
+                full = self._header(cx, kind, step)
+            parts.append(full)
+            parts.append(view[at:at + step])
+            at += step
+            size += step
+            if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
+                sendmsg_all(self.sock, parts)
+                parts, size = [], 0
+        parts.append(self._header(cx, kind | LAST, total - at))
+        parts.append(view[at:])
+        sendmsg_all(self.sock, parts)
+
+    def _from_file(self, cx: int, source: BufferedIOBase, length: int) -> None:
+        step = self.fragment
+        per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2)) * step
+        chunk = bytearray(min(per_batch, max(length, 1)))
+        view = memoryview(chunk)
+        left = length
+        while left > len(chunk):                      # whole fragments, none of them last
+            if source.readinto(view) != len(chunk):
+                raise OSError("buffered instance ended early")
+            full = self._header(cx, 0, step)
+            parts: list[bytes | memoryview] = []
+            for at in range(0, len(view), step):
+                parts.append(full)
+                parts.append(view[at:at + step])
+            sendmsg_all(self.sock, parts)
+            left -= len(chunk)
+        if left and source.readinto(view[:left]) != left:
+            raise OSError("buffered instance ended early")
+        self._fragments(cx, 0, view[:left])
 
     # -- receiving -------------------------------------------------------------------
 
@@ -175,102 +267,94 @@ class Link:
                      ) -> Message:
         """The next whole DIMSE message; its data set goes to ``target_for(cx, command)``
         fragment by fragment, or is collected (no ``target_for``, or it returns None)."""
-        command_bytes = bytearray()
-        while True:
-            cx, control, fragment = self._next_pdv()
-            if not control & COMMAND:
-                raise LinkClosed("the peer sent a data set fragment without a command")
-            command_bytes += fragment
-            if control & LAST:
-                break
-        try:
-            command = commands.decode(bytes(command_bytes))
-        except commands.CommandError as exc:
-            raise pdu.PduError(str(exc)) from exc
+        event = self._next()
+        if not isinstance(event, MessageReceived):
+            self._ended(event)
+        cx, command = event.context_id, event.command
         message = Message(cx, command)
-        if not commands.has_data_set(command):
+        if not event.data_follows:
             return message
         target = target_for(cx, command) if target_for is not None else None
-        collected = bytearray() if target is None else None
+        collected = bytearray()
         while True:
-            dcx, control, fragment = self._next_pdv()
-            if control & COMMAND or dcx != cx:
-                raise LinkClosed("the peer interleaved another message into a data set")
-            if target is not None:
-                target.write(fragment)
-            elif collected is not None:
-                collected += fragment
-            if control & LAST:
+            fragment = self._next()
+            if not isinstance(fragment, DataFragment):
+                self._ended(fragment)
+            if target is not None:             # read in place: always a memoryview
+                target.write(fragment.data)    # type: ignore[arg-type]
+            else:
+                collected += fragment.data
+            if fragment.last:
                 break
-        if collected is not None:
+        if target is None:
             message.data = bytes(collected)
         return message
 
-    def _next_pdv(self) -> tuple[int, int, memoryview]:
-        """(context ID, message control header, fragment) of the next PDV."""
-        while not self._pdvs:
-            kind, body = self._read_pdu()
-            if kind == pdu.P_DATA_TF:
-                self._pdvs.extend(pdu.pdvs(body))
-            elif kind == pdu.A_ABORT:
-                self._shut()
-                raise LinkClosed("the peer aborted the association (A-ABORT)")
-            elif kind == pdu.A_RELEASE_RQ:
-                self._send_raw(RELEASE_RP)
-                self._shut()
-                raise LinkClosed("the peer released the association mid-operation")
-            else:
-                self.abort()
-                raise pdu.PduError(f"unexpected PDU type 0x{kind:02X} in an association")
-        pdv = self._pdvs.popleft()
-        return (pdv.context_id, COMMAND * pdv.is_command | LAST * pdv.is_last,
-                memoryview(pdv.data))
+    def _next(self) -> Received:
+        """The association's next event, reading into its buffer while it needs data;
+        what it answers on its own (A-ABORT) is written at once (Rule 3)."""
+        association, lock = self.association, self._lock
+        while True:
+            with lock:
+                event = association.next_event()
+                out = association.data_to_send()
+            if out:                            # an A-ABORT: the event says why
+                self._send_urgent(out)
+            if event.__class__ is not NeedData:
+                return event
+            with lock:
+                view = association.get_buffer()
+            got = self.sock.recv_into(view)
+            with lock:
+                if got:
+                    association.buffer_updated(got)
+                else:
+                    self._eof = True
+                    association.receive_data(b"")
 
-    def _read_pdu(self) -> tuple[int, memoryview]:
-        header = self._take(6)
-        kind, length = pdu.HEADER.unpack_from(header)
-        known = pdu.A_ASSOCIATE_RQ <= kind <= pdu.A_ABORT
-        if not known or (self.max_pdu_length and kind == pdu.P_DATA_TF
-                         and length > self.max_pdu_length):
-            self.abort()
-            raise pdu.PduError(f"PDU type 0x{kind:02X} of {length} bytes (the proxy "
-                               f"accepts at most {self.max_pdu_length})")
-        if length + 6 > len(self._buf):      # an A-ASSOCIATE-AC is a few kB at most
-            self.abort()
-            raise pdu.PduError(f"PDU type 0x{kind:02X} of {length} bytes")
-        return kind, self._take(length)
-
-    def _take(self, n: int) -> memoryview:
-        """``n`` bytes from the buffer; valid until the next ``_take``."""
-        if self._end - self._start < n:
-            if self._start + n > len(self._buf):       # compact: move the tail to the front
-                tail = self._end - self._start
-                self._buf[:tail] = self._buf[self._start:self._end]
-                self._start, self._end = 0, tail
-            with memoryview(self._buf) as view:
-                while self._end - self._start < n:
-                    got = self.sock.recv_into(view[self._end:])
-                    if not got:
-                        self._shut()
-                        raise LinkClosed("the peer closed the connection")
-                    self._end += got
-        start = self._start
-        self._start += n
-        return memoryview(self._buf)[start:start + n]
+    def _ended(self, event: Received, context: str = "") -> NoReturn:
+        """Raise what ``event`` (not a message) means; the socket is closed (Rule 3)."""
+        if isinstance(event, ReleaseRequested):
+            try:
+                with self._lock:
+                    answer = self.association.send(pdu.ReleaseRP())
+                self._send_raw(answer)
+            except (OSError, LocalProtocolError):
+                pass
+            self._shut()
+            raise LinkClosed("the peer released the association mid-operation")
+        if isinstance(event, Aborted) and event.local:
+            self._shut()
+            raise ProtocolError(context + event.reason_text)
+        self._shut()
+        if self._eof:
+            raise LinkClosed(context + "the peer closed the connection")
+        if isinstance(event, Aborted):
+            raise LinkClosed(context + f"the peer aborted the association (A-ABORT, PDU type "
+                             f"0x{pdu.A_ABORT:02X}, source {event.source}, reason "
+                             f"{event.reason})")
+        raise ProtocolError(context + f"{type(event).__name__} in {self.association.state.name}")
 
     # -- ending ------------------------------------------------------------------------
 
     def release(self) -> None:
-        """A-RELEASE; what arrives meanwhile is discarded; abort if the peer does not answer."""
+        """A-RELEASE; what arrives meanwhile is discarded, a release collision answered
+        (PS3.8 9.2.4); abort if the peer does not answer."""
         if self.closed:
             return
         try:
-            self._send_raw(RELEASE_RQ)
+            with self._lock:
+                request = self.association.send(pdu.ReleaseRQ())
+            self._send_raw(request)
             while True:
-                kind, _body = self._read_pdu()
-                if kind in (pdu.A_RELEASE_RP, pdu.A_ABORT):
-                    break
-        except (OSError, pdu.PduError):
+                event = self._next()
+                if isinstance(event, ReleaseRequested):          # collision: Sta9
+                    with self._lock:
+                        answer = self.association.send(pdu.ReleaseRP())
+                    self._send_raw(answer)
+                elif not isinstance(event, MessageReceived | DataFragment):
+                    break                      # confirmed, aborted or closed
+        except (OSError, pdu.PduError, LocalProtocolError):
             pass
         self._shut()
 
@@ -280,14 +364,24 @@ class Link:
         socket ends that send, so a shutdown never waits out the socket timeout."""
         if self.closed:
             return
-        if self._send_lock.acquire(blocking=False):
+        with self._lock:
             try:
-                self.sock.sendall(pdu.encode(pdu.Abort()))
+                out = self.association.send(pdu.Abort())
+            except LocalProtocolError:         # already over (Sta1) or closing (Sta13)
+                out = b""
+        self._send_urgent(out)
+        self._shut()
+
+    def _send_urgent(self, data: bytes) -> None:
+        """An A-ABORT: written unless a send is in progress (Rule 1: never waited for;
+        closing the socket ends that send), errors ignored (the connection may be gone)."""
+        if data and self._send_lock.acquire(blocking=False):
+            try:
+                self.sock.sendall(data)
             except OSError:
                 pass
             finally:
                 self._send_lock.release()
-        self._shut()
 
     def _send_raw(self, data: bytes) -> None:
         with self._send_lock:
@@ -305,63 +399,7 @@ class Link:
             pass
 
 
-# -- writing P-DATA ----------------------------------------------------------------------
-
-def write_message(sock: socket.socket, step: int, cx: int, command: bytes,
-                  data: memoryview | bytes | None = None,
-                  source: BufferedIOBase | None = None, length: int = 0) -> None:
-    """Write one DIMSE message as P-DATA-TF PDUs of ``step``-byte fragments (Rule 4)."""
-    _fragments(sock, step, cx, COMMAND, memoryview(command))
-    if data is not None:
-        _fragments(sock, step, cx, 0, memoryview(data))
-    elif source is not None:
-        _from_file(sock, step, cx, source, length)
-
-
-def _fragments(sock: socket.socket, step: int, cx: int, kind: int, view: memoryview) -> None:
-    full = pdata_header(cx, kind, step)           # every fragment but the last
-    parts: list[bytes | memoryview] = []
-    size, at, total = 0, 0, len(view)
-    while total - at > step:
-        parts.append(full)
-        parts.append(view[at:at + step])
-        at += step
-        size += step
-        if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
-            sendmsg_all(sock, parts)
-            parts, size = [], 0
-    parts.append(pdata_header(cx, kind | LAST, total - at))
-    parts.append(view[at:])
-    sendmsg_all(sock, parts)
-
-
-def _from_file(sock: socket.socket, step: int, cx: int, source: BufferedIOBase,
-               length: int) -> None:
-    per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2)) * step
-    chunk = bytearray(min(per_batch, max(length, 1)))
-    view = memoryview(chunk)
-    full = pdata_header(cx, 0, step)
-    left = length
-    while left > len(chunk):                          # whole fragments, none of them last
-        if source.readinto(view) != len(chunk):
-            raise OSError("buffered instance ended early")
-        parts: list[bytes | memoryview] = []
-        for at in range(0, len(view), step):
-            parts.append(full)
-            parts.append(view[at:at + step])
-        sendmsg_all(sock, parts)
-        left -= len(chunk)
-    if left and source.readinto(view[:left]) != left:
-        raise OSError("buffered instance ended early")
-    _fragments(sock, step, cx, 0, view[:left])
-
-
-def pdata_header(context_id: int, control: int, fragment_length: int) -> bytes:
-    """The 12 bytes before a fragment sent alone in its P-DATA-TF."""
-    return (pdu.HEADER.pack(pdu.P_DATA_TF, fragment_length + 6)
-            + pdu.pdv_header(context_id, bool(control & COMMAND), bool(control & LAST),
-                             fragment_length))
-
+# -- writing ----------------------------------------------------------------------------
 
 def sendmsg_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
     """``sendmsg`` until every byte of ``parts`` is written (a TLS socket: Rule 5)."""
