@@ -32,9 +32,10 @@ Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC;
         meanwhile) raises ``LinkClosed`` before a byte of it is written.
 Rule 5 (TLS): ``open(tls=context)`` wraps the connected socket, the handshake bounded
         by ``connect_timeout``, the name checked against ``server_hostname``; a failed
-        handshake raises ``TlsFailed``. ``sendmsg`` does not exist on a TLS socket: a
-        batch is joined and written with one ``sendall`` (one TLS record run, one copy
-        the encryption costs anyway).
+        handshake raises ``TlsFailed``. The connection is a ``tlssocket.TlsSocket`` (an
+        SSLObject over memory BIOs), so the reading thread and a sending thread never
+        use OpenSSL's state at once. ``sendmsg`` does not exist on TLS: a batch is
+        joined and written with one ``sendall`` (one copy the encryption costs anyway).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ from proxy.dicom.events import (
     ReleaseRequested,
 )
 from proxy.dicom.states import State
+from proxy.ul import tlssocket
+from proxy.ul.tlssocket import TlsSocket
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
 SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
@@ -136,7 +139,7 @@ def new_association() -> Association:
 class Link:
     """An established association (``association`` in Sta6); ``open`` negotiates it."""
 
-    def __init__(self, sock: socket.socket, association: Association,
+    def __init__(self, sock: socket.socket | TlsSocket, association: Association,
                  accept: Negotiated) -> None:
         self.sock = sock
         self.association = association
@@ -171,16 +174,19 @@ class Link:
         """Connect (over TLS when ``tls``, Rule 5; ``on_tls`` hears the peer's certificate
         of a handshake that succeeded) and negotiate; raises OSError (TCP), TlsFailed,
         Rejected, LinkClosed, TimeoutError."""
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        plain = socket.create_connection((host, port), timeout=connect_timeout)
+        sock: socket.socket | TlsSocket = plain
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
                 try:
-                    sock = tls.wrap_socket(sock, server_hostname=server_hostname or host)
+                    secure = tlssocket.wrap(plain, tls, server_hostname or host,
+                                            connect_timeout)
                 except (OSError, ssl.SSLError) as exc:
                     raise TlsFailed(exc) from exc
+                sock = secure
                 if on_tls is not None:
-                    on_tls(sock.getpeercert(True))
+                    on_tls(secure.getpeercert(True))
             sock.settimeout(timeout)
             pdu.check_request(request)
             association = new_association()
@@ -401,9 +407,9 @@ class Link:
 
 # -- writing ----------------------------------------------------------------------------
 
-def sendmsg_all(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
+def sendmsg_all(sock: socket.socket | TlsSocket, parts: list[bytes | memoryview]) -> None:
     """``sendmsg`` until every byte of ``parts`` is written (a TLS socket: Rule 5)."""
-    if isinstance(sock, ssl.SSLSocket):
+    if isinstance(sock, TlsSocket):
         sock.sendall(b"".join(parts))
         return
     while parts:
