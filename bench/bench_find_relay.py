@@ -8,7 +8,8 @@ The archive is one real Orthanc 1.10.1 holding ``--matches`` studies; the proxy 
 each run the same way with and without the proxy:
 
 - DCMTK ``/usr/bin/findscu`` (a new process and association per query, as a user
-  would run it): wall time per query, median of ``--rounds``;
+  would run it): wall time per query, median of ``--rounds``, direct and proxied
+  rounds alternating;
 - pynetdicom's SCU in this process: time to the first match and to the final
   status, so the per-match relay cost and the streaming latency show separately.
 
@@ -113,28 +114,36 @@ def main() -> int:
             counts = {name: findscu_matches(*t) for name, t in targets.items()}
             if counts["direct"] != args.matches or counts["proxy"] != args.matches:
                 raise RuntimeError(f"expected {args.matches} matches each, got {counts}")
-            rows: dict[str, dict[str, float]] = {}
+            rows: dict[str, dict[str, list[float]]] = {
+                name: {"findscu": [], "first": [], "total": []} for name in targets}
             pid = proxy.proc.pid if proxy.proc is not None else 0
-            for name, (port, called) in targets.items():
+            for port, called in targets.values():
                 findscu_once(port, called)                 # warm-up (caches, imports)
                 pynetdicom_once(port, called)
-                cpu = proxy_cpu(pid)
-                walls = [findscu_once(port, called) for _ in range(args.rounds)]
-                cpu_findscu = proxy_cpu(pid) - cpu
-                runs = [pynetdicom_once(port, called) for _ in range(args.rounds)]
-                cpu_pynetdicom = proxy_cpu(pid) - cpu - cpu_findscu
-                per_match = 1e6 / (args.rounds * args.matches)
-                rows[name] = {"findscu": median(walls),
-                              "first": median([r[0] for r in runs]),
-                              "total": median([r[1] for r in runs]),
-                              "cpu_findscu": cpu_findscu * per_match,
-                              "cpu_pynetdicom": cpu_pynetdicom * per_match}
+            cpu_findscu = cpu_pynetdicom = 0.0
+            # Rounds alternate direct and proxied, so drift on a shared machine (other
+            # load, CPU frequency) touches both paths alike.
+            for _ in range(args.rounds):
+                for name, (port, called) in targets.items():
+                    cpu = proxy_cpu(pid)
+                    rows[name]["findscu"].append(findscu_once(port, called))
+                    middle = proxy_cpu(pid)
+                    first, total, _count = pynetdicom_once(port, called)
+                    rows[name]["first"].append(first)
+                    rows[name]["total"].append(total)
+                    if name == "proxy":
+                        cpu_findscu += middle - cpu
+                        cpu_pynetdicom += proxy_cpu(pid) - middle
+            per_match = 1e6 / (args.rounds * args.matches)
         finally:
             code = proxy.stop()
         if code != 0:
             raise RuntimeError(f"proxy exited {code}: {proxy.stderr()[-1000:]}")
 
-    d, p = rows["direct"], rows["proxy"]
+    d = {key: median(values) for key, values in rows["direct"].items()}
+    p = {key: median(values) for key, values in rows["proxy"].items()}
+    p["cpu_findscu"] = cpu_findscu * per_match
+    p["cpu_pynetdicom"] = cpu_pynetdicom * per_match
     print(f"### C-FIND, {args.matches} study matches, Orthanc 1.10.1, loopback "
           f"(median of {args.rounds})\n")
     print("| workstation / measure | direct | through the proxy | ratio |")

@@ -2,7 +2,8 @@
 
     python3 bench/bench_store.py [--instances 200] [--size 512] [--small 200]
 
-For each instance size, three runs, each against a fresh Orthanc (same config):
+For each instance size, ``--repeat`` rounds (direct, then proxied, alternating; the
+median run of each is shown), each run against a fresh Orthanc (same config):
   direct      storescu → archive; the time until storescu is done (= all stored);
   proxy       storescu → proxy → archive; "ingest" is when storescu is done (every
               instance durable in the spool, acknowledged), "delivered" when the
@@ -15,6 +16,7 @@ Prints a markdown table. Needs DCMTK (/usr/bin/storescu) and Orthanc (/usr/sbin/
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -132,30 +134,47 @@ store_to = ["pacs"]
         return cpu
 
 
-def bench(files: list[Path], workdir: Path) -> list[Run]:
+def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
+    """Direct and proxied runs alternate ``repeat`` times (drift on a shared machine
+    touches both alike); each row is the run with the median time."""
     n, size = len(files), sum(p.stat().st_size for p in files)
-    runs: list[Run] = []
-    with OrthancArchive("PACS") as archive:
-        runs.append(Run("direct: storescu → Orthanc", n, size,
-                        storescu(archive.dicom_port, "PACS", files)))
-    with OrthancArchive("PACS") as archive:
-        (workdir / "up").mkdir()
-        proxy = Proxy(workdir / "up", archive.dicom_port)
-        started = time.perf_counter()
-        ingest = storescu(proxy.port, "STORE", files)
-        # Delivered: when the proxy logged the archive's Success for the last instance
-        # (polling the archive's count would add up to a polling step to the time).
-        wait_until(lambda: proxy.forwarded >= n, step=0.01)
-        delivered = proxy.last_forwarded - started
-        wait_until(lambda: count(archive) >= n)
-        cpu = proxy.stop()
-        runs.append(Run("proxy: ingest (modality done)", n, size, ingest))
-        runs.append(Run("proxy: delivered to Orthanc", n, size, delivered, cpu))
+    direct: list[Run] = []
+    ingests: list[Run] = []
+    delivered: list[Run] = []
+    for k in range(repeat):
+        with OrthancArchive("PACS") as archive:
+            direct.append(Run("direct: storescu → Orthanc", n, size,
+                              storescu(archive.dicom_port, "PACS", files)))
+        with OrthancArchive("PACS") as archive:
+            (workdir / f"up{k}").mkdir()
+            proxy = Proxy(workdir / f"up{k}", archive.dicom_port)
+            started = time.perf_counter()
+            ingest = storescu(proxy.port, "STORE", files)
+            # Delivered: when the proxy logged the archive's Success for the last instance
+            # (polling the archive's count would add up to a polling step to the time).
+            wait_until(functools.partial(_forwarded_all, proxy, n), step=0.01)
+            done = proxy.last_forwarded - started
+            wait_until(functools.partial(_holds_all, archive, n))
+            cpu = proxy.stop()
+            ingests.append(Run("proxy: ingest (modality done)", n, size, ingest))
+            delivered.append(Run("proxy: delivered to Orthanc", n, size, done, cpu))
     (workdir / "down").mkdir()
     proxy = Proxy(workdir / "down", free_port())
     ingest = storescu(proxy.port, "STORE", files)
-    runs.append(Run("archive down: ingest into spool", n, size, ingest, proxy.stop()))
-    return runs
+    down = Run("archive down: ingest into spool", n, size, ingest, proxy.stop())
+    return [_median(direct), _median(ingests), _median(delivered), down]
+
+
+def _forwarded_all(proxy: Proxy, n: int) -> bool:
+    return proxy.forwarded >= n
+
+
+def _holds_all(archive: OrthancArchive, n: int) -> bool:
+    return count(archive) >= n
+
+
+def _median(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
 
 
 def table(title: str, runs: list[Run]) -> str:
@@ -173,6 +192,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=200, help="large instances per run")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of large ones")
     parser.add_argument("--small", type=int, default=200, help="64x64 instances per run (0: skip)")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         root = Path(tmp)
@@ -186,8 +206,8 @@ def main() -> int:
             work = root / f"run{i}"
             work.mkdir()
             size = files[0].stat().st_size
-            print(table(f"{title}, {size / 1e3:.0f} kB each", bench(files, work)), "\n",
-                  flush=True)
+            runs = bench(files, work, args.repeat)
+            print(table(f"{title}, {size / 1e3:.0f} kB each", runs), "\n", flush=True)
     return 0
 
 
