@@ -17,7 +17,7 @@ from proxy.routing import SECURITY_KINDS
 from proxy.status import category
 
 SEEN_CERTIFICATES = 256          # distinct peer certificate subjects exported per role
-_DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE")
+_DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE", "N-CREATE", "N-SET")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 

@@ -366,7 +366,7 @@ def peer_certificate_finding(kind: str, cfg: ArchiveConfig | DestinationConfig,
 def config_findings(config: Config) -> list[Finding]:
     """Rules-file sanity that needs no network."""
     out: list[Finding] = []
-    used = {a for r in config.routes for a in (*r.archives, *r.store_to)}
+    used = {a for r in config.routes for a in (*r.archives, *r.store_to, *r.mpps_to)}
     p = config.proxy
     for name, a in config.archives.items():
         if a.port == p.port and (a.host in _LOOPBACK or a.host == p.host):
