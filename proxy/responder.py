@@ -14,7 +14,8 @@ Rule 2: a handler that raises, or a C-MOVE/C-GET that ends without a final statu
         a failure sent for it — 0xC000 (Unable to process, PS3.4 C.4.2.1.5) for Q/R,
         0x0110 (Processing failure, PS3.7 C.4.2) otherwise — never silence. A command
         this proxy does not serve gets 0x0211 (Unrecognized operation, PS3.7 C.5.3),
-        reported as one ``operation`` named by its command field (``N-ACTION``).
+        reported as one ``operation`` named by its command field (``N-ACTION``; a field
+        that names no DIMSE operation: ``unknown``, the field in ``command_field``).
 Rule 3: identifiers are written with ``proxy.fastencode`` in the context's transfer
         syntax: a match's raw elements go out as the archive's bytes.
 Rule 5: N-CREATE and N-SET handlers return a ``Reply`` (PS3.7 10.3.3.2, 10.3.5.2): the
@@ -87,10 +88,13 @@ def _unrecognized(request: Request, services: Any) -> None:
     if services is None:
         _send(request, UNRECOGNIZED_OPERATION, None)
         return
-    name = commands.operation_name(request.command_field)
+    field = request.command_field
+    # A name a peer cannot choose freely (a metric label): a DIMSE operation, or unknown.
+    name = commands.OPERATIONS.get(field, "unknown")
     with services.operation(request, name) as record:
         record.status = UNRECOGNIZED_OPERATION
-        record.hint = f"the proxy does not serve {name} on this route"
+        record.details["command_field"] = f"0x{field:04X}"
+        record.hint = f"the proxy does not serve {commands.operation_name(field)} on this route"
         _send(request, UNRECOGNIZED_OPERATION, None)
 
 

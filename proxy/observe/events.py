@@ -119,7 +119,7 @@ class OperationCompleted(Event):
     """Exactly one per DIMSE request the proxy answers."""
 
     assoc: AssocInfo
-    operation: str                    # C-ECHO, C-FIND, C-MOVE, C-GET, C-STORE
+    operation: str                    # C-ECHO ... C-STORE, N-CREATE, N-SET; unserved: N-ACTION...
     status: int | None
     duration_s: float
     archives: Sequence[str]

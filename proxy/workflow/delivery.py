@@ -190,7 +190,7 @@ class Deliverer:
             with self.services.upstream_call(self.archive, operation) as call:
                 call.update(error=exc.reason, hint=exc.hint)
                 call["details"] = {"pending": self.journal.pending(self.archive),
-                                   "forward": "association"}
+                                   "delivery": "association"}
             return False
         finally:
             self._link = None

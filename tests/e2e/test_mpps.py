@@ -217,3 +217,52 @@ def test_a_command_the_proxy_does_not_serve_is_one_operation_line(
     assert line["status"] == "0x0211" and line["hint"]
     assert proxy.metric("dicom_proxy_operations_total", operation="N-GET",
                         status="failure") == 1
+
+
+def test_a_ris_refusal_of_a_journaled_message_is_a_dead_letter(
+        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ris = Ris(port=free_port())
+    proxy = proxy_factory(rules(ris.port, spool))
+    steps = [*report_steps()[::2], ("N-SET", UID, mpps_set("DISCONTINUED"))]
+    assert [a.status for a in Modality().report(proxy.port, ROUTE, steps)] == [0] * 3
+    try:
+        ris.start()
+        dead = proxy.wait_event("mpps_dead_lettered")
+        assert [r.operation for r in ris.wait_for(3)] == ["N-CREATE", "N-SET", "N-SET"]
+        assert dead["archive"] == "ris" and dead["status"] == "0x0110"
+        assert dead["operation"] == "N-SET" and dead["sop_instance_uid"] == UID
+        assert Path(dead["path"]).read_bytes().endswith(sent_bytes(steps[2][2]))
+        wait_for(lambda: not pending(spool), "the journal emptied")
+        assert [e["status"] for e in delivered(proxy)] == ["0x0000", "0x0000", "0x0110"]
+    finally:
+        ris.stop()
+
+
+def test_the_first_mpps_to_archive_answers_and_one_that_is_down_gets_its_copy_later(
+        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    first, second = Ris("RIS").start(), Ris("RIS2", port=free_port())
+    config = rules(first.port, spool)
+    config["archives"]["ris2"] = {"ae_title": "RIS2", "host": LOOPBACK, "port": second.port,
+                                  "timeout": 5}
+    config["routes"][0]["mpps_to"] = ["ris", "ris2"]
+    try:
+        proxy = proxy_factory(config)
+        steps = [*report_steps(), ("N-SET", UNKNOWN, mpps_set("COMPLETED"))]
+        answers = Modality().report(proxy.port, ROUTE, steps)
+        assert [a.status for a in answers] == [0, 0, 0, 0x0112]      # the first RIS's
+        assert len(first.wait_for(4)) == 4
+        wait_for(lambda: len(proxy.operations()) == 4, "four operation lines")
+        assert [e["delivery"] for e in proxy.operations()] == [
+            {"ris": "forwarded", "ris2": "journaled"}] * 3 + [
+            {"ris": "forwarded", "ris2": "refused"}]
+        second.start()
+        rx = second.wait_for(3)
+        assert rx == first.received[:3]                               # the same, in order
+        wait_for(lambda: not (spool / "mpps" / "ris2" / "pending").exists()
+                 or not any((spool / "mpps" / "ris2" / "pending").iterdir()),
+                 "ris2's journal emptied")
+    finally:
+        first.stop()
+        second.stop()
