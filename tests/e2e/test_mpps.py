@@ -266,3 +266,30 @@ def test_the_first_mpps_to_archive_answers_and_one_that_is_down_gets_its_copy_la
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_message_behind_a_queued_one_waits_its_turn_though_the_ris_is_back(
+        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """Order: with its N-CREATE still journaled, an N-SET is journaled behind it even when
+    the RIS would answer at once (it would answer 0x0112: no such instance yet)."""
+    spool = tmp_path / "spool"
+    ris = Ris(port=free_port())
+    config = rules(ris.port, spool)
+    config["spool"].update(retry_initial=4.0, retry_max=4.0)   # the retry comes 2-4 s later
+    proxy = proxy_factory(config)
+    [create, update, _] = report_steps()
+    assert Modality().report(proxy.port, ROUTE, [create])[0].status == 0
+    proxy.wait_event("upstream", lambda e: e.get("operation") == "N-CREATE"
+                     and e.get("delivery") == "association")   # the deliverer tried: backoff
+    try:
+        ris.start()
+        [answer] = Modality().report(proxy.port, ROUTE, [update])
+        assert answer.status == 0x0000
+        assert proxy.wait_event("operation", lambda e: e.get("operation") == "N-SET")[
+            "delivery"] == {"ris": "journaled"}
+        assert [(r.operation, r.sop_instance) for r in ris.wait_for(2)] == [
+            ("N-CREATE", UID), ("N-SET", UID)]
+        wait_for(lambda: len(delivered(proxy)) == 2, "both delivered")
+        assert [e["status"] for e in delivered(proxy)] == ["0x0000", "0x0000"]
+    finally:
+        ris.stop()
