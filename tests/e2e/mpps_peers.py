@@ -27,6 +27,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+from pynetdicom.sop_class import Verification
 
 from tests.e2e.ports import LOOPBACK
 
@@ -56,6 +57,7 @@ class Ris:
     def start(self) -> Ris:
         ae = AE(ae_title=self.aet)
         ae.add_supported_context(MPPS, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+        ae.add_supported_context(Verification)
         ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 30
         self._server = ae.start_server((LOOPBACK, self.port), block=False, evt_handlers=[
             (evt.EVT_N_CREATE, self._on_create), (evt.EVT_N_SET, self._on_set),

@@ -293,3 +293,33 @@ def test_a_message_behind_a_queued_one_waits_its_turn_though_the_ris_is_back(
         assert [e["status"] for e in delivered(proxy)] == ["0x0000", "0x0000"]
     finally:
         ris.stop()
+
+
+def test_doctor_checks_that_the_ris_accepts_mpps(tmp_path: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from tests.e2e.test_doctor import proxy_section, run_doctor
+    ris = Ris().start()
+    echo_only = AE("NOMPPS")
+    echo_only.add_supported_context(Verification)
+    server = echo_only.start_server((LOOPBACK, 0), block=False)
+    try:
+        config: dict[str, Any] = {
+            "proxy": proxy_section(),
+            "archives": {"ris": {"ae_title": "RIS", "host": LOOPBACK, "port": ris.port},
+                         "nompps": {"ae_title": "NOMPPS", "host": LOOPBACK,
+                                    "port": server.server_address[1]}},
+            "routes": [{"called_ae": ROUTE, "archives": ["ris"], "mpps_to": ["ris"],
+                        "destinations": []},
+                       {"called_ae": "OTHER", "archives": ["nompps"], "mpps_to": ["nompps"],
+                        "destinations": []}]}
+        config["routes"][0]["archives"] = ["nompps"]      # ris: MPPS only, never queried
+        code, lines, _ = run_doctor(tmp_path, config)
+        [ok] = [line for line in lines if "archive ris" in line]
+        assert ok.startswith("ok") and "accepts MPPS from QR_PROXY" in ok
+        fails = [line for line in lines if "archive nompps" in line and "Performed" in line]
+        assert len(fails) == 1 and fails[0].startswith("FAIL") and code == 1
+    finally:
+        ris.stop()
+        server.shutdown()
