@@ -210,6 +210,15 @@ class ForwardDeadLettered(Event):
 
 
 @dataclass(frozen=True)
+class MppsJournalChanged(Event):
+    """An archive's MPPS journal after a change (``proxy.workflow``; gauges, not logged)."""
+
+    archive: str
+    pending: int                      # N-CREATE/N-SET messages waiting for the archive
+    dead: int                         # ... and in its dead-letter folder
+
+
+@dataclass(frozen=True)
 class TlsHandshake(Event):
     """One TLS handshake with a peer; ``reason``/``hint`` when it failed (``proxy.tls``)."""
 

@@ -73,6 +73,12 @@ class MetricsObserver:
                                     ["archive"], registry=r)
         self.spool_dead = Gauge(p + "spool_dead_letters",
                                 "Instances waiting in the dead-letter folder", registry=r)
+        self.mpps_pending = Gauge(p + "mpps_pending",
+                                  "MPPS messages (N-CREATE/N-SET) journaled for an archive",
+                                  ["archive"], registry=r)
+        self.mpps_dead = Gauge(p + "mpps_dead_letters",
+                               "MPPS messages an archive refused (dead-letter folder)",
+                               ["archive"], registry=r)
         self.refused = Counter(p + "connections_refused",
                                "TCP connections closed before association (limits)", ["reason"],
                                registry=r)
@@ -162,6 +168,9 @@ class MetricsObserver:
                 self.spool_pending.set(n)
                 self.spool_bytes.set(b)
                 self.spool_oldest.set(age)
+            case ev.MppsJournalChanged(archive=name, pending=n, dead=dead):
+                self.mpps_pending.labels(name).set(n)
+                self.mpps_dead.labels(name).set(dead)
             case ev.TlsHandshake(side=side, ok=ok, subject=subject, not_after=not_after):
                 self.tls_handshakes.labels(side, "ok" if ok else "failed").inc()
                 if ok and subject is not None and not_after is not None:

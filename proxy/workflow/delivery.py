@@ -18,6 +18,9 @@ Rule 2: a ``Deliverer`` sends its archive's queue oldest first, over one associa
         an ``mpps_dead_lettered`` log line (the modality already had Success).
 Rule 3: every message sent to an archive is one ``upstream`` event (operation N-CREATE or
         N-SET); an association that cannot be opened is one too.
+Rule 5: every change of an archive's journal (a message kept, delivered, dead-lettered)
+        is one ``MppsJournalChanged`` (the ``dicom_proxy_mpps_pending`` and
+        ``_mpps_dead_letters`` gauges).
 Rule 4: the calling AE title is chosen when the message is received (``Services.archive``:
         the route's ``pass_calling_ae``) and kept with it in the journal.
 """
@@ -109,6 +112,13 @@ class Mpps:
         self.journal.append(archive, message)
         if message.operation == "N-CREATE":
             self.journal.know(archive, message.sop_instance)     # policy Rule 5
+        publish(self.services, self.journal, archive)
+
+
+def publish(services: Services, journal: Journal, archive: str) -> None:
+    """The archive's journal gauges (Rule 5)."""
+    services.bus.emit(ev.MppsJournalChanged(archive, journal.pending(archive),
+                                            journal.dead(archive)))
 
 
 class Deliverer:
@@ -218,6 +228,7 @@ class Deliverer:
                        + (f" ({comment})" if comment else ""))
             return True
         self.journal.delivered(self.archive, entry.id)
+        publish(self.services, self.journal, self.archive)
         self._maybe_received.discard(entry.id)
         if policy.remembers(answer.status) or message.operation == "N-CREATE":
             self.journal.know(self.archive, message.sop_instance)
@@ -233,6 +244,7 @@ class Deliverer:
             "status": None if status is None else hex_status(status), "reason": reason,
             "hint": hint})
         self._maybe_received.discard(entry_id)
+        publish(self.services, self.journal, self.archive)
         self.services.bus.emit(ev.Noted("warning", "mpps_dead_lettered", {
             "archive": self.archive, "id": entry_id,
             "operation": message.operation if message else None,
@@ -262,6 +274,8 @@ def start(services: Services) -> Callable[[], None] | None:
             "archives": orphaned, "hint": "MPPS messages are journaled for archives no longer "
                                           "in rules.toml; they stay until it names them again"}))
     deliverers = [Deliverer(name, services, journal) for name in names]
+    for name in names:
+        publish(services, journal, name)
     for deliverer in deliverers:
         deliverer.start()
 

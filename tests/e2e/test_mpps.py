@@ -153,11 +153,14 @@ def test_ris_down_every_message_arrives_once_in_order_when_it_is_back(
     assert len(pending(spool)) == 3                        # on disk before Success
     wait_for(lambda: len(proxy.operations()) == 3, "three operation lines")
     assert [e["delivery"] for e in proxy.operations()] == [{"ris": "journaled"}] * 3
+    assert proxy.metric("dicom_proxy_mpps_pending", archive="ris") == 3
     try:
         ris.start()
         rx = ris.wait_for(3)
         wait_for(lambda: len(delivered(proxy)) == 3 and not pending(spool),
                  "the journal delivered")
+        wait_for(lambda: proxy.metric("dicom_proxy_mpps_pending", archive="ris") == 0,
+                 "the pending gauge back to 0")
         assert rx == [Received(op, UID, ExplicitVRLittleEndian, sent_bytes(ds))
                       for op, _, ds in steps]
         assert [e["status"] for e in delivered(proxy)] == ["0x0000"] * 3
@@ -235,6 +238,7 @@ def test_a_ris_refusal_of_a_journaled_message_is_a_dead_letter(
         assert Path(dead["path"]).read_bytes().endswith(sent_bytes(steps[2][2]))
         wait_for(lambda: not pending(spool), "the journal emptied")
         assert [e["status"] for e in delivered(proxy)] == ["0x0000", "0x0000", "0x0110"]
+        assert proxy.metric("dicom_proxy_mpps_dead_letters", archive="ris") == 1
     finally:
         ris.stop()
 
