@@ -18,15 +18,15 @@ Rule 2: a handler that raises, or a C-MOVE/C-GET that ends without a final statu
         that names no DIMSE operation: ``unknown``, the field in ``command_field``).
 Rule 3: identifiers are written with ``proxy.fastencode`` in the context's transfer
         syntax: a match's raw elements go out as the archive's bytes.
+Rule 4: once the workstation's association is gone (``LinkClosed``) the handler's
+        generator is closed — it stops relaying and reports what happened — and
+        nothing more is sent.
 Rule 5: N-CREATE and N-SET handlers return a ``Reply`` (PS3.7 10.3.3.2, 10.3.5.2): the
         status, the response's own elements (Affected SOP Instance UID, Error Comment,
         Error ID, Offending Element, Attribute Identifier List, as the archive sent them)
         and its data set, already in the context's transfer syntax. Every response to an
         N-operation names the Affected SOP Class and Instance UID — for N-SET the
         Requested ones of the request (PS3.7 10.1.1.1).
-Rule 4: once the workstation's association is gone (``LinkClosed``) the handler's
-        generator is closed — it stops relaying and reports what happened — and
-        nothing more is sent.
 """
 
 from __future__ import annotations

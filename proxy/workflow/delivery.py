@@ -18,11 +18,11 @@ Rule 2: a ``Deliverer`` sends its archive's queue oldest first, over one associa
         an ``mpps_dead_lettered`` log line (the modality already had Success).
 Rule 3: every message sent to an archive is one ``upstream`` event (operation N-CREATE or
         N-SET); an association that cannot be opened is one too.
+Rule 4: the calling AE title is chosen when the message is received (``Services.archive``:
+        the route's ``pass_calling_ae``) and kept with it in the journal.
 Rule 5: every change of an archive's journal (a message kept, delivered, dead-lettered)
         is one ``MppsJournalChanged`` (the ``dicom_proxy_mpps_pending`` and
         ``_mpps_dead_letters`` gauges).
-Rule 4: the calling AE title is chosen when the message is received (``Services.archive``:
-        the route's ``pass_calling_ae``) and kept with it in the journal.
 """
 
 from __future__ import annotations
