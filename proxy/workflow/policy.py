@@ -60,7 +60,8 @@ def verdict(operation: str, status: int | None, maybe_received: bool) -> Verdict
     if (operation == "N-CREATE" and status == Status.DUPLICATE_SOP_INSTANCE
             and maybe_received):
         return Verdict.DELIVERED
-    if status == Status.RESOURCE_LIMITATION or 0xA700 <= status <= 0xA7FF:
+    if (status == Status.RESOURCE_LIMITATION                        # PS3.7 Annex C
+            or status >> 8 == Status.REFUSED_OUT_OF_RESOURCES >> 8):  # the 0xA7xx family
         return Verdict.RETRY
     return Verdict.DEAD
 
