@@ -8,6 +8,8 @@ never part of the proxy).
   instance it does not hold 0x0112, an N-SET once the step is COMPLETED or DISCONTINUED
   0x0110 — and records every message it received: operation, instance, transfer
   syntax, the data set's bytes as they arrived.
+  ``silent_creates`` keeps that many N-CREATEs without answering them (until
+  ``released``): a RIS that got the message but whose answer never came.
 - ``Modality``: one association, N-CREATE then N-SETs, every status and response kept.
 
 Rule 1: both bind 127.0.0.1 only; ``Ris`` can be started, stopped and started again on
@@ -51,6 +53,8 @@ class Ris:
         self.received: list[Received] = []
         self.instances: dict[str, Dataset] = {}
         self.calling_aets: list[str] = []
+        self.silent_creates = 0           # this many N-CREATEs are kept, never answered ...
+        self.released = threading.Event()  # ... until this is set (by the test, or stop)
         self._changed = threading.Condition()
         self._server: Any = None
 
@@ -66,6 +70,7 @@ class Ris:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -104,6 +109,9 @@ class Ris:
             return DUPLICATE, None
         ds = event.attribute_list
         self.instances[uid] = ds
+        if self.silent_creates > 0:          # kept, but the answer never comes in time
+            self.silent_creates -= 1
+            self.released.wait(30)
         answer = Dataset()
         answer.update(ds)
         if not req.AffectedSOPInstanceUID:

@@ -327,3 +327,33 @@ def test_doctor_checks_that_the_ris_accepts_mpps(tmp_path: Path) -> None:
     finally:
         ris.stop()
         server.shutdown()
+
+
+def test_an_n_create_the_ris_kept_but_never_answered_is_not_delivered_twice(
+        proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """The RIS got the N-CREATE but its answer never came within the archive's timeout:
+    the modality gets Success once it is journaled; the redelivery meets 0x0111 Duplicate
+    SOP Instance — the first attempt did arrive — and counts as delivered (no dead
+    letter), so the N-SETs behind it follow."""
+    spool = tmp_path / "spool"
+    ris = Ris().start()
+    ris.silent_creates = 1
+    config = rules(ris.port, spool)
+    config["archives"]["ris"]["timeout"] = 2
+    proxy = proxy_factory(config)
+    steps = report_steps()
+    try:
+        answers = Modality().report(proxy.port, ROUTE, steps)
+        assert [a.status for a in answers] == [0] * 3
+        wait_for(lambda: len(proxy.operations()) == 3, "three operation lines")
+        assert [e["delivery"] for e in proxy.operations()] == [{"ris": "journaled"}] * 3
+        rx = ris.wait_for(4)
+        wait_for(lambda: not pending(spool) and len(delivered(proxy)) == 3,
+                 "the journal delivered")
+        assert [(r.operation, r.data) for r in rx] == [
+            ("N-CREATE", sent_bytes(steps[0][2])), *((op, sent_bytes(ds)) for op, _, ds in steps)]
+        assert [e["status"] for e in delivered(proxy)] == ["0x0111", "0x0000", "0x0000"]
+        assert not proxy.events("mpps_dead_lettered")
+        assert ris.instances[UID].PerformedProcedureStepStatus == "COMPLETED"
+    finally:
+        ris.stop()
