@@ -165,7 +165,8 @@ def n_create_rq(msg_id: int, sop_class: str, sop_instance: str, data_set: bool =
                    AFFECTED_SOP_INSTANCE: sop_instance})
 
 
-def n_set_rq(msg_id: int, sop_class: str, sop_instance: str) -> bytes:
+def n_set_rq(msg_id: int, sop_class: str, sop_instance: str, data_set: bool = True) -> bytes:
     """PS3.7 10.3.3.1: Requested SOP Class and Instance UID, a Modification List data set."""
     return encode({REQUESTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_SET_RQ, MESSAGE_ID: msg_id,
-                   DATA_SET_TYPE: 0x0000, REQUESTED_SOP_INSTANCE: sop_instance})
+                   DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+                   REQUESTED_SOP_INSTANCE: sop_instance})

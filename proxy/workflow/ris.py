@@ -88,7 +88,8 @@ def exchange(client: ArchiveClient, link: Link, message: Message, msg_id: int) -
         command = commands.n_create_rq(msg_id, message.sop_class, message.sop_instance,
                                        data is not None)
     else:
-        command = commands.n_set_rq(msg_id, message.sop_class, message.sop_instance)
+        command = commands.n_set_rq(msg_id, message.sop_class, message.sop_instance,
+                                    data is not None)
     sent = time.monotonic()
     try:
         link.send_message(cx, command, data)
