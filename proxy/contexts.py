@@ -16,6 +16,10 @@ Rule 3: Deflated transfer syntaxes are never accepted: inflating is unbounded
 Rule 4: an archive delivering a move-mode retrieve is accepted in what the retrieve's
         receiver accepted (``contexts_for_inbound``), as C-GET asks (``proxy.retrieve.
         sopclasses.for_receiver``).
+Rule 5: a route with ``mpps_to`` also accepts Modality Performed Procedure Step
+        (N-CREATE/N-SET, PS3.4 F.7) in Explicit/Implicit VR Little Endian, the syntaxes
+        a RIS takes; a route without it does not, so a modality learns at negotiation
+        that MPPS is not served there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -44,7 +49,8 @@ from proxy.config import Config, RouteConfig
 from proxy.dicom.negotiation import DEFLATED, Offer
 
 __all__ = ["DEFLATED", "FIND_MODELS", "FIND_MODEL_FOR", "GET_MODELS", "MOVE_MODELS",
-           "QUERY_SOP_CLASSES", "offers_for_inbound", "offers_for_route"]
+           "MPPS_SOP_CLASS", "MPPS_SYNTAXES", "QUERY_SOP_CLASSES", "offers_for_inbound",
+           "offers_for_route"]
 
 QUERY_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 STORAGE_SYNTAXES = tuple(str(ts) for ts in AllTransferSyntaxes if ts not in DEFLATED)
@@ -76,14 +82,19 @@ _QUERY = {uid: Offer(QUERY_SYNTAXES, requestor_order=True) for uid in QUERY_SOP_
 _STORAGE_OFFER = Offer(STORAGE_SYNTAXES, requestor_order=True, roles=(True, True))
 _STORAGE = dict.fromkeys(STORAGE_SOP_CLASSES, _STORAGE_OFFER)
 _ALL: Mapping[str, Offer] = {**_QUERY, **_STORAGE}
+MPPS_SOP_CLASS = str(ModalityPerformedProcedureStep)      # 1.2.840.10008.3.1.2.3.3
+MPPS_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_WITH_MPPS: Mapping[str, Offer] = {
+    **_ALL, MPPS_SOP_CLASS: Offer(MPPS_SYNTAXES, requestor_order=True)}
 _INBOUND: Mapping[str, Offer] = {Verification: Offer(QUERY_SYNTAXES, requestor_order=True),
                                   **_STORAGE}
 
 
 def offers_for_route(route: RouteConfig, config: Config) -> Mapping[str, Offer]:
-    """What the acceptor offers on this route: Q/R and storage (Rules 1-3); shared."""
-    del route, config  # every route serves Q/R and storage today; kept for per-route policy
-    return _ALL
+    """What the acceptor offers on this route: Q/R and storage (Rules 1-3), and MPPS when
+    it has ``mpps_to`` (Rule 5); shared."""
+    del config
+    return _WITH_MPPS if route.mpps_to else _ALL
 
 
 def offers_for_inbound(

@@ -13,17 +13,26 @@ Rule 1: the handler shapes are the DIMSE services': C-ECHO and C-STORE return on
 Rule 2: a handler that raises, or a C-MOVE/C-GET that ends without a final status, gets
         a failure sent for it — 0xC000 (Unable to process, PS3.4 C.4.2.1.5) for Q/R,
         0x0110 (Processing failure, PS3.7 C.4.2) otherwise — never silence. A command
-        this proxy does not serve gets 0x0211 (Unrecognized operation, PS3.7 C.5.3).
+        this proxy does not serve gets 0x0211 (Unrecognized operation, PS3.7 C.5.3),
+        reported as one ``operation`` named by its command field (``N-ACTION``; a field
+        that names no DIMSE operation: ``unknown``, the field in ``command_field``).
 Rule 3: identifiers are written with ``proxy.fastencode`` in the context's transfer
         syntax: a match's raw elements go out as the archive's bytes.
 Rule 4: once the workstation's association is gone (``LinkClosed``) the handler's
         generator is closed — it stops relaying and reports what happened — and
         nothing more is sent.
+Rule 5: N-CREATE and N-SET handlers return a ``Reply`` (PS3.7 10.3.3.2, 10.3.5.2): the
+        status, the response's own elements (Affected SOP Instance UID, Error Comment,
+        Error ID, Offending Element, Attribute Identifier List, as the archive sent them)
+        and its data set, already in the context's transfer syntax. Every response to an
+        N-operation names the Affected SOP Class and Instance UID — for N-SET the
+        Requested ones of the request (PS3.7 10.1.1.1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import Dataset
@@ -39,7 +48,7 @@ from proxy.session import Request
 from proxy.status import PENDING, Status
 
 C_ECHO_RQ, C_MOVE_RQ = 0x0030, 0x0021
-UNRECOGNIZED_OPERATION = 0x0211
+UNRECOGNIZED_OPERATION = Status.UNRECOGNIZED_OPERATION
 _COUNTS = {"NumberOfRemainingSuboperations": commands.REMAINING,
            "NumberOfCompletedSuboperations": commands.COMPLETED,
            "NumberOfFailedSuboperations": commands.FAILED,
@@ -47,12 +56,21 @@ _COUNTS = {"NumberOfRemainingSuboperations": commands.REMAINING,
 Handler = Callable[[Request, Any], Any]
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A response an N-operation handler composed (Rule 5)."""
+
+    status: int
+    elements: Command = field(default_factory=dict)   # beyond field, IDs, status, type
+    data: bytes | None = None                         # in the request's transfer syntax
+
+
 def respond(request: Request, handler: Handler | None, services: Any) -> None:
     """Run ``handler`` for ``request`` and send its responses (Rules 1-4)."""
     field = request.command_field
     try:
         if handler is None:
-            _send(request, UNRECOGNIZED_OPERATION, None)
+            _unrecognized(request, services)
         elif field == commands.C_FIND_RQ:
             _stream(request, handler(request, services), final_default=Status.SUCCESS)
         elif field in (C_MOVE_RQ, commands.C_GET_RQ):
@@ -63,6 +81,21 @@ def respond(request: Request, handler: Handler | None, services: Any) -> None:
         pass                                    # the association is gone (Rule 4)
     except Exception:
         _fail(request, "the proxy could not process the request")
+
+
+def _unrecognized(request: Request, services: Any) -> None:
+    """0x0211 for a command the proxy does not serve, reported as its operation (Rule 2)."""
+    if services is None:
+        _send(request, UNRECOGNIZED_OPERATION, None)
+        return
+    field = request.command_field
+    # A name a peer cannot choose freely (a metric label): a DIMSE operation, or unknown.
+    name = commands.OPERATIONS.get(field, "unknown")
+    with services.operation(request, name) as record:
+        record.status = UNRECOGNIZED_OPERATION
+        record.details["command_field"] = f"0x{field:04X}"
+        record.hint = f"the proxy does not serve {commands.operation_name(field)} on this route"
+        _send(request, UNRECOGNIZED_OPERATION, None)
 
 
 def _fail(request: Request, comment: str) -> None:
@@ -98,17 +131,26 @@ def _stream(request: Request, responses: Iterator[Any], final_default: int | Non
         _fail(request, "the proxy could not complete the retrieve")
 
 
-def _send(request: Request, status: int | Dataset, identifier: Dataset | None) -> int:
+def _send(request: Request, status: int | Dataset | Reply,
+          identifier: Dataset | None) -> int:
     """One response to ``request``; its status code."""
     command: Command = {
         commands.COMMAND_FIELD: request.command_field | 0x8000,
         commands.RESPONDED_TO: request.message_id,
         commands.DATA_SET_TYPE: commands.NO_DATA_SET,
     }
-    if request.sop_class:
-        command[commands.AFFECTED_SOP_CLASS] = request.sop_class
-    if request.command_field == commands.C_STORE_RQ and request.sop_instance:
-        command[commands.AFFECTED_SOP_INSTANCE] = request.sop_instance
+    sop_class, sop_instance = _affected(request)
+    if sop_class:
+        command[commands.AFFECTED_SOP_CLASS] = sop_class
+    if sop_instance:
+        command[commands.AFFECTED_SOP_INSTANCE] = sop_instance
+    if isinstance(status, Reply):
+        command.update(status.elements)
+        command[commands.STATUS] = status.status
+        if status.data is not None:
+            command[commands.DATA_SET_TYPE] = 0x0000
+        request.send(SendMessage(request.context_id, command, status.data))
+        return status.status
     if isinstance(status, Dataset):
         code = int(status.Status)
         identifier = _status_elements(status, command) or identifier
@@ -120,6 +162,18 @@ def _send(request: Request, status: int | Dataset, identifier: Dataset | None) -
         command[commands.DATA_SET_TYPE] = 0x0000
     request.send(SendMessage(request.context_id, command, data))
     return code
+
+
+def _affected(request: Request) -> tuple[str, str]:
+    """The Affected SOP Class and Instance UID a response names (Rule 5)."""
+    field = request.command_field
+    if field in (commands.N_SET_RQ, commands.N_GET_RQ, commands.N_ACTION_RQ,
+                 commands.N_DELETE_RQ):
+        return (str(request.command.get(commands.REQUESTED_SOP_CLASS, "")),
+                str(request.command.get(commands.REQUESTED_SOP_INSTANCE, "")))
+    if field in (commands.C_STORE_RQ, commands.N_CREATE_RQ, commands.N_EVENT_REPORT_RQ):
+        return request.sop_class, request.sop_instance
+    return request.sop_class, ""
 
 
 def _status_elements(status: Dataset, command: Command) -> Dataset | None:

@@ -286,8 +286,10 @@ def forward_calling_ae(config: Config, archive: ArchiveConfig, sending_ae: str,
 
 
 def archives_for(config: Config, route: RouteConfig, operation: str) -> list[ArchiveConfig]:
-    """Archives a request on this route goes to; C-STORE follows ``store_to``."""
-    names = route.store_to if operation == "C-STORE" else route.archives
+    """Archives a request on this route goes to; C-STORE follows ``store_to``, N-CREATE and
+    N-SET (MPPS) ``mpps_to``."""
+    names = (route.store_to if operation == "C-STORE" else
+             route.mpps_to if operation in ("N-CREATE", "N-SET") else route.archives)
     return [config.archives[name] for name in names]
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:   # annotations only: these modules import this one (no runtim
     from proxy.query.federation.recovery import Finder
     from proxy.retrieve.inbound import InboundRegistry
     from proxy.store.spool import Spool
+    from proxy.workflow.delivery import Mpps
 
 # The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
 _PHI_TAGS = tuple(BaseTag(tag) for keyword in sorted(PHI_KEYWORDS)
@@ -81,6 +82,7 @@ class Plugins:
     find_query: Finder | None = None              # federation: C-FIND with cap recovery
     retrieve_inbound: InboundRegistry | None = None                # proxy.retrieve.install
     inbound_store: Callable[[Request], int | Dataset] | None = None  # proxy.retrieve
+    mpps: Mpps | None = None                      # proxy.workflow.delivery.start
 
 
 @dataclass

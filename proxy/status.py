@@ -28,6 +28,10 @@ class Status(IntEnum):
     SOP_CLASS_NOT_SUPPORTED = 0x0122          # PS3.7 C.5.12: refused, SOP class not supported
     NOT_AUTHORIZED = 0x0124                   # PS3.7 Annex C.5: refused, not authorized
     RESOURCE_LIMITATION = 0x0213              # PS3.7 Annex C.5: refused, resource limitation
+    DUPLICATE_SOP_INSTANCE = 0x0111           # PS3.7 Annex C / PS3.4 F.7.2.1.2 (N-CREATE)
+    NO_SUCH_SOP_INSTANCE = 0x0112             # PS3.7 Annex C / PS3.4 F.7.2.2.2 (N-SET)
+    NO_SUCH_SOP_CLASS = 0x0118                # PS3.7 Annex C: the SOP class is not this one
+    UNRECOGNIZED_OPERATION = 0x0211           # PS3.7 C.5.3
     ELEMENTS_DISCARDED = 0xB006               # PS3.4 B.2.3 (C-STORE warning)
     DATA_SET_MISMATCH_WARNING = 0xB007        # PS3.4 B.2.3 (C-STORE warning)
 

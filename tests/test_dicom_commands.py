@@ -333,3 +333,35 @@ def test_offending_element_and_error_id_survive_a_round_trip_as_pynetdicom_reads
     back = commands.decode(data[12:])
     assert back[commands.OFFENDING_ELEMENT] == "00100010\\00100020"
     assert back[commands.ERROR_ID] == 7
+
+
+def same(ours: bytes, theirs: bytes) -> bool:
+    """Equal element for element; a data set present is any value but 0x0101 (PS3.7 E.1)."""
+    a, b = pydicom_view(ours), pydicom_view(theirs)
+    assert (a.CommandDataSetType == 0x0101) == (b.CommandDataSetType == 0x0101)
+    a.CommandDataSetType = b.CommandDataSetType
+    return bool(a == b)
+
+
+def test_n_create_and_n_set_requests_are_what_pynetdicom_encodes() -> None:
+    from pynetdicom.dimse_messages import N_CREATE_RQ, N_SET_RQ
+    from pynetdicom.dimse_primitives import N_CREATE, N_SET
+    mpps = "1.2.840.10008.3.1.2.3.3"
+    create = N_CREATE()
+    create.MessageID, create.AffectedSOPClassUID = 3, mpps
+    create.AffectedSOPInstanceUID = INSTANCE
+    create.AttributeList = BytesIO(b"\x08\x00")
+    theirs = N_CREATE_RQ()
+    theirs.primitive_to_message(create)
+    assert same(commands.n_create_rq(3, mpps, INSTANCE), pn_encode(theirs.command_set, True, True))
+    update = N_SET()
+    update.MessageID, update.RequestedSOPClassUID = 4, mpps
+    update.RequestedSOPInstanceUID = INSTANCE
+    update.ModificationList = BytesIO(b"\x08\x00")
+    theirs_set = N_SET_RQ()
+    theirs_set.primitive_to_message(update)
+    assert same(commands.n_set_rq(4, mpps, INSTANCE), pn_encode(theirs_set.command_set, True, True))
+    decoded = commands.decode(commands.n_set_rq(4, mpps, INSTANCE)[12:])
+    assert decoded[commands.REQUESTED_SOP_INSTANCE] == INSTANCE
+    assert commands.operation_name(decoded[commands.COMMAND_FIELD]) == "N-SET"  # type: ignore[arg-type]
+    assert commands.operation_name(0x0130) == "N-ACTION"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
 
@@ -21,7 +22,8 @@ from proxy.dicom.events import SendMessage
 from proxy.dicom.link import LinkClosed
 from proxy.dicom.negotiation import Accepted
 from proxy.observe.events import AssocInfo
-from proxy.responder import C_MOVE_RQ, respond
+from proxy.responder import C_MOVE_RQ, Reply, respond
+from proxy.services import OperationRecord
 from proxy.session import Request, Session
 
 FIND, MOVE = StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
@@ -165,3 +167,53 @@ def test_an_operation_the_proxy_does_not_serve_is_unrecognized() -> None:
     respond(rq, None, None)
     [rsp] = sent
     assert rsp.command[commands.STATUS] == 0x0211 and rsp.command[commands.COMMAND_FIELD] == 0x8140
+
+
+def test_an_n_set_reply_names_the_requested_instance_and_carries_its_elements() -> None:
+    mpps, instance = "1.2.840.10008.3.1.2.3.3", "1.2.826.0.1.3680043.10.543.1"
+    rq, sent = request(0x0120, mpps)                      # N-SET-RQ: Requested SOP ...
+    del rq.command[commands.AFFECTED_SOP_CLASS]
+    rq.command[commands.REQUESTED_SOP_CLASS] = mpps
+    rq.command[commands.REQUESTED_SOP_INSTANCE] = instance
+    reply = Reply(0x0112, {commands.ERROR_COMMENT: "no such instance"}, b"\x08\x00")
+    respond(rq, lambda req, services: reply, None)
+    [rsp] = sent
+    assert rsp.command[commands.COMMAND_FIELD] == 0x8120 and rsp.command[commands.STATUS] == 0x0112
+    assert rsp.command[commands.AFFECTED_SOP_CLASS] == mpps
+    assert rsp.command[commands.AFFECTED_SOP_INSTANCE] == instance
+    assert rsp.command[commands.ERROR_COMMENT] == "no such instance"
+    assert rsp.command[commands.DATA_SET_TYPE] == 0x0000 and rsp.data == b"\x08\x00"
+
+
+def test_an_n_create_reply_may_name_the_instance_the_proxy_chose() -> None:
+    rq, sent = request(0x0140, "1.2.840.10008.3.1.2.3.3")   # no Affected SOP Instance UID
+    respond(rq, lambda req, services: Reply(0x0000, {commands.AFFECTED_SOP_INSTANCE: "2.25.7"}),
+            None)
+    [rsp] = sent
+    assert rsp.command[commands.AFFECTED_SOP_INSTANCE] == "2.25.7"
+    assert rsp.command[commands.DATA_SET_TYPE] == 0x0101 and rsp.data is None
+
+
+class Recorded:
+    """Services' ``operation`` alone: what an unserved command reports."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, int | None, str | None]] = []
+
+    @contextmanager
+    def operation(self, event: Request, name: str) -> Iterator[Any]:
+        record = OperationRecord(name)
+        try:
+            yield record
+        finally:
+            self.records.append((name, record.status, record.hint))
+
+
+def test_an_unserved_command_is_reported_as_one_operation_named_by_its_field() -> None:
+    rq, sent = request(0x0130, CTImageStorage)            # N-ACTION-RQ
+    services = Recorded()
+    respond(rq, None, services)
+    [rsp] = sent
+    assert rsp.command[commands.STATUS] == 0x0211 and rsp.command[commands.COMMAND_FIELD] == 0x8130
+    [(name, status, hint)] = services.records
+    assert (name, status) == ("N-ACTION", 0x0211) and hint

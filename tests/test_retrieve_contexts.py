@@ -63,3 +63,17 @@ def test_an_archive_delivering_a_move_is_accepted_in_what_the_receiver_took() ->
         CTImageStorage: ImplicitVRLittleEndian,      # narrowed to the receiver's
         MRImageStorage: JPEG2000}                    # a class it did not say: as proposed
     assert accepted(proposed, offers_for_inbound(None))[CTImageStorage] == JPEG2000
+
+
+def test_mpps_is_accepted_on_a_route_with_mpps_to_only() -> None:
+    """contexts Rule 5: N-CREATE/N-SET go somewhere on that route alone."""
+    mpps = "1.2.840.10008.3.1.2.3.3"
+    config = parse({"proxy": {"ae_title": "QR_PROXY"},
+                    "archives": {"a": {"ae_title": "PACS", "host": "h", "port": 1}},
+                    "routes": [{"called_ae": "R", "archives": ["a"]},
+                               {"called_ae": "M", "archives": ["a"], "mpps_to": ["a"]}]})
+    proposed = rq((mpps, [ImplicitVRLittleEndian, ExplicitVRLittleEndian]))
+    assert accepted(proposed, offers_for_route(config.routes[0], config)) == {}
+    assert accepted(proposed, offers_for_route(config.routes[1], config)) == {
+        mpps: ImplicitVRLittleEndian}                  # the requestor's first choice
+    assert config.routes[1].mpps_to == ("a",)

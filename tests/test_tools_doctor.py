@@ -159,3 +159,17 @@ def test_render_is_one_line_per_finding_plus_a_summary() -> None:
     assert exit_status(findings) == 1
     assert exit_status(findings[1:]) == 0
     assert exit_status([]) == 0
+
+
+def test_an_mpps_only_archive_is_asked_for_mpps_not_for_queries() -> None:
+    """doctor Rule 7."""
+    mpps = "1.2.840.10008.3.1.2.3.3"
+    cfg = rules().archives["a"]
+    peer = Peer.of(cfg, "QR_PROXY")
+    [ok] = archive_findings(cfg, peer, {ECHO, mpps}, SUCCESS, None, queries=False, mpps=True)
+    assert ok.severity == OK and "accepts MPPS from QR_PROXY" in ok.message
+    [refused] = archive_findings(cfg, peer, {ECHO}, SUCCESS, None, queries=False, mpps=True)
+    assert refused.severity == FAIL and "Modality Performed Procedure Step" in refused.message
+    assert refused.fix is not None and "QR_PROXY" in refused.fix
+    [both] = archive_findings(cfg, peer, ALL | {mpps}, SUCCESS, ONE_MATCH, mpps=True)
+    assert both.severity == OK and "C-GET and MPPS from QR_PROXY" in both.message

@@ -3,7 +3,7 @@
 Rule 1: every error is a ConfigError whose message starts with the key path
         (``routes[1].archives[0]: no archive named "nope"``), one line, no traceback.
 Rule 2: unknown keys are errors — a typo must never be silently ignored.
-Rule 3: every reference by name (route → archive, store_to → archive) is
+Rule 3: every reference by name (route → archive, store_to/mpps_to → archive) is
         checked here, so nothing downstream has to cope with a dangling name.
 Rule 4: AE titles are validated by ``checks.ae_problem`` (PS3.5 6.2, VR AE), plus "not empty".
 Rule 5: source networks (``allow = ["WS1@10.1.2.0/24"]``) are parsed here, once, into
@@ -181,6 +181,7 @@ class RouteConfig:
     max_associations_per_ae: int | None = None  # ... per calling AE title (None: no limit)
     tls_only: bool = False            # answered only on the TLS listener ([proxy] tls_port)
     certificates: tuple[CertificateBinding, ...] = ()  # calling AE → client certificate subjects
+    mpps_to: tuple[str, ...] = ()     # archives (RIS) that N-CREATE/N-SET (MPPS) go to
 
     def certificate_binding(self, calling_ae: str) -> CertificateBinding | None:
         return next((b for b in self.certificates if b.ae_title == calling_ae), None)
@@ -394,7 +395,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
             "tls_only": check.boolean,
             "max_associations": check.positive_int,
             "max_associations_per_ae": check.positive_int,
-            "certificates": _certificates,
+            "certificates": _certificates, "mpps_to": check.name_list,
         })
         if "allow" in fields:
             fields["allow_from"] = fields["allow"]
@@ -412,7 +413,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
                                   "is refused whatever its certificate: add it to allow")
         if not fields["archives"]:
             raise ConfigError(f"{path}.archives", "must name at least one archive")
-        for key in ("archives", "store_to"):
+        for key in ("archives", "store_to", "mpps_to"):
             for j, name in enumerate(fields.get(key, ())):
                 if name not in archives:
                     raise ConfigError(f"{path}.{key}[{j}]", f"no archive named {name!r}")

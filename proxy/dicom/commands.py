@@ -16,6 +16,8 @@ import struct
 
 COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0100, 0x0110, 0x0120
 AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
+REQUESTED_SOP_CLASS, REQUESTED_SOP_INSTANCE = 0x0003, 0x1001      # N-SET, N-GET... (E.1-1)
+ATTRIBUTE_IDENTIFIER_LIST = 0x1005
 MOVE_DESTINATION = 0x0600
 PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
 OFFENDING_ELEMENT, ERROR_ID = 0x0901, 0x0903
@@ -29,12 +31,23 @@ C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 C_CANCEL_RQ = 0x0FFF
+N_EVENT_REPORT_RQ, N_GET_RQ, N_SET_RQ = 0x0100, 0x0110, 0x0120
+N_ACTION_RQ, N_CREATE_RQ, N_DELETE_RQ = 0x0130, 0x0140, 0x0150
+N_SET_RSP, N_CREATE_RSP = 0x8120, 0x8140
+
+# The DIMSE operation each request command field stands for (PS3.7 Table E.1-1).
+OPERATIONS = {C_STORE_RQ: "C-STORE", C_GET_RQ: "C-GET", C_FIND_RQ: "C-FIND",
+              C_MOVE_RQ: "C-MOVE", C_ECHO_RQ: "C-ECHO", C_CANCEL_RQ: "C-CANCEL",
+              N_EVENT_REPORT_RQ: "N-EVENT-REPORT", N_GET_RQ: "N-GET", N_SET_RQ: "N-SET",
+              N_ACTION_RQ: "N-ACTION", N_CREATE_RQ: "N-CREATE", N_DELETE_RQ: "N-DELETE"}
 
 _UL = {0x0000}
 _INTS = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATA_SET_TYPE, STATUS,
          MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, ERROR_ID, 0x0000}
-_TAGS = {OFFENDING_ELEMENT, 0x1005}       # AT: read as "ggggeeee" values joined by "\"
-_UIDS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, 0x0003, 0x1001}
+# AT: read as "ggggeeee" values joined by "\"
+_TAGS = {OFFENDING_ELEMENT, ATTRIBUTE_IDENTIFIER_LIST}
+_UIDS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, REQUESTED_SOP_CLASS,
+         REQUESTED_SOP_INSTANCE}
 _ELEMENT = struct.Struct("<HHL")
 
 Command = dict[int, "int | str"]
@@ -137,3 +150,23 @@ def c_store_rsp(responded_to: int, sop_class: str, sop_instance: str, status: in
     return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: C_STORE_RSP,
                    RESPONDED_TO: responded_to, DATA_SET_TYPE: NO_DATA_SET, STATUS: status,
                    AFFECTED_SOP_INSTANCE: sop_instance})
+
+
+def operation_name(command_field: int) -> str:
+    """The DIMSE operation a request command field names (``N-ACTION``), or its hex."""
+    return OPERATIONS.get(command_field, f"0x{command_field:04X}")
+
+
+def n_create_rq(msg_id: int, sop_class: str, sop_instance: str, data_set: bool = True) -> bytes:
+    """PS3.7 10.3.5.1: Affected SOP Class and Instance UID (the instance the SCU, or the
+    proxy for it, chose: PS3.4 F.7.2.1.1), an Attribute List data set."""
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_CREATE_RQ, MESSAGE_ID: msg_id,
+                   DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+                   AFFECTED_SOP_INSTANCE: sop_instance})
+
+
+def n_set_rq(msg_id: int, sop_class: str, sop_instance: str, data_set: bool = True) -> bytes:
+    """PS3.7 10.3.3.1: Requested SOP Class and Instance UID, a Modification List data set."""
+    return encode({REQUESTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_SET_RQ, MESSAGE_ID: msg_id,
+                   DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+                   REQUESTED_SOP_INSTANCE: sop_instance})

@@ -119,7 +119,7 @@ class OperationCompleted(Event):
     """Exactly one per DIMSE request the proxy answers."""
 
     assoc: AssocInfo
-    operation: str                    # C-ECHO, C-FIND, C-MOVE, C-GET, C-STORE
+    operation: str                    # C-ECHO ... C-STORE, N-CREATE, N-SET; unserved: N-ACTION...
     status: int | None
     duration_s: float
     archives: Sequence[str]
@@ -207,6 +207,15 @@ class ForwardDeadLettered(Event):
     reason: str
     path: str                         # where the instance now lies
     hint: str | None = None
+
+
+@dataclass(frozen=True)
+class MppsJournalChanged(Event):
+    """An archive's MPPS journal after a change (``proxy.workflow``; gauges, not logged)."""
+
+    archive: str
+    pending: int                      # N-CREATE/N-SET messages waiting for the archive
+    dead: int                         # ... and in its dead-letter folder
 
 
 @dataclass(frozen=True)

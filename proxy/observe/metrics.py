@@ -17,7 +17,7 @@ from proxy.routing import SECURITY_KINDS
 from proxy.status import category
 
 SEEN_CERTIFICATES = 256          # distinct peer certificate subjects exported per role
-_DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE")
+_DIMSE = ("C-ECHO", "C-FIND", "C-MOVE", "C-GET", "C-STORE", "N-CREATE", "N-SET")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -73,6 +73,12 @@ class MetricsObserver:
                                     ["archive"], registry=r)
         self.spool_dead = Gauge(p + "spool_dead_letters",
                                 "Instances waiting in the dead-letter folder", registry=r)
+        self.mpps_pending = Gauge(p + "mpps_pending",
+                                  "MPPS messages (N-CREATE/N-SET) journaled for an archive",
+                                  ["archive"], registry=r)
+        self.mpps_dead = Gauge(p + "mpps_dead_letters",
+                               "MPPS messages an archive refused (dead-letter folder)",
+                               ["archive"], registry=r)
         self.refused = Counter(p + "connections_refused",
                                "TCP connections closed before association (limits)", ["reason"],
                                registry=r)
@@ -162,6 +168,9 @@ class MetricsObserver:
                 self.spool_pending.set(n)
                 self.spool_bytes.set(b)
                 self.spool_oldest.set(age)
+            case ev.MppsJournalChanged(archive=name, pending=n, dead=dead):
+                self.mpps_pending.labels(name).set(n)
+                self.mpps_dead.labels(name).set(dead)
             case ev.TlsHandshake(side=side, ok=ok, subject=subject, not_after=not_after):
                 self.tls_handshakes.labels(side, "ok" if ok else "failed").inc()
                 if ok and subject is not None and not_after is not None:

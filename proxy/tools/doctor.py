@@ -18,6 +18,11 @@ Rule 5: with ``[tls]``, the proxy's own certificate is checked without the netwo
 Rule 6: each peer with ``tls = true`` reached: the certificate it presented (verified by
         the handshake: chain to ``[tls] ca``, its name) and its days to expiry (WARN
         within 30 days, so it is renewed before associations start failing).
+Rule 7: an archive is checked for what routes use it for: Q/R (``archives``, ``store_to``:
+        C-ECHO, C-FIND, the retrieve context, the test query) and MPPS (``mpps_to``: the
+        MPPS SOP class accepted from the proxy's calling AE title, so a RIS that would
+        refuse N-CREATE/N-SET is a FAIL before a modality reports); a RIS used only by
+        ``mpps_to`` is not asked for C-FIND.
 Rule 4: ``exit_status``: 1 when any finding is FAIL (something is broken),
         else 0 — warnings are printed but do not fail.
 """
@@ -48,6 +53,7 @@ from pynetdicom.sop_class import (
 
 from proxy import tls as tlsmod
 from proxy.config import ArchiveConfig, Config, DestinationConfig, TlsConfig
+from proxy.contexts import MPPS_SOP_CLASS, MPPS_SYNTAXES
 from proxy.status import PENDING, Status, category, hex_status
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
@@ -112,11 +118,16 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
         except (OSError, ValueError):
             client_tls = None          # tls_findings says what is wrong with the files
 
+    queried = {a for r in config.routes for a in (*r.archives, *r.store_to)}
+    mpps = {a for r in config.routes for a in r.mpps_to}
+
     def run(job: tuple[str, ArchiveConfig | DestinationConfig]) -> PeerReport:
         kind, cfg = job
         try:
             if isinstance(cfg, ArchiveConfig):
-                report = check_archive(cfg, config.proxy.ae_title, timeout, client_tls)
+                report = check_archive(cfg, config.proxy.ae_title, timeout, client_tls,
+                                       queries=cfg.name in queried or cfg.name not in mpps,
+                                       mpps=cfg.name in mpps)
             else:
                 report = check_destination(cfg, config.proxy.ae_title, timeout, client_tls)
             seen = presented.get(f"{cfg.host}:{cfg.port}") if cfg.tls else None
@@ -143,23 +154,29 @@ def _peer(cfg: ArchiveConfig | DestinationConfig, proxy_ae: str, timeout: float)
 
 
 def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
-                  tls: tlsmod.ClientTls | None = None) -> PeerReport:
-    """TCP, then one association: C-ECHO, the retrieve context, a STUDY-level test query."""
+                  tls: tlsmod.ClientTls | None = None, *, queries: bool = True,
+                  mpps: bool = False) -> PeerReport:
+    """TCP, then one association: C-ECHO, the retrieve context, a STUDY-level test query;
+    the MPPS context for an ``mpps_to`` archive (Rule 7)."""
     peer = _peer(cfg, proxy_ae, timeout)
     subject = f"archive {cfg.name}"
     down = _unreachable(peer, subject, "archive")
     if down is not None:
         return PeerReport("archive", cfg.name, False, (down,))
-    contexts = [build_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in (ECHO, FIND, GET, MOVE)]
+    wanted = (ECHO, FIND, GET, MOVE) if queries else (ECHO,)
+    contexts = [build_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in wanted]
+    if mpps:
+        contexts.append(build_context(MPPS_SOP_CLASS, list(MPPS_SYNTAXES)))
     try:
         with ArchiveClient(peer, timeout, tls=tls).associate(contexts) as assoc:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             echo = status_of(assoc.send_c_echo()) if ECHO in accepted else None
-            query = _test_query(assoc, cfg.max_results) if FIND in accepted else None
+            query = _test_query(assoc, cfg.max_results) \
+                if queries and FIND in accepted else None
     except UpstreamError as exc:
         return PeerReport("archive", cfg.name, False, (_association_failed(exc, subject),))
-    return PeerReport("archive", cfg.name, True,
-                      tuple(archive_findings(cfg, peer, accepted, echo, query)))
+    return PeerReport("archive", cfg.name, True, tuple(
+        archive_findings(cfg, peer, accepted, echo, query, queries=queries, mpps=mpps)))
 
 
 def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float,
@@ -229,8 +246,10 @@ def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
 
 
 def archive_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str], echo: int | None,
-                     query: QueryOutcome | None) -> list[Finding]:
-    """What an archive's negotiated contexts, C-ECHO and test query say about it."""
+                     query: QueryOutcome | None, *, queries: bool = True,
+                     mpps: bool = False) -> list[Finding]:
+    """What an archive's negotiated contexts, C-ECHO and test query say about it (Rule 7:
+    ``queries`` and ``mpps`` say what routes use it for)."""
     subject = f"archive {cfg.name}"
     where = f"{peer.ae_title} at {peer.host}:{peer.port}"
     out: list[Finding] = []
@@ -239,6 +258,17 @@ def archive_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str], echo: i
             f"answered C-ECHO with {hex_status(echo)}"
         out.append(Finding(WARN, subject, f"{where} {answer}: health checks report it down",
                            f"allow C-ECHO from {peer.calling_ae} on {peer.ae_title}"))
+    if mpps and MPPS_SOP_CLASS not in accepted:
+        out.append(Finding(FAIL, subject, f"{where} did not accept Modality Performed "
+                           f"Procedure Step from {peer.calling_ae}: N-CREATE/N-SET of mpps_to "
+                           "routes are journaled and never delivered",
+                           f"allow MPPS (N-CREATE/N-SET SCP) for {peer.calling_ae} on "
+                           f"{peer.ae_title}"))
+    if not queries:
+        if not out:
+            out.append(Finding(OK, subject, f"{where} answers C-ECHO and accepts MPPS from "
+                               f"{peer.calling_ae}"))
+        return out
     if FIND not in accepted:
         out.append(Finding(FAIL, subject, f"{where} did not accept Study Root C-FIND from "
                            f"{peer.calling_ae}: queries through the proxy fail",
@@ -249,8 +279,9 @@ def archive_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str], echo: i
         out += _query_findings(cfg, subject, where, query)
     if not out:
         retrieve = "C-GET" if cfg.retrieve == "get" else "C-MOVE"
+        also = " and MPPS" if mpps else ""
         out.append(Finding(OK, subject, f"{where} answers C-ECHO, C-FIND (STUDY) and accepts "
-                           f"{retrieve} from {peer.calling_ae}"))
+                           f"{retrieve}{also} from {peer.calling_ae}"))
     return out
 
 
@@ -366,7 +397,7 @@ def peer_certificate_finding(kind: str, cfg: ArchiveConfig | DestinationConfig,
 def config_findings(config: Config) -> list[Finding]:
     """Rules-file sanity that needs no network."""
     out: list[Finding] = []
-    used = {a for r in config.routes for a in (*r.archives, *r.store_to)}
+    used = {a for r in config.routes for a in (*r.archives, *r.store_to, *r.mpps_to)}
     p = config.proxy
     for name, a in config.archives.items():
         if a.port == p.port and (a.host in _LOOPBACK or a.host == p.host):
