@@ -172,3 +172,18 @@ def test_a_provider_down_gives_an_honest_partial_worklist(
     assert through.final_status == OUT_OF_RESOURCES              # but not "complete"
     line = proxy.wait_event("operation", lambda e: e["operation"] == "C-FIND")
     assert line["archives_failed"] == ["ris_down"]
+
+
+def test_a_provider_at_its_cap_is_not_passed_off_as_complete(
+        providers: tuple[WorklistProvider, WorklistProvider],
+        proxy_factory: ProxyFactory) -> None:
+    a, _ = providers
+    capped = {**entry(a), "max_results": len(ITEMS_A)}     # it answered exactly its cap
+    proxy = proxy_factory({"archives": {"ris_a": capped},
+                           "routes": [{"called_ae": "WORKLIST", "archives": ["ris_a"]}]})
+    through = worklist(proxy.port, "WORKLIST")
+    assert steps(through) == steps(worklist(a.port, a.aet))     # every item it gave
+    assert through.final_status == OUT_OF_RESOURCES
+    line = proxy.wait_event("find_incomplete")
+    assert line["archive"] == "ris_a" and "nothing to split on" in line["reasons"][0]
+    assert proxy.metric("dicom_proxy_find_truncated_total", archive="ris_a") == 1

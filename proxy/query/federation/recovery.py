@@ -107,14 +107,28 @@ class Recovery:
             yield self._conclude(time.monotonic() - started), None
 
     def _plain(self, identifier: Dataset) -> Iterator[Response]:
+        """A query with nothing to split on (a worklist): passed through; a capped answer
+        is detected and ends with Out of Resources (Rules 3, 4), never as complete."""
         answer = _Answer()
+        started = time.monotonic()
+        final: Response | None = None
         for status, ds in self._find(identifier):
             if status in PENDING and ds is not None:
                 answer.matches += 1
+                yield status, ds
             else:
                 answer.status = status
-            yield status, ds
-        self._account(answer, is_capped=False)
+                final = (status, ds)
+        capped = caps.is_capped(answer.matches, self.cap, answer.status, self.token.is_set)
+        self._account(answer, is_capped=capped)
+        if capped and not self.token.is_set:
+            self.capped += 1
+            self.problems.append(f"the answer stopped at the archive's cap ({answer.matches} "
+                                 "matches) and a query without a Query/Retrieve Level has "
+                                 "nothing to split on")
+            yield self._conclude(time.monotonic() - started), None
+        elif final is not None:
+            yield final
 
     def _find(self, query: Dataset) -> Iterator[tuple[int | None, Dataset | None]]:
         # No workstation (a location survey): syntax None, the default contexts.
