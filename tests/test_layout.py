@@ -234,7 +234,7 @@ def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
     assert "proxy.services" not in graph["proxy.observe.health"]       # TYPE_CHECKING
     assert "proxy.upstream" in graph["proxy.observe.health"]
     assert "proxy.query.federation" in graph["proxy.app"]     # from proxy.query import federation
-    assert "proxy.query.fanout" in graph["proxy.query.federation.recovery"]
+    assert "proxy.query.fanout" in graph["proxy.query.search"]
     assert "proxy.config.checks" in graph["proxy.config.model"]  # from proxy.config import checks
     assert "proxy.config.model" in graph["proxy.config"]
     assert {"proxy.tools.demo", "proxy.tools.doctor"} <= graph["proxy.cli"]   # deferred
