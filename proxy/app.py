@@ -28,6 +28,7 @@ from proxy.services import Services
 from proxy.session import Request
 from proxy.store import drain, relay
 from proxy.upstream import ArchiveClient, Peer
+from proxy.web import server as dicomweb
 
 Handler = Callable[..., Any]
 
@@ -50,6 +51,7 @@ EXTENSIONS: list[Extension] = [
     drain.start,                    # spool + one store-and-forward thread per archive
     retrieve.install,               # C-MOVE/C-GET pump, move-mode inbound matching
     relay.install,                  # store = "relay" routes: mirrored archive associations
+    dicomweb.start,                 # [dicomweb]: the HTTP front door (QIDO-RS) on its own loop
 ]
 
 
