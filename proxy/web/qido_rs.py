@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ MORE_RESULTS = ("299 dicom-proxy \"There are additional results that can be requ
 _RETRIEVE_AE = Tag(0x00080054)
 _LEVEL = Tag(0x00080052)
 _SERIAL = itertools.count(1)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass
@@ -117,8 +119,7 @@ class QidoRs:
         asker = Asker(AssocInfo(f"http-{next(_SERIAL)}", "", route.called_ae,
                                 _peer(request), route.called_ae), token,
                       gone="the HTTP request ended before the answer was complete")
-        base = f"{self.public_url or f'{request.scheme}://{request.host}'}" \
-               f"/dicomweb/{route.called_ae}"
+        base = f"{self.public_url or origin_of(request)}/dicomweb/{route.called_ae}"
         self.running.add(token)
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
@@ -244,6 +245,18 @@ def retrieve_url(base: str, ds: Dataset, level: str) -> str:
     if level == qido.IMAGE:
         url += f"/instances/{uid('SOPInstanceUID')}"
     return url
+
+
+def origin_of(request: web.Request) -> str:
+    """scheme://host:port as the client addressed the proxy: the Host header's name, and
+    its port, or the port the client connected to when Host names none (dicomweb-client
+    sends the bare host name)."""
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    local = sock if isinstance(sock, tuple) else ("localhost", 0)
+    host = request.headers.get(hdrs.HOST) or str(local[0])
+    if not re.search(r":[0-9]+$", host) and local[1] not in (0, _DEFAULT_PORTS[request.scheme]):
+        host = f"{host}:{local[1]}"
+    return f"{request.scheme}://{host}"
 
 
 def _peer(request: web.Request) -> str:
