@@ -86,8 +86,11 @@ def test_includefield_lists_repeats_and_all() -> None:
     q = _query("studies", "includefield=StudyDescription,00101010&includefield=PatientWeight")
     assert {"StudyDescription", "PatientAge", "PatientWeight"} <= set(q.return_keys)
     assert "StudyDescription" in q.identifier and q.identifier.StudyDescription in ("", None)
-    every = _query("studies", "includefield=all")
-    assert set(qido.ALL_KEYS) - {"RetrieveURL"} <= {e.keyword for e in every.identifier}
+    every = {e.keyword for e in _query("studies", "includefield=all").identifier}
+    assert {"StudyDescription", "PatientAge", *qido.STUDY_KEYS} - {"RetrieveURL"} <= every
+    assert not every & {"SOPInstanceUID", "Rows", "SeriesInstanceUID", "Modality"}
+    images = {e.keyword for e in _query("instances", "includefield=all").identifier}
+    assert {"StudyDescription", "BodyPartExamined", "ImageType", "Rows"} <= images
     with pytest.raises(QidoError, match="includefield=Nope"):
         _query("studies", "includefield=Nope")
 

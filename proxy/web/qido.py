@@ -14,7 +14,8 @@ Rule 2: an attribute is named by keyword (``PatientName``) or tag (``00100010``)
 Rule 3: return keys: the level's defaults (PS3.18 Table 10.6.3-3 study, -4 series, -5
         instance), with the levels above for ``/series`` and ``/instances`` and the series
         level for ``/studies/{uid}/instances`` (Table 10.6.3-2); ``includefield`` adds keys
-        (comma separated, repeatable), ``includefield=all`` every key of ``ALL_KEYS``. The
+        (comma separated, repeatable), ``includefield=all`` the keys of the query level and
+        the levels above it, with the ones archives commonly index (never a key below). The
         level's unique key and its parents' are always asked (paging sorts on them; the
         Retrieve URL is built from them).
 Rule 4: Retrieve URL (0008,1190) is the proxy's to write (it names the proxy's own WADO-RS
@@ -62,14 +63,21 @@ SERIES_KEYS: Final = (
 INSTANCE_KEYS: Final = (
     "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
     "RetrieveURL", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames")
-# includefield=all: the defaults of every level and the attributes archives commonly index.
-EXTRA_KEYS: Final = (
-    "StudyDescription", "PatientAge", "PatientSize", "PatientWeight", "InstitutionName",
+# includefield=all: the defaults of the query level and the levels above it, and the
+# attributes archives commonly index at each level (never a key below the query level).
+STUDY_EXTRA: Final = (
+    "StudyDescription", "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs",
+    "IssuerOfPatientID", "SOPClassesInStudy")
+SERIES_EXTRA: Final = (
     "SeriesDate", "SeriesTime", "BodyPartExamined", "ProtocolName", "Laterality",
-    "ContentDate", "ContentTime", "ImageType", "AcquisitionNumber", "SOPClassesInStudy",
-    "OtherPatientIDs", "IssuerOfPatientID", "Manufacturer", "StationName")
-ALL_KEYS: Final = tuple(dict.fromkeys((*STUDY_KEYS, *SERIES_KEYS, *INSTANCE_KEYS,
-                                       *EXTRA_KEYS)))
+    "InstitutionName", "Manufacturer", "StationName")
+INSTANCE_EXTRA: Final = ("ContentDate", "ContentTime", "ImageType", "AcquisitionNumber")
+_ALL: Final = {
+    "STUDY": (*STUDY_KEYS, *STUDY_EXTRA),
+    "SERIES": (*STUDY_KEYS, *STUDY_EXTRA, *SERIES_KEYS, *SERIES_EXTRA),
+    "IMAGE": (*STUDY_KEYS, *STUDY_EXTRA, *SERIES_KEYS, *SERIES_EXTRA, *INSTANCE_KEYS,
+              *INSTANCE_EXTRA),
+}
 
 UNIQUE_KEYS: Final = {STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID",
                       IMAGE: "SOPInstanceUID"}
@@ -167,7 +175,7 @@ def parse(parts: Sequence[str], params: Iterable[tuple[str, str]]) -> QidoQuery:
         if keyword in matching and _norm_uids(matching[keyword]) != uid:
             raise QidoError(f"{keyword}={matching[keyword]} contradicts the path ({uid})")
         matching[keyword] = uid
-    keys = tuple(dict.fromkeys((*defaults, *(ALL_KEYS if include_all else ()), *includes,
+    keys = tuple(dict.fromkeys((*defaults, *(_ALL[level] if include_all else ()), *includes,
                                 *_PARENTS[level], UNIQUE_KEYS[level])))
     identifier = Dataset()
     identifier.SpecificCharacterSet = "ISO_IR 192"              # Rule 4
