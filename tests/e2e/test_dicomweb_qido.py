@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from requests import HTTPError
 
 from proxy.tools.synthetic import make_studies
+from tests.e2e.fault_peers import ScriptedArchive, gated_stream, never_answers, study_match
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
@@ -483,3 +485,39 @@ def test_answers_equal_orthancs_dicomweb_plugin_where_the_standard_agrees(
         for encoded in ("PatientName=Compressed%2A", "PatientName=%C3%84neas%2A"):
             assert json.loads(_get(f"{theirs}/studies?{encoded}", token=None).body) == []
             assert json.loads(_get(f"{ours}/studies?{encoded}", token=None).body) != []
+
+
+# -- archives slow, silent, or more requests than the proxy serves at once ---------------
+
+
+def test_a_silent_archive_is_504_and_a_full_proxy_503(proxy_factory: Any) -> None:
+    silent = ScriptedArchive(never_answers, aet="SILENT")
+    gated = ScriptedArchive(gated_stream([study_match(1), study_match(2)]), aet="GATED")
+    try:
+        proxy = proxy_factory({
+            "archives": {"silent": {"ae_title": "SILENT", "host": LOOPBACK,
+                                    "port": silent.dicom_port, "timeout": 1},
+                         "gated": {"ae_title": "GATED", "host": LOOPBACK,
+                                   "port": gated.dicom_port}},
+            "routes": [{"called_ae": "SLOW", "archives": ["silent"], "dicomweb": True},
+                       {"called_ae": "BUSY", "archives": ["gated"], "dicomweb": True}],
+            "dicomweb": {"host": LOOPBACK, "port": 0, "max_requests": 1}})
+        root = f"http://{LOOPBACK}:{proxy.dicomweb_port}/dicomweb"
+        slow = _get(f"{root}/SLOW/studies", token=None)
+        assert slow.status == 504 and b"silent" in slow.body, slow.body
+        first: list[_Answer] = []
+        waiting = threading.Thread(target=lambda: first.append(
+            _get(f"{root}/BUSY/studies", token=None)))
+        waiting.start()
+        assert gated.first_sent.wait(30)               # the one allowed search is running
+        busy = _get(f"{root}/BUSY/studies", token=None)
+        assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+        gated.gate.set()
+        waiting.join(30)
+        assert first[0].status == 200 and len(json.loads(first[0].body)) == 2
+        proxy.wait_event("operation", lambda _: len(proxy.operations("QIDO-RS")) >= 3)
+        codes = [o["status"] for o in proxy.operations("QIDO-RS")]
+        assert sorted(codes) == [200, 503, 504]
+    finally:
+        silent.close()
+        gated.close()
