@@ -74,6 +74,9 @@ NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.contexts": HANDLERS,
     "proxy.dicom": ("proxy.services",),
     "proxy.ul": ("proxy.services",),
+    # The DICOMweb front door is a peer of the listener: it runs searches through
+    # proxy.query, never through the DIMSE listener or another handler's module.
+    "proxy.web": (*LISTENER, "proxy.tools", "proxy.cli", "proxy.retrieve", "proxy.store"),
     # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
     "proxy.store": tuple(f"proxy.operations.{name}" for name in
                          ("echo", "find", "get", "move", "store", "store_relay")),
