@@ -2,7 +2,8 @@
 
 Rule 1: every request produces exactly one ``HttpRequestCompleted`` (the ``operation`` log
         line, ``dicom_proxy_http_requests_total``), whatever its answer: the service and
-        route a handler sets in its ``WebRecord``, the HTTP code sent, the client address.
+        route a handler sets in its ``WebRecord``, the HTTP code sent (499 when the client
+        hung up first), the client address.
         The URL's query is never logged (it may hold a patient's name): the handler logs
         its parsed summary, whose identifiers the log observer hashes.
 Rule 2: CORS (Fetch standard): a request from an origin in ``cors_origins`` (or any, with
@@ -22,6 +23,7 @@ Rule 5: JSON is gzipped when the client accepts it (``Accept-Encoding: gzip``).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import time
@@ -37,6 +39,7 @@ from proxy.observe import events as ev
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
+CLIENT_CLOSED = 499                  # logged and counted only (nginx's "client closed request")
 _ALLOWED_HEADERS = "Authorization, Accept, Accept-Encoding, Content-Type"
 
 
@@ -84,6 +87,10 @@ def observe(bus: ev.EventBus) -> Any:
             return response
         except web.HTTPException as exc:
             code = exc.status
+            raise
+        except asyncio.CancelledError:           # the client hung up (server Rule 4)
+            code = CLIENT_CLOSED
+            record.hint = "the client closed the connection before the answer"
             raise
         finally:
             bus.emit(ev.HttpRequestCompleted(

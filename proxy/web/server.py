@@ -10,7 +10,9 @@ Rule 2: the loop (uvloop when installed, ``proxy.dicom.io.run``) only parses req
 Rule 3: ``ROUTES`` is the one table binding URL paths under ``/dicomweb/{route}`` to the
         services; every request passes the middlewares of ``proxy.web.http``, outermost
         first: observe (the ``operation`` event), CORS, errors, bearer tokens.
-Rule 4: stopping cancels the running searches (their archives get a C-CANCEL), lets their
+Rule 4: a client that hangs up cancels its request's handler (``handler_cancellation``):
+        its search is cancelled, the archives get a C-CANCEL, the line says 499.
+Rule 5: stopping cancels the running searches (their archives get a C-CANCEL), lets their
         handlers answer, closes the listening socket and ends the thread.
 """
 
@@ -103,8 +105,10 @@ class Server:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        # handler_cancellation: a client that hangs up cancels its handler, and so its
+        # search (the archives get a C-CANCEL) instead of leaving it running for nobody.
         runner = web.AppRunner(self.application(), access_log=None, handle_signals=False,
-                               shutdown_timeout=5.0)
+                               shutdown_timeout=5.0, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         try:

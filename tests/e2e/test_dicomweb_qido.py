@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -520,4 +521,22 @@ def test_a_silent_archive_is_504_and_a_full_proxy_503(proxy_factory: Any) -> Non
         assert sorted(codes) == [200, 503, 504]
     finally:
         silent.close()
+        gated.close()
+
+
+def test_a_client_that_hangs_up_cancels_its_search_upstream(proxy_factory: Any) -> None:
+    gated = ScriptedArchive(gated_stream([study_match(1), study_match(2)]), aet="GATED")
+    try:
+        proxy = proxy_factory({
+            "archives": {"gated": {"ae_title": "GATED", "host": LOOPBACK,
+                                   "port": gated.dicom_port}},
+            "routes": [{"called_ae": "HANGUP", "archives": ["gated"], "dicomweb": True}],
+            "dicomweb": {"host": LOOPBACK, "port": 0}})
+        with socket.create_connection((LOOPBACK, proxy.dicomweb_port), timeout=10) as sock:
+            sock.sendall(b"GET /dicomweb/HANGUP/studies HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert gated.first_sent.wait(30)           # the search is under way upstream
+        assert gated.cancelled.wait(30), "no C-CANCEL reached the archive"
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "QIDO-RS")
+        assert line["status"] == 499 and "closed the connection" in line["hint"]
+    finally:
         gated.close()
