@@ -55,11 +55,16 @@ class WebRecord:
     phi: list[str] = field(default_factory=list)
 
 
+# Where a request keeps its WebRecord: a typed key where aiohttp has them (3.12+).
+_RECORD: Any = (web.RequestKey("dicomweb_record", WebRecord) if hasattr(web, "RequestKey")
+                else "dicomweb_record")
+
+
 def record_of(request: web.Request) -> WebRecord:
-    record = request.get("dicomweb_record")
-    if not isinstance(record, WebRecord):      # outside the observe middleware (tests)
+    record = request.get(_RECORD)
+    if not isinstance(record, WebRecord):      # the first middleware to ask makes it
         record = WebRecord()
-        request["dicomweb_record"] = record
+        request[_RECORD] = record
     return record
 
 
