@@ -181,7 +181,7 @@ def yield_all(matches: Iterator[tuple[int, Dataset]], into: list[Dataset]) -> li
 def respond(answer: Answer, query: qido.QidoQuery, hint: str | None) -> web.Response:
     """Rules 2-4: the HTTP answer for a finished search."""
     outcomes = answer.outcomes
-    if answer.status is None:
+    if answer.status is None or answer.status == Status.CANCEL:   # server Rule 5
         raise web.HTTPServiceUnavailable(text="the search was stopped (the proxy is stopping)")
     bad = incomplete(outcomes)
     if not answer.matches and bad and len(bad) == len(outcomes):
@@ -189,10 +189,9 @@ def respond(answer: Answer, query: qido.QidoQuery, hint: str | None) -> web.Resp
                         for o in bad)
         if all(o.error is not None and o.error.kind == "timeout" for o in bad):
             raise web.HTTPGatewayTimeout(text=f"no archive answered in time: {why}")
-        if all(o.error is None for o in bad) and answer.status != Status.CANCEL:
-            raise web.HTTPBadGateway(text=f"the archive refused the query: {why}")
-        if any(o.error is not None for o in bad):
-            raise web.HTTPBadGateway(text=f"no archive answered: {why}")
+        if all(o.error is None for o in bad):
+            raise web.HTTPBadGateway(text=f"refused by the archive: {why}")
+        raise web.HTTPBadGateway(text=f"no archive answered: {why}")
     headers: list[tuple[str, str]] = []
     missing = [o.archive for o in bad if o.error is not None]
     partial = [f"{o.archive} ({shortfall(o)})" for o in bad if o.error is None]

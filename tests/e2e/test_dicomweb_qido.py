@@ -491,21 +491,32 @@ def test_answers_equal_orthancs_dicomweb_plugin_where_the_standard_agrees(
 # -- archives slow, silent, or more requests than the proxy serves at once ---------------
 
 
-def test_a_silent_archive_is_504_and_a_full_proxy_503(proxy_factory: Any) -> None:
+def _refuses(archive: ScriptedArchive, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    yield 0xC000, None                                 # Unable to process (PS3.4 C.4.1.1.4)
+
+
+def test_a_silent_archive_is_504_a_refusing_one_502_and_a_full_proxy_503(
+        proxy_factory: Any) -> None:
     silent = ScriptedArchive(never_answers, aet="SILENT")
     gated = ScriptedArchive(gated_stream([study_match(1), study_match(2)]), aet="GATED")
+    refusing = ScriptedArchive(_refuses, aet="REFUSING")
     try:
         proxy = proxy_factory({
             "archives": {"silent": {"ae_title": "SILENT", "host": LOOPBACK,
                                     "port": silent.dicom_port, "timeout": 1},
                          "gated": {"ae_title": "GATED", "host": LOOPBACK,
-                                   "port": gated.dicom_port}},
+                                   "port": gated.dicom_port},
+                         "refusing": {"ae_title": "REFUSING", "host": LOOPBACK,
+                                      "port": refusing.dicom_port}},
             "routes": [{"called_ae": "SLOW", "archives": ["silent"], "dicomweb": True},
+                       {"called_ae": "NO", "archives": ["refusing"], "dicomweb": True},
                        {"called_ae": "BUSY", "archives": ["gated"], "dicomweb": True}],
             "dicomweb": {"host": LOOPBACK, "port": 0, "max_requests": 1}})
         root = f"http://{LOOPBACK}:{proxy.dicomweb_port}/dicomweb"
         slow = _get(f"{root}/SLOW/studies", token=None)
         assert slow.status == 504 and b"silent" in slow.body, slow.body
+        no = _get(f"{root}/NO/studies", token=None)
+        assert no.status == 502 and b"refusing: status 0xC000" in no.body, no.body
         first: list[_Answer] = []
         waiting = threading.Thread(target=lambda: first.append(
             _get(f"{root}/BUSY/studies", token=None)))
@@ -516,12 +527,13 @@ def test_a_silent_archive_is_504_and_a_full_proxy_503(proxy_factory: Any) -> Non
         gated.gate.set()
         waiting.join(30)
         assert first[0].status == 200 and len(json.loads(first[0].body)) == 2
-        proxy.wait_event("operation", lambda _: len(proxy.operations("QIDO-RS")) >= 3)
+        proxy.wait_event("operation", lambda _: len(proxy.operations("QIDO-RS")) >= 4)
         codes = [o["status"] for o in proxy.operations("QIDO-RS")]
-        assert sorted(codes) == [200, 503, 504]
+        assert sorted(codes) == [200, 502, 503, 504]
     finally:
         silent.close()
         gated.close()
+        refusing.close()
 
 
 def test_a_client_that_hangs_up_cancels_its_search_upstream(proxy_factory: Any) -> None:
