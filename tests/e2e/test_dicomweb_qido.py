@@ -552,3 +552,31 @@ def test_a_client_that_hangs_up_cancels_its_search_upstream(proxy_factory: Any) 
         assert line["status"] == 499 and "closed the connection" in line["hint"]
     finally:
         gated.close()
+
+
+def test_a_capped_archive_is_recovered_and_paged_like_a_c_find(proxy_factory: Any) -> None:
+    # Orthanc's LimitFindResults = 4: a C-FIND gets 4 matches and Cancel. With the cap
+    # configured (max_results = 4) the federation splits the query, as for C-FIND.
+    with OrthancArchive("CAPPED", limit_find_results=4) as capped, \
+            OrthancArchive("OTHER") as other:
+        capped.upload(make_studies(10, seed="qido-cap", rows=8, cols=8))
+        other.upload(A_FILES[:2])
+        proxy = proxy_factory({
+            "archives": {"capped": archive_entry(capped, max_results=4),
+                         "other": archive_entry(other)},
+            "routes": [{"called_ae": "CAPFED", "archives": ["capped", "other"],
+                        "dicomweb": True}],
+            "dicomweb": {"host": LOOPBACK, "port": 0}})
+        root = f"http://{LOOPBACK}:{proxy.dicomweb_port}/dicomweb/CAPFED"
+        whole = _get(f"{root}/studies", token=None)
+        assert whole.status == 200 and whole.headers.get_all("Warning") is None
+        uids = [o["0020000D"]["Value"][0] for o in json.loads(whole.body)]
+        assert len(uids) == len(set(uids)) == 12
+        assert set(uids) == capped.study_uids() | other.study_uids()
+        paged: list[str] = []
+        for offset in range(0, 15, 5):
+            page = json.loads(_get(f"{root}/studies?limit=5&offset={offset}",
+                                   token=None).body)
+            paged += [o["0020000D"]["Value"][0] for o in page]
+        assert paged == sorted(uids)
+        assert proxy.metric("dicom_proxy_find_truncated_total", archive="capped") >= 1
