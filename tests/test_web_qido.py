@@ -153,3 +153,9 @@ def test_pages_are_stable_and_concatenate() -> None:
     pages = [page(items, keys, offset, 2) for offset in (0, 2, 4, 6)]
     assert pages == [(["a", "b"], True), (["c", "d"], True), ([""], False), ([], False)]
     assert page(items, keys, 0, None) == (["a", "b", "c", "d", ""], False)
+
+
+def test_patient_identifying_values_are_known_before_validation() -> None:
+    params = parse_query_string("PatientBirthDate=1960x&00100020=MRN7&StudyDate=2020&"
+                                "PatientName=&limit=3")
+    assert qido.phi_values(params) == ["1960x", "MRN7"]

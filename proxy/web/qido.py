@@ -40,6 +40,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from proxy.observe.logs import PHI_KEYWORDS
+
 T = TypeVar("T")
 Point = Callable[[str, str], tuple[int, ...]]
 
@@ -149,6 +151,17 @@ def parse_query_string(raw: str) -> list[tuple[str, str]]:
                          encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise QidoError("the query string is not UTF-8 once percent-decoded") from None
+
+
+def phi_values(params: Iterable[tuple[str, str]]) -> list[str]:
+    """The values of patient-identifying parameters (by keyword or tag), for the log's
+    PHI filter, before anything is validated (an error message may quote them)."""
+    out = []
+    for name, value in params:
+        keyword = keyword_for_tag(int(name, 16)) if _TAG.fullmatch(name) else name
+        if keyword in PHI_KEYWORDS and value:
+            out.append(value)
+    return out
 
 
 def parse(parts: Sequence[str], params: Iterable[tuple[str, str]]) -> QidoQuery:

@@ -100,8 +100,9 @@ class QidoRs:
         acceptable(request.headers.get(hdrs.ACCEPT, ""))
         parts = request.rel_url.parts[3:]                  # after /dicomweb/<route>/
         try:
-            query = qido.parse(parts, qido.parse_query_string(
-                request.rel_url.raw_query_string))
+            params = qido.parse_query_string(request.rel_url.raw_query_string)
+            record.phi = qido.phi_values(params)            # a 400's text may quote them
+            query = qido.parse(parts, params)
         except qido.NotFound as exc:
             raise web.HTTPNotFound(text=f"no QIDO-RS resource {exc}") from None
         except qido.QidoError as exc:

@@ -392,7 +392,7 @@ def test_each_request_is_one_operation_line_and_counted(proxy: ProxyProcess) -> 
                        code="400")
     seen = len(proxy.operations("QIDO-RS"))
     assert _get(f"{_root(proxy)}/studies?PatientName=Compressed%2A").status == 200
-    assert _get(f"{_root(proxy)}/studies?StudyDate=x").status == 400
+    assert _get(f"{_root(proxy)}/studies?PatientBirthDate=19601301").status == 400
     line = proxy.wait_event("operation", lambda e: e.get("operation") == "QIDO-RS"
                             and e.get("status") == 400 and e.get("path", "").endswith("studies")
                             and len(proxy.operations("QIDO-RS")) >= seen + 2)
@@ -402,7 +402,8 @@ def test_each_request_is_one_operation_line_and_counted(proxy: ProxyProcess) -> 
     assert ok["calling"].startswith(f"{LOOPBACK}:") and ok["duration_ms"] >= 0
     assert ok["matches"] == 2 and ok["query_level"] == "STUDY"
     assert "Compressed" not in json.dumps(ok)          # the patient's name is hashed
-    assert line["status"] == 400
+    assert line["status"] == 400 and "no such date" in line["hint"]
+    assert "19601301" not in json.dumps(line)          # a birth date, quoted by the error
     assert proxy.metric("dicom_proxy_http_requests_total", route=ROUTE, service="QIDO-RS",
                         code="200") == before + 1
     assert proxy.metric("dicom_proxy_http_requests_total", route=ROUTE, service="QIDO-RS",
