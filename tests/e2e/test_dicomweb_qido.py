@@ -294,6 +294,8 @@ def test_pages_concatenate_to_the_full_answer(
     assert uids == sorted(uids)                          # stable: sorted by the unique key
     assert pages == sorted(full, key=lambda o: o["0020000D"]["Value"][0])
     assert set(uids) == set(expected(archives, "STUDY", STUDY, "StudyInstanceUID"))
+    # dicomweb-client's own paging (offset += what came back, until an empty page).
+    assert client.search_for_studies(limit=4, get_remaining=True) == pages
     more = _get(f"{_root(proxy)}/studies?limit=2")
     assert any("additional results" in w for w in more.headers.get_all("Warning") or [])
 
