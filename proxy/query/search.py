@@ -141,8 +141,7 @@ def search(services: Services, clients: dict[str, ArchiveClient], identifier: Da
         for name in clients:
             if name not in answered:  # the asker went away first
                 services.bus.emit(_upstream_event(
-                    Outcome(name, None, 0, UpstreamError(name, "abandoned: the asker went "
-                                                         "away first")),
+                    Outcome(name, None, 0, UpstreamError(name, f"abandoned: {asker.gone}")),
                     time.monotonic() - started, info, record.phi))
     if lost:
         return []
