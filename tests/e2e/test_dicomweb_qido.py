@@ -358,6 +358,8 @@ def test_http_errors_are_clear(proxy: ProxyProcess) -> None:
     assert _get(f"{root}/studies?limit=-1").status == 400
     assert _get(f"{root}/studies", Accept="multipart/related; type=\"application/dicom+xml\"",
                 ).status == 406
+    nothing = _get(f"{root}/studies?PatientID=NOBODY")
+    assert (nothing.status, nothing.body) == (200, b"[]")
 
 
 def test_cors_preflight_and_exposed_warning(proxy: ProxyProcess) -> None:
