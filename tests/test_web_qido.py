@@ -155,6 +155,22 @@ def test_pages_are_stable_and_concatenate() -> None:
     assert page(items, keys, 0, None) == (["a", "b", "c", "d", ""], False)
 
 
+def test_a_pager_holds_a_bounded_number_of_items_and_stays_stable() -> None:
+    pager: qido.Pager[int] = qido.Pager(offset=10, limit=5)
+    keys = [f"{(k * 7919) % 1000:04d}" for k in range(1000)]      # a shuffled stream
+    peak = 0
+    for k, key in enumerate(keys):
+        pager.add(key, k)
+        peak = max(peak, len(pager._held))
+    shown, more = pager.page()
+    assert peak <= 2 * 15 + 64 and pager.total == 1000 and more
+    assert [keys[i] for i in shown] == sorted(keys)[10:15]
+    twins: qido.Pager[str] = qido.Pager(0, 2)
+    for item in ("first", "second", "third"):
+        twins.add("1.2", item)                   # equal keys (merging rule 1b): arrival order
+    assert twins.page() == (["first", "second"], True)
+
+
 def test_patient_identifying_values_are_known_before_validation() -> None:
     params = parse_query_string("PatientBirthDate=1960x&00100020=MRN7&StudyDate=2020&"
                                 "PatientName=&limit=3")

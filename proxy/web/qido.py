@@ -22,8 +22,9 @@ Rule 4: Retrieve URL (0008,1190) is the proxy's to write (it names the proxy's o
         path): it is never asked of an archive. Specific Character Set ISO_IR 192 is always
         sent: values come from a URL as Unicode, and archives that honour it answer in UTF-8.
 Rule 5: ``limit`` (a positive integer) and ``offset`` (a non-negative one) are the proxy's:
-        they apply to the merged, de-duplicated answer sorted by unique key (``page``), so
-        ``offset`` continues where the last page ended. ``fuzzymatching=true`` is accepted
+        they apply to the merged, de-duplicated answer sorted by unique key (``Pager``), so
+        ``offset`` continues where the last page ended; with a limit, memory is bounded by
+        the page's end, not by the answer's length. ``fuzzymatching=true`` is accepted
         and not performed (the archives match literally): ``QidoQuery.warnings`` says so.
 """
 
@@ -33,7 +34,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -207,13 +208,45 @@ def parse(parts: Sequence[str], params: Iterable[tuple[str, str]]) -> QidoQuery:
         warnings=(FUZZY_WARNING,) if fuzzy else ())
 
 
+class Pager(Generic[T]):
+    """One page of a stream of items sorted by unique key (Rule 5), in bounded memory.
+
+    ``add`` every item with its key; ``page`` gives items ``offset`` to ``offset + limit``
+    of the sorted stream (stable: equal keys keep their arrival order; "" sorts last) and
+    whether more follow. With a limit, at most ``2 * (offset + limit)`` items are held
+    whatever the stream's length: the smallest ones are kept, the rest only counted.
+    """
+
+    def __init__(self, offset: int, limit: int | None) -> None:
+        self.offset = offset
+        self.keep = None if limit is None else offset + limit
+        self.total = 0
+        self._held: list[tuple[bool, str, int, T]] = []
+
+    def add(self, key: str, item: T) -> None:
+        self._held.append((key == "", key, self.total, item))
+        self.total += 1
+        if self.keep is not None and len(self._held) >= 2 * self.keep + 64:
+            self._trim()
+
+    def page(self) -> tuple[list[T], bool]:
+        self._trim()
+        shown = [entry[3] for entry in self._held[self.offset:]]
+        return shown, self.keep is not None and self.total > self.keep
+
+    def _trim(self) -> None:
+        self._held.sort(key=lambda entry: entry[:3])
+        if self.keep is not None:
+            del self._held[self.keep:]
+
+
 def page(items: Sequence[T], sort_keys: Sequence[str], offset: int,
          limit: int | None) -> tuple[list[T], bool]:
-    """The page of ``items`` after sorting by ``sort_keys`` (stable; Rule 5) and whether more
-    follow it. ``sort_keys[i]`` is the unique key of ``items[i]`` ("" sorts last)."""
-    order = sorted(range(len(items)), key=lambda i: (sort_keys[i] == "", sort_keys[i]))
-    end = len(order) if limit is None else offset + limit
-    return [items[i] for i in order[offset:end]], end < len(order)
+    """``Pager`` over a whole list: the page of ``items`` sorted by ``sort_keys``."""
+    pager: Pager[T] = Pager(offset, limit)
+    for key, item in zip(sort_keys, items, strict=True):
+        pager.add(key, item)
+    return pager.page()
 
 
 # -- attributes and values --------------------------------------------------------------

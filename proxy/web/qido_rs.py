@@ -11,8 +11,8 @@ Rule 1: the search is blocking work (threads, sockets): it runs in the server's 
         with ``Retry-After`` at once rather than queued behind slow archives.
 Rule 2: paging (``limit``, ``offset``) applies to the whole merged answer, sorted by the
         level's unique key: pages asked one after another concatenate to the full answer,
-        without duplicates. When a page leaves results behind, a ``Warning: 299`` says so
-        (PS3.18 10.6.3.3.1).
+        without duplicates; only the page is held and converted (``qido.Pager``). When a
+        page leaves results behind, a ``Warning: 299`` says so (PS3.18 10.6.3.3.1).
 Rule 3: a partial answer says so: each archive whose share is missing (down, slow, refused)
         is named in ``Warning: 299 dicom-proxy "archives missing: site_b"``, and each whose
         share is partial (its cap could not be fully recovered, it ended early) in
@@ -32,7 +32,7 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -143,14 +143,17 @@ def run(services: Services, route: RouteConfig, query: qido.QidoQuery, asker: As
         op: OperationRecord, base: str) -> Answer:
     """The search, sorted, paged and written as JSON (on a worker thread, Rule 1)."""
     clients = {name: services.archive(name, None) for name in route.archives}
-    found: list[Dataset] = []
+    pager: qido.Pager[Dataset] = qido.Pager(query.offset, query.limit)
+    unique = Tag(query.unique_key)
+
+    def keep(ds: Dataset) -> None:      # read, never convert: only the page is converted
+        pager.add("\\".join(text_values(ds, unique)).strip(" \0"), ds)
+
     outcomes = yield_all(search(services, clients, query.identifier, STUDY_ROOT_FIND,
                                 query.level, asker, op, merge=route.merge,
-                                recheck=route.recheck_matches), found)
-    unique = Tag(query.unique_key)
-    keys = ["\\".join(text_values(ds, unique)).strip(" \0") for ds in found]
-    shown, more = qido.page(found, keys, query.offset, query.limit)
-    answer = Answer(status=op.status, outcomes=outcomes, matches=len(found),
+                                recheck=route.recheck_matches), keep)
+    shown, more = pager.page()
+    answer = Answer(status=op.status, outcomes=outcomes, matches=pager.total,
                     returned=len(shown), more=more)
     objects = []
     for ds in shown:
@@ -169,14 +172,15 @@ def run(services: Services, route: RouteConfig, query: qido.QidoQuery, asker: As
     return answer
 
 
-def yield_all(matches: Iterator[tuple[int, Dataset]], into: list[Dataset]) -> list[Outcome]:
-    """Every match of a ``search`` into ``into``; its return value (the outcomes)."""
+def yield_all(matches: Iterator[tuple[int, Dataset]],
+              into: Callable[[Dataset], None]) -> list[Outcome]:
+    """Every match of a ``search`` handed to ``into``; its return value (the outcomes)."""
     while True:
         try:
             _status, ds = next(matches)
         except StopIteration as done:
             return list(done.value or [])
-        into.append(ds)
+        into(ds)
 
 
 def respond(answer: Answer, query: qido.QidoQuery, hint: str | None) -> web.Response:
