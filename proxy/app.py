@@ -28,6 +28,7 @@ from proxy.services import Services
 from proxy.session import Request
 from proxy.store import drain, relay
 from proxy.upstream import ArchiveClient, Peer
+from proxy.web import server as dicomweb
 from proxy.workflow import delivery
 
 Handler = Callable[..., Any]
@@ -54,6 +55,7 @@ EXTENSIONS: list[Extension] = [
     retrieve.install,               # C-MOVE/C-GET pump, move-mode inbound matching
     relay.install,                  # store = "relay" routes: mirrored archive associations
     delivery.start,                 # MPPS journal + one delivery thread per mpps_to archive
+    dicomweb.start,                 # [dicomweb]: the HTTP front door (QIDO-RS) on its own loop
 ]
 
 

@@ -129,6 +129,8 @@ def _startup_failure(config: Config, exc: OSError) -> str:
         return f"[spool] dir: {exc}"
     if isinstance(exc, ssl.SSLError):
         return f"[tls] cert/key/ca: unusable ({exc})"
+    if str(exc.strerror or "").startswith("[dicomweb]"):
+        return f"cannot listen on {exc.strerror}"
     return (f"cannot listen on {config.proxy.host}:{config.proxy.port} or metrics "
             f"{config.metrics.host}:{config.metrics.port}: {exc.strerror or exc}")
 

@@ -131,11 +131,15 @@ class Services:
 
     @contextmanager
     def upstream_call(self, archive: str, operation: str, event: Request | None = None,
-                      phi: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Time one request to an archive; the caller sets ``status`` in the dict."""
+                      phi: list[str] | None = None, info: ev.AssocInfo | None = None,
+                      ) -> Iterator[dict[str, Any]]:
+        """Time one request to an archive; the caller sets ``status`` in the dict.
+
+        ``info`` names who it is for when there is no DIMSE request (an HTTP client)."""
         result: dict[str, Any] = {"status": None, "details": {}}
         started = time.monotonic()
-        info = self.session(event).info if event is not None else None
+        if event is not None:
+            info = self.session(event).info
         error: str | None = None
         hint: str | None = None
         try:

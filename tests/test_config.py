@@ -71,6 +71,22 @@ def test_explicit_values_are_kept() -> None:
             p.dimse_timeout) == (3, 5, 1.5, 2.0, 4.0)
 
 
+def test_dicomweb_section_and_route_flag(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t1\n")
+    data = with_change("routes.0.dicomweb", True)
+    data["dicomweb"] = {"host": "0.0.0.0", "port": 0, "cors_origins": ["*", "http://v:8"],
+                        "tokens_file": str(tokens), "public_url": "https://pacs.example/"}
+    cfg = parse(data)
+    assert cfg.routes[0].dicomweb and cfg.dicomweb is not None
+    assert (cfg.dicomweb.host, cfg.dicomweb.port, cfg.dicomweb.cors_origins) == (
+        "0.0.0.0", 0, ("*", "http://v:8"))
+    assert cfg.dicomweb.tokens_file == tokens and cfg.dicomweb.max_requests == 16
+    assert cfg.dicomweb.public_url == "https://pacs.example"
+    plain = parse(minimal())
+    assert plain.dicomweb is None and not plain.routes[0].dicomweb
+
+
 def test_route_lookup_ignores_dicom_padding() -> None:
     config = parse(minimal())
     route = config.route_for("RELAY ")
@@ -161,6 +177,16 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("routes", None, "routes: at least one [[routes]] entry is required"),
     ("routes", {"called_ae": "X"}, "routes: must be an array of tables"),
     ("routes.0", "RELAY", "routes[0]: must be a table"),
+    ("routes.0.dicomweb", True, "routes[0].dicomweb: needs a [dicomweb] section"),
+    ("routes.0.dicomweb", "yes", "routes[0].dicomweb: must be true or false"),
+    ("dicomweb.port", 70000, "dicomweb.port: port 70000 is out of range"),
+    ("dicomweb.cors_origins", "*", "dicomweb.cors_origins: must be an array of origins"),
+    ("dicomweb.cors_origins", ["https://v.example/app"],
+     "dicomweb.cors_origins[0]: must be an origin such as"),
+    ("dicomweb.tokens_file", "/nonexistent/tokens", "dicomweb.tokens_file: cannot read"),
+    ("dicomweb.max_requests", 0, "dicomweb.max_requests: must be a positive integer"),
+    ("dicomweb.public_url", "pacs.example", "dicomweb.public_url: must be an http(s) URL"),
+    ("dicomweb.nope", 1, "dicomweb.nope: unknown key"),
 ]
 
 

@@ -1,11 +1,11 @@
-"""The final C-FIND status of a federated query (proxy.operations.find.final_status)."""
+"""The final C-FIND status of a federated query (proxy.query.search.final_status)."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.operations.find import final_status
 from proxy.query.fanout import Outcome
+from proxy.query.search import final_status
 from proxy.status import Status
 from proxy.upstream import UpstreamError
 

@@ -74,6 +74,9 @@ NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.contexts": HANDLERS,
     "proxy.dicom": ("proxy.services",),
     "proxy.ul": ("proxy.services",),
+    # The DICOMweb front door is a peer of the listener: it runs searches through
+    # proxy.query, never through the DIMSE listener or another handler's module.
+    "proxy.web": (*LISTENER, "proxy.tools", "proxy.cli", "proxy.retrieve", "proxy.store"),
     # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
     "proxy.store": tuple(f"proxy.operations.{name}" for name in
                          ("echo", "find", "get", "move", "store", "store_relay")),
@@ -234,7 +237,7 @@ def test_the_graph_is_read(graph: dict[str, frozenset[str]]) -> None:
     assert "proxy.services" not in graph["proxy.observe.health"]       # TYPE_CHECKING
     assert "proxy.upstream" in graph["proxy.observe.health"]
     assert "proxy.query.federation" in graph["proxy.app"]     # from proxy.query import federation
-    assert "proxy.query.fanout" in graph["proxy.query.federation.recovery"]
+    assert "proxy.query.fanout" in graph["proxy.query.search"]
     assert "proxy.config.checks" in graph["proxy.config.model"]  # from proxy.config import checks
     assert "proxy.config.model" in graph["proxy.config"]
     assert {"proxy.tools.demo", "proxy.tools.doctor"} <= graph["proxy.cli"]   # deferred

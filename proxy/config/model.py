@@ -30,6 +30,8 @@ else:  # pragma: no cover
 T = TypeVar("T")
 _CS = re.compile(r"[A-Z0-9_]{1,16}")                  # a modality code (CS, PS3.5 6.2)
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1
+_ORIGIN = re.compile(r"https?://[^/\s]+")            # RFC 6454: scheme://host[:port]
+_BASE_URL = re.compile(r"https?://[^/\s]+(/[^\s]*)?")
 
 LOG_FORMATS = ("json", "console")
 PHI_MODES = ("hash", "clear", "drop")
@@ -113,6 +115,18 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class DicomwebConfig:
+    """``[dicomweb]``: the HTTP front door for routes with ``dicomweb = true`` (PS3.18)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080                  # 0: a free port (logged in ``dicomweb_started``)
+    cors_origins: tuple[str, ...] = ()  # origins allowed by CORS ("*" for any)
+    tokens_file: Path | None = None   # set: every request needs a bearer token listed there
+    max_requests: int = 16            # requests answered at once; more get 503
+    public_url: str = ""              # the base URL clients use (Retrieve URL); "" = bound one
+
+
+@dataclass(frozen=True)
 class ArchiveConfig:
     name: str
     ae_title: str
@@ -182,6 +196,7 @@ class RouteConfig:
     tls_only: bool = False            # answered only on the TLS listener ([proxy] tls_port)
     certificates: tuple[CertificateBinding, ...] = ()  # calling AE → client certificate subjects
     mpps_to: tuple[str, ...] = ()     # archives (RIS) that N-CREATE/N-SET (MPPS) go to
+    dicomweb: bool = False            # also served over DICOMweb at /dicomweb/<called_ae>
 
     def certificate_binding(self, calling_ae: str) -> CertificateBinding | None:
         return next((b for b in self.certificates if b.ae_title == calling_ae), None)
@@ -203,6 +218,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     tls: TlsConfig | None = None
+    dicomweb: DicomwebConfig | None = None
     source: Path | None = field(default=None, compare=False)
 
     def route_for(self, called_ae: str) -> RouteConfig | None:
@@ -242,7 +258,7 @@ def load(path: str | Path) -> Config:
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
     check.only_keys("", data, {"proxy", "metrics", "log", "spool", "archives", "destinations",
-                               "routes", "health", "federation", "tls"})
+                               "routes", "health", "federation", "tls", "dicomweb"})
     if "proxy" not in data:
         raise ConfigError("proxy", "section is required")
     proxy = check.section("proxy", data["proxy"], ProxyConfig, {
@@ -280,8 +296,43 @@ def parse(data: Mapping[str, Any]) -> Config:
     })
     tls = _tls(data.get("tls"))
     _tls_references(proxy, tls, archives, destinations, routes)
+    dicomweb = _dicomweb(data.get("dicomweb"), routes)
     return Config(proxy, metrics, log, spool, archives, destinations, routes, health=health,
-                  federation=federation, tls=tls)
+                  federation=federation, tls=tls, dicomweb=dicomweb)
+
+
+def _dicomweb(raw: Any, routes: tuple[RouteConfig, ...]) -> DicomwebConfig | None:
+    """``[dicomweb]``; a route with ``dicomweb = true`` needs it (where would it listen?)."""
+    if raw is None:
+        for i, route in enumerate(routes):
+            if route.dicomweb:
+                raise ConfigError(f"routes[{i}].dicomweb", "needs a [dicomweb] section (host, "
+                                                           "port): the HTTP front door")
+        return None
+    return check.section("dicomweb", raw, DicomwebConfig, {
+        "host": check.host, "port": check.port, "cors_origins": _origins,
+        "tokens_file": check.readable_file, "max_requests": check.positive_int,
+        "public_url": _base_url,
+    })
+
+
+def _origins(path: str, value: Any) -> tuple[str, ...]:
+    """``["https://viewer.example.org", ...]`` or ``["*"]``: scheme://host[:port], no path."""
+    if not isinstance(value, list):
+        raise ConfigError(path, f"must be an array of origins, not {check.kind(value)}")
+    for i, origin in enumerate(value):
+        if origin != "*" and (not isinstance(origin, str) or not _ORIGIN.fullmatch(origin)):
+            raise ConfigError(f"{path}[{i}]", f"must be an origin such as "
+                                              f"\"https://viewer.example.org\" or \"*\", "
+                                              f"not {origin!r}")
+    return tuple(value)
+
+
+def _base_url(path: str, value: Any) -> str:
+    if not isinstance(value, str) or not _BASE_URL.fullmatch(value):
+        raise ConfigError(path, f"must be an http(s) URL such as \"https://pacs.example.org\""
+                                f", not {value!r}")
+    return value.rstrip("/")
 
 
 def _tls(raw: Any) -> TlsConfig | None:
@@ -396,6 +447,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
             "max_associations": check.positive_int,
             "max_associations_per_ae": check.positive_int,
             "certificates": _certificates, "mpps_to": check.name_list,
+            "dicomweb": check.boolean,
         })
         if "allow" in fields:
             fields["allow_from"] = fields["allow"]

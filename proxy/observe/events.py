@@ -129,6 +129,32 @@ class OperationCompleted(Event):
 
 
 @dataclass(frozen=True)
+class HttpRequestCompleted(Event):
+    """Exactly one per DICOMweb request the proxy answers (``proxy.web``)."""
+
+    service: str                      # QIDO-RS, WADO-RS, STOW-RS; "unknown" for no service
+    route: str                        # the configured called AE, or "unknown"
+    code: int                         # the HTTP status code sent
+    duration_s: float
+    peer: str                         # the client's ip:port
+    method: str
+    path: str                         # the URL path (UIDs, never the query: it may hold PHI)
+    archives: Sequence[str] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)  # level, matches, query...
+    hint: str | None = None
+    phi: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class DicomwebStarted(Event):
+    """The DICOMweb front door listens (``proxy.web.server``)."""
+
+    host: str
+    port: int
+    routes: Sequence[str]             # the called AE titles served
+
+
+@dataclass(frozen=True)
 class UpstreamCompleted(Event):
     """One per request the proxy made to an archive (or destination)."""
 

@@ -189,6 +189,21 @@ class LogObserver:
                 fields["hint"] = event.hint
                 level = "info" if event.status in (0x0000, 0xFE00) else "warning"
                 self._emit(level, "operation", fields, event.phi, event.assoc)
+            case ev.HttpRequestCompleted():
+                fields = {"operation": event.service, "status": event.code,
+                          "duration_ms": _ms(event.duration_s), "archives": list(event.archives),
+                          "route": event.route, "called_ae": event.route,
+                          "calling": event.peer, "peer": event.peer, "method": event.method,
+                          "path": event.path, **dict(event.details)}
+                if "level" in fields:                      # Rule 1, as for C-FIND
+                    fields["query_level"] = fields.pop("level")
+                fields["hint"] = event.hint
+                self._emit("info" if event.code < 400 else "warning", "operation", fields,
+                           event.phi)
+            case ev.DicomwebStarted():
+                self._emit("info", "dicomweb_started", {
+                    "host": event.host, "port": event.port, "routes": list(event.routes),
+                    "url": f"http://{event.host}:{event.port}/dicomweb/"})
             case ev.UpstreamCompleted():
                 level = "info" if event.error is None and event.status in (0x0000, 0xFE00) \
                     else "warning"

@@ -93,6 +93,8 @@ class MetricsObserver:
                                 "Expiry time (unix seconds) of each certificate the proxy "
                                 "holds or has seen a peer present",
                                 ["subject", "role"], registry=r)
+        self.http_requests = Counter(p + "http_requests", "DICOMweb requests answered",
+                                     ["route", "service", "code"], registry=r)
         self._seen: dict[str, set[str]] = {}
         for side in ("workstation", "archive", "destination"):
             for result in ("ok", "failed"):
@@ -142,6 +144,8 @@ class MetricsObserver:
             case ev.OperationCompleted(assoc=a, operation=op, status=st, duration_s=d):
                 self.operations.labels(op, a.route, category(st)).inc()
                 self.op_duration.labels(op, a.route).observe(d)
+            case ev.HttpRequestCompleted(route=route, service=service, code=code):
+                self.http_requests.labels(route, service, str(code)).inc()
             case ev.UpstreamCompleted(archive=name, operation=op, status=st, duration_s=d):
                 self.upstream.labels(name, op, category(st)).inc()
                 self.up_duration.labels(name, op).observe(d)

@@ -1,5 +1,8 @@
 """C-FIND: relay a query to the route's archive(s) and stream the matches back.
 
+The search itself (fan-out, cap recovery, de-duplication, merge, final status) is
+``proxy.query.search``, shared with QIDO-RS; this module makes it a DIMSE answer.
+
 Rule 1: the workstation's identifier goes upstream unchanged (match and return
         keys); each match is sent downstream as soon as it arrives. Both pass as the
         bytes they came in: the proxy reads elements with ``proxy.rawtext`` (never
@@ -11,12 +14,13 @@ Rule 2: one archive: every match and its final status are passed back as is —
         (federation): matches are de-duplicated by the level's unique key across
         archives only (``proxy.query.merging`` rules 1-1b: an archive's own answers are
         never duplicates of each other), and the final status is chosen by
-        ``final_status`` (documented there).
+        ``proxy.query.search.final_status`` (documented there).
         Route ``merge = "stream"`` (default): the first answer for an entity is
         sent at once, later ones dropped and counted (``duplicates``).
         ``merge = "complete"``: every answer is collected, then merged per entity
         by ``proxy.query.merging.merge_all`` (empty keys filled from later archives,
         counts take the larger) and sent when the last archive has answered.
+        (``proxy.query.search`` Rules 2-6.)
 Rule 2b: ``recheck_matches = true``: each match is re-checked against the
         workstation's query with ``proxy.query.matching.matches`` (PS3.4 C.2.2.2);
         non-matching ones are dropped and counted (``recheck_dropped``).
@@ -34,23 +38,20 @@ Rule 5: back-pressure: each match yielded is sent before the next is taken, the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 from pydicom import Dataset
 from pydicom.tag import Tag
 
-from proxy.cancel import CancelToken
 from proxy.contexts import FIND_MODELS
-from proxy.observe.events import AssocInfo, FindMatched, UpstreamCompleted
-from proxy.query.fanout import Match, Outcome, fan_out, workstation_syntax
-from proxy.query.matching import matches
-from proxy.query.merging import LEVEL_UNIQUE_KEYS, WORKLIST, Deduplicator, merge_all
+from proxy.query.fanout import workstation_syntax
+from proxy.query.merging import WORKLIST
+from proxy.query.search import Asker, search
 from proxy.rawtext import element, set_text, text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status
-from proxy.upstream import ArchiveClient, UpstreamError
+from proxy.upstream import ArchiveClient
 
 Response = tuple[int | Dataset, Dataset | None]
 _RETRIEVE_AE = Tag(0x00080054)
@@ -79,94 +80,15 @@ def handle(event: Request, services: Services) -> Iterator[Response]:
 def _relay(event: Request, services: Services, record: OperationRecord,
            clients: dict[str, ArchiveClient], identifier: Dataset, model: str, level: str,
            retrieve_ae: str, merge: str = "stream", recheck: bool = False) -> Iterator[Response]:
-    token = CancelToken()
-    federated = len(clients) > 1
-    complete = federated and merge == "complete" and level in LEVEL_UNIQUE_KEYS
-    dedupe = Deduplicator(level) if federated and not complete else None
-    collected: list[Dataset] = []
-    origins: list[str] = []           # the archive of each collected answer
-    if recheck:
-        record.details["recheck_dropped"] = 0
-    outcomes: list[Outcome] = []
-    started = time.monotonic()
-    info = services.session(event).info
-    finder = services.plugins.find_query  # federation may plug in cap recovery
-    syntax = workstation_syntax(event)
-
-    def query(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
-                                                                         Dataset | None]]:
-        if finder is not None:
-            return finder(client, identifier, model, tok, event)
-        return client.find(identifier, model, tok, syntax=syntax)
-
-    def watch_cancel() -> None:
-        if not token.is_set and event.is_cancelled:
-            token.cancel()
-
-    lost = False  # the workstation's link went away mid-answer (Rule 5)
-    try:
-        with event.cancel.on_cancel(token.cancel):   # Rule 4, also while waiting upstream
-            for item in fan_out(clients, query, token, poll=watch_cancel,
-                                abandon=lambda: not event.link_up()):
-                if isinstance(item, Outcome):
-                    outcomes.append(item)
-                    services.bus.emit(_upstream_event(item, time.monotonic() - started, info,
-                                                      record.phi))
-                    if finder is None:  # the finder accounts for each request it makes
-                        services.bus.emit(_matched_event(services, event, item))
-                    continue
-                assert isinstance(item, Match)
-                if token.is_set:
-                    continue
-                ds = item.identifier
-                if recheck and not matches(identifier, ds):
-                    record.details["recheck_dropped"] += 1
-                    continue
-                remember = services.plugins.remember_location
-                if remember is not None:
-                    remember(item.archive, level, ds)
-                if complete:
-                    collected.append(ds)
-                    origins.append(item.archive)
-                    continue
-                if dedupe is not None and not dedupe.offer(ds, item.archive):
-                    continue
-                yield _deliver(record, ds, item.status, retrieve_ae)
-        lost = not event.link_up()
-        if complete and not token.is_set:
-            merged = merge_all(level, collected, consume=True,  # ours to give away
-                               sources=origins)
-            record.details["duplicates"] = len(collected) - len(merged)
-            for ds in merged:
-                watch_cancel()
-                if token.is_set:
-                    break
-                yield _deliver(record, ds, Status.PENDING, retrieve_ae)
-    except GeneratorExit:       # the workstation's link is gone (Rule 5)
-        lost = True
-        raise
-    finally:
-        if lost:
-            token.cancel()
-            record.details["error"] = (
-                "the workstation's association ended before the answer was sent (it "
-                "stopped reading, aborted or went away)")
-        answered = {o.archive for o in outcomes}
-        for name in clients:
-            if name not in answered:  # the workstation went away first
-                services.bus.emit(_upstream_event(
-                    Outcome(name, None, 0, UpstreamError(name, "abandoned: the workstation "
-                                                         "association ended first")),
-                    time.monotonic() - started, info, record.phi))
-    if lost:
-        return
-    record.status, record.hint = final_status(outcomes, token.is_set, federated)
-    if dedupe is not None:
-        record.details["duplicates"] = dedupe.duplicates
-    failed = [o.archive for o in outcomes if o.error is not None]
-    if failed:
-        record.details["archives_failed"] = failed
-    if record.status == Status.SUCCESS:
+    """The route's search (``proxy.query.search``), each match sent as a C-FIND response."""
+    asker = Asker(services.session(event).info, event.cancel, workstation_syntax(event),
+                  event.link_up, gone=("the workstation's association ended before the "
+                                       "answer was sent (it stopped reading, aborted or "
+                                       "went away)"))
+    yield from (_deliver(record, ds, status, retrieve_ae) for status, ds in search(
+        services, clients, identifier, model, level, asker, record, merge=merge,
+        recheck=recheck))
+    if record.status is None or record.status == Status.SUCCESS:   # gone (Rule 5), or done
         return
     comment = record.hint if record.status not in (Status.CANCEL,) else None
     yield _failure(record.status, comment)
@@ -189,61 +111,6 @@ def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str
     record.details["matches"] += 1
     record.protect(ds)
     return status, ds
-
-
-def final_status(outcomes: list[Outcome], cancelled: bool,
-                 federated: bool) -> tuple[int, str | None]:
-    """The status the workstation gets at the end, with a hint when it is not Success.
-
-    - Cancelled by the workstation: Cancel (0xFE00, PS3.4 C.4.1.1.4).
-    - One archive: its own final status, unchanged; when it could not be reached
-      or stopped answering: Unable to process (0xC000).
-    - Federation: Success when every archive answered Success. When some did not
-      but others did, the matches already sent stand and the status is
-      Out of resources (0xA700, "Refused: Out of Resources") — the one C-FIND
-      failure status that says "the answer is not complete" without claiming the
-      query itself was wrong; the hint names the archives that failed (or whose
-      silent cap could not be fully recovered: "capped, partly recovered").
-      When no archive answered and no match was sent: Unable to process (0xC000).
-    """
-    if cancelled:
-        return Status.CANCEL, None
-    bad = [o for o in outcomes if o.error is not None or o.status != Status.SUCCESS]
-    if not federated:
-        only = outcomes[0] if outcomes else None
-        if only is None or only.error is not None or only.status is None:
-            why = only.error.reason if only and only.error else "no final status"
-            return Status.UNABLE_TO_PROCESS, why
-        return only.status, None if only.status == Status.SUCCESS else "archive status"
-    if not bad:
-        return Status.SUCCESS, None
-    names = ", ".join(f"{o.archive} ({_why(o)})" for o in bad)
-    if len(bad) == len(outcomes) and not any(o.matches for o in outcomes):
-        return Status.UNABLE_TO_PROCESS, f"no archive answered: {names}"
-    return Status.REFUSED_OUT_OF_RESOURCES, f"incomplete answer from: {names}"
-
-
-def _why(outcome: Outcome) -> str:
-    if outcome.error is not None:
-        return outcome.error.kind
-    if outcome.status == Status.REFUSED_OUT_OF_RESOURCES:
-        return "capped, partly recovered"   # see the find_incomplete log line
-    return f"status 0x{outcome.status:04X}" if outcome.status is not None else "no status"
-
-
-def _upstream_event(outcome: Outcome, elapsed: float, info: AssocInfo,
-                    phi: list[str]) -> UpstreamCompleted:
-    error = outcome.error
-    return UpstreamCompleted(outcome.archive, "C-FIND", outcome.status, elapsed, info,
-                             error.reason if error else None, error.hint if error else None,
-                             {"matches": outcome.matches}, list(phi))
-
-
-def _matched_event(services: Services, event: Request, outcome: Outcome) -> FindMatched:
-    cap = services.config.archives[outcome.archive].max_results
-    truncated = bool(cap) and outcome.matches >= cap and outcome.error is None
-    return FindMatched(outcome.archive, outcome.matches, truncated, cap,
-                       services.session(event).info)
 
 
 def _failure(status: int, comment: str | None) -> Response:

@@ -1,7 +1,8 @@
 """The proxy under test, run for real: ``dicom-proxy run --rules FILE`` in a subprocess.
 
 Rule 1: the proxy listens on 127.0.0.1 port 0 (listener and metrics); the test
-        reads the bound ports from its ``proxy_started`` log line — no races.
+        reads the bound ports from its ``proxy_started`` log line — no races. With a
+        ``[dicomweb]`` section, its port comes from ``dicomweb_started`` the same way.
 Rule 2: every log line is parsed JSON; a line that is not JSON fails the test
         (the contract says one JSON object per line on stdout).
 Rule 3: ``stop()`` sends SIGTERM and returns the exit status; the fixture
@@ -46,7 +47,7 @@ def toml_value(value: Any) -> str:
 def to_toml(rules: Mapping[str, Any]) -> str:
     """Write the rules dict (sections, archives.*, destinations.*, routes[]) as TOML."""
     out: list[str] = []
-    for section in ("proxy", "metrics", "log", "spool", "health", "tls"):
+    for section in ("proxy", "metrics", "log", "spool", "health", "tls", "dicomweb"):
         if section in rules:
             out.append(f"[{section}]")
             out += [f"{k} = {toml_value(v)}" for k, v in rules[section].items()]
@@ -86,6 +87,7 @@ class ProxyProcess:
         self.port = 0
         self.tls_port = 0
         self.metrics_port = 0
+        self.dicomweb_port = 0
         self.stderr_path = workdir / "proxy.stderr"
 
     def start(self, timeout: float = 30.0) -> ProxyProcess:
@@ -107,6 +109,8 @@ class ProxyProcess:
         url = started.get("metrics_url")
         if url:
             self.metrics_port = int(url.rsplit(":", 1)[1].split("/")[0])
+        if "dicomweb" in self.rules:      # logged before proxy_started (Rule 1)
+            self.dicomweb_port = int(self.wait_event("dicomweb_started", timeout=1.0)["port"])
         return self
 
     # -- the log -------------------------------------------------------------------

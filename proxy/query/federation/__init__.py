@@ -1,7 +1,7 @@
 """Federation: one AE title in front of several archives, one merged C-FIND answer.
 
-The C-FIND fan-out, de-duplication, Retrieve AE Title rewrite and final status live in
-``proxy.operations.find`` (with ``proxy.query.fanout`` and ``proxy.query.merging``).
+The C-FIND fan-out, de-duplication and final status live in ``proxy.query.search`` (with
+``proxy.query.fanout`` and ``proxy.query.merging``), for C-FIND and QIDO-RS alike.
 This package adds:
 
 - ``caps`` (pure): is an answer capped, and how to split its query (Study Date ranges,

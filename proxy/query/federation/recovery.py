@@ -34,20 +34,22 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.tag import Tag
 
 from proxy.cancel import CancelToken
 from proxy.observe.events import AssocInfo, FindMatched, Noted
-from proxy.query.fanout import workstation_syntax
 from proxy.query.federation import caps
 from proxy.query.merging import LEVEL_UNIQUE_KEYS, Deduplicator
 from proxy.rawtext import text_values
 from proxy.services import OperationRecord, Services
-from proxy.session import Request
 from proxy.status import PENDING, Status
 from proxy.upstream import ArchiveClient
+
+if TYPE_CHECKING:   # annotations only: search plugs this module's finder in
+    from proxy.query.search import Asker
 
 Response = tuple[int | None, Dataset | None]
 
@@ -62,10 +64,9 @@ class _Answer:
 class Recovery:
     """One archive's share of one C-FIND (Rules 1-5); use once."""
 
-    def __init__(self, services: Services, event: Request | None, client: ArchiveClient,
+    def __init__(self, services: Services, asker: Asker | None, client: ArchiveClient,
                  model: str, level: str, token: CancelToken) -> None:
         self.services = services
-        self.event = event
         self.client = client
         self.archive = client.peer.name
         self.model = model
@@ -76,9 +77,10 @@ class Recovery:
         self.subqueries = 0
         self.capped = 0
         self.problems: list[str] = []
-        self._info: AssocInfo | None = services.session(event).info if event is not None else None
+        self._info: AssocInfo | None = asker.info if asker is not None else None
         self._phi: list[str] = []
-        self.syntax = workstation_syntax(event)     # matches pass through unconverted
+        # A workstation's syntax: matches pass through unconverted (None: HTTP, a survey).
+        self.syntax = asker.syntax if asker is not None else None
 
     def run(self, identifier: Dataset) -> Iterator[Response]:
         record = OperationRecord("C-FIND")
@@ -201,8 +203,8 @@ class Recovery:
         if is_root:                  # find.py reports the workstation's own request
             yield from stream()
         else:
-            with self.services.upstream_call(self.archive, "C-FIND", self.event,
-                                             self._phi) as result:
+            with self.services.upstream_call(self.archive, "C-FIND", phi=self._phi,
+                                             info=self._info) as result:
                 yield from stream()
                 result["status"] = answer.status
                 result["details"] = {"subquery": piece.label, "matches": answer.matches,
@@ -233,16 +235,16 @@ def _hex(status: int | None) -> str:
     return "no status" if status is None else f"0x{status:04X}"
 
 
-Finder = Callable[[ArchiveClient, Dataset, str, CancelToken, Request], Iterator[Response]]
+Finder = Callable[[ArchiveClient, Dataset, str, CancelToken, "Asker"], Iterator[Response]]
 
 
 def make_finder(services: Services) -> Finder:
-    """The ``find_query`` plug of ``proxy.operations.find``: every archive request, recovered."""
+    """The ``find_query`` plug of ``proxy.query.search``: every archive request, recovered."""
 
     def find_query(client: ArchiveClient, identifier: Dataset, model: str,
-                   token: CancelToken, event: Request) -> Iterator[Response]:
+                   token: CancelToken, asker: Asker) -> Iterator[Response]:
         # Read, not converted: the identifier goes upstream as the workstation's bytes.
         level = "\\".join(text_values(identifier, Tag("QueryRetrieveLevel"))).strip().upper()
-        return Recovery(services, event, client, model, level, token).run(identifier)
+        return Recovery(services, asker, client, model, level, token).run(identifier)
 
     return find_query
