@@ -21,6 +21,9 @@ Rule 2b: the Specific Character Set is read without converting it (``proxy.rawte
         pydicom's ``Dataset._character_set`` converts it in place, and a converted
         element is re-encoded (``ISO_IR 100\\0`` would go out as ``ISO_IR 100``). So a
         raw Specific Character Set keeps its bytes where ``dsutils.encode`` rewrites them.
+Rule 2c: a data set ``proxy.rawdataset`` read and nobody changed since is written as the
+        bytes it was read from (``WireDataset.wire``): exactly what the element-by-element
+        writing of Rule 2 would give, without doing it.
 Rule 3: the proxy's own DIMSE writers call it (``proxy.responder`` for the workstation's
         responses, ``proxy.upstream`` for requests to archives); pynetdicom itself is not
         patched.
@@ -39,6 +42,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pynetdicom import dsutils
 
 from proxy import rawtext
+from proxy.rawdataset import WireDataset
 
 _original: Callable[..., bytes | None] = dsutils.encode
 _IMPLICIT = struct.Struct("<HHL")
@@ -56,6 +60,9 @@ def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool,
     """``pynetdicom.dsutils.encode``, fast for raw and command-set elements (Rules 1-2)."""
     if deflated or not is_little_endian:
         return _original(ds, is_implicit_vr, is_little_endian, deflated)
+    if isinstance(ds, WireDataset) and ds.wire is not None \
+            and ds.wire_implicit == is_implicit_vr:
+        return ds.wire                    # unchanged since it was read (rawdataset Rule 3)
     tags = sorted(ds._dict)
     if tags and tags[-1] <= 0xFFFF:                    # group 0000 only: a command set
         fast = _command_set(ds, tags) if is_implicit_vr else None

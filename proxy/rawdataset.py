@@ -16,12 +16,19 @@ Rule 2: anything but a flat little-endian data set with defined lengths goes to 
         letters pydicom knows, an Implicit VR data set that looks Explicit (pydicom would
         switch), a truncated element. A sequence of defined length is one raw element
         (pydicom parses it only when it is read).
+Rule 3: a data set ``decode`` indexed keeps the bytes it came in (``WireDataset.wire``)
+        for as long as nothing changes it: any element set, converted or deleted drops
+        them. ``proxy.fastencode`` then writes those bytes as they are — what it would
+        have written element by element — so an unchanged C-FIND match goes to the
+        workstation as the archive's bytes without being written again. A data set with
+        group length elements keeps no bytes (they are not written again either).
 """
 
 from __future__ import annotations
 
 import struct
 from io import BytesIO
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import default_encoding
@@ -39,6 +46,7 @@ from proxy.rawtext import raw_encodings
 _HEADER = struct.Struct("<HHL")            # Implicit VR: tag, 32-bit length
 _EXPLICIT = struct.Struct("<HH2sH")        # Explicit VR: tag, VR, 16-bit length
 _LONG = struct.Struct("<L")
+_TAG = struct.Struct("<HH")
 _KNOWN_VRS = frozenset({
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST",
@@ -50,6 +58,83 @@ _CHARSET = 0x00080005
 
 class _NotFlat(Exception):
     """Rule 2: pydicom's reader takes it."""
+
+
+class WireDataset(Dataset):
+    """A Dataset of raw elements that remembers the bytes it was read from (Rule 3)."""
+
+    wire: bytes | None = None          # the data set's bytes while it is unchanged
+    wire_implicit: bool = False        # ... in Implicit VR (else Explicit) Little Endian
+
+    def keep_wire(self, data: bytes, implicit: bool) -> None:
+        object.__setattr__(self, "wire", data)
+        object.__setattr__(self, "wire_implicit", implicit)
+
+    spliced: bool = False              # a value was spliced: later offsets are stale
+
+    def replace_raw(self, elem: RawDataElement, wire: bytes) -> None:
+        """Set ``elem`` and the bytes that now hold it (a value spliced in place)."""
+        super().__setitem__(elem.tag, elem)
+        object.__setattr__(self, "wire", wire)
+        object.__setattr__(self, "spliced", True)
+
+    def _changed(self) -> None:
+        if self.wire is not None:
+            object.__setattr__(self, "wire", None)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._changed()
+        super().__delitem__(key)
+
+    def __delattr__(self, name: str) -> None:
+        self._changed()
+        super().__delattr__(name)
+
+    def pop(self, key: Any, *args: Any) -> Any:
+        self._changed()
+        return super().pop(key, *args)
+
+    def popitem(self) -> Any:
+        self._changed()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def update_raw_element(self, tag: Any, *, vr: str | None = None,
+                           value: bytes | None = None) -> None:
+        self._changed()
+        super().update_raw_element(tag, vr=vr, value=value)
+
+
+def splice_text(ds: Dataset, tag: int, value: bytes) -> bool:
+    """Replace the value of top-level element ``tag`` in ``ds`` and in its bytes (Rule 3),
+    e.g. Retrieve AE Title in a relayed match; False when ``ds`` keeps no bytes to splice
+    into (the caller sets the element the ordinary way). ``value`` is padded already."""
+    if not isinstance(ds, WireDataset) or ds.wire is None or ds.spliced:
+        return False
+    elem = ds.get_item(BaseTag(tag))
+    if not isinstance(elem, RawDataElement) or elem.value_tell is None:
+        return False
+    implicit = ds.wire_implicit
+    if not implicit and (elem.VR is None or len(elem.VR) != 2
+                         or elem.VR.encode() in _LONG_VRS or len(value) > 0xFFFF):
+        return False
+    start, end = elem.value_tell - 8, elem.value_tell + (elem.length or 0)
+    wire = ds.wire
+    if start < 0 or end > len(wire) or wire[start:start + 4] != _TAG.pack(tag >> 16,
+                                                                          tag & 0xFFFF):
+        return False
+    header = (_HEADER.pack(tag >> 16, tag & 0xFFFF, len(value)) if implicit else
+              _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, elem.VR.encode(), len(value)))
+    ds.replace_raw(RawDataElement(elem.tag, elem.VR, len(value), value, elem.value_tell,
+                                  implicit, True), wire[:start] + header + value + wire[end:])
+    return True
 
 
 def decode(data: bytes, implicit: bool, little_endian: bool = True) -> Dataset:
@@ -76,6 +161,7 @@ def header(data: bytes, implicit: bool, stop_before: int = 0x7FE00010) -> Datase
 def _flat(data: bytes, implicit: bool, stop_before: int | None = None) -> Dataset:
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     at, end = 0, len(data)
+    group_lengths = False
     if implicit and end >= 6 and data[4:6] in _KNOWN_VRS:
         raise _NotFlat                          # looks Explicit: pydicom would switch
     while at < end:
@@ -102,13 +188,17 @@ def _flat(data: bytes, implicit: bool, stop_before: int | None = None) -> Datase
         if length == _UNDEFINED or group == 0xFFFE or at + length > end:
             raise _NotFlat
         tag = BaseTag(group << 16 | elem)
+        if elem == 0:
+            group_lengths = True
         value = data[at:at + length] if length else _empty(vr)
         elements[tag] = RawDataElement(tag, vr, length, value, at, implicit, True)
         at += length
-    ds = Dataset(elements)
+    ds = WireDataset(elements)
     charset = elements.get(BaseTag(_CHARSET))
     ds.set_original_encoding(implicit, True,
                              _encodings(charset) if charset is not None else default_encoding)
+    if stop_before is None and not group_lengths:
+        ds.keep_wire(bytes(data), implicit)          # Rule 3
     return ds
 
 

@@ -107,3 +107,81 @@ def test_a_header_stops_before_pixel_data_however_much_of_it_is_there() -> None:
     header = rawdataset.header(data[:200], False)     # the pixel data cut short
     assert header is not None and header.Modality == "CT" and "PixelData" not in header
     assert rawdataset.header(data[:18], False) is None  # cut inside PatientID: pydicom's turn
+
+
+# -- Rule 3: the bytes a data set was read from ----------------------------------------------
+
+def _element_by_element(ds: Dataset, implicit: bool) -> bytes | None:
+    """What fastencode writes when it cannot use the kept bytes."""
+    plain = Dataset(dict(ds.items()))
+    plain.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    return fast_encode(plain, implicit, True)
+
+
+@pytest.mark.parametrize(("name", "data", "implicit"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_kept_bytes_are_what_element_by_element_writing_gives(name: str, data: bytes,
+                                                             implicit: bool) -> None:
+    ds = rawdataset.decode(data, implicit)
+    if not isinstance(ds, rawdataset.WireDataset) or ds.wire is None:
+        return                                   # pydicom's reading, or group lengths
+    assert ds.wire == data
+    assert fast_encode(ds, implicit, True) == _element_by_element(ds, implicit)
+
+
+def _match(implicit: bool, **extra: str) -> rawdataset.WireDataset:
+    ds = Dataset()
+    ds.PatientName = "DOE^JANE"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.RetrieveAETitle = "ORTHANC"
+    ds.StudyDate = "20200101"
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    raw = encode(ds, implicit, True)
+    assert raw is not None
+    decoded = rawdataset.decode(raw, implicit)
+    assert isinstance(decoded, rawdataset.WireDataset) and decoded.wire == raw
+    return decoded
+
+
+@pytest.mark.parametrize("change", [
+    lambda ds: ds.__setitem__(0x00100010, ds.get_item(0x00100010)),
+    lambda ds: ds.__delitem__(0x00080020),
+    lambda ds: delattr(ds, "StudyDate"),
+    lambda ds: ds.pop(0x00080020),
+    lambda ds: setattr(ds, "PatientID", "X"),
+    lambda ds: ds.PatientName,                   # converted on access: no longer raw
+    lambda ds: ds.clear(),
+])
+def test_any_change_drops_the_kept_bytes(change: object) -> None:
+    ds = _match(False)
+    change(ds)                                   # type: ignore[operator]
+    assert ds.wire is None
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("title", ["QR_PROXY", "ODD_TITLE", "A", "SIXTEEN_CHARS_AE"])
+def test_a_spliced_value_gives_what_setting_it_would(implicit: bool, title: str) -> None:
+    from proxy.rawtext import set_text
+    spliced, expected = _match(implicit), _match(implicit)
+    value = title.encode() + b" " * (len(title) % 2)
+    assert rawdataset.splice_text(spliced, 0x00080054, value)
+    set_text(expected, 0x00080054, "AE", title)          # the element-by-element way
+    assert expected.wire is None
+    assert spliced.wire == fast_encode(expected, implicit, True)
+    assert fast_encode(spliced, implicit, True) == spliced.wire
+    assert not rawdataset.splice_text(spliced, 0x00080054, value)   # one splice only
+    assert decode_again(spliced.wire, implicit).RetrieveAETitle == title
+
+
+def decode_again(data: bytes, implicit: bool) -> Dataset:
+    ds: Dataset = pydicom_decode(BytesIO(data), implicit, True)
+    return ds
+
+
+def test_group_lengths_keep_no_bytes() -> None:
+    import struct
+    date = struct.pack("<HH2sH", 0x0008, 0x0020, b"DA", 8) + b"20200101"
+    raw = struct.pack("<HH2sHL", 0x0008, 0x0000, b"UL", 4, len(date)) + date
+    decoded = rawdataset.decode(raw, False)
+    assert decoded.StudyDate == "20200101"
+    assert getattr(decoded, "wire", None) is None      # not written again either

@@ -47,6 +47,7 @@ from proxy.contexts import FIND_MODELS
 from proxy.query.fanout import workstation_syntax
 from proxy.query.merging import WORKLIST
 from proxy.query.search import Asker, search
+from proxy.rawdataset import splice_text
 from proxy.rawtext import element, set_text, text_values
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
@@ -107,7 +108,9 @@ def read_query(record: OperationRecord, identifier: Dataset) -> str:
 
 def _deliver(record: OperationRecord, ds: Dataset, status: int, retrieve_ae: str) -> Response:
     if _RETRIEVE_AE in ds:          # raw bytes: the SCP copies them, no value conversion
-        set_text(ds, _RETRIEVE_AE, "AE", retrieve_ae)
+        value = retrieve_ae.encode("ascii")
+        if not splice_text(ds, _RETRIEVE_AE, value + b" " * (len(value) % 2)):
+            set_text(ds, _RETRIEVE_AE, "AE", retrieve_ae)
     record.details["matches"] += 1
     record.protect(ds)
     return status, ds
