@@ -73,8 +73,11 @@ class WireDataset(Dataset):
     spliced: bool = False              # a value was spliced: later offsets are stale
 
     def replace_raw(self, elem: RawDataElement, wire: bytes) -> None:
-        """Set ``elem`` and the bytes that now hold it (a value spliced in place)."""
-        super().__setitem__(elem.tag, elem)
+        """Set ``elem`` and the bytes that now hold it (a value spliced in place): a raw
+        top-level element replacing a raw one, which needs none of ``__setitem__``'s
+        bookkeeping (private blocks, pixel data); the element map is written directly,
+        as ``proxy.fastencode`` reads it."""
+        self._dict[elem.tag] = elem
         object.__setattr__(self, "wire", wire)
         object.__setattr__(self, "spliced", True)
 
