@@ -42,11 +42,11 @@ from pydicom.uid import (
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
-    StorageCommitmentPushModel,
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -102,7 +102,9 @@ _ROUTE_OFFERS: Mapping[tuple[bool, bool], Mapping[str, Offer]] = {
     for mpps in (False, True) for commit in (False, True)}
 _INBOUND: Mapping[str, Offer] = {
     Verification: Offer(QUERY_SYNTAXES, requestor_order=True), **_STORAGE,
-    STORAGE_COMMITMENT: Offer(MPPS_SYNTAXES, requestor_order=True, roles=(False, True))}
+    # Explicit VR first, whatever the archive's order: what a modality takes by
+    # preference, so the report usually reaches it as the archive's bytes (Rule 6).
+    STORAGE_COMMITMENT: Offer(MPPS_SYNTAXES, roles=(False, True))}
 
 
 def offers_for_route(route: RouteConfig, config: Config) -> Mapping[str, Offer]:
