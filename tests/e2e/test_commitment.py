@@ -16,6 +16,8 @@ as its DicomModalities place it: the modality directly, the proxy's AE title thr
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,10 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel as COMMITMENT
 
 from tests.e2e.commitment_peers import WELL_KNOWN, CommitModality, Report, instances
+from tests.e2e.conftest import StoreSCPFactory
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK, free_port
-from tests.e2e.proxy_harness import ProxyProcess, archive_entry
+from tests.e2e.proxy_harness import ProxyProcess, archive_entry, to_toml
 
 ProxyFactory = Callable[..., ProxyProcess]
 ROUTE, PROXY_AE, MODALITY = "COMMIT_PROXY", "QR_PROXY", "MODALITY"
@@ -243,3 +246,29 @@ def test_unknown_transactions_and_unknown_modalities(
     dead = proxy.wait_event("commitment_dead_lettered")
     assert dead["modality"] == "STRANGER" and "ae_title = 'STRANGER'" in dead["hint"]
     assert proxy.metric("dicom_proxy_commitment_dead_letters") == 1
+
+
+def test_doctor_checks_the_commitment_path(
+        pacs: OrthancArchive, proxy_port: int, store_scp_factory: StoreSCPFactory,
+        tmp_path: Path) -> None:
+    """Orthanc accepts Storage Commitment: the line says it must know the proxy's AE title
+    and address; a storescp as commit_to does not: FAIL with the fix."""
+    scp = store_scp_factory("PLAINSCP")
+    rules = {"proxy": {"ae_title": PROXY_AE, "host": LOOPBACK, "port": proxy_port},
+             "archives": {"pacs": archive_entry(pacs),
+                          "plain": {"ae_title": scp.aet, "host": LOOPBACK, "port": scp.port}},
+             "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "store_to": ["pacs"]},
+                        {"called_ae": "PLAIN", "archives": ["pacs"], "commit_to": "plain"}]}
+    path = tmp_path / "rules.toml"
+    path.write_text(to_toml(rules))
+    proc = subprocess.run([sys.executable, "-m", "proxy.cli", "doctor", "--rules", str(path),
+                           "--timeout", "5"], capture_output=True, text=True, timeout=90,
+                          stdin=subprocess.DEVNULL)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    told = [line for line in lines if "accepts Storage Commitment" in line]
+    assert len(told) == 1 and "archive pacs" in told[0], lines
+    assert f"{PROXY_AE} at {LOOPBACK}, port {proxy_port}" in told[0]
+    assert "must know" in told[0]
+    refused = [line for line in lines if "did not accept Storage Commitment" in line]
+    assert len(refused) == 1 and "archive plain" in refused[0], lines
