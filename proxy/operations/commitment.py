@@ -5,9 +5,10 @@ Rule 1: an N-ACTION on a route with a commitment archive (``commit_to``, else th
         Success: the N-ACTION-RSP only acknowledges the request (J.3.3.1); the result
         comes later as an N-EVENT-REPORT (``proxy.workflow.commitment``). A route
         without one answers 0x0122 (SOP class not supported).
-Rule 2: an N-EVENT-REPORT from an archive (an association to the proxy's own AE title,
-        or one the proxy opened) is checked (``commit_policy`` Rule 4), journaled
-        durably with its Event Information as received, then answered Success; it is
+Rule 2: an N-EVENT-REPORT from an archive on an association to the proxy's own AE title
+        is taken as on the forwarding association (``commit_reports.take``): checked
+        (``commit_policy`` Rule 4), journaled durably with its Event Information as
+        received, then answered Success; it is
         delivered to the modality that asked. One for a Transaction UID the proxy does
         not hold is answered 0x0115 and logged. A workstation sending one on a route
         gets 0x0211: the proxy takes reports from archives only.
@@ -24,6 +25,7 @@ from proxy.services import Services
 from proxy.session import Request
 from proxy.status import Status
 from proxy.workflow import commit_policy
+from proxy.workflow.commit_reports import take
 from proxy.workflow.commitments import WAITING, Commitment
 
 
@@ -76,22 +78,15 @@ def report(request: Request, services: Services) -> Reply:
         if request.sop_class != commit_policy.STORAGE_COMMITMENT:
             record.status = Status.NO_SUCH_SOP_CLASS
             return Reply(record.status, base)
-        uid = str(request.identifier.get("TransactionUID", "") or "").strip()
-        known = engine.journal.by_transaction(uid) if uid else None
-        record.details["transaction_uid"] = uid
+        taken = take(engine, event_type, request.transfer_syntax, request.data)
+        record.details["transaction_uid"] = taken.transaction_uid
         record.details["event_type"] = event_type
-        refusal = commit_policy.check_report(event_type, uid, known is not None)
-        if refusal is not None:
-            record.status = refusal.status
-            record.hint = ("no pending Storage Commitment has this Transaction UID: the proxy "
-                           "did not ask for it, or already delivered its report"
-                           if refusal.status == Status.INVALID_ARGUMENT_VALUE else
-                           refusal.comment)
-            return Reply(refusal.status, {**base, commands.ERROR_COMMENT: refusal.comment})
-        assert isinstance(event_type, int) and known is not None
-        record.archives = [known.archive]
-        record.details["modality"] = known.modality
-        item = engine.report(uid, event_type, request.transfer_syntax, request.data)
-        record.details["commitment"] = "journaled" if item is not None else "gone"
-        record.status = Status.SUCCESS
+        if taken.item is not None:
+            record.archives = [taken.item.archive]
+            record.details["modality"] = taken.item.modality
+        record.status = taken.status
+        if taken.status != Status.SUCCESS:
+            record.hint = taken.hint
+            return Reply(taken.status, {**base, commands.ERROR_COMMENT: taken.comment or ""})
+        record.details["commitment"] = "journaled"
         return Reply(Status.SUCCESS, base)

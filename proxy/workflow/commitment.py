@@ -12,8 +12,10 @@ Rule 1: a ``Committer`` sends its archive's waiting commitments, oldest first, o
         association calling as ``[proxy] ae_title`` — the archive sends its report there,
         so it must know that title at the proxy's address — proposing the Push Model in
         Explicit/Implicit VR Little Endian, the Action Information as the modality sent
-        it (re-encoded only when the archive took the other syntax); the association is
-        released after the N-ACTION-RSP (the archive reports on a new one, J.3.3).
+        it (re-encoded only when the archive took the other syntax). After a Success the
+        association stays open up to ``LINGER`` s, until the report has come (J.3.3: an
+        archive may send it on this association while it is open; ``take_on_link``) or
+        came on a new association to the proxy's listener; then it is released.
 Rule 2: an unreachable or silent archive, or a resource shortage, is retried after
         ``backoff_delay`` ([spool] retry_initial, retry_max; forever); a refusal moves
         the commitment to ``dead/`` with a ``commitment_dead_lettered`` log line (the
@@ -48,17 +50,20 @@ from pynetdicom import build_context, build_role
 from pynetdicom.presentation import PresentationContext
 
 from proxy.contexts import STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
-from proxy.dicom import commands
+from proxy.dicom import commands, pdu
 from proxy.observe import events as ev
 from proxy.services import Services
 from proxy.status import hex_status
 from proxy.store.policy import backoff_delay
+from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient
 from proxy.workflow import commit_policy, ris
+from proxy.workflow.commit_reports import take_on_link
 from proxy.workflow.commitments import REPORTED, WAITING, Commitment, CommitmentJournal
 from proxy.workflow.policy import Verdict
 
 _SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+LINGER = 1.0            # s a forwarding association stays open for a report on it (Rule 1)
 _counter = count()
 _counter_lock = threading.Lock()
 
@@ -200,29 +205,21 @@ class Committer(_Worker):
         base = self.services.archives[self.archive]
         client = base if base.peer.calling_ae == self.own_title else \
             base.calling_as(self.own_title)
-        action = self.journal.action(item)
-        with self.services.upstream_call(self.archive, "N-ACTION") as call:
-            call["details"] = {"transaction_uid": item.transaction_uid,
-                               "instances": len(item.instances), "modality": item.modality}
-            try:
-                with ris.connect(client, _contexts(item.syntax)) as link:
-                    cx, syntax = ris.context_for(
-                        client, link, STORAGE_COMMITMENT, item.syntax,
-                        "Storage Commitment Push Model", "enable Storage Commitment (SCP) on "
-                        f"the archive for calling AE title {self.own_title}")
-                    data = ris.convert(action, item.syntax, syntax)
-                    msg_id = _next_id()
-                    command = commands.n_action_rq(msg_id, STORAGE_COMMITMENT,
-                                                   STORAGE_COMMITMENT_INSTANCE,
-                                                   commit_policy.REQUEST_COMMIT,
-                                                   data is not None)
-                    answer = ris.call(client, link, cx, "N-ACTION", command, data,
-                                      commands.N_ACTION_RSP, msg_id)
-            except ris.Unanswered as exc:
-                call["error"], call["hint"] = exc.reason, exc.hint
-                return False
-            call["status"] = answer.status
-        verdict = commit_policy.forward_verdict(answer.status)
+        try:
+            with ris.connect(client, _contexts(item.syntax)) as link:
+                answer = self._action(client, link, item)
+                if answer is None:
+                    return False
+                verdict = commit_policy.forward_verdict(answer.status)
+                if verdict is Verdict.DELIVERED:
+                    self.journal.forwarded(item.id)
+                    self._linger(client, link, item)
+        except ris.Unanswered as exc:                       # no association
+            with self.services.upstream_call(self.archive, "N-ACTION") as call:
+                call.update(error=exc.reason, hint=exc.hint)
+                call["details"] = {"transaction_uid": item.transaction_uid,
+                                   "delivery": "association"}
+            return False
         if verdict is Verdict.RETRY:
             return False
         if verdict is Verdict.DEAD:
@@ -233,9 +230,50 @@ class Committer(_Worker):
                         f"enable Storage Commitment on {self.archive} for calling AE title "
                         f"{self.own_title}; the modality gets no report for this request",
                         answer.status)
-            return True
-        self.journal.forwarded(item.id)
         return True
+
+    def _action(self, client: ArchiveClient, link: Link, item: Commitment) -> ris.Answer | None:
+        """Send the N-ACTION, one ``upstream`` event (Rule 4); None: no answer."""
+        with self.services.upstream_call(self.archive, "N-ACTION") as call:
+            call["details"] = {"transaction_uid": item.transaction_uid,
+                               "instances": len(item.instances), "modality": item.modality}
+            try:
+                cx, syntax = ris.context_for(
+                    client, link, STORAGE_COMMITMENT, item.syntax,
+                    "Storage Commitment Push Model", "enable Storage Commitment (SCP) on "
+                    f"the archive for calling AE title {self.own_title}")
+                data = ris.convert(self.journal.action(item), item.syntax, syntax)
+                msg_id = _next_id()
+                command = commands.n_action_rq(msg_id, STORAGE_COMMITMENT,
+                                               STORAGE_COMMITMENT_INSTANCE,
+                                               commit_policy.REQUEST_COMMIT, data is not None)
+                answer = ris.call(client, link, cx, "N-ACTION", command, data,
+                                  commands.N_ACTION_RSP, msg_id)
+            except ris.Unanswered as exc:
+                call["error"], call["hint"] = exc.reason, exc.hint
+                return None
+            call["status"] = answer.status
+            return answer
+
+    def _linger(self, client: ArchiveClient, link: Link, item: Commitment) -> None:
+        """Rule 1: a report on the forwarding association, while it is still open (J.3.3),
+        for up to ``LINGER`` s or until the report came on another association."""
+        deadline = time.monotonic() + min(LINGER, client.peer.timeout)
+        engine = self.services.plugins.commitment
+        try:
+            while time.monotonic() < deadline and engine is not None:
+                current = self.journal.by_transaction(item.transaction_uid)
+                if current is None or current.state == REPORTED:
+                    return
+                message = link.poll_message(0.05, client.peer.timeout)
+                if message is None:
+                    continue
+                if message.command.get(commands.COMMAND_FIELD) != commands.N_EVENT_REPORT_RQ:
+                    link.abort()               # nothing else is expected from the archive
+                    return
+                take_on_link(self.services, engine, link, message, client)
+        except (LinkClosed, OSError, pdu.PduError):
+            return                             # the archive ended it: nothing is lost
 
 
 class Reporter(_Worker):

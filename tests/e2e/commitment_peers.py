@@ -176,3 +176,59 @@ class CommitModality:
             assoc.release()
         assert "Status" in status and responses, "no N-ACTION response"
         return int(status.Status), responses[-1]
+
+
+class SameAssociationArchive:
+    """A pynetdicom Storage Commitment SCP that reports on the N-ACTION's own association,
+    right after its N-ACTION-RSP (J.3.3 allows it while the association is open); every
+    instance is reported committed. ``sent`` is the Event Information as encoded,
+    ``answers`` the statuses of the N-EVENT-REPORT-RSPs it got."""
+
+    def __init__(self, aet: str = "SAMEPACS") -> None:
+        self.aet = aet
+        self.port = 0
+        self.sent: list[bytes] = []
+        self.answers: list[int] = []
+        self.done = threading.Event()
+        self._server: Any = None
+
+    def start(self) -> SameAssociationArchive:
+        ae = AE(ae_title=self.aet)
+        ae.add_supported_context(COMMITMENT, SYNTAXES)
+        ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 30
+        self._server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[
+            (evt.EVT_N_ACTION, self._on_action), (evt.EVT_DIMSE_SENT, self._on_sent)])
+        self.port = int(self._server.server_address[1])
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_action(self, event: Any) -> tuple[int, None]:
+        action = event.action_information
+        info = Dataset()
+        info.TransactionUID = action.TransactionUID
+        info.ReferencedSOPSequence = action.ReferencedSOPSequence
+        assoc, answered = event.assoc, threading.Event()
+        assoc.answered = answered                      # set once the N-ACTION-RSP is out
+        syntax = str(event.context.transfer_syntax)
+
+        def report() -> None:
+            answered.wait(30)
+            from pynetdicom.dsutils import encode
+            raw = encode(info, syntax == ImplicitVRLittleEndian, True)
+            self.sent.append(bytes(raw or b""))
+            status, _ = assoc.send_n_event_report(info, 1, COMMITMENT, WELL_KNOWN)
+            self.answers.append(int(status.Status) if "Status" in status else -1)
+            self.done.set()
+
+        threading.Thread(target=report, daemon=True).start()
+        return 0x0000, None
+
+    def _on_sent(self, event: Any) -> None:
+        if type(event.message).__name__ == "N_ACTION_RSP":
+            answered = getattr(event.assoc, "answered", None)
+            if answered is not None:
+                answered.set()

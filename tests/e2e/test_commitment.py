@@ -28,7 +28,13 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel as COMMITMENT
 
-from tests.e2e.commitment_peers import WELL_KNOWN, CommitModality, Report, instances
+from tests.e2e.commitment_peers import (
+    WELL_KNOWN,
+    CommitModality,
+    Report,
+    SameAssociationArchive,
+    instances,
+)
 from tests.e2e.conftest import StoreSCPFactory
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK, free_port
@@ -272,3 +278,32 @@ def test_doctor_checks_the_commitment_path(
     assert "must know" in told[0]
     refused = [line for line in lines if "did not accept Storage Commitment" in line]
     assert len(refused) == 1 and "archive plain" in refused[0], lines
+
+
+def test_a_report_on_the_forwarding_association_is_taken_and_delivered(
+        modality_port: int, modality: CommitModality, proxy_factory: ProxyFactory,
+        tmp_path: Path) -> None:
+    """An archive that reports on the N-ACTION's own association (J.3.3): the proxy
+    answers it there and the modality gets the archive's Event Information as sent."""
+    modality.listen()
+    archive = SameAssociationArchive().start()
+    try:
+        proxy = proxy_factory({
+            "archives": {"same": {"ae_title": archive.aet, "host": LOOPBACK,
+                                  "port": archive.port, "timeout": 5}},
+            "destinations": {"modality": {"ae_title": MODALITY, "host": LOOPBACK,
+                                          "port": modality_port}},
+            "routes": [{"called_ae": ROUTE, "archives": ["same"], "commit_to": "same"}],
+            "spool": {"dir": str(tmp_path / "spool"), "retry_initial": 0.2,
+                      "retry_max": 0.5}})
+        uid = generate_uid()
+        assert modality.commit(proxy.port, ROUTE, uid, instances(2, "COMMIT7"))[0] == 0
+        report = modality.report_for(uid)
+        assert archive.done.wait(30) and archive.answers == [0x0000]
+        assert report.calling_ae == PROXY_AE and report.event_type == 1
+        assert report.raw == archive.sent[0]
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "N-EVENT-REPORT")
+        assert (line["status"], line["association"], line["modality"]) == \
+            ("0x0000", "forwarding", MODALITY)
+    finally:
+        archive.stop()
