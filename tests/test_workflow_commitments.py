@@ -84,3 +84,14 @@ def test_done_and_dead_letters(tmp_path: Path) -> None:
     assert (journal.root / "dead" / f"{two.id}.report").read_bytes() == b"rep"
     assert journal.counts() == {} and journal.dead() == 1
     assert opened(tmp_path).dead() == 1
+
+
+def test_an_unreadable_record_goes_to_dead_letters_not_the_proxy(tmp_path: Path) -> None:
+    journal = opened(tmp_path)
+    item = journal.add(new("1"), ACTION)
+    journal.add(new("2"), ACTION)
+    (journal.root / f"{item.id}.json").write_bytes(b"{not json")
+    again = opened(tmp_path)
+    assert [i.transaction_uid for i in again.in_state(WAITING)] == ["2"]
+    assert len(again.unreadable) == 1 and item.id in again.unreadable[0]
+    assert (journal.root / "dead" / f"{item.id}.action").read_bytes() == ACTION

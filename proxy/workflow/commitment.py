@@ -198,10 +198,15 @@ class Committer(_Worker):
                 self._failures += 1
                 return self._backoff(self._failures)
             self._failures = 0
-        return 0.2 if len(ready) < len(waiting) else 0.0   # the spool is still delivering
+        # The spool is still delivering some: look again soon (each look scans the
+        # archive's spool queue, so not on every instance it delivers).
+        return 0.5 if len(ready) < len(waiting) else 0.0
 
     def _forward(self, item: Commitment) -> bool:
         """One N-ACTION; False when the archive should be tried again later."""
+        current = self.journal.by_transaction(item.transaction_uid)
+        if current is None or current.state != WAITING:
+            return True                 # reported meanwhile (a report after a restart)
         base = self.services.archives[self.archive]
         client = base if base.peer.calling_ae == self.own_title else \
             base.calling_as(self.own_title)
@@ -371,6 +376,11 @@ def start(services: Services) -> Callable[[], None] | None:
     orphaned = sorted(set(names) - set(known))
     services.bus.emit(ev.Noted("info", "commitment_journal_opened", {
         "dir": str(journal.root), "pending": counts, "commit_to": known}))
+    if journal.unreadable:
+        services.bus.emit(ev.Noted("warning", "commitment_unreadable", {
+            "records": journal.unreadable, "dir": str(journal.root / "dead"),
+            "hint": "these commitments were moved to the dead-letter folder; their "
+                    "modalities get no report through the proxy"}))
     if orphaned:
         services.bus.emit(ev.Noted("warning", "commitment_orphaned", {
             "archives": orphaned, "hint": "Storage Commitment requests are kept for archives "

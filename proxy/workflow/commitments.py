@@ -11,7 +11,8 @@ Rule 1: a commitment's files are written durably (``journal.write_durably``: fsy
         fsync the directory) before the caller answers: the ``.action`` before the
         ``.json`` naming it, the ``.report`` before the ``.json`` saying ``reported``; the
         ``.json`` is the commit point. ``open`` removes ``.part`` files and data files
-        no ``.json`` names (never acknowledged).
+        no ``.json`` names (never acknowledged), and moves a record it cannot read to
+        ``dead/`` (``unreadable`` says which), so one bad file never stops the proxy.
 Rule 2: states move forward only: ``waiting`` (the spool still holds instances it
         references, or the archive has not accepted it yet), ``forwarded`` (the archive
         answered the N-ACTION Success; its report is awaited), ``reported`` (the report
@@ -81,6 +82,7 @@ class CommitmentJournal:
         self._items: dict[str, Commitment] = {}
         self._dead = 0
         self._last_id = 0
+        self.unreadable: list[str] = []      # records ``open`` moved to dead/ (Rule 1)
 
     # -- start -----------------------------------------------------------------------
 
@@ -91,10 +93,15 @@ class CommitmentJournal:
             (self.root / "dead").mkdir(parents=True, exist_ok=True)
             named: set[str] = set()
             for path in sorted(self.root.glob("*.json")):
+                if not path.stem.isdigit():
+                    continue                       # not a record (a reason moved back?)
                 try:
                     item = _decode(path.read_bytes())
                 except (OSError, ValueError, TypeError) as exc:
-                    raise JournalError(f"unreadable commitment record {path}: {exc}") from exc
+                    self.unreadable.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                    for data in self.root.glob(f"{path.stem}.*"):
+                        os.replace(data, self.root / "dead" / data.name)
+                    continue
                 if item.state == FORWARDED:
                     item = replace(item, state=WAITING)         # Rule 3
                 self._items[item.id] = item
