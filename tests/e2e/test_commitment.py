@@ -307,3 +307,31 @@ def test_a_report_on_the_forwarding_association_is_taken_and_delivered(
             ("0x0000", "forwarding", MODALITY)
     finally:
         archive.stop()
+
+
+def test_a_report_kept_for_an_unreachable_modality_survives_sigkill(
+        pacs: OrthancArchive, proxy_port: int, modality_port: int,
+        modality: CommitModality, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """(4) the other window: the report is journaled, the modality not listening; SIGKILL;
+    after a restart (the modality back) it is delivered, once."""
+    stored = instances(1, "COMMIT8")
+    spool = tmp_path / "spool"
+    first = proxy_factory(rules(pacs, proxy_port, modality_port, spool), check_exit=False)
+    assert modality.store(first.port, ROUTE, stored) == [0]
+    delivered(first, stored)
+    uid = generate_uid()
+    assert modality.commit(first.port, ROUTE, uid, stored)[0] == 0x0000
+    first.wait_event("operation", lambda e: e.get("operation") == "N-EVENT-REPORT"
+                     and e.get("status") == "0x0000")                  # journaled
+    first.wait_event("upstream", lambda e: e.get("operation") == "N-EVENT-REPORT"
+                     and e.get("error"))                               # not delivered
+    first.kill()
+    assert list((spool / "commitment").glob("*.report"))
+    modality.listen()
+    second = proxy_factory(rules(pacs, proxy_port, modality_port, spool))
+    report = modality.report_for(uid)
+    assert report.event_type == 1 and report.calling_ae == PROXY_AE
+    second.wait_event("upstream", lambda e: e.get("operation") == "N-EVENT-REPORT"
+                      and e.get("status") == "0x0000")
+    assert len(modality.reports) == 1
+    assert not [e for e in second.events("upstream") if e.get("operation") == "N-ACTION"]
