@@ -59,6 +59,9 @@ def info(uid: str | None, *items: tuple[str | None, str | None]) -> Dataset:
 
 def test_read_action_keeps_the_transaction_and_the_instances_in_order() -> None:
     assert read_action(info("9.8", (CT, "1.2"), (CT, "1.1"))) == Action("9.8", ("1.2", "1.1"))
+    empty = info("9.8")
+    empty.ReferencedSOPSequence = Sequence([])          # present, empty: the archive judges
+    assert read_action(empty) == Action("9.8", ())
 
 
 @pytest.mark.parametrize("ds", [info(None, (CT, "1.2")), info("9.8"),

@@ -4,7 +4,8 @@ Rule 1: an N-ACTION is served only for the Storage Commitment Push Model SOP cla
         (else 0x0118 No such SOP class), its well-known instance (else 0x0112 No such SOP
         Instance, J.3.5) and Action Type 1 (else 0x0123 No such action type, J.3.2.1);
         its Action Information needs a Transaction UID and a Referenced SOP Sequence whose
-        items each name a SOP class and instance (else 0x0120 Missing attribute).
+        items each name a SOP class and instance (else 0x0120 Missing attribute). An
+        empty sequence is the archive's to judge (Orthanc reports it, all committed).
 Rule 2: a commitment goes to its archive only when none of the instances it references
         is still pending for that archive in the spool (``ready``): asked earlier, the
         archive would rightly report them missing.
@@ -72,7 +73,7 @@ def read_action(ds: Dataset) -> Action | Refusal:
     if not uid:
         return Refusal(Status.MISSING_ATTRIBUTE, "no Transaction UID")
     items = ds.get("ReferencedSOPSequence")
-    if not items:
+    if items is None:
         return Refusal(Status.MISSING_ATTRIBUTE, "no Referenced SOP Sequence")
     instances: list[str] = []
     for item in items:

@@ -73,10 +73,13 @@ def instances(n: int, patient: str = "COMMIT1") -> list[Dataset]:
     return out
 
 
-def request_info(transaction_uid: str, refs: list[Dataset]) -> Dataset:
-    """Action Information: Transaction UID and the Referenced SOP Sequence (J.3.2.1)."""
+def request_info(transaction_uid: str, refs: list[Dataset] | None) -> Dataset:
+    """Action Information: Transaction UID and the Referenced SOP Sequence (J.3.2.1);
+    ``refs`` None: without the sequence."""
     info = Dataset()
     info.TransactionUID = transaction_uid
+    if refs is None:
+        return info
     items = []
     for ds in refs:
         item = Dataset()
@@ -158,7 +161,7 @@ class CommitModality:
         finally:
             assoc.release()
 
-    def commit(self, port: int, called: str, transaction_uid: str, refs: list[Dataset],
+    def commit(self, port: int, called: str, transaction_uid: str, refs: list[Dataset] | None,
                syntax: str = ExplicitVRLittleEndian) -> tuple[int, Dataset]:
         """One N-ACTION; (status, the response's command set)."""
         ae = self._ae()

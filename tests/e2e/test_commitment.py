@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,15 @@ def delivered(proxy: ProxyProcess, datasets: list[Dataset]) -> None:
                          and e.get("status") == "0x0000" and e.get("sop_instance_uid") == u)
 
 
+def settled(spool: Path, timeout: float = 30) -> None:
+    """Wait until no commitment is pending in the journal (delivered reports are removed
+    just after their upstream line)."""
+    deadline = time.monotonic() + timeout
+    while list((spool / "commitment").glob("*.json")):
+        assert time.monotonic() < deadline, "commitments still pending"
+        time.sleep(0.02)
+
+
 def same_report(through: Report, direct: Report) -> None:
     assert through.event_type == direct.event_type
     assert through.lists() == direct.lists()
@@ -139,13 +149,17 @@ def test_the_report_through_the_proxy_is_the_archives_own(
         [("0x0000", pacs.aet, 1), ("0x0000", pacs.aet, 2)]
     ups = [(e["archive"], e["operation"], e["status"]) for e in proxy.events("upstream")
            if e.get("operation") in ("N-ACTION", "N-EVENT-REPORT")]
-    assert ups == [("pacs", "N-ACTION", "0x0000"), ("modality", "N-EVENT-REPORT", "0x0000")] * 2
+    assert sorted(ups) == sorted([("pacs", "N-ACTION", "0x0000"),
+                                  ("modality", "N-EVENT-REPORT", "0x0000")] * 2)
+    settled(tmp_path / "spool")
     m = proxy.metric
     assert m("dicom_proxy_operations_total", operation="N-ACTION", status="success") == 2
     assert m("dicom_proxy_operations_total", operation="N-EVENT-REPORT", status="success") == 2
     assert m("dicom_proxy_upstream_requests_total", archive="pacs", operation="N-ACTION") == 2
-    assert m("dicom_proxy_commitments_pending", archive="pacs") == 0
-    assert not list((tmp_path / "spool" / "commitment").glob("*.json"))
+    deadline = time.monotonic() + 10        # the gauge follows the journal's last change
+    while m("dicom_proxy_commitments_pending", archive="pacs") != 0:
+        assert time.monotonic() < deadline, "dicom_proxy_commitments_pending stays above 0"
+        time.sleep(0.05)
 
 
 def test_a_commitment_waits_for_the_spool_to_deliver_its_instances(
@@ -199,7 +213,7 @@ def test_a_sigkilled_proxy_still_delivers_the_report_after_restart(
     assert report.event_type == 1 and len(report.lists()[0]) == 2
     second.wait_event("upstream", lambda e: e.get("operation") == "N-EVENT-REPORT"
                       and e.get("status") == "0x0000")
-    assert not list((spool / "commitment").glob("*.json"))
+    settled(spool)
 
 
 def test_an_unreachable_modality_gets_its_report_once_it_listens(
@@ -335,3 +349,25 @@ def test_a_report_kept_for_an_unreachable_modality_survives_sigkill(
                       and e.get("status") == "0x0000")
     assert len(modality.reports) == 1
     assert not [e for e in second.events("upstream") if e.get("operation") == "N-ACTION"]
+
+
+def test_an_empty_reference_list_is_the_archives_to_judge(
+        pacs: OrthancArchive, proxy_port: int, modality_port: int,
+        modality: CommitModality, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    """An empty Referenced SOP Sequence: Orthanc reports it (all committed, empty list),
+    and so does the modality through the proxy. No sequence at all: 0x0120 from the proxy,
+    never journaled (Orthanc itself gives no N-ACTION response to that)."""
+    modality.listen()
+    proxy = proxy_factory(rules(pacs, proxy_port, modality_port, tmp_path / "spool"))
+    direct_uid, through_uid = transaction_uids()
+    assert modality.commit(pacs.dicom_port, pacs.aet, direct_uid, [])[0] == 0x0000
+    assert modality.commit(proxy.port, ROUTE, through_uid, [])[0] == 0x0000
+    same_report(modality.report_for(through_uid), modality.report_for(direct_uid))
+    status, rsp = modality.commit(proxy.port, ROUTE, generate_uid(), None)
+    assert status == 0x0120 and rsp.ErrorComment == "no Referenced SOP Sequence"
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "N-ACTION"
+                            and e.get("status") == "0x0120")
+    assert line["hint"] == "no Referenced SOP Sequence"
+    proxy.wait_event("upstream", lambda e: e.get("operation") == "N-EVENT-REPORT"
+                     and e.get("transaction_uid") == through_uid and e.get("status"))
+    settled(tmp_path / "spool")
