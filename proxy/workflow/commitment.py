@@ -145,9 +145,12 @@ class _Worker:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         self._stop.set()
         self.wake.set()
+
+    def stop(self) -> None:
+        self.request_stop()
         self.thread.join(5.0)
 
     def _run(self) -> None:
@@ -397,8 +400,7 @@ def start(services: Services) -> Callable[[], None] | None:
 
     def stop() -> None:
         for worker in workers:
-            worker._stop.set()
-            worker.wake.set()
+            worker.request_stop()
         for worker in workers:
             worker.stop()
 
