@@ -21,7 +21,7 @@ from proxy.observe import events as ev
 from proxy.observe import health
 from proxy.observe.logs import LogObserver, PhiFilter, make_logger
 from proxy.observe.metrics import MetricsObserver
-from proxy.operations import echo, find, get, move, mpps, store
+from proxy.operations import commitment, echo, find, get, move, mpps, store
 from proxy.query import federation
 from proxy.responder import C_ECHO_RQ, C_MOVE_RQ, respond
 from proxy.services import Services
@@ -29,6 +29,7 @@ from proxy.session import Request
 from proxy.store import drain, relay
 from proxy.upstream import ArchiveClient, Peer
 from proxy.web import server as dicomweb
+from proxy.workflow import commitment as commitments
 from proxy.workflow import delivery
 
 Handler = Callable[..., Any]
@@ -42,6 +43,8 @@ HANDLERS: dict[int, Handler] = {
     commands.C_GET_RQ: get.handle,
     commands.N_CREATE_RQ: mpps.handle,
     commands.N_SET_RQ: mpps.handle,
+    commands.N_ACTION_RQ: commitment.handle,
+    commands.N_EVENT_REPORT_RQ: commitment.report,
 }
 
 # Subsystems that extend the proxy (federation, retrieve, spool, health) add
@@ -56,6 +59,7 @@ EXTENSIONS: list[Extension] = [
     relay.install,                  # store = "relay" routes: mirrored archive associations
     delivery.start,                 # MPPS journal + one delivery thread per mpps_to archive
     dicomweb.start,                 # [dicomweb]: the HTTP front door (QIDO-RS) on its own loop
+    commitments.start,              # Storage Commitment journal, N-ACTION + report threads
 ]
 
 

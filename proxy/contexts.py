@@ -20,6 +20,13 @@ Rule 5: a route with ``mpps_to`` also accepts Modality Performed Procedure Step
         (N-CREATE/N-SET, PS3.4 F.7) in Explicit/Implicit VR Little Endian, the syntaxes
         a RIS takes; a route without it does not, so a modality learns at negotiation
         that MPPS is not served there.
+Rule 6: a route that asks an archive for Storage Commitment (``commit_to``, or
+        ``store_to``: ``RouteConfig.commitment_archive``) accepts the Storage Commitment
+        Push Model (PS3.4 J.3) in Explicit/Implicit VR Little Endian, with the role
+        selection a modality proposes (it may take the SCP role to hear the
+        N-EVENT-REPORT on its own association); the proxy's own AE title accepts it from
+        archives with the archive in the SCP role (its N-EVENT-REPORT on a new
+        association, PS3.4 J.3.3).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -49,8 +57,8 @@ from proxy.config import Config, RouteConfig
 from proxy.dicom.negotiation import DEFLATED, Offer
 
 __all__ = ["DEFLATED", "FIND_MODELS", "FIND_MODEL_FOR", "GET_MODELS", "MOVE_MODELS",
-           "MPPS_SOP_CLASS", "MPPS_SYNTAXES", "QUERY_SOP_CLASSES", "offers_for_inbound",
-           "offers_for_route"]
+           "MPPS_SOP_CLASS", "MPPS_SYNTAXES", "QUERY_SOP_CLASSES", "STORAGE_COMMITMENT",
+           "STORAGE_COMMITMENT_INSTANCE", "offers_for_inbound", "offers_for_route"]
 
 QUERY_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 STORAGE_SYNTAXES = tuple(str(ts) for ts in AllTransferSyntaxes if ts not in DEFLATED)
@@ -84,23 +92,34 @@ _STORAGE = dict.fromkeys(STORAGE_SOP_CLASSES, _STORAGE_OFFER)
 _ALL: Mapping[str, Offer] = {**_QUERY, **_STORAGE}
 MPPS_SOP_CLASS = str(ModalityPerformedProcedureStep)      # 1.2.840.10008.3.1.2.3.3
 MPPS_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_WITH_MPPS: Mapping[str, Offer] = {
-    **_ALL, MPPS_SOP_CLASS: Offer(MPPS_SYNTAXES, requestor_order=True)}
-_INBOUND: Mapping[str, Offer] = {Verification: Offer(QUERY_SYNTAXES, requestor_order=True),
-                                  **_STORAGE}
+STORAGE_COMMITMENT = str(StorageCommitmentPushModel)       # 1.2.840.10008.1.20.1
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"     # its well-known instance (J.3.5)
+_MPPS = {MPPS_SOP_CLASS: Offer(MPPS_SYNTAXES, requestor_order=True)}
+_COMMITMENT = {STORAGE_COMMITMENT: Offer(MPPS_SYNTAXES, requestor_order=True,
+                                         roles=(True, True))}
+_ROUTE_OFFERS: Mapping[tuple[bool, bool], Mapping[str, Offer]] = {
+    (mpps, commit): {**_ALL, **(_MPPS if mpps else {}), **(_COMMITMENT if commit else {})}
+    for mpps in (False, True) for commit in (False, True)}
+_INBOUND: Mapping[str, Offer] = {
+    Verification: Offer(QUERY_SYNTAXES, requestor_order=True), **_STORAGE,
+    # Explicit VR first, whatever the archive's order: what a modality takes by
+    # preference, so the report usually reaches it as the archive's bytes (Rule 6).
+    STORAGE_COMMITMENT: Offer(MPPS_SYNTAXES, roles=(False, True))}
 
 
 def offers_for_route(route: RouteConfig, config: Config) -> Mapping[str, Offer]:
-    """What the acceptor offers on this route: Q/R and storage (Rules 1-3), and MPPS when
-    it has ``mpps_to`` (Rule 5); shared."""
+    """What the acceptor offers on this route: Q/R and storage (Rules 1-3), MPPS when it
+    has ``mpps_to`` (Rule 5), Storage Commitment when it has an archive for it (Rule 6);
+    shared."""
     del config
-    return _WITH_MPPS if route.mpps_to else _ALL
+    return _ROUTE_OFFERS[bool(route.mpps_to), route.commitment_archive is not None]
 
 
 def offers_for_inbound(
         receivers: Mapping[str, Sequence[str]] | None = None) -> Mapping[str, Offer]:
     """What an archive delivering C-MOVE sub-operations to the proxy's own AE title gets:
-    Verification and storage (any non-deflated syntax, so instances keep their encoding).
+    Verification and storage (any non-deflated syntax, so instances keep their encoding),
+    and Storage Commitment reports (Rule 6).
 
     ``receivers``: per SOP class, the syntaxes the receivers of that archive's retrieves
     accepted (Rule 4): those classes are accepted in those syntaxes only, so the archive

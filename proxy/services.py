@@ -39,6 +39,7 @@ if TYPE_CHECKING:   # annotations only: these modules import this one (no runtim
     from proxy.query.federation.recovery import Finder
     from proxy.retrieve.inbound import InboundRegistry
     from proxy.store.spool import Spool
+    from proxy.workflow.commitment import Commitments
     from proxy.workflow.delivery import Mpps
 
 # The DICOM keywords among PHI_KEYWORDS (the others name log fields), as tags.
@@ -83,6 +84,7 @@ class Plugins:
     retrieve_inbound: InboundRegistry | None = None                # proxy.retrieve.install
     inbound_store: Callable[[Request], int | Dataset] | None = None  # proxy.retrieve
     mpps: Mpps | None = None                      # proxy.workflow.delivery.start
+    commitment: Commitments | None = None         # proxy.workflow.commitment.start
 
 
 @dataclass

@@ -31,6 +31,10 @@ class Status(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111           # PS3.7 Annex C / PS3.4 F.7.2.1.2 (N-CREATE)
     NO_SUCH_SOP_INSTANCE = 0x0112             # PS3.7 Annex C / PS3.4 F.7.2.2.2 (N-SET)
     NO_SUCH_SOP_CLASS = 0x0118                # PS3.7 Annex C: the SOP class is not this one
+    NO_SUCH_EVENT_TYPE = 0x0113               # PS3.7 C.5.15 (N-EVENT-REPORT)
+    INVALID_ARGUMENT_VALUE = 0x0115           # PS3.7 C.5.10: an argument out of range/unknown
+    NO_SUCH_ACTION_TYPE = 0x0123              # PS3.7 C.5.14 (N-ACTION)
+    MISSING_ATTRIBUTE = 0x0120                # PS3.7 C.5.7: a required attribute is missing
     UNRECOGNIZED_OPERATION = 0x0211           # PS3.7 C.5.3
     ELEMENTS_DISCARDED = 0xB006               # PS3.4 B.2.3 (C-STORE warning)
     DATA_SET_MISMATCH_WARNING = 0xB007        # PS3.4 B.2.3 (C-STORE warning)

@@ -127,6 +127,8 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("routes.0.store_to", ["elsewhere"], "routes[0].store_to[0]: no archive named 'elsewhere'"),
     ("routes.0.mpps_to", ["ris"], "routes[0].mpps_to[0]: no archive named 'ris'"),
     ("routes.0.mpps_to", "site_a", "routes[0].mpps_to: must be an array"),
+    ("routes.0.commit_to", "nope", "routes[0].commit_to: no archive named 'nope'"),
+    ("routes.0.commit_to", ["site_a"], "routes[0].commit_to: must be a string"),
     ("routes.0.echo", "remote", "routes[0].echo: must be one of"),
     ("routes.0.store", "forward", "routes[0].store: must be one of"),
     ("routes.0.store", "relay", "routes[0].store: \"relay\" forwards each C-STORE to one "

@@ -365,3 +365,27 @@ def test_n_create_and_n_set_requests_are_what_pynetdicom_encodes() -> None:
     assert decoded[commands.REQUESTED_SOP_INSTANCE] == INSTANCE
     assert commands.operation_name(decoded[commands.COMMAND_FIELD]) == "N-SET"  # type: ignore[arg-type]
     assert commands.operation_name(0x0130) == "N-ACTION"
+
+
+def test_n_action_and_n_event_report_requests_are_what_pynetdicom_encodes() -> None:
+    from pynetdicom.dimse_messages import N_ACTION_RQ, N_EVENT_REPORT_RQ
+    from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
+    commitment, well_known = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
+    action = N_ACTION()
+    action.MessageID, action.RequestedSOPClassUID = 5, commitment
+    action.RequestedSOPInstanceUID, action.ActionTypeID = well_known, 1
+    action.ActionInformation = BytesIO(b"\x08\x00")
+    theirs = N_ACTION_RQ()
+    theirs.primitive_to_message(action)
+    ours = commands.n_action_rq(5, commitment, well_known, 1)
+    assert same(ours, pn_encode(theirs.command_set, True, True))
+    assert commands.decode(ours[12:])[commands.ACTION_TYPE_ID] == 1
+    report = N_EVENT_REPORT()
+    report.MessageID, report.AffectedSOPClassUID = 6, commitment
+    report.AffectedSOPInstanceUID, report.EventTypeID = well_known, 2
+    report.EventInformation = BytesIO(b"\x08\x00")
+    theirs_report = N_EVENT_REPORT_RQ()
+    theirs_report.primitive_to_message(report)
+    ours = commands.n_event_report_rq(6, commitment, well_known, 2)
+    assert same(ours, pn_encode(theirs_report.command_set, True, True))
+    assert commands.decode(ours[12:])[commands.EVENT_TYPE_ID] == 2

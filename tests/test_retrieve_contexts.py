@@ -77,3 +77,32 @@ def test_mpps_is_accepted_on_a_route_with_mpps_to_only() -> None:
     assert accepted(proposed, offers_for_route(config.routes[1], config)) == {
         mpps: ImplicitVRLittleEndian}                  # the requestor's first choice
     assert config.routes[1].mpps_to == ("a",)
+
+
+def test_storage_commitment_is_accepted_where_a_route_has_an_archive_for_it() -> None:
+    """contexts Rule 6: commit_to, or store_to's first (the default); the modality's role
+    selection granted; the proxy's own AE title takes the archive's report (SCP role)."""
+    commitment = "1.2.840.10008.1.20.1"
+    config = parse({"proxy": {"ae_title": "QR_PROXY"},
+                    "archives": {"a": {"ae_title": "PACS", "host": "h", "port": 1},
+                                 "b": {"ae_title": "PACS2", "host": "h", "port": 2}},
+                    "routes": [{"called_ae": "R", "archives": ["a"]},
+                               {"called_ae": "S", "archives": ["a"], "store_to": ["b", "a"]},
+                               {"called_ae": "C", "archives": ["a"], "commit_to": "a"}]})
+    assert [r.commitment_archive for r in config.routes] == [None, "b", "a"]
+    proposed = rq((commitment, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+                  roles=(RoleSelection(commitment, True, True),))
+    assert accepted(proposed, offers_for_route(config.routes[0], config)) == {}
+    for route in config.routes[1:]:
+        ac = negotiate(proposed, Policy(offers_for_route(route, config)))
+        assert isinstance(ac, AssociateAC)
+        [sc] = accepted_contexts(proposed, ac).values()
+        assert (sc.abstract_syntax, sc.scu, sc.scp) == (commitment, True, True)
+    from_archive = rq((commitment, [ImplicitVRLittleEndian]),
+                      roles=(RoleSelection(commitment, False, True),))
+    ac = negotiate(from_archive, Policy(offers_for_inbound(None)))
+    assert isinstance(ac, AssociateAC)
+    [sc] = accepted_contexts(from_archive, ac).values()
+    assert (sc.transfer_syntax, sc.scu, sc.scp) == (ImplicitVRLittleEndian, False, True)
+    plain = rq((commitment, [ExplicitVRLittleEndian]))      # no role selection: defaults
+    assert accepted(plain, offers_for_inbound(None)) == {commitment: ExplicitVRLittleEndian}

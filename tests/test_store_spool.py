@@ -191,3 +191,16 @@ def test_kill_9_never_loses_an_acknowledged_instance_nor_leaves_a_torn_one(
         for entry in spool.head(archive, 10**6):     # acknowledged or not: never torn
             assert spool.path(archive, entry).read_bytes() == CT_BYTES
     assert list(spool.tmp.iterdir()) == []
+
+
+def test_holding_names_the_instances_still_pending_for_an_archive(tmp_path: Path) -> None:
+    """What a Storage Commitment request waits for; after a restart, read from file meta."""
+    spool = opened(tmp_path / "spool")
+    uid = str(dcmread(CT).SOPInstanceUID)
+    ct = spool.commit(received(spool, CT_BYTES), ["a", "b"], InstanceMeta(
+        "1.2.840.10008.5.1.4.1.1.2", uid, "1.2.840.10008.1.2.1"))
+    spool.commit(received(spool), ["a"], META)
+    assert spool.holding("a", {uid, "1.2.3", "9.9"}) == {uid, "1.2.3"}
+    spool.forwarded("a", ct)
+    assert spool.holding("a", {uid, "1.2.3"}) == {"1.2.3"}
+    assert opened(tmp_path / "spool").holding("b", {uid, "1.2.3"}) == {uid}

@@ -173,3 +173,20 @@ def test_an_mpps_only_archive_is_asked_for_mpps_not_for_queries() -> None:
     assert refused.fix is not None and "QR_PROXY" in refused.fix
     [both] = archive_findings(cfg, peer, ALL | {mpps}, SUCCESS, ONE_MATCH, mpps=True)
     assert both.severity == OK and "C-GET and MPPS from QR_PROXY" in both.message
+
+
+def test_a_commitment_archive_must_accept_storage_commitment_and_know_the_proxy() -> None:
+    """doctor Rule 7: commit_to (or store_to's first)."""
+    commitment = "1.2.840.10008.1.20.1"
+    cfg = rules().archives["a"]
+    peer = Peer.of(cfg, "QR_PROXY")
+    where = "QR_PROXY at 10.0.0.9, port 11112"
+    ok, told = archive_findings(cfg, peer, ALL | {commitment}, SUCCESS, ONE_MATCH,
+                                commit=where)
+    assert ok.severity == OK and told.severity == OK
+    assert "accepts Storage Commitment" in told.message and where in told.message
+    assert "must know" in told.message
+    *_, refused = archive_findings(cfg, peer, ALL, SUCCESS, ONE_MATCH, commit=where)
+    assert refused.severity == FAIL and "Storage Commitment" in refused.message
+    assert refused.fix is not None and where in refused.fix
+    assert len(archive_findings(cfg, peer, ALL, SUCCESS, ONE_MATCH)) == 1    # not asked

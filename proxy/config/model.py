@@ -197,9 +197,16 @@ class RouteConfig:
     certificates: tuple[CertificateBinding, ...] = ()  # calling AE → client certificate subjects
     mpps_to: tuple[str, ...] = ()     # archives (RIS) that N-CREATE/N-SET (MPPS) go to
     dicomweb: bool = False            # also served over DICOMweb at /dicomweb/<called_ae>
+    commit_to: str | None = None      # the archive asked for Storage Commitment (N-ACTION)
 
     def certificate_binding(self, calling_ae: str) -> CertificateBinding | None:
         return next((b for b in self.certificates if b.ae_title == calling_ae), None)
+
+    @property
+    def commitment_archive(self) -> str | None:
+        """Where a Storage Commitment N-ACTION goes: ``commit_to``, else the first of
+        ``store_to``; None: the route does not serve Storage Commitment."""
+        return self.commit_to or (self.store_to[0] if self.store_to else None)
 
     @property
     def is_federated(self) -> bool:
@@ -448,6 +455,7 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
             "max_associations_per_ae": check.positive_int,
             "certificates": _certificates, "mpps_to": check.name_list,
             "dicomweb": check.boolean,
+            "commit_to": check.text,
         })
         if "allow" in fields:
             fields["allow_from"] = fields["allow"]
@@ -471,6 +479,8 @@ def _routes(raw: Any, archives: Mapping[str, ArchiveConfig],
                     raise ConfigError(f"{path}.{key}[{j}]", f"no archive named {name!r}")
             if len(set(fields.get(key, ()))) != len(fields.get(key, ())):
                 raise ConfigError(f"{path}.{key}", "names an archive twice")
+        if "commit_to" in fields and fields["commit_to"] not in archives:
+            raise ConfigError(f"{path}.commit_to", f"no archive named {fields['commit_to']!r}")
         if fields.get("store") == "relay" and len(fields.get("store_to", ())) != 1:
             raise ConfigError(f"{path}.store", "\"relay\" forwards each C-STORE to one archive "
                               "while the workstation waits: store_to must name exactly one "

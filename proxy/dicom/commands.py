@@ -18,6 +18,7 @@ COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO = 0x0100, 0x0110, 0x0120
 AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE = 0x0002, 0x1000
 REQUESTED_SOP_CLASS, REQUESTED_SOP_INSTANCE = 0x0003, 0x1001      # N-SET, N-GET... (E.1-1)
 ATTRIBUTE_IDENTIFIER_LIST = 0x1005
+EVENT_TYPE_ID, ACTION_TYPE_ID = 0x1002, 0x1008                    # N-EVENT-REPORT, N-ACTION
 MOVE_DESTINATION = 0x0600
 PRIORITY, DATA_SET_TYPE, STATUS, ERROR_COMMENT = 0x0700, 0x0800, 0x0900, 0x0902
 OFFENDING_ELEMENT, ERROR_ID = 0x0901, 0x0903
@@ -34,6 +35,7 @@ C_CANCEL_RQ = 0x0FFF
 N_EVENT_REPORT_RQ, N_GET_RQ, N_SET_RQ = 0x0100, 0x0110, 0x0120
 N_ACTION_RQ, N_CREATE_RQ, N_DELETE_RQ = 0x0130, 0x0140, 0x0150
 N_SET_RSP, N_CREATE_RSP = 0x8120, 0x8140
+N_EVENT_REPORT_RSP, N_ACTION_RSP = 0x8100, 0x8130
 
 # The DIMSE operation each request command field stands for (PS3.7 Table E.1-1).
 OPERATIONS = {C_STORE_RQ: "C-STORE", C_GET_RQ: "C-GET", C_FIND_RQ: "C-FIND",
@@ -43,7 +45,8 @@ OPERATIONS = {C_STORE_RQ: "C-STORE", C_GET_RQ: "C-GET", C_FIND_RQ: "C-FIND",
 
 _UL = {0x0000}
 _INTS = {COMMAND_FIELD, MESSAGE_ID, RESPONDED_TO, PRIORITY, DATA_SET_TYPE, STATUS,
-         MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, ERROR_ID, 0x0000}
+         MOVE_ORIGINATOR_ID, REMAINING, COMPLETED, FAILED, WARNING, ERROR_ID, 0x0000,
+         EVENT_TYPE_ID, ACTION_TYPE_ID}
 # AT: read as "ggggeeee" values joined by "\"
 _TAGS = {OFFENDING_ELEMENT, ATTRIBUTE_IDENTIFIER_LIST}
 _UIDS = {AFFECTED_SOP_CLASS, AFFECTED_SOP_INSTANCE, REQUESTED_SOP_CLASS,
@@ -170,3 +173,21 @@ def n_set_rq(msg_id: int, sop_class: str, sop_instance: str, data_set: bool = Tr
     return encode({REQUESTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_SET_RQ, MESSAGE_ID: msg_id,
                    DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
                    REQUESTED_SOP_INSTANCE: sop_instance})
+
+
+def n_action_rq(msg_id: int, sop_class: str, sop_instance: str, action_type: int,
+                data_set: bool = True) -> bytes:
+    """PS3.7 10.3.4.1: Requested SOP Class and Instance UID, Action Type ID, an Action
+    Information data set (Storage Commitment: PS3.4 J.3.2.1)."""
+    return encode({REQUESTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_ACTION_RQ,
+                   MESSAGE_ID: msg_id, DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+                   REQUESTED_SOP_INSTANCE: sop_instance, ACTION_TYPE_ID: action_type})
+
+
+def n_event_report_rq(msg_id: int, sop_class: str, sop_instance: str, event_type: int,
+                      data_set: bool = True) -> bytes:
+    """PS3.7 10.3.1.1: Affected SOP Class and Instance UID, Event Type ID, an Event
+    Information data set (Storage Commitment: PS3.4 J.3.3.1)."""
+    return encode({AFFECTED_SOP_CLASS: sop_class, COMMAND_FIELD: N_EVENT_REPORT_RQ,
+                   MESSAGE_ID: msg_id, DATA_SET_TYPE: 0x0000 if data_set else NO_DATA_SET,
+                   AFFECTED_SOP_INSTANCE: sop_instance, EVENT_TYPE_ID: event_type})

@@ -245,6 +245,15 @@ class MppsJournalChanged(Event):
 
 
 @dataclass(frozen=True)
+class CommitmentsChanged(Event):
+    """The Storage Commitment journal after a change (``proxy.workflow.commitment``;
+    gauges, not logged)."""
+
+    pending: dict[str, int]           # commitments per archive not yet reported back
+    dead: int                         # reports that could not be delivered (dead letters)
+
+
+@dataclass(frozen=True)
 class TlsHandshake(Event):
     """One TLS handshake with a peer; ``reason``/``hint`` when it failed (``proxy.tls``)."""
 

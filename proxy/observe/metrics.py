@@ -79,6 +79,12 @@ class MetricsObserver:
         self.mpps_dead = Gauge(p + "mpps_dead_letters",
                                "MPPS messages an archive refused (dead-letter folder)",
                                ["archive"], registry=r)
+        self.commitments_pending = Gauge(
+            p + "commitments_pending", "Storage Commitment requests for an archive whose "
+            "report has not reached the modality yet", ["archive"], registry=r)
+        self.commitment_dead = Gauge(p + "commitment_dead_letters",
+                                     "Storage Commitment reports that could not be delivered "
+                                     "to the modality (dead-letter folder)", registry=r)
         self.refused = Counter(p + "connections_refused",
                                "TCP connections closed before association (limits)", ["reason"],
                                registry=r)
@@ -175,6 +181,10 @@ class MetricsObserver:
             case ev.MppsJournalChanged(archive=name, pending=n, dead=dead):
                 self.mpps_pending.labels(name).set(n)
                 self.mpps_dead.labels(name).set(dead)
+            case ev.CommitmentsChanged(pending=pending, dead=dead):
+                for name, n in pending.items():
+                    self.commitments_pending.labels(name).set(n)
+                self.commitment_dead.set(dead)
             case ev.TlsHandshake(side=side, ok=ok, subject=subject, not_after=not_after):
                 self.tls_handshakes.labels(side, "ok" if ok else "failed").inc()
                 if ok and subject is not None and not_after is not None:

@@ -35,7 +35,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,6 +260,21 @@ class Spool:
                                       str(fm.get("SendingApplicationEntityTitle", "")),
                                       str(fm.get("ReceivingApplicationEntityTitle", "")))
         return entry.meta
+
+    def holding(self, archive: str, uids: Collection[str]) -> set[str]:
+        """Which of ``uids`` (SOP Instance UIDs) are still pending for ``archive``: what a
+        Storage Commitment request waits for (``proxy.workflow.commit_policy`` Rule 2)."""
+        with self._lock:
+            entries = [self._entries[i] for i in self._queues.get(archive, ())]
+        held: set[str] = set()
+        for entry in entries:
+            try:
+                uid = self.meta(archive, entry).sop_instance
+            except Exception:  # forwarded meanwhile (file gone) or unreadable: not held
+                continue
+            if uid in uids:
+                held.add(uid)
+        return held
 
     def path(self, archive: str, entry: Entry) -> Path:
         return self._path("pending", archive, entry.id)

@@ -22,7 +22,11 @@ Rule 7: an archive is checked for what routes use it for: Q/R (``archives``, ``s
         C-ECHO, C-FIND, the retrieve context, the test query) and MPPS (``mpps_to``: the
         MPPS SOP class accepted from the proxy's calling AE title, so a RIS that would
         refuse N-CREATE/N-SET is a FAIL before a modality reports); a RIS used only by
-        ``mpps_to`` is not asked for C-FIND.
+        ``mpps_to`` is not asked for C-FIND. An archive a route asks for Storage
+        Commitment (``commit_to``, default the first of ``store_to``) must accept the Push
+        Model from the proxy (FAIL otherwise: N-ACTIONs are journaled and never answered);
+        when it does, the line says that it sends its reports to the proxy's AE title at
+        the proxy's address, which it must know (doctor cannot see the archive's table).
 Rule 4: ``exit_status``: 1 when any finding is FAIL (something is broken),
         else 0 — warnings are printed but do not fail.
 """
@@ -53,7 +57,7 @@ from pynetdicom.sop_class import (
 
 from proxy import tls as tlsmod
 from proxy.config import ArchiveConfig, Config, DestinationConfig, TlsConfig
-from proxy.contexts import MPPS_SOP_CLASS, MPPS_SYNTAXES
+from proxy.contexts import MPPS_SOP_CLASS, MPPS_SYNTAXES, STORAGE_COMMITMENT
 from proxy.status import PENDING, Status, category, hex_status
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
@@ -120,6 +124,10 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
 
     queried = {a for r in config.routes for a in (*r.archives, *r.store_to)}
     mpps = {a for r in config.routes for a in r.mpps_to}
+    commit = {r.commitment_archive for r in config.routes if r.commitment_archive}
+    p = config.proxy
+    at = "this host's address" if p.host in ("0.0.0.0", "::", "") else p.host
+    reports_to = f"{p.ae_title} at {at}, port {p.port}"
 
     def run(job: tuple[str, ArchiveConfig | DestinationConfig]) -> PeerReport:
         kind, cfg = job
@@ -127,7 +135,8 @@ def diagnose(config: Config, timeout: float = 10.0) -> list[Finding]:
             if isinstance(cfg, ArchiveConfig):
                 report = check_archive(cfg, config.proxy.ae_title, timeout, client_tls,
                                        queries=cfg.name in queried or cfg.name not in mpps,
-                                       mpps=cfg.name in mpps)
+                                       mpps=cfg.name in mpps,
+                                       commit=reports_to if cfg.name in commit else None)
             else:
                 report = check_destination(cfg, config.proxy.ae_title, timeout, client_tls)
             seen = presented.get(f"{cfg.host}:{cfg.port}") if cfg.tls else None
@@ -155,9 +164,10 @@ def _peer(cfg: ArchiveConfig | DestinationConfig, proxy_ae: str, timeout: float)
 
 def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
                   tls: tlsmod.ClientTls | None = None, *, queries: bool = True,
-                  mpps: bool = False) -> PeerReport:
+                  mpps: bool = False, commit: str | None = None) -> PeerReport:
     """TCP, then one association: C-ECHO, the retrieve context, a STUDY-level test query;
-    the MPPS context for an ``mpps_to`` archive (Rule 7)."""
+    the MPPS context for an ``mpps_to`` archive, Storage Commitment for a commitment
+    archive (``commit``: where it must send its reports) (Rule 7)."""
     peer = _peer(cfg, proxy_ae, timeout)
     subject = f"archive {cfg.name}"
     down = _unreachable(peer, subject, "archive")
@@ -167,6 +177,8 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
     contexts = [build_context(uid, QUERY_TRANSFER_SYNTAXES) for uid in wanted]
     if mpps:
         contexts.append(build_context(MPPS_SOP_CLASS, list(MPPS_SYNTAXES)))
+    if commit is not None:
+        contexts.append(build_context(STORAGE_COMMITMENT, list(MPPS_SYNTAXES)))
     try:
         with ArchiveClient(peer, timeout, tls=tls).associate(contexts) as assoc:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
@@ -176,7 +188,8 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
     except UpstreamError as exc:
         return PeerReport("archive", cfg.name, False, (_association_failed(exc, subject),))
     return PeerReport("archive", cfg.name, True, tuple(
-        archive_findings(cfg, peer, accepted, echo, query, queries=queries, mpps=mpps)))
+        archive_findings(cfg, peer, accepted, echo, query, queries=queries, mpps=mpps,
+                         commit=commit)))
 
 
 def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float,
@@ -247,9 +260,35 @@ def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
 
 def archive_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str], echo: int | None,
                      query: QueryOutcome | None, *, queries: bool = True,
-                     mpps: bool = False) -> list[Finding]:
+                     mpps: bool = False, commit: str | None = None) -> list[Finding]:
     """What an archive's negotiated contexts, C-ECHO and test query say about it (Rule 7:
-    ``queries`` and ``mpps`` say what routes use it for)."""
+    ``queries``, ``mpps`` and ``commit`` say what routes use it for)."""
+    return [*_use_findings(cfg, peer, accepted, echo, query, queries, mpps),
+            *_commit_findings(cfg, peer, accepted, commit)]
+
+
+def _commit_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str],
+                     commit: str | None) -> list[Finding]:
+    """Storage Commitment for a commitment archive (Rule 7); ``commit``: where its reports
+    must go (the proxy's AE title and address)."""
+    if commit is None:
+        return []
+    subject = f"archive {cfg.name}"
+    where = f"{peer.ae_title} at {peer.host}:{peer.port}"
+    title = commit.split(" at ")[0]
+    if STORAGE_COMMITMENT not in accepted:
+        return [Finding(FAIL, subject, f"{where} did not accept Storage Commitment Push Model "
+                        f"from {peer.calling_ae}: N-ACTIONs of its routes are journaled and "
+                        "never answered", f"enable Storage Commitment (SCP) for {title} on "
+                        f"{peer.ae_title}, and register {commit} there as a known modality")]
+    return [Finding(OK, subject, f"{where} accepts Storage Commitment from "
+                    f"{peer.calling_ae}; it sends its reports (N-EVENT-REPORT) to {commit}, "
+                    f"which it must know as a modality (the proxy forwards N-ACTIONs calling "
+                    f"as {title})")]
+
+
+def _use_findings(cfg: ArchiveConfig, peer: Peer, accepted: set[str], echo: int | None,
+                  query: QueryOutcome | None, queries: bool, mpps: bool) -> list[Finding]:
     subject = f"archive {cfg.name}"
     where = f"{peer.ae_title} at {peer.host}:{peer.port}"
     out: list[Finding] = []

@@ -273,7 +273,24 @@ class Link:
                      ) -> Message:
         """The next whole DIMSE message; its data set goes to ``target_for(cx, command)``
         fragment by fragment, or is collected (no ``target_for``, or it returns None)."""
-        event = self._next()
+        return self._message(self._next(), target_for)
+
+    def poll_message(self, wait: float, timeout: float) -> Message | None:
+        """The next whole message if one starts arriving within ``wait`` seconds, else
+        None; once it has started, the rest is read under ``timeout`` (Rule 3). A wait
+        that ends with nothing loses nothing: bytes already read stay in the association's
+        buffer."""
+        self.sock.settimeout(wait)
+        try:
+            event = self._next()
+        except TimeoutError:
+            return None
+        finally:
+            self.sock.settimeout(timeout)
+        return self._message(event, None)
+
+    def _message(self, event: Received,
+                 target_for: Callable[[int, Command], DataTarget | None] | None) -> Message:
         if not isinstance(event, MessageReceived):
             self._ended(event)
         cx, command = event.context_id, event.command

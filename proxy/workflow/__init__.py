@@ -5,4 +5,9 @@ with ``mpps_to`` go to those archives (a RIS) — at once while the modality wai
 nothing is queued for the archive, else through a durable per-archive journal delivered
 in order (``journal``, ``policy``, ``ris``, ``delivery``; the handler is
 ``proxy.operations.mpps``).
+
+Storage Commitment Push Model (PS3.4 J.3): an N-ACTION received on a route goes to its
+``commit_to`` archive once the spool has delivered what it references; the archive's
+N-EVENT-REPORT goes back to the modality (``commitments``, ``commit_policy``,
+``commit_reports``, ``commitment``; the handlers are ``proxy.operations.commitment``).
 """

@@ -42,6 +42,18 @@ SUFFIX = ".msg"
 KNOWN_LIMIT = 100_000
 
 
+def write_durably(path: Path, body: bytes) -> None:
+    """``body`` at ``path``, surviving a crash once this returns (Rule 1): written as
+    ``.part``, fsynced, renamed, the directory fsynced."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as out:
+        out.write(body)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(part, path)
+    fsync_dir(path.parent)
+
+
 class JournalError(OSError):
     """The journal directory cannot be used (created, written, scanned)."""
 
@@ -180,13 +192,7 @@ class Journal:
             return sop_instance in self._known.get(archive, {})
 
     def _write_durably(self, path: Path, body: bytes) -> None:
-        part = path.with_name(path.name + ".part")
-        with open(part, "wb") as out:
-            out.write(body)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, path)
-        fsync_dir(path.parent)
+        write_durably(path, body)
 
     # -- delivering --------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""One N-CREATE or N-SET to an archive (a RIS) over the proxy's lean link (``proxy.ul``).
+"""One N-operation to an archive over the proxy's lean link (``proxy.ul``): an MPPS N-CREATE
+or N-SET to a RIS, and the pieces Storage Commitment shares (``connect``, ``call``,
+``context_for``, ``convert``: ``proxy.workflow.commitment``).
 
 Rule 1: the MPPS SOP class is proposed in two contexts, Explicit and Implicit VR Little
         Endian; a message goes on the context of its own transfer syntax, its data set
@@ -20,9 +22,10 @@ Rule 5: DICOM only: no logging, no counting (callers emit the ``upstream`` event
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, build_context
@@ -67,11 +70,13 @@ def contexts() -> list[PresentationContext]:
 
 
 @contextmanager
-def connect(client: ArchiveClient) -> Iterator[Link]:
-    """An association to the archive for MPPS messages; ``Unanswered`` when none opens."""
+def connect(client: ArchiveClient, proposed: list[PresentationContext] | None = None,
+            roles: Sequence[Any] = ()) -> Iterator[Link]:
+    """An association to the archive (for MPPS messages unless ``proposed`` says what
+    for); ``Unanswered`` when none opens."""
     opened = False
     try:
-        with client.link(contexts()) as link:
+        with client.link(contexts() if proposed is None else proposed, roles) as link:
             opened = True
             yield link
     except UpstreamError as exc:
@@ -82,57 +87,69 @@ def connect(client: ArchiveClient) -> Iterator[Link]:
 
 def exchange(client: ArchiveClient, link: Link, message: Message, msg_id: int) -> Answer:
     """Send ``message`` and read its response (Rules 1-4)."""
-    cx, syntax = _context(client, link, message.transfer_syntax)
-    data = _convert(message.data, message.transfer_syntax, syntax)
+    cx, syntax = context_for(client, link, MPPS_SOP_CLASS, message.transfer_syntax,
+                             "Modality Performed Procedure Step", "enable MPPS (N-CREATE/"
+                             "N-SET SCP) on the RIS for the proxy's calling AE title")
+    data = convert(message.data, message.transfer_syntax, syntax)
     if message.operation == "N-CREATE":
         command = commands.n_create_rq(msg_id, message.sop_class, message.sop_instance,
                                        data is not None)
     else:
         command = commands.n_set_rq(msg_id, message.sop_class, message.sop_instance,
                                     data is not None)
+    answer = call(client, link, cx, message.operation, command, data,
+                  _RSP[message.operation], msg_id)
+    return replace(answer, data=convert(answer.data, syntax, message.transfer_syntax))
+
+
+def call(client: ArchiveClient, link: Link, cx: int, operation: str, command: bytes,
+         data: bytes | None, rsp_field: int, msg_id: int) -> Answer:
+    """Send one N-operation request and read its response (``rsp_field``, answering
+    ``msg_id``); the answer's data set in the context's syntax (Rules 2-4)."""
     sent = time.monotonic()
     try:
         link.send_message(cx, command, data)
         rsp = link.read_message()
     except TimeoutError:
         link.abort()
-        raise Unanswered.of(client.no_response(message.operation,
-                                               time.monotonic() - sent), True) from None
+        raise Unanswered.of(client.no_response(operation, time.monotonic() - sent),
+                            True) from None
     except (LinkClosed, OSError, pdu.PduError):
         link.abort()
-        raise Unanswered.of(client.no_response(message.operation, 0.0), True) from None
+        raise Unanswered.of(client.no_response(operation, 0.0), True) from None
     status = rsp.command.get(commands.STATUS)
-    if (rsp.command.get(commands.COMMAND_FIELD) != _RSP[message.operation]
+    if (rsp.command.get(commands.COMMAND_FIELD) != rsp_field
             or rsp.command.get(commands.RESPONDED_TO) != msg_id or not isinstance(status, int)):
         link.abort()
-        raise Unanswered(f"the archive answered the {message.operation} with something else; "
+        raise Unanswered(f"the archive answered the {operation} with something else; "
                          "the proxy aborted the association", "see the archive's log",
                          "aborted", True)
     elements = {k: rsp.command[k] for k in KEPT if k in rsp.command}
-    back = rsp.data if rsp.data else None
-    return Answer(status, elements, _convert(back, syntax, message.transfer_syntax))
+    return Answer(status, elements, rsp.data if rsp.data else None)
 
 
-def _context(client: ArchiveClient, link: Link, syntax: str) -> tuple[int, str]:
-    """The accepted context in ``syntax``, else any accepted MPPS context (Rule 1)."""
+def context_for(client: ArchiveClient, link: Link, sop_class: str, syntax: str,
+                name: str, hint: str) -> tuple[int, str]:
+    """The accepted context of ``sop_class`` in ``syntax``, else any accepted one (Rule 1);
+    ``Unanswered`` (nothing sent) naming the SOP class and what to enable when none."""
     accepted = sorted((cx, ts) for cx, ts in link.accept.accepted.items()
-                      if link.abstract.get(cx) == MPPS_SOP_CLASS)
+                      if link.abstract.get(cx) == sop_class)
     for cx, ts in accepted:
         if ts == syntax:
             return cx, ts
     if accepted:
         return accepted[0]
     raise Unanswered.of(UpstreamError(
-        client.peer.name, f"archive {client.peer.ae_title} did not accept Modality Performed "
-        "Procedure Step", "enable MPPS (N-CREATE/N-SET SCP) on the RIS for the proxy's "
-        "calling AE title", kind="no_context"), sent=False)
+        client.peer.name, f"archive {client.peer.ae_title} did not accept {name}", hint,
+        kind="no_context"), sent=False)
 
 
-def _convert(data: bytes | None, source: str, target: str) -> bytes | None:
+def convert(data: bytes | None, source: str, target: str) -> bytes | None:
+    """A little-endian data set in another little-endian syntax (Explicit <-> Implicit)."""
     if data is None or source == target:
         return data
     out = encode(decode(data, source == ImplicitVRLittleEndian),
                  target == ImplicitVRLittleEndian, True)
     if out is None:
-        raise ValueError("the MPPS data set could not be re-encoded")
+        raise ValueError("the data set could not be re-encoded")
     return out
