@@ -43,7 +43,6 @@ Rule 5: an association calls with one calling AE title: the archive's ``calling_
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -71,7 +70,6 @@ from proxy.store.policy import (
     Choice,
     Key,
     Verdict,
-    backoff_delay,
     choose,
     classify,
     key,
@@ -80,6 +78,7 @@ from proxy.store.policy import (
     uid_name,
 )
 from proxy.store.spool import Entry, InstanceMeta, Spool, data_offset
+from proxy.store.worker import QueueWorker
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 
@@ -92,55 +91,29 @@ _CONTEXT_RESULTS = {0x01: "rejected by the archive", 0x02: "rejected, no reason 
                     0x03: "SOP class not supported", 0x04: "transfer syntax not supported"}
 
 
-class Forwarder:
-    """Drains one archive's queue; see the module rules."""
+class Forwarder(QueueWorker):
+    """Drains one archive's queue; see the module rules (the thread: ``QueueWorker``)."""
+
+    failed_event = "forwarder_failed"
 
     def __init__(self, archive: str, client: ArchiveClient, spool: Spool, services: Services,
                  settings: SpoolConfig, publish: Callable[[], None]) -> None:
-        self.archive = archive
+        super().__init__(archive, services, settings, f"forward-{archive}")
         self.client = client
         self.spool = spool
-        self.services = services
-        self.settings = settings
         self.publish = publish
-        self._stop = threading.Event()
-        self._link: Link | None = None
         self._attempts: dict[str, int] = {}
         self._deferred: Callable[[], None] | None = None   # a delivered one's bookkeeping
-        self.thread = threading.Thread(target=self._run, name=f"forward-{archive}", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
+    def _pending(self) -> bool:
+        return bool(self.spool.head(self.archive, 1))
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    def _wait(self, timeout: float) -> None:
+        self.spool.wait(timeout)
 
-    def stop(self, grace: float = 5.0) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         with self.spool.changed:
             self.spool.changed.notify_all()
-        self.thread.join(grace)
-        link = self._link
-        if self.thread.is_alive() and link is not None:
-            link.abort()                # stuck on a slow archive: the instance stays pending
-            self.thread.join(2.0)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            if not self.spool.head(self.archive, 1):
-                self.spool.wait(1.0)
-                continue
-            try:
-                ok = self._session()
-            except Exception as exc:  # a bug must not end forwarding; report and back off
-                ok = False
-                self.services.bus.emit(ev.Noted("error", "forwarder_failed", {
-                    "archive": self.archive, "error": f"{type(exc).__name__}: {exc}"}))
-            failures = 0 if ok else failures + 1
-            if failures:
-                self._stop.wait(backoff_delay(failures, self.settings.retry_initial,
-                                              self.settings.retry_max, random.random()))
 
     # One upstream association; False when the archive could not take anything (back off).
     def _session(self) -> bool:
@@ -155,7 +128,7 @@ class Forwarder:
         proposed = {key(m) for _, m in batch}
         try:
             with client.link([build_context(sop, ts) for sop, ts in contexts]) as link:
-                self._link = link
+                self.link = link
                 if not link.accept.accepted:
                     # The archive accepted the association but none of the contexts: every
                     # instance proposed is refused for good (Rule 3), not the archive down.
@@ -177,7 +150,7 @@ class Forwarder:
                 return True
             return False
         finally:
-            self._link = None
+            self.link = None
 
     def _stream(self, link: Link, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
                 calling: str) -> bool:
@@ -191,7 +164,7 @@ class Forwarder:
         sent = 0
         while batch:
             for entry, meta in batch:
-                if self._stop.is_set() or link.closed:
+                if self.stopping or link.closed:
                     return True
                 if not self._forward(link, next(ids), entry, meta, accepted, context_ids):
                     return False
@@ -211,7 +184,7 @@ class Forwarder:
     def _more(self, proposed: set[Key], calling: str) -> list[tuple[Entry, InstanceMeta]]:
         """The next entries this association can carry, waiting up to _LINGER for some."""
         deadline = time.monotonic() + _LINGER
-        while not self._stop.is_set():
+        while not self.stopping:
             head = self._readable(self.spool.head(self.archive, _BATCH))
             fits: list[tuple[Entry, InstanceMeta]] = []
             for entry, meta in head:

@@ -27,7 +27,6 @@ Rule 5: every change of an archive's journal (a message kept, delivered, dead-le
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from proxy.observe import events as ev
 from proxy.services import Services
 from proxy.session import Request
 from proxy.status import hex_status
-from proxy.store.policy import backoff_delay
+from proxy.store.worker import QueueWorker
 from proxy.ul.link import Link
 from proxy.upstream import ArchiveClient
 from proxy.workflow import policy, ris
@@ -121,52 +120,26 @@ def publish(services: Services, journal: Journal, archive: str) -> None:
                                             journal.dead(archive)))
 
 
-class Deliverer:
-    """Sends one archive's journal, oldest first (Rule 2)."""
+class Deliverer(QueueWorker):
+    """Sends one archive's journal, oldest first (Rule 2; the thread: ``QueueWorker``)."""
+
+    failed_event = "mpps_delivery_failed"
 
     def __init__(self, archive: str, services: Services, journal: Journal) -> None:
-        self.archive = archive
-        self.services = services
+        super().__init__(archive, services, services.config.spool, f"mpps-{archive}")
         self.journal = journal
-        self._stop = threading.Event()
-        self._link: Link | None = None
         self._maybe_received: set[str] = set()    # ids an attempt here sent unanswered
         self._ids = (1 + i % 65535 for i in count())
-        self.thread = threading.Thread(target=self._run, name=f"mpps-{archive}", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
+    def _pending(self) -> bool:
+        return self.journal.head(self.archive) is not None
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    def _wait(self, timeout: float) -> None:
+        self.journal.wait(timeout)
 
-    def stop(self, grace: float = 5.0) -> None:
-        self._stop.set()
+    def _wake(self) -> None:
         with self.journal.changed:
             self.journal.changed.notify_all()
-        self.thread.join(grace)
-        link = self._link
-        if self.thread.is_alive() and link is not None:
-            link.abort()                  # stuck on a slow archive: the message stays queued
-            self.thread.join(2.0)
-
-    def _run(self) -> None:
-        failures = 0
-        settings = self.services.config.spool
-        while not self._stop.is_set():
-            if self.journal.head(self.archive) is None:
-                self.journal.wait(1.0)
-                continue
-            try:
-                ok = self._session()
-            except Exception as exc:  # a bug must not end delivery; report and back off
-                ok = False
-                self.services.bus.emit(ev.Noted("error", "mpps_delivery_failed", {
-                    "archive": self.archive, "error": f"{type(exc).__name__}: {exc}"}))
-            failures = 0 if ok else failures + 1
-            if failures:
-                self._stop.wait(backoff_delay(failures, settings.retry_initial,
-                                              settings.retry_max, random.random()))
 
     def _next(self) -> Entry | None:
         """The oldest message; an unreadable one goes to ``dead/`` on the way."""
@@ -188,8 +161,8 @@ class Deliverer:
         client = client.calling_as(calling) if calling else client
         try:
             with ris.connect(client) as link:
-                self._link = link
-                while entry is not None and not self._stop.is_set():
+                self.link = link
+                while entry is not None and not self.stopping:
                     if entry.message.calling_ae != calling or link.closed:
                         return True                       # a new association for the next
                     if not self._deliver(client, link, entry):
@@ -203,7 +176,7 @@ class Deliverer:
                                    "delivery": "association"}
             return False
         finally:
-            self._link = None
+            self.link = None
 
     def _deliver(self, client: ArchiveClient, link: Link, entry: Entry) -> bool:
         message = entry.message
