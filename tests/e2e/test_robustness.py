@@ -291,14 +291,19 @@ def test_deflated_transfer_syntax_is_never_accepted(proxy: ProxyProcess, offered
     still_serving(proxy)
 
 
+WORKLIST = "1.2.840.10008.5.1.4.31"           # Modality Worklist Information Model - FIND
+FILM_SESSION = "1.2.840.10008.5.1.1.1"        # Basic Film Session (Print Management)
+
+
 def test_only_served_contexts_are_accepted(proxy: ProxyProcess) -> None:
     ae = AE(ae_title="WS_CONTEXTS")
     ae.add_requested_context(FIND, [ImplicitVRLittleEndian])
-    ae.add_requested_context("1.2.840.10008.5.1.4.31", [ImplicitVRLittleEndian])  # worklist
+    ae.add_requested_context(WORKLIST, [ImplicitVRLittleEndian])     # relayed (issue #14)
+    ae.add_requested_context(FILM_SESSION, [ImplicitVRLittleEndian])  # print: not served
     assoc = ae.associate(LOOPBACK, proxy.port, ae_title="RELAY")
     try:
-        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [FIND]
-        assert [c.abstract_syntax for c in assoc.rejected_contexts] == ["1.2.840.10008.5.1.4.31"]
+        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [FIND, WORKLIST]
+        assert [c.abstract_syntax for c in assoc.rejected_contexts] == [FILM_SESSION]
     finally:
         assoc.release()
 
