@@ -17,6 +17,7 @@ from proxy.workflow.commit_policy import (
     check_action,
     check_report,
     forward_verdict,
+    overdue,
     read_action,
     ready,
     target,
@@ -110,3 +111,10 @@ def test_the_report_goes_to_the_destination_with_the_modalitys_title() -> None:
     found = target(config, "CT_1 ")
     assert found is not None and (found.name, found.port) == ("ct", 104)
     assert target(config, "MR_1") is None
+
+
+def test_overdue_commitments_are_said_once() -> None:
+    forwarded = [("a", 100.0), ("b", 150.0), ("c", 199.5)]
+    assert overdue(forwarded, now=200.0, after=30.0, said=set()) == ["a", "b"]
+    assert overdue(forwarded, now=200.0, after=30.0, said={"a"}) == ["b"]
+    assert overdue(forwarded, now=200.0, after=120.0, said=set()) == []

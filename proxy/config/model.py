@@ -98,6 +98,7 @@ class SpoolConfig:
     retrieve_max_bytes: int = 1024**3  # per C-MOVE/C-GET: received, not yet delivered, on disk
     retrieve_memory_bytes: int = 64 * 1024**2  # per C-MOVE: of those, held in memory
     retrieve_spill_after: float = 1.0  # seconds the memory window may stay full before files
+    commitment_overdue: float = 600.0  # seconds a forwarded Storage Commitment may await its report
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,7 @@ def parse(data: Mapping[str, Any]) -> Config:
         "dir": check.path_value, "max_bytes": check.positive_int,
         "retry_initial": check.positive_float,
         "retry_max": check.positive_float, "max_attempts": check.positive_int,
+        "commitment_overdue": check.positive_float,
         "retrieve_max_bytes": check.positive_int,
         "retrieve_memory_bytes": check.non_negative_int,
         "retrieve_spill_after": check.non_negative_float,

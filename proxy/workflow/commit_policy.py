@@ -18,6 +18,9 @@ Rule 4: an N-EVENT-REPORT is taken for Event Type 1 (all committed) or 2 (failur
         never asked for it).
 Rule 5: the report goes to the modality found by its calling AE title in
         ``[destinations]`` (``target``); none there: dead letter, naming the AE to add.
+Rule 6: a commitment forwarded more than ``[spool] commitment_overdue`` seconds after its
+        N-ACTION came and still without a report is overdue (``overdue``): said once, as a
+        warning, since the modality is waiting for it and only a person can tell why.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from proxy.status import Status
 from proxy.workflow.policy import Verdict, verdict
 
 __all__ = ["STORAGE_COMMITMENT", "STORAGE_COMMITMENT_INSTANCE", "Action", "Refusal",
-           "check_action", "check_report", "forward_verdict", "read_action", "ready",
-           "target"]
+           "check_action", "check_report", "forward_verdict", "overdue", "read_action",
+           "ready", "target"]
 
 REQUEST_COMMIT = 1                              # Action Type ID (J.3.2.1)
 ALL_COMMITTED, FAILURES_EXIST = 1, 2            # Event Type ID (J.3.3.1)
@@ -54,6 +57,14 @@ class Action:
 
     transaction_uid: str
     instances: tuple[str, ...]                  # Referenced SOP Instance UIDs, in order
+
+
+def overdue(forwarded: Iterable[tuple[str, float]], now: float, after: float,
+            said: Collection[str]) -> list[str]:
+    """Rule 6: of (id, N-ACTION received at) forwarded without a report, the ids overdue
+    at ``now`` and not said before."""
+    return [item_id for item_id, received in forwarded
+            if now - received > after and item_id not in said]
 
 
 def check_action(sop_class: str, sop_instance: str, action_type: object) -> Refusal | None:

@@ -59,7 +59,13 @@ from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient
 from proxy.workflow import commit_policy, ris
 from proxy.workflow.commit_reports import take_on_link
-from proxy.workflow.commitments import REPORTED, WAITING, Commitment, CommitmentJournal
+from proxy.workflow.commitments import (
+    FORWARDED,
+    REPORTED,
+    WAITING,
+    Commitment,
+    CommitmentJournal,
+)
 from proxy.workflow.policy import Verdict
 
 _SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -185,8 +191,10 @@ class Committer(_Worker):
         self.archive = archive
         super().__init__(services, journal, threading.Event())
         self._failures = 0
+        self._said_overdue: set[str] = set()
 
     def _round(self) -> float:
+        self._overdue()
         waiting = self.journal.in_state(WAITING, self.archive)
         if not waiting:
             return 1.0
@@ -204,6 +212,25 @@ class Committer(_Worker):
         # The spool is still delivering some: look again soon (each look scans the
         # archive's spool queue, so not on every instance it delivers).
         return 0.5 if len(ready) < len(waiting) else 0.0
+
+    def _overdue(self) -> None:
+        """Rule 6 of ``commit_policy``: a forwarded commitment without its report, said once."""
+        forwarded = {item.id: item for item in self.journal.in_state(FORWARDED, self.archive)}
+        after = self.services.config.spool.commitment_overdue
+        late = commit_policy.overdue(((i, item.received_at) for i, item in forwarded.items()),
+                                     time.time(), after, self._said_overdue)
+        self._said_overdue &= set(forwarded)            # reported since: forget them
+        p = self.services.config.proxy
+        for item_id in late:
+            item = forwarded[item_id]
+            self._said_overdue.add(item_id)
+            self.services.bus.emit(ev.Noted("warning", "commitment_overdue", {
+                "archive": self.archive, "transaction_uid": item.transaction_uid,
+                "modality": item.modality, "waiting_s": round(time.time() - item.received_at),
+                "hint": f"the archive accepted the N-ACTION but has sent no report in "
+                        f"{after:g} s: check that it knows {p.ae_title} at the proxy's "
+                        f"address and port {p.port} and can connect there; restarting the "
+                        f"proxy sends the N-ACTION again"}))
 
     def _forward(self, item: Commitment) -> bool:
         """One N-ACTION; False when the archive should be tried again later."""

@@ -187,8 +187,9 @@ class SameAssociationArchive:
     instance is reported committed. ``sent`` is the Event Information as encoded,
     ``answers`` the statuses of the N-EVENT-REPORT-RSPs it got."""
 
-    def __init__(self, aet: str = "SAMEPACS") -> None:
+    def __init__(self, aet: str = "SAMEPACS", reports: bool = True) -> None:
         self.aet = aet
+        self.reports = reports            # False: takes the N-ACTION, never reports
         self.port = 0
         self.sent: list[bytes] = []
         self.answers: list[int] = []
@@ -227,7 +228,10 @@ class SameAssociationArchive:
             self.answers.append(int(status.Status) if "Status" in status else -1)
             self.done.set()
 
-        threading.Thread(target=report, daemon=True).start()
+        if self.reports:
+            threading.Thread(target=report, daemon=True).start()
+        else:
+            self.done.set()
         return 0x0000, None
 
     def _on_sent(self, event: Any) -> None:

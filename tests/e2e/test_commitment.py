@@ -323,6 +323,34 @@ def test_a_report_on_the_forwarding_association_is_taken_and_delivered(
         archive.stop()
 
 
+def test_an_archive_that_never_reports_is_said_overdue(
+        modality_port: int, modality: CommitModality, proxy_factory: ProxyFactory,
+        tmp_path: Path) -> None:
+    """The archive takes the N-ACTION and never reports: after [spool] commitment_overdue
+    the operator is told which commitment waits and what to check."""
+    modality.listen()
+    archive = SameAssociationArchive("SILENT", reports=False).start()
+    try:
+        proxy = proxy_factory({
+            "archives": {"silent": {"ae_title": archive.aet, "host": LOOPBACK,
+                                    "port": archive.port, "timeout": 5}},
+            "destinations": {"modality": {"ae_title": MODALITY, "host": LOOPBACK,
+                                          "port": modality_port}},
+            "routes": [{"called_ae": ROUTE, "archives": ["silent"], "commit_to": "silent"}],
+            "spool": {"dir": str(tmp_path / "spool"), "commitment_overdue": 1}})
+        uid = generate_uid()
+        assert modality.commit(proxy.port, ROUTE, uid, instances(1, "COMMIT9"))[0] == 0
+        assert archive.done.wait(30)                          # it has the N-ACTION
+        line = proxy.wait_event("commitment_overdue")
+        assert (line["archive"], line["transaction_uid"], line["modality"]) == \
+            ("silent", uid, MODALITY)
+        assert line["level"] == "warning" and "QR_PROXY" in line["hint"]
+        assert line["waiting_s"] >= 1
+        assert proxy.metric("dicom_proxy_commitments_pending", archive="silent") == 1
+    finally:
+        archive.stop()
+
+
 def test_a_report_kept_for_an_unreachable_modality_survives_sigkill(
         pacs: OrthancArchive, proxy_port: int, modality_port: int,
         modality: CommitModality, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
