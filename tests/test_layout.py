@@ -75,8 +75,12 @@ NEVER_FROM: dict[str, tuple[str, ...]] = {
     "proxy.dicom": ("proxy.services",),
     "proxy.ul": ("proxy.services",),
     # The DICOMweb front door is a peer of the listener: it runs searches through
-    # proxy.query, never through the DIMSE listener or another handler's module.
-    "proxy.web": (*LISTENER, "proxy.tools", "proxy.cli", "proxy.retrieve", "proxy.store"),
+    # proxy.query and retrieves through proxy.retrieve.stream (WADO-RS is C-GET's path),
+    # never through the DIMSE listener or another handler's module.
+    "proxy.web": (*LISTENER, "proxy.tools", "proxy.cli", "proxy.store",
+                  *(f"proxy.retrieve.{name}" for name in (
+                      "buffer", "getter", "identifiers", "inbound", "puller", "reception",
+                      "relay", "sinks", "sopclasses", "survey", "transcode"))),
     # Store-and-forward and relay serve the C-STORE handlers; they import none of them.
     "proxy.store": tuple(f"proxy.operations.{name}" for name in
                          ("echo", "find", "get", "move", "store", "store_relay")),

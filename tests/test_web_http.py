@@ -48,8 +48,7 @@ def _serve(settings: DicomwebConfig, tokens: http.Tokens | None, bus: ev.EventBu
            requests: list[tuple[str, str, dict[str, str]]]) -> list[Any]:
     """Send ``requests`` (method, path, headers) through the middlewares; the answers."""
     async def main() -> list[Any]:
-        app = web.Application(middlewares=[http.observe(bus), http.cors(settings),
-                                           http.errors(bus), http.auth(tokens)])
+        app = http.application(settings, tokens, bus)
         app.router.add_get("/ok", _ok)
         app.router.add_get("/fail", _fail)
         async with TestClient(TestServer(app)) as client:

@@ -22,6 +22,10 @@ from proxy.status import Status, category
 
 MAX_FAILED_LIST = 4096    # UIDs in one response identifier (a 64-KiB-ish element at worst)
 
+# The hint of a retrieve that found nothing anywhere (no archive failed): WADO-RS's 404.
+NOTHING_TO_RETRIEVE = ("nothing to retrieve: no instance matched the identifier in the "
+                       "route's archives")
+
 
 @dataclass
 class Tally:
@@ -117,8 +121,7 @@ def final_status(tally: Tally, *, cancelled: bool, upstream_failure: str | None,
     if tally.completed == tally.failed == tally.warning == 0:
         # "Success, 0 sub-operations" is what a workstation hears as "it worked"
         # while nothing arrived; the proxy never says that (0xC000, with why).
-        return Status.UNABLE_TO_PROCESS, upstream_failure or (
-            "nothing to retrieve: no instance matched the identifier in the route's archives")
+        return Status.UNABLE_TO_PROCESS, upstream_failure or NOTHING_TO_RETRIEVE
     if tally.failed == 0 and tally.warning == 0:
         if upstream_failure and tally.completed == 0:
             return Status.UNABLE_TO_PROCESS, upstream_failure

@@ -125,13 +125,36 @@ def cors(settings: DicomwebConfig) -> Any:
                 hdrs.ACCESS_CONTROL_ALLOW_HEADERS: request.headers.get(
                     hdrs.ACCESS_CONTROL_REQUEST_HEADERS, _ALLOWED_HEADERS),
                 hdrs.ACCESS_CONTROL_MAX_AGE: "600"})
-        response = await handler(request)
-        if allowed(origin):
-            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = str(origin)
-            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "Warning"
-            response.headers.add(hdrs.VARY, "Origin")
-        return response
+        return await handler(request)
     return middleware
+
+
+def application(settings: DicomwebConfig, tokens: Tokens | None,
+                bus: ev.EventBus) -> web.Application:
+    """The app with this module's middlewares, outermost first, and the CORS headers hook:
+    the one composition the server and the tests use."""
+    app = web.Application(middlewares=[observe(bus), cors(settings), errors(bus),
+                                       auth(tokens)])
+    app.on_response_prepare.append(cors_headers(settings))
+    return app
+
+
+def cors_headers(settings: DicomwebConfig) -> Any:
+    """The CORS headers of an answer, added as it is prepared (``on_response_prepare``):
+    a streamed WADO-RS answer sends its headers before its handler returns."""
+    origins = frozenset(settings.cors_origins)
+    any_origin = "*" in origins
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None or not (any_origin or origin in origins):
+            return
+        if hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers:
+            return                                  # a preflight's own answer
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "Warning"
+        response.headers.add(hdrs.VARY, "Origin")
+    return on_prepare
 
 
 def errors(bus: ev.EventBus) -> Any:

@@ -31,6 +31,7 @@ from proxy.observe import events as ev
 from proxy.services import Services
 from proxy.web import http
 from proxy.web.qido_rs import QidoRs
+from proxy.web.wado_rs import WadoRs
 
 # (method, path under /dicomweb/{route}, service). WADO-RS and STOW-RS rows come here.
 ROUTES: list[tuple[str, str, str]] = [
@@ -40,6 +41,16 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/studies/{study}/series", "QIDO-RS"),
     ("GET", "/studies/{study}/instances", "QIDO-RS"),
     ("GET", "/studies/{study}/series/{series}/instances", "QIDO-RS"),
+    ("GET", "/studies/{study}", "WADO-RS"),
+    ("GET", "/studies/{study}/series/{series}", "WADO-RS"),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}", "WADO-RS"),
+    ("GET", "/studies/{study}/metadata", "WADO-RS metadata"),
+    ("GET", "/studies/{study}/series/{series}/metadata", "WADO-RS metadata"),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}/metadata", "WADO-RS metadata"),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+     "WADO-RS frames"),
+    ("GET", "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}",
+     "WADO-RS bulkdata"),
 ]
 _START_TIMEOUT = 30.0
 
@@ -66,6 +77,7 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=settings.max_requests,
                                        thread_name_prefix="dicomweb")
         self.qido = QidoRs(services, self.pool, settings.max_requests, settings.public_url)
+        self.wado = WadoRs(services, self.pool, settings.public_url)
         self.port = 0
         self._ready = threading.Event()
         self._error: OSError | None = None
@@ -77,9 +89,10 @@ class Server:
     def application(self) -> web.Application:
         bus = self.services.bus
         tokens = http.Tokens(self.settings.tokens_file) if self.settings.tokens_file else None
-        app = web.Application(middlewares=[http.observe(bus), http.cors(self.settings),
-                                           http.errors(bus), http.auth(tokens)])
-        handlers = {"QIDO-RS": self.qido.handle}
+        app = http.application(self.settings, tokens, bus)
+        handlers = {"QIDO-RS": self.qido.handle, "WADO-RS": self.wado.retrieve,
+                    "WADO-RS metadata": self.wado.metadata, "WADO-RS frames": self.wado.frames,
+                    "WADO-RS bulkdata": self.wado.bulkdata}
         for method, path, service in ROUTES:
             app.router.add_route(method, "/dicomweb/{route}" + path, handlers[service])
         return app

@@ -1,0 +1,215 @@
+"""WADO-RS end to end: ``dicomweb-client`` → the proxy's DICOMweb front door → a REAL Orthanc.
+
+Every answer is compared with the same data fetched DIRECTLY from the archive (a pynetdicom
+C-GET, which is what WADO-RS maps to) or with the files Orthanc was given: studies
+data set for data set, pixel data byte for byte; metadata element for element minus
+bulk data (served from the cache the second time, no archive traffic); frames equal the
+frames pydicom cuts from the original (native and RLE multi-frame); BulkDataURIs resolve.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dicomweb_client import DICOMwebClient
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+from requests import HTTPError
+
+from tests.e2e.data import SyntheticSet
+from tests.e2e.orthanc import OrthancArchive
+from tests.e2e.ports import LOOPBACK
+from tests.e2e.proxy_harness import ProxyProcess, archive_entry
+
+ROUTE = "WADO"
+ORIGIN = "http://viewer.example"
+NATIVE_MULTIFRAME = "rtdose.dcm"                 # 15 frames, Implicit VR Little Endian
+RLE_MULTIFRAME = "SC_rgb_rle_2frame.dcm"          # 2 frames, RLE Lossless
+SUCCESS = 0x0000
+
+
+def _testdata(name: str) -> Path:
+    found = get_testdata_file(name)
+    assert found, name
+    return Path(str(found))
+
+
+@pytest.fixture(scope="module")
+def archive(synthetic_studies: SyntheticSet) -> Iterator[OrthancArchive]:
+    with OrthancArchive("PACS_WADO") as pacs:
+        pacs.upload([*synthetic_studies.paths, _testdata(NATIVE_MULTIFRAME),
+                     _testdata(RLE_MULTIFRAME)])
+        yield pacs
+
+
+@pytest.fixture(scope="module")
+def proxy(archive: OrthancArchive,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    process = ProxyProcess({
+        "archives": {"pacs": archive_entry(archive)},
+        "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "dicomweb": True}],
+        "dicomweb": {"host": LOOPBACK, "port": 0, "cors_origins": [ORIGIN]},
+    }, tmp_path_factory.mktemp("wado-proxy")).start()
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, process.stderr()[-2000:]
+
+
+def root(proxy: ProxyProcess) -> str:
+    return f"http://{LOOPBACK}:{proxy.dicomweb_port}/dicomweb/{ROUTE}"
+
+
+def client(proxy: ProxyProcess) -> DICOMwebClient:
+    return DICOMwebClient(url=root(proxy))
+
+
+def direct_get(archive: OrthancArchive, study_uid: str, classes: set[str]) -> dict[str, Dataset]:
+    """The study by C-GET straight from the archive, every class in any syntax."""
+    ae = AE("WS_DIRECT")
+    ae.add_requested_context(GET)
+    syntaxes = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5",
+                "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
+    for uid in classes:
+        ae.add_requested_context(uid, syntaxes)
+    got: dict[str, Dataset] = {}
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got[str(ds.SOPInstanceUID)] = ds
+        return SUCCESS
+
+    assoc = ae.associate(LOOPBACK, archive.dicom_port, ae_title=archive.aet,
+                         ext_neg=[build_role(uid, scp_role=True) for uid in classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    statuses = [s.Status for s, _ in assoc.send_c_get(query, GET) if s]
+    assoc.release()
+    assert statuses[-1] == SUCCESS
+    return got
+
+
+def test_a_study_is_what_a_direct_c_get_brings(proxy: ProxyProcess, archive: OrthancArchive,
+                                              synthetic_studies: SyntheticSet) -> None:
+    study = synthetic_studies.studies[0]
+    classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
+    through = {str(ds.SOPInstanceUID): ds for ds in client(proxy).retrieve_study(study.study_uid)}
+    direct = direct_get(archive, study.study_uid, classes)
+    assert set(through) == set(direct) == set(study.sop_uids)
+    for uid, ds in through.items():
+        assert ds.file_meta.TransferSyntaxUID == direct[uid].file_meta.TransferSyntaxUID
+        assert ds == direct[uid]
+        assert ds.PixelData == direct[uid].PixelData
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
+    assert line["status"] == 200 and line["completed"] == len(study.sop_uids)
+    series = str(next(iter(through.values())).SeriesInstanceUID)
+    one = client(proxy).retrieve_series(study.study_uid, series)
+    assert {str(ds.SeriesInstanceUID) for ds in one} == {series}
+    assert {str(ds.SOPInstanceUID) for ds in one} == {
+        uid for uid, ds in direct.items() if str(ds.SeriesInstanceUID) == series}
+
+
+def test_an_rle_instance_original_or_explicit_little_endian(proxy: ProxyProcess) -> None:
+    original = dcmread(_testdata(RLE_MULTIFRAME))
+    uids = (str(original.StudyInstanceUID), str(original.SeriesInstanceUID),
+            str(original.SOPInstanceUID))
+    kept = client(proxy).retrieve_instance(*uids)
+    assert kept.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert kept.PixelData == original.PixelData
+    plain = client(proxy).retrieve_instance(
+        *uids, media_types=(("application/dicom", ExplicitVRLittleEndian),))
+    assert plain.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (plain.pixel_array == original.pixel_array).all()
+
+
+def test_metadata_is_the_instances_without_bulk_data_and_cached(
+        proxy: ProxyProcess, archive: OrthancArchive) -> None:
+    original = dcmread(_testdata(NATIVE_MULTIFRAME))
+    study, series = str(original.StudyInstanceUID), str(original.SeriesInstanceUID)
+    uploads_before = len([e for e in proxy.events("upstream") if e["operation"] == "C-GET"])
+    [meta] = client(proxy).retrieve_series_metadata(study, series)
+    got = Dataset.from_json(meta, lambda uri: b"")          # bulk data left as URIs
+    for keyword in ("SOPInstanceUID", "PatientName", "NumberOfFrames", "Rows", "Columns",
+                    "DoseGridScaling", "GridFrameOffsetVector"):
+        assert got[keyword].value == original[keyword].value, keyword
+    pixel_uri = meta["7FE00010"]["BulkDataURI"]
+    assert pixel_uri.startswith(root(proxy)) and "Value" not in meta["7FE00010"]
+    fetched = len([e for e in proxy.events("upstream") if e["operation"] == "C-GET"])
+    assert fetched > uploads_before                        # the first answer needed the archive
+    again = client(proxy).retrieve_series_metadata(study, series)
+    assert again == [meta]
+    assert len([e for e in proxy.events("upstream") if e["operation"] == "C-GET"]) == fetched
+    [bulk] = client(proxy).retrieve_bulkdata(pixel_uri)
+    assert bulk == original.PixelData                      # the URI resolves
+
+
+@pytest.mark.parametrize(("name", "wanted"), [(NATIVE_MULTIFRAME, [1, 7, 15]),
+                                              (RLE_MULTIFRAME, [2])])
+def test_frames_are_the_originals(proxy: ProxyProcess, name: str, wanted: list[int]) -> None:
+    original = dcmread(_testdata(name))
+    frames = client(proxy).retrieve_instance_frames(
+        str(original.StudyInstanceUID), str(original.SeriesInstanceUID),
+        str(original.SOPInstanceUID), wanted,
+        media_types=("application/octet-stream", "image/x-dicom-rle"))
+    count = int(original.NumberOfFrames)
+    if original.file_meta.TransferSyntaxUID.is_compressed:
+        expected = list(generate_frames(original.PixelData, number_of_frames=count))
+    else:
+        size = len(original.PixelData) // count
+        expected = [original.PixelData[i * size:(i + 1) * size] for i in range(count)]
+    assert frames == [expected[n - 1] for n in wanted]
+
+
+def _get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
+                                      synthetic_studies: SyntheticSet) -> None:
+    with pytest.raises(HTTPError) as info:
+        client(proxy).retrieve_study("1.2.3.4.5.6.7.8.9")
+    assert info.value.response.status_code == 404
+    study = synthetic_studies.studies[1].study_uid
+    code, _, body = _get(f"{root(proxy)}/studies/{study}", Accept="image/png")
+    assert code == 406 and b"multipart/related" in body
+    code, _, _ = _get(f"{root(proxy)}/studies/{study}/series/1/instances/2/frames/0")
+    assert code == 400
+    # A streamed answer carries the CORS headers for an allowed origin.
+    code, headers, body = _get(f"{root(proxy)}/studies/{study}", Origin=ORIGIN)
+    assert code == 200 and headers.get("Access-Control-Allow-Origin") == ORIGIN
+    assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert body.rstrip().endswith(b"--")
+
+
+def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
+    from tests.e2e.ports import free_port
+    proxy = ProxyProcess({
+        "archives": {"gone": {"ae_title": "GONE", "host": LOOPBACK, "port": free_port(),
+                              "timeout": 3}},
+        "routes": [{"called_ae": ROUTE, "archives": ["gone"], "dicomweb": True}],
+        "dicomweb": {"host": LOOPBACK, "port": 0},
+    }, tmp_path).start()
+    try:
+        code, _, body = _get(f"{root(proxy)}/studies/1.2.3")
+        assert code == 502 and b"GONE is running and reachable" in body, body
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
+        assert line["status"] == 502 and line["archives"] == ["gone"]
+    finally:
+        assert proxy.stop() == 0

@@ -1,0 +1,89 @@
+"""``proxy.web.wado``: Accept, multipart framing, frame lists and frame cutting (pure)."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+
+from proxy.web import wado
+
+ELE = "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("", None),
+    ("*/*", None),
+    ('multipart/related; type="application/dicom"', None),
+    ('multipart/related; type="application/dicom"; transfer-syntax=*', None),
+    (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}', (ELE,)),
+    (f'image/png, multipart/related; type=application/dicom; transfer-syntax="{ELE}"', (ELE,)),
+    (f'multipart/related; type="application/dicom"; transfer-syntax={ELE}; q=0.5, '
+     'multipart/related; type="application/dicom"; transfer-syntax=*', None),   # q decides
+])
+def test_the_transfer_syntax_a_client_asks_for(accept: str,
+                                               expected: tuple[str, ...] | None) -> None:
+    assert wado.instance_syntaxes(accept) == expected
+
+
+@pytest.mark.parametrize("accept", [
+    "image/png", "application/dicom+json",
+    'multipart/related; type="application/dicom"; transfer-syntax=1.2.3.4',   # not a syntax
+    'multipart/related; type="application/dicom"; q=0',
+])
+def test_what_cannot_be_served_is_406(accept: str) -> None:
+    with pytest.raises(wado.NotAcceptable):
+        wado.instance_syntaxes(accept)
+
+
+def test_metadata_and_frame_media_types() -> None:
+    wado.metadata_acceptable("application/dicom+json")
+    wado.metadata_acceptable("")
+    with pytest.raises(wado.NotAcceptable):
+        wado.metadata_acceptable("multipart/related")
+    assert wado.frame_media_type("1.2.840.10008.1.2") == wado.OCTET
+    assert wado.frame_media_type("1.2.840.10008.1.2.5") == "image/x-dicom-rle"
+    assert wado.frame_media_type("1.2.840.10008.1.2.4.50") == "image/jpeg"
+    wado.frames_acceptable('multipart/related; type="image/jpeg"', "image/jpeg")
+    with pytest.raises(wado.NotAcceptable):
+        wado.frames_acceptable('multipart/related; type="application/octet-stream"',
+                               "image/jpeg")
+
+
+def test_a_multipart_answer_parses_back_into_its_parts() -> None:
+    framing = wado.Multipart.new(wado.DICOM)
+    bodies = [b"first\r\n--not-the-boundary", b"\x00\x01second"]
+    message = b"".join(framing.head(f"{wado.DICOM}; transfer-syntax={ELE}") + body + b"\r\n"
+                       for body in bodies) + framing.end()
+    parsed = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {framing.content_type}\r\n\r\n".encode() + message)
+    parts = [p.get_payload(decode=True) for p in parsed.iter_parts()]
+    assert parts == bodies
+    assert framing.boundary != wado.Multipart.new(wado.DICOM).boundary
+
+
+@pytest.mark.parametrize(("text", "numbers"), [("1", [1]), ("1,3, 5", [1, 3, 5])])
+def test_frame_lists(text: str, numbers: list[int]) -> None:
+    assert wado.frame_numbers(text) == numbers
+
+
+@pytest.mark.parametrize("text", ["0", "1,,2", "a", "-1", ""])
+def test_bad_frame_lists(text: str) -> None:
+    with pytest.raises(wado.BadFrames):
+        wado.frame_numbers(text)
+
+
+def test_native_and_encapsulated_frames_are_cut_as_stored() -> None:
+    native = dcmread(get_testdata_file("rtdose.dcm"))
+    size = len(native.PixelData) // 15
+    assert list(wado.frames(native, "1.2.840.10008.1.2", [2, 15])) == [
+        native.PixelData[size:2 * size], native.PixelData[14 * size:]]
+    rle = dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    stored = list(generate_frames(rle.PixelData, number_of_frames=2))
+    assert list(wado.frames(rle, "1.2.840.10008.1.2.5", [2, 1])) == [stored[1], stored[0]]
+    with pytest.raises(wado.NoSuchFrame):
+        list(wado.frames(rle, "1.2.840.10008.1.2.5", [3]))
