@@ -37,6 +37,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from proxy import rawdataset
+from proxy.config import RouteConfig
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
 from proxy.part10 import file_meta
@@ -45,7 +46,8 @@ from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status
 from proxy.store.drain import publish
-from proxy.store.spool import InstanceMeta, SpoolFull, data_offset
+from proxy.store.spool import InstanceMeta as InstanceMeta  # used by STOW-RS too
+from proxy.store.spool import SpoolFull, data_offset
 
 _HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
 _HEADER_BYTES = 64 * 1024
@@ -86,17 +88,33 @@ def _store(event: Request, services: Services, record: OperationRecord,
     record.details.update(sop_class=meta.sop_class, sop_instance_uid=meta.sop_instance,
                           transfer_syntax=meta.transfer_syntax)
     if route is None or not route.store_to:
-        name = route.called_ae if route else session.info.called_ae
-        record.hint = (f"route {name} does not store instances: give it store_to = "
-                       f"[\"<archive>\"] in rules.toml, or send to a route that has one")
-        return Status.NOT_AUTHORIZED, f"{name} does not store instances"
+        return not_stored(route.called_ae if route else session.info.called_ae, record)
     encoded = None if received is not None else _part10(event, meta)
-    size = received.stat().st_size if received is not None else len(encoded or b"")
+    targets = archives_for_instance(route, meta, received if received is not None
+                                    else BytesIO(encoded or b""), record)
+    if isinstance(targets, tuple):
+        return targets
+    if route.store == "relay":          # Rule 6
+        return store_relay.forward(event, services, record, received, encoded)
+    return spool_it(services, record, targets, meta, received, encoded)
+
+
+def not_stored(name: str, record: OperationRecord) -> Reply:
+    """Rule 2: a route without ``store_to``."""
+    record.hint = (f"route {name} does not store instances: give it store_to = "
+                   f"[\"<archive>\"] in rules.toml, or send to a route that has one")
+    return Status.NOT_AUTHORIZED, f"{name} does not store instances"
+
+
+def archives_for_instance(route: RouteConfig, meta: InstanceMeta, source: Path | BytesIO,
+                          record: OperationRecord) -> list[str] | Reply:
+    """Rule 2: the archives that take this instance (its header read for Modality), or
+    the refusal when none does."""
+    size = source.stat().st_size if isinstance(source, Path) else len(source.getvalue())
     record.details["bytes"] = size
-    header = _header(received if received is not None else BytesIO(encoded or b""), record,
-                     meta.transfer_syntax)
+    header = _header(source, record, meta.transfer_syntax)
     modality = str(header.get("Modality", "") or "") if header is not None else ""
-    facts = InstanceFacts(session.info.calling_ae, meta.sop_class, modality)
+    facts = InstanceFacts(meta.sending_ae, meta.sop_class, modality)
     targets = store_targets(route, facts)
     record.archives = targets
     if not targets:
@@ -104,10 +122,16 @@ def _store(event: Request, services: Services, record: OperationRecord,
                        f"{modality or '(none)'} from {facts.calling_ae}; widen store_filter in "
                        f"rules.toml if these instances should be kept")
         return Status.NOT_AUTHORIZED, "no archive of this route takes this instance"
-    if route.store == "relay":          # Rule 6
-        return store_relay.forward(event, services, record, received, encoded)
+    return targets
+
+
+def spool_it(services: Services, record: OperationRecord, targets: list[str],
+             meta: InstanceMeta, received: Path | None, encoded: bytes | None = None) -> Reply:
+    """Rules 1 and 3: durable in the spool for ``targets`` (the file ``received`` is moved
+    there), or why not."""
     spool = services.plugins.spool
     assert spool is not None            # proxy.store.drain.start opened it
+    size = received.stat().st_size if received is not None else len(encoded or b"")
     try:
         if not spool.admits(size):
             raise SpoolFull

@@ -15,6 +15,10 @@ Rule 3: when no answer can come from the archive (its association is gone, lost 
         Class Not Supported, PS3.7 C.5.12). Never Success without the archive's.
 Rule 4: one ``upstream`` event per forwarded C-STORE (``Services.upstream_call``); the
         ``operation`` event is the caller's (``proxy.operations.store``).
+Rule 5: an instance with no workstation association behind it (STOW-RS, ``forward_file``)
+        goes over an association of its own, proposing exactly its SOP class and transfer
+        syntax, calling as the archive's ``calling_ae``; its answer is the archive's, and
+        an archive that cannot be reached or accepts no such context is 0xA700 / 0x0122.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from __future__ import annotations
 from io import BufferedIOBase
 from pathlib import Path
 
+from pynetdicom.presentation import build_context
+
 from proxy.dicom import commands
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status, hex_status
 from proxy.store.relay import SESSION_KEY, Upstream
 from proxy.store.spool import data_offset
+from proxy.ul.link import LinkClosed
 from proxy.upstream import UpstreamError
 
 Reply = tuple[int, str | None]
@@ -69,6 +76,39 @@ def forward(event: Request, services: Services, record: OperationRecord,
         if rsp.get(commands.OFFENDING_ELEMENT):
             record.response["OffendingElement"] = [
                 int(tag, 16) for tag in str(rsp[commands.OFFENDING_ELEMENT]).split("\\")]
+        record.details["archive_status"] = hex_status(status)
+        return status, str(comment) if comment else None
+
+
+def forward_file(services: Services, archive: str, record: OperationRecord,
+                 path: Path, sop_class: str, sop_instance: str, syntax: str,
+                 msg_id: int = 1) -> Reply:
+    """Rule 5: one C-STORE of the Part-10 file ``path`` over its own association."""
+    client = services.archive(archive, None)
+    record.archives = [archive]
+    with services.upstream_call(archive, "C-STORE") as result:
+        try:
+            with client.link([build_context(sop_class, [syntax])]) as link:
+                cx = next((c for c, ts in link.accept.accepted.items()
+                           if ts == syntax and link.abstract.get(c) == sop_class), None)
+                if cx is None:
+                    result["error"] = f"no context for {sop_class} in {syntax}"
+                    return Status.SOP_CLASS_NOT_SUPPORTED, "the archive does not accept it"
+                with path.open("rb") as source:
+                    offset = data_offset(source.read(1024))
+                    source.seek(offset)
+                    link.send_message(cx, commands.c_store_rq(msg_id, sop_class, sop_instance),
+                                      source=_buffered(source),
+                                      length=path.stat().st_size - offset)
+                rsp = link.read_message().command
+        except (UpstreamError, LinkClosed, OSError) as exc:
+            reason = exc.reason if isinstance(exc, UpstreamError) else str(exc)
+            result["error"] = reason
+            record.details["error"] = reason
+            return Status.REFUSED_OUT_OF_RESOURCES, "archive unreachable, not stored"
+        status = int(rsp.get(commands.STATUS, Status.PROCESSING_FAILURE))
+        result["status"] = status
+        comment = rsp.get(commands.ERROR_COMMENT)
         record.details["archive_status"] = hex_status(status)
         return status, str(comment) if comment else None
 

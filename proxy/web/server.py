@@ -31,6 +31,7 @@ from proxy.observe import events as ev
 from proxy.services import Services
 from proxy.web import http
 from proxy.web.qido_rs import QidoRs
+from proxy.web.stow_rs import StowRs
 from proxy.web.wado_rs import WadoRs
 
 # (method, path under /dicomweb/{route}, service). WADO-RS and STOW-RS rows come here.
@@ -51,6 +52,8 @@ ROUTES: list[tuple[str, str, str]] = [
      "WADO-RS frames"),
     ("GET", "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag}",
      "WADO-RS bulkdata"),
+    ("POST", "/studies", "STOW-RS"),
+    ("POST", "/studies/{study}", "STOW-RS"),
 ]
 _START_TIMEOUT = 30.0
 
@@ -78,6 +81,7 @@ class Server:
                                        thread_name_prefix="dicomweb")
         self.qido = QidoRs(services, self.pool, settings.max_requests, settings.public_url)
         self.wado = WadoRs(services, self.pool, settings.public_url)
+        self.stow = StowRs(services, self.pool, settings.public_url)
         self.port = 0
         self._ready = threading.Event()
         self._error: OSError | None = None
@@ -92,7 +96,7 @@ class Server:
         app = http.application(self.settings, tokens, bus)
         handlers = {"QIDO-RS": self.qido.handle, "WADO-RS": self.wado.retrieve,
                     "WADO-RS metadata": self.wado.metadata, "WADO-RS frames": self.wado.frames,
-                    "WADO-RS bulkdata": self.wado.bulkdata}
+                    "WADO-RS bulkdata": self.wado.bulkdata, "STOW-RS": self.stow.handle}
         for method, path, service in ROUTES:
             app.router.add_route(method, "/dicomweb/{route}" + path, handlers[service])
         return app
