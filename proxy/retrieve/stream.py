@@ -224,5 +224,10 @@ class InstanceStream:
             self._thread.join(timeout)
 
     @property
+    def running(self) -> bool:
+        """Whether the retrieve is still going (not ended, not closed)."""
+        return self._started and self._thread.is_alive()
+
+    @property
     def status(self) -> int | None:
         return self.record.status

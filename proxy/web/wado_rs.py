@@ -184,9 +184,12 @@ class WadoRs:
                 part = await loop.run_in_executor(self.pool, stream.next_part)
             await response.write(framing.end())
             await response.write_eof()
+            # No await from here on: the client, having read the end, may hang up at once,
+            # and that is not a request it abandoned (the line says 200, not 499).
             return response
         finally:
-            await loop.run_in_executor(self.pool, stream.close)
+            if stream.running:       # abandoned or failed mid-way: stop the retrieve
+                await loop.run_in_executor(self.pool, stream.close)
             _report(record, stream)
 
     # -- Rule 3: metadata ---------------------------------------------------------------------

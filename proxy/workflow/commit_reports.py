@@ -23,7 +23,7 @@ from proxy.observe import events as ev
 from proxy.rawdataset import decode
 from proxy.services import Services
 from proxy.status import Status
-from proxy.ul.link import Link, Message
+from proxy.ul.link import Link, LinkClosed, Message
 from proxy.upstream import ArchiveClient
 from proxy.workflow import commit_policy
 from proxy.workflow.commitments import Commitment
@@ -83,16 +83,22 @@ def take_on_link(services: Services, engine: Commitments, link: Link, message: M
             rsp[element] = command[element]
     if taken.comment:
         rsp[commands.ERROR_COMMENT] = taken.comment
-    link.send_message(message.context_id, commands.encode(rsp))
     peer = client.peer
     info = ev.AssocInfo("upstream", peer.ae_title, peer.calling_ae, f"{peer.host}:{peer.port}")
-    details = {"transaction_uid": taken.transaction_uid, "event_type": event_type,
-               "association": "forwarding"}
+    details: dict[str, object] = {"transaction_uid": taken.transaction_uid,
+                                  "event_type": event_type, "association": "forwarding"}
     if taken.item is not None:
         details["modality"] = taken.item.modality
     if taken.status == Status.SUCCESS:
         details["commitment"] = "journaled"
-    services.bus.emit(ev.OperationCompleted(info, "N-EVENT-REPORT", taken.status,
-                                            time.monotonic() - started, [peer.name], details,
-                                            taken.hint))
+    try:
+        link.send_message(message.context_id, commands.encode(rsp))
+    except (LinkClosed, OSError) as exc:
+        # The archive went away before our answer: the report is journaled all the same
+        # (it reaches the modality); the line says the archive did not get the answer.
+        details["error"] = f"the archive closed the association before the answer ({exc})"
+    finally:    # one operation line per report answered, whatever became of the answer
+        services.bus.emit(ev.OperationCompleted(info, "N-EVENT-REPORT", taken.status,
+                                                time.monotonic() - started, [peer.name],
+                                                details, taken.hint))
     return taken
