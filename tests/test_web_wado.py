@@ -87,3 +87,18 @@ def test_native_and_encapsulated_frames_are_cut_as_stored() -> None:
     assert list(wado.frames(rle, "1.2.840.10008.1.2.5", [2, 1])) == [stored[1], stored[0]]
     with pytest.raises(wado.NoSuchFrame):
         list(wado.frames(rle, "1.2.840.10008.1.2.5", [3]))
+
+
+@pytest.mark.parametrize(("header", "span"), [
+    ("bytes=0-9", (0, 9)), ("bytes=10-", (10, 99)), ("bytes=-5", (95, 99)),
+    ("bytes=90-200", (90, 99)),                     # past the end: up to the end
+    ("bytes=0-1,5-6", None), ("items=0-1", None), ("", None), ("bytes=a-b", None),
+])
+def test_byte_ranges(header: str, span: tuple[int, int] | None) -> None:
+    assert wado.byte_range(header, 100) == span
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=5-2", "bytes=-0"])
+def test_unsatisfiable_ranges(header: str) -> None:
+    with pytest.raises(wado.RangeNotSatisfiable):
+        wado.byte_range(header, 100)

@@ -15,6 +15,10 @@ Rule 2 (``Multipart``): each part is ``--boundary``, its headers, a blank line, 
 Rule 3 (``frame_numbers``): ``frames/{list}`` is a comma-separated list of 1-based frame
         numbers (PS3.18 10.4.1.1.4); anything else, 0, or a number above Number of Frames
         is a 400 / 404 naming it.
+Rule 5 (``byte_range``): bulk data honours one ``Range: bytes=first-last`` (RFC 9110
+        14.1.2: ``first-``, ``-suffix`` too): the part holds those bytes and the answer is
+        206; a range outside the value is 416; several ranges or other units: the whole
+        value (200), as RFC 9110 allows a server to ignore a Range it does not serve.
 Rule 4 (``frames``): native pixel data is cut into frames of Rows * Columns * Samples
         per Pixel * Bits Allocated / 8 bytes; encapsulated pixel data gives each frame's
         fragments joined (``pydicom.encaps``), sent in its own media type
@@ -42,6 +46,31 @@ FRAME_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
     "1.2.840.10008.1.2.5": "image/x-dicom-rle",
 }
+
+
+class RangeNotSatisfiable(Exception):
+    """A byte range outside the value (416)."""
+
+
+def byte_range(header: str, length: int) -> tuple[int, int] | None:
+    """Rule 5: (first, last) inclusive of the one range asked for; None: the whole value."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec or "-" not in spec:
+        return None
+    first_text, _, last_text = (p.strip() for p in spec.partition("-"))
+    try:
+        if not first_text:                        # -suffix: the last bytes
+            suffix = int(last_text)
+            if suffix <= 0:
+                raise RangeNotSatisfiable(f"bytes -{suffix} of {length}")
+            return max(0, length - suffix), length - 1
+        first = int(first_text)
+        last = int(last_text) if last_text else length - 1
+    except ValueError:
+        return None
+    if first > last or first >= length:
+        raise RangeNotSatisfiable(f"bytes {first}-{last_text} of a {length}-byte value")
+    return first, min(last, length - 1)
 
 
 class NotAcceptable(ValueError):
@@ -136,10 +165,13 @@ class Multipart:
     def content_type(self) -> str:
         return f'multipart/related; type="{self.type}"; boundary={self.boundary}'
 
-    def head(self, media: str, location: str | None = None) -> bytes:
+    def head(self, media: str, location: str | None = None,
+             content_range: str | None = None) -> bytes:
         lines = [f"--{self.boundary}", f"Content-Type: {media}"]
         if location:
             lines.append(f"Content-Location: {location}")
+        if content_range:
+            lines.append(f"Content-Range: {content_range}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     def end(self) -> bytes:

@@ -257,7 +257,20 @@ class WadoRs:
         value = elem.value if elem is not None else None
         if not isinstance(value, bytes | bytearray):
             raise web.HTTPNotFound(text=f"the instance has no bulk data {text}")
-        return _multipart(wado.Multipart.new(wado.OCTET), [(wado.OCTET, bytes(value))])
+        try:
+            span = wado.byte_range(request.headers.get(hdrs.RANGE, ""), len(value))
+        except wado.RangeNotSatisfiable as exc:
+            raise web.HTTPRequestRangeNotSatisfiable(
+                text=str(exc), headers={hdrs.CONTENT_RANGE: f"bytes */{len(value)}"}) from None
+        if span is None:
+            return _multipart(wado.Multipart.new(wado.OCTET), [(wado.OCTET, bytes(value))])
+        first, last = span
+        record.details["range"] = f"{first}-{last}"
+        framing = wado.Multipart.new(wado.OCTET)
+        body = (framing.head(wado.OCTET, content_range=f"bytes {first}-{last}/{len(value)}")
+                + bytes(value[first:last + 1]) + b"\r\n" + framing.end())
+        return web.Response(status=206, body=body,
+                            headers={hdrs.CONTENT_TYPE: framing.content_type})
 
     async def _instance(self, request: web.Request, record: WebRecord, route: RouteConfig,
                         keys: dict[str, str]) -> tuple[Dataset, str]:

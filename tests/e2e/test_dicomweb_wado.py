@@ -213,3 +213,67 @@ def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
         assert line["status"] == 502 and line["archives"] == ["gone"]
     finally:
         assert proxy.stop() == 0
+
+
+def test_a_byte_range_of_bulk_data(proxy: ProxyProcess) -> None:
+    original = dcmread(_testdata(NATIVE_MULTIFRAME))
+    uri = (f"{root(proxy)}/studies/{original.StudyInstanceUID}/series/"
+           f"{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}/bulkdata/7FE00010")
+    [part] = client(proxy).retrieve_bulkdata(uri, byte_range=(100, 199))
+    assert part == original.PixelData[100:200]
+    code, headers, _ = _get(uri, Range=f"bytes={len(original.PixelData)}-")
+    assert code == 416 and headers["Content-Range"] == f"bytes */{len(original.PixelData)}"
+
+
+# -- a federation, and Orthanc's own WADO-RS over the same data ---------------------------
+
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")   # Debian orthanc-dicomweb
+
+
+def test_a_federated_study_and_orthancs_own_wado_rs(synthetic_studies: SyntheticSet,
+                                                    tmp_path: Path) -> None:
+    """Two archives, each holding part of one study (a study split across sites): the
+    proxy's answer is the whole study, equal to what each archive's own WADO-RS (Orthanc's
+    DICOMweb plugin) gives for its part; the metadata likewise, minus bulk data."""
+    study = synthetic_studies.studies[2]
+    paths = sorted(study.paths)
+    half = len(paths) // 2
+    plugin = {"Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with OrthancArchive("SITE_A", extra_config=plugin) as a, \
+            OrthancArchive("SITE_B", extra_config=plugin) as b:
+        a.upload(paths[:half])
+        b.upload(paths[half:])
+        proxy = ProxyProcess({
+            "archives": {"site_a": archive_entry(a), "site_b": archive_entry(b)},
+            "routes": [{"called_ae": ROUTE, "archives": ["site_a", "site_b"],
+                        "dicomweb": True}],
+            "dicomweb": {"host": LOOPBACK, "port": 0},
+        }, tmp_path).start()
+        try:
+            through = {str(ds.SOPInstanceUID): ds
+                       for ds in client(proxy).retrieve_study(study.study_uid)}
+            theirs: dict[str, Dataset] = {}
+            for site in (a, b):
+                own = DICOMwebClient(url=f"{site.base_url}/dicom-web")
+                theirs.update({str(ds.SOPInstanceUID): ds
+                               for ds in own.retrieve_study(study.study_uid)})
+            assert set(through) == set(theirs) == set(study.sop_uids)
+            for uid, ds in through.items():
+                assert ds == theirs[uid] and ds.PixelData == theirs[uid].PixelData
+            ours_meta = {m["00080018"]["Value"][0]: m for m in
+                         client(proxy).retrieve_study_metadata(study.study_uid)}
+            their_meta = {}
+            for site in (a, b):
+                own = DICOMwebClient(url=f"{site.base_url}/dicom-web")
+                their_meta.update({m["00080018"]["Value"][0]: m for m in
+                                   own.retrieve_study_metadata(study.study_uid)})
+            assert set(ours_meta) == set(their_meta)
+            for uid, mine in ours_meta.items():
+                other = their_meta[uid]
+                for key, attribute in mine.items():
+                    if "BulkDataURI" in attribute or "InlineBinary" in attribute:
+                        continue                       # URIs are each server's own
+                    if key in other and "BulkDataURI" not in other[key]:
+                        assert attribute == other[key], (uid, key)
+        finally:
+            assert proxy.stop() == 0
