@@ -87,3 +87,19 @@ def test_native_and_encapsulated_frames_are_cut_as_stored() -> None:
     assert list(wado.frames(rle, "1.2.840.10008.1.2.5", [2, 1])) == [stored[1], stored[0]]
     with pytest.raises(wado.NoSuchFrame):
         list(wado.frames(rle, "1.2.840.10008.1.2.5", [3]))
+
+
+def test_the_metadata_cache_keeps_the_least_recently_used_within_its_bound() -> None:
+    from proxy.web.wado_rs import MetadataCache
+    cache = MetadataCache(max_instances=3)
+    cache.put(("R", "s1"), [{"a": {}}, {"b": {}}])
+    cache.put(("R", "s2"), [{"c": {}}])
+    assert cache.get(("R", "s1")) is not None              # s1 now the most recently used
+    cache.put(("R", "s3"), [{"d": {}}])                    # 4 objects > 3: s2 goes
+    assert cache.get(("R", "s2")) is None
+    assert cache.get(("R", "s1")) == [{"a": {}}, {"b": {}}]
+    cache.put(("R", "big"), [{}] * 4)                      # larger than the bound: not kept
+    assert cache.get(("R", "big")) is None and cache.get(("R", "s3")) is not None
+    off = MetadataCache(max_instances=0)
+    off.put(("R", "s1"), [{}])
+    assert off.get(("R", "s1")) is None

@@ -19,8 +19,10 @@ Rule 3 (metadata): ``…/metadata`` is DICOM JSON of every instance without its 
         (Pixel Data and binary values over 1 KiB become ``BulkDataURI``s of this proxy:
         ``…/instances/{sop}/bulkdata/{tag}``), read from each instance's header (the
         pixel data is never parsed). Answers are kept in a bounded LRU
-        (``METADATA_CACHE_INSTANCES`` instances) per route and level: a viewer asks for
-        metadata first and often; a second request is answered without the archive.
+        (``[dicomweb] metadata_cache_instances`` DICOM JSON objects, default 50,000;
+        0 keeps none; an answer larger than the bound is not kept) per route and level:
+        a viewer asks for metadata first and often; a second request is answered
+        without the archive.
 Rule 4 (frames, bulk data): ``…/instances/{sop}/frames/{list}`` and ``…/bulkdata/{tag}``
         fetch the one instance and answer its frames (``wado.frames``: native cut per
         frame, encapsulated as stored, in the frame's media type) or the element's value
@@ -134,11 +136,12 @@ def find_element(ds: Dataset, tag: int) -> DataElement | None:
 class WadoRs:
     """The WADO-RS handlers of one server (Rules 1-5)."""
 
-    def __init__(self, services: Services, pool: Executor, public_url: str = "") -> None:
+    def __init__(self, services: Services, pool: Executor, public_url: str = "",
+                 cache_instances: int = METADATA_CACHE_INSTANCES) -> None:
         self.services = services
         self.pool = pool
         self.public_url = public_url
-        self.cache = MetadataCache()
+        self.cache = MetadataCache(cache_instances)
 
     def _stream(self, request: web.Request, route: RouteConfig, keys: dict[str, str],
                 syntaxes: tuple[str, ...] | None = None) -> InstanceStream:
