@@ -89,17 +89,20 @@ def test_native_and_encapsulated_frames_are_cut_as_stored() -> None:
         list(wado.frames(rle, "1.2.840.10008.1.2.5", [3]))
 
 
-def test_the_metadata_cache_keeps_the_least_recently_used_within_its_bound() -> None:
+
+def test_the_metadata_cache_keeps_the_least_recently_used_within_its_bytes() -> None:
     from proxy.web.wado_rs import MetadataCache
-    cache = MetadataCache(max_instances=3)
-    cache.put(("R", "s1"), [{"a": {}}, {"b": {}}])
-    cache.put(("R", "s2"), [{"c": {}}])
-    assert cache.get(("R", "s1")) is not None              # s1 now the most recently used
-    cache.put(("R", "s3"), [{"d": {}}])                    # 4 objects > 3: s2 goes
-    assert cache.get(("R", "s2")) is None
-    assert cache.get(("R", "s1")) == [{"a": {}}, {"b": {}}]
-    cache.put(("R", "big"), [{}] * 4)                      # larger than the bound: not kept
-    assert cache.get(("R", "big")) is None and cache.get(("R", "s3")) is not None
-    off = MetadataCache(max_instances=0)
-    off.put(("R", "s1"), [{}])
-    assert off.get(("R", "s1")) is None
+    cache = MetadataCache(max_bytes=30)
+    cache.put(("R", "s1"), b"[" + b"1" * 18 + b"]", 2)   # 20 bytes
+    cache.put(("R", "s2"), b"[22222]", 1)                  # 7 bytes
+    assert cache.get(("R", "s1")) == (b"[" + b"1" * 18 + b"]", 2)   # now the most recent
+    cache.put(("R", "s3"), b"[33333]", 1)                  # 34 bytes > 30: s2 goes
+    assert cache.get(("R", "s2")) is None and cache.size == 27
+    assert cache.get(("R", "s1")) is not None and cache.get(("R", "s3")) is not None
+    cache.put(("R", "s3"), b"[3]", 1)                      # replaced, not counted twice
+    assert cache.size == 23
+    cache.put(("R", "big"), b"x" * 31, 9)                 # larger than the bound: not kept
+    assert cache.get(("R", "big")) is None and cache.size == 23
+    off = MetadataCache(max_bytes=0)
+    off.put(("R", "s1"), b"[1]", 1)
+    assert off.get(("R", "s1")) is None and off.size == 0

@@ -33,6 +33,8 @@ ROUTE = "WADO"
 ORIGIN = "http://viewer.example"
 NATIVE_MULTIFRAME = "rtdose.dcm"                 # 15 frames, Implicit VR Little Endian
 RLE_MULTIFRAME = "SC_rgb_rle_2frame.dcm"          # 2 frames, RLE Lossless
+JPEG_MULTIFRAME = "examples_ybr_color.dcm"       # 30 frames, JPEG Baseline (second archive)
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")   # Debian orthanc-dicomweb
 SUCCESS = 0x0000
 
 
@@ -51,11 +53,20 @@ def archive(synthetic_studies: SyntheticSet) -> Iterator[OrthancArchive]:
 
 
 @pytest.fixture(scope="module")
-def proxy(archive: OrthancArchive,
+def second(synthetic_studies: SyntheticSet) -> Iterator[OrthancArchive]:
+    """The federation's other archive, with Orthanc's own DICOMweb plugin to compare with."""
+    config = {"Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with OrthancArchive("PACS_WADO_B", extra_config=config) as pacs:
+        pacs.upload([_testdata(JPEG_MULTIFRAME)])
+        yield pacs
+
+
+@pytest.fixture(scope="module")
+def proxy(archive: OrthancArchive, second: OrthancArchive,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     process = ProxyProcess({
-        "archives": {"pacs": archive_entry(archive)},
-        "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "dicomweb": True}],
+        "archives": {"pacs": archive_entry(archive), "pacs_b": archive_entry(second)},
+        "routes": [{"called_ae": ROUTE, "archives": ["pacs", "pacs_b"], "dicomweb": True}],
         "dicomweb": {"host": LOOPBACK, "port": 0, "cors_origins": [ORIGIN]},
     }, tmp_path_factory.mktemp("wado-proxy")).start()
     try:
@@ -73,13 +84,14 @@ def client(proxy: ProxyProcess) -> DICOMwebClient:
 
 
 def direct_get(archive: OrthancArchive, study_uid: str, classes: set[str]) -> dict[str, Dataset]:
-    """The study by C-GET straight from the archive, every class in any syntax."""
+    """The study by C-GET straight from the archive, every class in any of these syntaxes."""
     ae = AE("WS_DIRECT")
     ae.add_requested_context(GET)
     syntaxes = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5",
                 "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
-    for uid in classes:
-        ae.add_requested_context(uid, syntaxes)
+    for uid in classes:                 # one context per syntax: the archive sends what it
+        for syntax in syntaxes:         # holds instead of converting to the first one offered
+            ae.add_requested_context(uid, syntax)
     got: dict[str, Dataset] = {}
 
     def on_store(event: evt.Event) -> int:
@@ -213,3 +225,35 @@ def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
         assert line["status"] == 502 and line["archives"] == ["gone"]
     finally:
         assert proxy.stop() == 0
+
+
+def test_a_jpeg_multiframe_from_the_other_archive_of_the_federation(
+        proxy: ProxyProcess, second: OrthancArchive) -> None:
+    """The instance lives on the federation's second archive: the study equals a direct
+    C-GET from it and what Orthanc's own WADO-RS (its DICOMweb plugin) sends for the same
+    request; its frames are the original's JPEG fragments, never decoded."""
+    original = dcmread(_testdata(JPEG_MULTIFRAME))
+    study = str(original.StudyInstanceUID)
+    uids = (study, str(original.SeriesInstanceUID), str(original.SOPInstanceUID))
+    [through] = client(proxy).retrieve_study(study)
+    direct = direct_get(second, study, {str(original.SOPClassUID)})
+    [plugin] = DICOMwebClient(url=f"{second.base_url}/dicom-web").retrieve_study(
+        study, media_types=(("application/dicom", "*"),))
+    for name, other in (("direct", direct[uids[2]]), ("plugin", plugin), ("file", original)):
+        assert through.file_meta.TransferSyntaxUID == other.file_meta.TransferSyntaxUID, name
+        assert through.file_meta.TransferSyntaxUID == other.file_meta.TransferSyntaxUID
+        assert through == other
+        assert through.PixelData == other.PixelData
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS"
+                            and e.get("completed") == 1 and "pacs_b" in e.get("archives", []))
+    assert line["status"] == 200
+    wanted = [1, 15, 30]
+    frames = client(proxy).retrieve_instance_frames(*uids, wanted, media_types=("image/jpeg",))
+    expected = list(generate_frames(original.PixelData,
+                                    number_of_frames=int(original.NumberOfFrames)))
+    assert frames == [expected[n - 1] for n in wanted]
+    assert all(frame.startswith(b"\xff\xd8") for frame in frames)   # JPEG SOI: as stored
+    code, _, body = _get(f"{root(proxy)}/studies/{study}/series/{uids[1]}/instances/"
+                         f"{uids[2]}/frames/1", Accept="multipart/related; "
+                         "type=\"application/octet-stream\"")
+    assert code == 406, body                        # it would have to decode: refused
