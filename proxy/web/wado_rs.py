@@ -11,7 +11,8 @@ Rule 1 (retrieve): ``…/studies/{study}[/series/{series}[/instances/{sop}]]`` i
         the buffer (memory bounded whatever the study size). The transfer syntax: the
         original unless the Accept names one (``wado.instance_syntaxes``). A client that
         hangs up closes the stream: the retrieve is cancelled, the archive gets a C-CANCEL.
-Rule 2 (status): nothing found anywhere → 404; no archive reachable → 502 naming them;
+Rule 2 (status): nothing found anywhere → 404; no archive reachable → 502 naming them
+        (504 when every one of them timed out, as QIDO-RS);
         once the first part is out the status is sent: an instance that fails later is
         left out, the multipart closed after what arrived, and the ``operation`` line
         says ``completed``/``failed`` (as a C-GET's counts would).
@@ -327,13 +328,16 @@ def _nothing(stream: InstanceStream, keys: dict[str, str]) -> web.HTTPException:
         return web.HTTPNotFound(text=f"no instance found for {what}")
     why = stream.record.hint or "; ".join(details.get("failure_reasons", {})) or \
         f"status 0x{stream.status or 0:04X}"
+    late = set(details.get("timed_out", ()))
+    if late and late >= set(stream.record.archives):
+        return web.HTTPGatewayTimeout(text=f"no archive answered in time for {what}: {why}")
     return web.HTTPBadGateway(text=f"the archives did not deliver {what}: {why}")
 
 
 def _report(record: WebRecord, stream: InstanceStream) -> None:
     details = stream.record.details
     record.details.update({k: details[k] for k in ("expected", "completed", "failed",
-                                                   "warning", "first_instance_ms")
+                                                   "warning", "first_instance_ms", "timed_out")
                            if k in details})
     if stream.record.hint and record.hint is None:
         record.hint = stream.record.hint

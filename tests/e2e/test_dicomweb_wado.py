@@ -210,12 +210,17 @@ def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
     assert body.rstrip().endswith(b"--")
 
 
-def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
+def test_an_archive_that_is_down_is_a_502_naming_it_a_silent_one_504(tmp_path: Path) -> None:
+    from tests.e2e.fault_peers import ScriptedArchive, never_answers
     from tests.e2e.ports import free_port
+    silent = ScriptedArchive(never_answers, aet="SILENT")
     proxy = ProxyProcess({
         "archives": {"gone": {"ae_title": "GONE", "host": LOOPBACK, "port": free_port(),
-                              "timeout": 3}},
-        "routes": [{"called_ae": ROUTE, "archives": ["gone"], "dicomweb": True}],
+                              "timeout": 3},
+                     "silent": {"ae_title": "SILENT", "host": LOOPBACK,
+                                "port": silent.dicom_port, "timeout": 1}},
+        "routes": [{"called_ae": ROUTE, "archives": ["gone"], "dicomweb": True},
+                   {"called_ae": "SLOW", "archives": ["silent"], "dicomweb": True}],
         "dicomweb": {"host": LOOPBACK, "port": 0},
     }, tmp_path).start()
     try:
@@ -223,7 +228,16 @@ def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
         assert code == 502 and b"GONE is running and reachable" in body, body
         line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
         assert line["status"] == 502 and line["archives"] == ["gone"]
+        slow = root(proxy).replace(f"/{ROUTE}", "/SLOW")
+        code, _, body = _get(f"{slow}/studies/1.2.3")
+        assert code == 504 and b"no archive answered in time" in body, body
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS"
+                                and e.get("status") == 504)
+        assert line["archives"] == ["silent"] and line["timed_out"] == ["silent"]
+        code, _, body = _get(f"{slow}/studies/1.2.3/series/4.5/metadata")
+        assert code == 504, body
     finally:
+        silent.close()
         assert proxy.stop() == 0
 
 
