@@ -271,3 +271,23 @@ def test_a_jpeg_multiframe_from_the_other_archive_of_the_federation(
                          f"{uids[2]}/frames/1", Accept="multipart/related; "
                          "type=\"application/octet-stream\"")
     assert code == 406, body                        # it would have to decode: refused
+
+
+def test_series_metadata_is_every_data_set_minus_its_bulk_data(
+        proxy: ProxyProcess, archive: OrthancArchive, synthetic_studies: SyntheticSet) -> None:
+    study = synthetic_studies.studies[2]
+    classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
+    direct = direct_get(archive, study.study_uid, classes)
+    series = str(next(iter(direct.values())).SeriesInstanceUID)
+    expected = {uid: ds for uid, ds in direct.items() if str(ds.SeriesInstanceUID) == series}
+    metadata = client(proxy).retrieve_series_metadata(study.study_uid, series)
+    assert {m["00080018"]["Value"][0] for m in metadata} == set(expected)
+    for meta in metadata:
+        original = expected[meta["00080018"]["Value"][0]]
+        assert set(meta) == {f"{int(e.tag):08X}" for e in original}     # nothing left out
+        bulk = {tag for tag, value in meta.items() if "BulkDataURI" in value}
+        assert "7FE00010" in bulk
+        got = Dataset.from_json({t: v for t, v in meta.items() if t not in bulk})
+        for elem in original:
+            if f"{int(elem.tag):08X}" not in bulk:
+                assert got[elem.tag] == elem, elem.tag                 # element for element
