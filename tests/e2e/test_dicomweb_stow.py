@@ -108,6 +108,8 @@ def test_stored_instances_arrive_as_a_direct_store_leaves_them(
                     their_answer.ReferencedSOPSequence] == [uid]
         line = proxy.wait_event("operation", lambda e: e.get("operation") == "STOW-RS")
         assert (line["status"], line["stored"], line["failed"]) == (200, 2, 0)
+        assert proxy.metric("dicom_proxy_http_requests_total", route=route,
+                            service="STOW-RS", code="200") == 1
     finally:
         proxy.stop()
 

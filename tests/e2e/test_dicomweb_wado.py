@@ -193,8 +193,14 @@ def _get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
         return exc.code, dict(exc.headers), exc.read()
 
 
+def counted(proxy: ProxyProcess, code: int) -> float:
+    return proxy.metric("dicom_proxy_http_requests_total", route=ROUTE, service="WADO-RS",
+                        code=str(code))
+
+
 def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
                                       synthetic_studies: SyntheticSet) -> None:
+    before = {code: counted(proxy, code) for code in (200, 400, 404, 406)}
     with pytest.raises(HTTPError) as info:
         client(proxy).retrieve_study("1.2.3.4.5.6.7.8.9")
     assert info.value.response.status_code == 404
@@ -208,6 +214,8 @@ def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
     assert code == 200 and headers.get("Access-Control-Allow-Origin") == ORIGIN
     assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
     assert body.rstrip().endswith(b"--")
+    assert {code: counted(proxy, code) - before[code] for code in before} == {
+        200: 1, 400: 1, 404: 1, 406: 1}
 
 
 def test_an_archive_that_is_down_is_a_502_naming_it_a_silent_one_504(tmp_path: Path) -> None:
