@@ -9,6 +9,7 @@ frames pydicom cuts from the original (native and RLE multi-frame); BulkDataURIs
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -299,3 +300,57 @@ def test_series_metadata_is_every_data_set_minus_its_bulk_data(
         for elem in original:
             if f"{int(elem.tag):08X}" not in bulk:
                 assert got[elem.tag] == elem, elem.tag                 # element for element
+
+
+def _big_study(count: int, pixel_bytes: int) -> list[Dataset]:
+    """``count`` instances of one new study, each with ``pixel_bytes`` of native pixel data."""
+    from pydicom.uid import generate_uid
+    template = dcmread(_testdata("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    side = int((pixel_bytes // 2) ** 0.5)
+    out = []
+    for n in range(count):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = n + 1
+        ds.Rows = ds.Columns = side
+        ds.PixelData = bytes([n % 256]) * (side * side * 2)
+        out.append(ds)
+    return out
+
+
+def test_a_client_that_hangs_up_cancels_the_retrieve(tmp_path: Path) -> None:
+    """The client stops reading then closes: the proxy's write waits (back-pressure), the
+    retrieve window fills, the C-GET waits; the hang-up cancels it all (499, C-CANCEL
+    upstream, no buffer file left)."""
+    import socket
+    big = _big_study(24, 1 << 20)                        # 24 MB: more than socket buffers
+    with OrthancArchive("PACS_BIG") as pacs:
+        pacs.upload(big)
+        assert len(pacs.instance_uids()) == len(big)
+        spool = tmp_path / "spool"
+        proxy = ProxyProcess({
+            "archives": {"pacs": archive_entry(pacs)},
+            "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "dicomweb": True}],
+            "spool": {"dir": str(spool), "retrieve_memory_bytes": 1 << 20,
+                      "retrieve_max_bytes": 2 << 20},
+            "dicomweb": {"host": LOOPBACK, "port": 0},
+        }, tmp_path).start()
+        try:
+            study = str(big[0].StudyInstanceUID)
+            with socket.create_connection((LOOPBACK, proxy.dicomweb_port), timeout=30) as sock:
+                sock.sendall(f"GET /dicomweb/{ROUTE}/studies/{study} HTTP/1.1\r\n"
+                             f"Host: {LOOPBACK}\r\nAccept: multipart/related; "
+                             f"type=\"application/dicom\"\r\n\r\n".encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                b"\x01\x00\x00\x00\x00\x00\x00\x00")     # close = RST
+            line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
+            assert line["status"] == 499, line
+            assert line["completed"] < len(big), line
+            [get] = [e for e in proxy.events("upstream") if e["operation"] == "C-GET"]
+            assert get["status"] == "0xFE00" and get["received"] < len(big), get   # C-CANCEL
+            assert not list((spool / "retrieve").rglob("*.dcm"))
+        finally:
+            assert proxy.stop() == 0
