@@ -106,3 +106,16 @@ def test_the_metadata_cache_keeps_the_least_recently_used_within_its_bytes() -> 
     off = MetadataCache(max_bytes=0)
     off.put(("R", "s1"), b"[1]", 1)
     assert off.get(("R", "s1")) is None and off.size == 0
+
+
+@pytest.mark.parametrize(("syntax", "bits", "vr"), [
+    ("1.2.840.10008.1.2.1", 16, "OW"), ("1.2.840.10008.1.2.1", 8, "OB"),
+    ("1.2.840.10008.1.2", 8, "OW"), ("1.2.840.10008.1.2.4.50", 8, "OB"),
+    ("1.2.840.10008.1.2.5", 16, "OB")])
+def test_the_metadata_pixel_data_vr_is_the_instances(syntax: str, bits: int, vr: str) -> None:
+    from pydicom import Dataset
+
+    from proxy.web.wado_rs import _pixel_vr
+    ds = Dataset()
+    ds.BitsAllocated = bits
+    assert _pixel_vr(ds, syntax) == vr

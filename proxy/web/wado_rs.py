@@ -45,6 +45,7 @@ from aiohttp import hdrs, web
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from proxy.config import RouteConfig
 from proxy.retrieve.stream import InstanceStream, Part
@@ -314,10 +315,20 @@ def _metadata(stream: InstanceStream, base: str) -> list[dicomjson.JsonObject]:
         converted = dicomjson.to_json(ds, uri, BULK_THRESHOLD).json
         if "Rows" in ds and "Columns" in ds:      # an image: its Pixel Data, never read here
             converted[f"{_PIXEL_DATA:08X}"] = {
-                "vr": "OB" if part.transfer_syntax != "1.2.840.10008.1.2" else "OW",
+                "vr": _pixel_vr(ds, part.transfer_syntax),
                 "BulkDataURI": f"{instance}/bulkdata/{_PIXEL_DATA:08X}"}
         objects.append(converted)
     return objects
+
+
+def _pixel_vr(ds: Dataset, transfer_syntax: str) -> str:
+    """Pixel Data's VR as the instance has it (PS3.5 A.1 / 8.2): OB when encapsulated or
+    of 8 bits or less in an explicit syntax, OW otherwise."""
+    if UID(transfer_syntax).is_encapsulated:
+        return "OB"
+    if transfer_syntax == "1.2.840.10008.1.2":      # implicit: OW by the data dictionary
+        return "OW"
+    return "OB" if int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
 
 
 def _nothing(stream: InstanceStream, keys: dict[str, str]) -> web.HTTPException:

@@ -296,6 +296,7 @@ def test_series_metadata_is_every_data_set_minus_its_bulk_data(
         assert set(meta) == {f"{int(e.tag):08X}" for e in original}     # nothing left out
         bulk = {tag for tag, value in meta.items() if "BulkDataURI" in value}
         assert "7FE00010" in bulk
+        assert meta["7FE00010"]["vr"] == original["PixelData"].VR      # OB/OW as stored
         got = Dataset.from_json({t: v for t, v in meta.items() if t not in bulk})
         for elem in original:
             if f"{int(elem.tag):08X}" not in bulk:
