@@ -83,6 +83,10 @@ def test_dicomweb_section_and_route_flag(tmp_path: Path) -> None:
         "0.0.0.0", 0, ("*", "http://v:8"))
     assert cfg.dicomweb.tokens_file == tokens and cfg.dicomweb.max_requests == 16
     assert cfg.dicomweb.public_url == "https://pacs.example"
+    assert cfg.dicomweb.metadata_cache_bytes == 256 << 20
+    data["dicomweb"]["metadata_cache_bytes"] = 0
+    off = parse(data).dicomweb
+    assert off is not None and off.metadata_cache_bytes == 0
     plain = parse(minimal())
     assert plain.dicomweb is None and not plain.routes[0].dicomweb
 
@@ -187,6 +191,8 @@ BROKEN: list[tuple[str, Any, str]] = [
      "dicomweb.cors_origins[0]: must be an origin such as"),
     ("dicomweb.tokens_file", "/nonexistent/tokens", "dicomweb.tokens_file: cannot read"),
     ("dicomweb.max_requests", 0, "dicomweb.max_requests: must be a positive integer"),
+    ("dicomweb.metadata_cache_bytes", -1,
+     "dicomweb.metadata_cache_bytes: must be an integer >= 0"),
     ("dicomweb.public_url", "pacs.example", "dicomweb.public_url: must be an http(s) URL"),
     ("dicomweb.nope", 1, "dicomweb.nope: unknown key"),
 ]

@@ -102,3 +102,34 @@ def test_byte_ranges(header: str, span: tuple[int, int] | None) -> None:
 def test_unsatisfiable_ranges(header: str) -> None:
     with pytest.raises(wado.RangeNotSatisfiable):
         wado.byte_range(header, 100)
+
+
+def test_the_metadata_cache_keeps_the_least_recently_used_within_its_bytes() -> None:
+    from proxy.web.wado_rs import MetadataCache
+    cache = MetadataCache(max_bytes=30)
+    cache.put(("R", "s1"), b"[" + b"1" * 18 + b"]", 2)   # 20 bytes
+    cache.put(("R", "s2"), b"[22222]", 1)                  # 7 bytes
+    assert cache.get(("R", "s1")) == (b"[" + b"1" * 18 + b"]", 2)   # now the most recent
+    cache.put(("R", "s3"), b"[33333]", 1)                  # 34 bytes > 30: s2 goes
+    assert cache.get(("R", "s2")) is None and cache.size == 27
+    assert cache.get(("R", "s1")) is not None and cache.get(("R", "s3")) is not None
+    cache.put(("R", "s3"), b"[3]", 1)                      # replaced, not counted twice
+    assert cache.size == 23
+    cache.put(("R", "big"), b"x" * 31, 9)                 # larger than the bound: not kept
+    assert cache.get(("R", "big")) is None and cache.size == 23
+    off = MetadataCache(max_bytes=0)
+    off.put(("R", "s1"), b"[1]", 1)
+    assert off.get(("R", "s1")) is None and off.size == 0
+
+
+@pytest.mark.parametrize(("syntax", "bits", "vr"), [
+    ("1.2.840.10008.1.2.1", 16, "OW"), ("1.2.840.10008.1.2.1", 8, "OB"),
+    ("1.2.840.10008.1.2", 8, "OW"), ("1.2.840.10008.1.2.4.50", 8, "OB"),
+    ("1.2.840.10008.1.2.5", 16, "OB")])
+def test_the_metadata_pixel_data_vr_is_the_instances(syntax: str, bits: int, vr: str) -> None:
+    from pydicom import Dataset
+
+    from proxy.web.wado_rs import _pixel_vr
+    ds = Dataset()
+    ds.BitsAllocated = bits
+    assert _pixel_vr(ds, syntax) == vr

@@ -125,6 +125,7 @@ class DicomwebConfig:
     tokens_file: Path | None = None   # set: every request needs a bearer token listed there
     max_requests: int = 16            # requests answered at once; more get 503
     public_url: str = ""              # the base URL clients use (Retrieve URL); "" = bound one
+    metadata_cache_bytes: int = 256 << 20  # WADO-RS /metadata: encoded answers kept (LRU)
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,7 @@ def _dicomweb(raw: Any, routes: tuple[RouteConfig, ...]) -> DicomwebConfig | Non
     return check.section("dicomweb", raw, DicomwebConfig, {
         "host": check.host, "port": check.port, "cors_origins": _origins,
         "tokens_file": check.readable_file, "max_requests": check.positive_int,
-        "public_url": _base_url,
+        "public_url": _base_url, "metadata_cache_bytes": check.non_negative_int,
     })
 
 

@@ -86,6 +86,8 @@ def relay(services: Services, event: Request, record: OperationRecord, operation
     tally.expect(list(found.instances))
     tally.upstream_total = found.count
     record.details.update(expected=found.count, survey="counted" if found.fast else "listed")
+    if found.timed_out:
+        record.details["timed_out"] = sorted(found.timed_out)
     if event.is_cancelled:
         record.status = Status.CANCEL
         yield response(record.status, tally, remaining=True)

@@ -46,6 +46,7 @@ class Survey:
 
     holdings: dict[str, list[sopclasses.Instance]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)     # archive → why
+    timed_out: set[str] = field(default_factory=set)          # failed ones: no answer in time
     instances: dict[str, sopclasses.Instance] = field(default_factory=dict)
     fast: bool = False                # Rule 1: counted, not listed
     count: int = 0                    # instances the holding archive said it has
@@ -81,7 +82,8 @@ def survey(services: Services, event: Request, archives: list[str], identifier: 
 def _counted(services: Services, event: Request, archives: list[str], identifier: Dataset,
              find_model: str, token: CancelToken, phi: list[str]) -> Survey | None:
     query = with_selection(sopclasses.count_identifier(identifier), identifier, "STUDY")
-    matches, failed = _ask(services, event, archives, query, find_model, token, phi, "STUDY")
+    matches, failed, _late = _ask(services, event, archives, query, find_model, token, phi,
+                                  "STUDY")
     holders = [name for name in archives if matches[name]]
     if len(holders) != 1 or failed:
         return None
@@ -103,8 +105,9 @@ def list_instances(services: Services, event: Request, archives: list[str],
     query = with_selection(sopclasses.survey_identifier(identifier), identifier, level)
     if LEVEL_KEYS[level] not in query:
         setattr(query, LEVEL_KEYS[level], "")      # a return key: Rule 4
-    matches, failed = _ask(services, event, archives, query, find_model, token, phi, "IMAGE")
-    result = Survey(failed=failed)
+    matches, failed, late = _ask(services, event, archives, query, find_model, token, phi,
+                                 "IMAGE")
+    result = Survey(failed=failed, timed_out=late)
     for name in archives:
         result.selected += _values(matches[name], level)
         found = [inst for inst in map(sopclasses.instance_of, matches[name]) if inst]
@@ -125,10 +128,12 @@ def _values(matches: list[Dataset], level: str) -> list[str]:
 
 def _ask(services: Services, event: Request, archives: list[str], query: Dataset,
          find_model: str, token: CancelToken, phi: list[str], level: str,
-         ) -> tuple[dict[str, list[Dataset]], dict[str, str]]:
-    """One C-FIND per archive in parallel: matches per archive, and why archives failed."""
+         ) -> tuple[dict[str, list[Dataset]], dict[str, str], set[str]]:
+    """One C-FIND per archive in parallel: matches per archive, why archives failed, and
+    which of them failed by not answering in time."""
     matches: dict[str, list[Dataset]] = {name: [] for name in archives}
     failed: dict[str, str] = {}
+    late: set[str] = set()
     remember = services.plugins.remember_location
 
     def ask(client: ArchiveClient, tok: CancelToken) -> Iterator[tuple[int | None,
@@ -152,6 +157,8 @@ def _ask(services: Services, event: Request, archives: list[str], query: Dataset
         elif isinstance(item, Outcome):
             if item.error is not None:
                 failed[item.archive] = item.error.reason
+                if item.error.kind == "timeout":
+                    late.add(item.archive)
             elif item.status != Status.SUCCESS:
                 failed[item.archive] = f"survey C-FIND answered 0x{item.status or 0:04X}"
-    return matches, failed
+    return matches, failed, late

@@ -1,6 +1,6 @@
 """A data set → the DICOM JSON Model (PS3.18 F.2), element by element.
 
-Job: pure. What QIDO-RS answers (and WADO-RS ``/metadata`` will): each attribute as
+Job: pure. What QIDO-RS and WADO-RS ``/metadata`` answer: each attribute as
 ``"ggggeeee": {"vr": ..., "Value": [...]}``. pydicom's ``DataElement.to_json_dict`` writes
 the model (checked against F.2 in tests/test_web_dicomjson.py): PN as ``Alphabetic`` /
 ``Ideographic`` / ``Phonetic`` component groups, IS/DS and the binary numbers as JSON

@@ -80,7 +80,8 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=settings.max_requests,
                                        thread_name_prefix="dicomweb")
         self.qido = QidoRs(services, self.pool, settings.max_requests, settings.public_url)
-        self.wado = WadoRs(services, self.pool, settings.public_url)
+        self.wado = WadoRs(services, self.pool, settings.public_url,
+                           settings.metadata_cache_bytes)
         self.stow = StowRs(services, self.pool, settings.public_url)
         self.port = 0
         self._ready = threading.Event()

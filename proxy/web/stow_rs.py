@@ -13,11 +13,12 @@ Rule 2: each instance then takes the route's store routing exactly as a C-STORE 
 Rule 3: with a study in the URL, an instance of another study is not stored: failure
         reason 0xA900 (Data Set does not match SOP Class — PS3.18 10.5.3.2's "different
         Study Instance UID" case, which the standard answers this way).
-Rule 4 (answer, PS3.18 10.5.3): DICOM JSON with Referenced SOP Sequence (0008,1199) —
-        SOP Class/Instance UID and the proxy's Retrieve URL (0008,1190) of each stored
-        instance — and Failed SOP Sequence (0008,1198) with each Failure Reason
-        (0008,1197: the status it got). 200 when all were stored, 202 when some were, 409
-        when none was; 400 for a body that is not a multipart of DICOM instances.
+Rule 4 (answer, PS3.18 10.5.3, built by the pure ``proxy.web.stow``): DICOM JSON with
+        Referenced SOP Sequence (0008,1199) — SOP Class/Instance UID and the proxy's
+        Retrieve URL (0008,1190) of each stored instance — and Failed SOP Sequence
+        (0008,1198) with each Failure Reason (0008,1197: the status it got). 200 when all
+        were stored, 202 when some were, 409 when none was; 400 for a body that is not a
+        multipart of DICOM instances.
 Rule 5: blocking work (writing the files, the spool's fsyncs, the archive) runs in the
         server's worker pool; one ``operation`` line per request counts stored/failed.
 """
@@ -30,7 +31,7 @@ import json
 import tempfile
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from aiohttp import BodyPartReader, hdrs, web
 from pydicom.filereader import read_file_meta_info
@@ -39,6 +40,7 @@ from proxy.config import RouteConfig
 from proxy.operations import store, store_relay
 from proxy.services import OperationRecord, Services
 from proxy.status import Status
+from proxy.web import stow
 from proxy.web.http import record_of, route_of
 from proxy.web.qido_rs import origin_of
 
@@ -78,15 +80,16 @@ class StowRs:
             if not received:
                 raise web.HTTPBadRequest(text="the request holds no instance")
             base = f"{self.public_url or origin_of(request)}/dicomweb/{route.called_ae}"
-            answer, stored, failed = await loop.run_in_executor(
-                self.pool, self._store_all, route, received, study, base)
+            outcomes = await loop.run_in_executor(
+                self.pool, self._store_all, route, received, study)
         except ValueError as exc:             # aiohttp: a body that is not a multipart
             raise web.HTTPBadRequest(text=f"not a multipart body: {exc}") from None
         finally:
             for path in received:
                 path.unlink(missing_ok=True)   # stored ones were moved into the spool
-        record.details.update(stored=stored, failed=failed)
-        code = 200 if not failed else 202 if stored else 409
+        code, answer = stow.answer(outcomes, base)
+        stored = sum(stow.stored(o.status) for o in outcomes)
+        record.details.update(stored=stored, failed=len(outcomes) - stored)
         # The media type alone, no charset parameter (JSON is UTF-8, RFC 8259): clients such
         # as dicomweb-client compare the Content-Type as a whole.
         return web.Response(body=json.dumps(answer).encode(), status=code,
@@ -105,11 +108,10 @@ class StowRs:
             await loop.run_in_executor(self.pool, sink.close)
         return path
 
-    def _store_all(self, route: RouteConfig, paths: list[Path], study: str | None,
-                   base: str) -> tuple[dict[str, Any], int, int]:
-        """Rules 2-4, on a worker thread: each file through the route's store routing."""
-        referenced: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
+    def _store_all(self, route: RouteConfig, paths: list[Path],
+                   study: str | None) -> list[stow.Outcome]:
+        """Rules 2-3, on a worker thread: each file through the route's store routing."""
+        outcomes: list[stow.Outcome] = []
         for path in paths:
             sop_class = sop_instance = ""
             try:
@@ -118,27 +120,19 @@ class StowRs:
                 sop_instance = str(meta.MediaStorageSOPInstanceUID)
                 syntax = str(meta.TransferSyntaxUID)
             except Exception:
-                failed.append(_item(sop_class, sop_instance, Status.UNABLE_TO_PROCESS))
+                outcomes.append(stow.Outcome(sop_class, sop_instance, Status.UNABLE_TO_PROCESS))
                 continue
-            status = self._store_one(route, path, sop_class, sop_instance, syntax, study)
-            if status in (Status.SUCCESS,) or 0xB000 <= status <= 0xBFFF:
-                item = _item(sop_class, sop_instance)
-                item["00081190"] = {"vr": "UR", "Value": [
-                    f"{base}/studies/{self._study_of(path, study)}"]}
-                referenced.append(item)
-            else:
-                failed.append(_item(sop_class, sop_instance, status))
-        answer: dict[str, Any] = {}
-        if failed:
-            answer["00081198"] = {"vr": "SQ", "Value": failed}
-        if referenced:
-            answer["00081199"] = {"vr": "SQ", "Value": referenced}
-        return answer, len(referenced), len(failed)
+            of_study = self._study_of(path)    # read before the spool takes the file away
+            status = self._store_one(route, path, sop_class, sop_instance, syntax,
+                                     study, of_study)
+            outcomes.append(stow.Outcome(sop_class, sop_instance, status,
+                                         of_study or study or ""))
+        return outcomes
 
     def _store_one(self, route: RouteConfig, path: Path, sop_class: str, sop_instance: str,
-                   syntax: str, study: str | None) -> int:
+                   syntax: str, study: str | None, of_study: str) -> int:
         record = OperationRecord(SERVICE)
-        if study is not None and self._study_of(path, None) != study:
+        if study is not None and of_study != study:
             return MISMATCH
         if not route.store_to:
             return store.not_stored(route.called_ae, record)[0]
@@ -155,20 +149,11 @@ class StowRs:
         return store.spool_it(self.services, record, targets, meta, path)[0]
 
     @staticmethod
-    def _study_of(path: Path, default: str | None) -> str:
+    def _study_of(path: Path) -> str:
         from pydicom import dcmread
         try:
             ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
             return str(ds.StudyInstanceUID)
         except Exception:
-            return default or ""
+            return ""
 
-
-def _item(sop_class: str, sop_instance: str, reason: int | None = None) -> dict[str, Any]:
-    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [sop_class]} if sop_class
-                            else {"vr": "UI"},
-                            "00081155": {"vr": "UI", "Value": [sop_instance]} if sop_instance
-                            else {"vr": "UI"}}
-    if reason is not None:
-        item["00081197"] = {"vr": "US", "Value": [int(reason)]}
-    return item

@@ -11,16 +11,19 @@ Rule 1 (retrieve): ``…/studies/{study}[/series/{series}[/instances/{sop}]]`` i
         the buffer (memory bounded whatever the study size). The transfer syntax: the
         original unless the Accept names one (``wado.instance_syntaxes``). A client that
         hangs up closes the stream: the retrieve is cancelled, the archive gets a C-CANCEL.
-Rule 2 (status): nothing found anywhere → 404; no archive reachable → 502 naming them;
+Rule 2 (status): nothing found anywhere → 404; no archive reachable → 502 naming them
+        (504 when every one of them timed out, as QIDO-RS);
         once the first part is out the status is sent: an instance that fails later is
         left out, the multipart closed after what arrived, and the ``operation`` line
         says ``completed``/``failed`` (as a C-GET's counts would).
 Rule 3 (metadata): ``…/metadata`` is DICOM JSON of every instance without its bulk data
         (Pixel Data and binary values over 1 KiB become ``BulkDataURI``s of this proxy:
         ``…/instances/{sop}/bulkdata/{tag}``), read from each instance's header (the
-        pixel data is never parsed). Answers are kept in a bounded LRU
-        (``METADATA_CACHE_INSTANCES`` instances) per route and level: a viewer asks for
-        metadata first and often; a second request is answered without the archive.
+        pixel data is never parsed). Answers are kept, as the encoded JSON they were sent
+        as, in an LRU keyed by route and the path's UIDs and bounded in bytes
+        (``[dicomweb] metadata_cache_bytes``, default 256 MiB; 0 keeps none; an answer
+        larger than the bound is sent but not kept): a viewer asks for metadata first
+        and often; a second request is answered without the archive.
 Rule 4 (frames, bulk data): ``…/instances/{sop}/frames/{list}`` and ``…/bulkdata/{tag}``
         fetch the one instance and answer its frames (``wado.frames``: native cut per
         frame, encapsulated as stored, in the frame's media type) or the element's value
@@ -42,6 +45,7 @@ from aiohttp import hdrs, web
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from proxy.config import RouteConfig
 from proxy.retrieve.stream import InstanceStream, Part
@@ -52,38 +56,47 @@ from proxy.web.http import WebRecord, record_of, route_of
 from proxy.web.qido_rs import origin_of
 
 SERVICE = "WADO-RS"
-METADATA_CACHE_INSTANCES = 50_000      # DICOM JSON objects kept for /metadata (Rule 3)
+METADATA_CACHE_BYTES = 256 << 20       # encoded /metadata answers kept (Rule 3)
 BULK_THRESHOLD = 1024                  # binary values above this become BulkDataURIs
 _HEAD = 4 * 1024 * 1024                # bytes read for a header before reading on
 _PIXEL_DATA = 0x7FE00010
 
 
 class MetadataCache:
-    """Rule 3: (route, study, series, sop) → DICOM JSON objects, least recently used out."""
+    """Rule 3: (route, study, series, sop) → (encoded DICOM JSON, instances), LRU by bytes.
 
-    def __init__(self, max_instances: int = METADATA_CACHE_INSTANCES) -> None:
-        self.max_instances = max_instances
-        self._entries: OrderedDict[tuple[str, ...], list[dicomjson.JsonObject]] = OrderedDict()
+    The encoded answer, not the parsed objects: a Python dict of one CT's metadata takes
+    about eight times its JSON's size, and the answer is sent as JSON anyway.
+    """
+
+    def __init__(self, max_bytes: int = METADATA_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, ...], tuple[bytes, int]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, ...]) -> list[dicomjson.JsonObject] | None:
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._size
+
+    def get(self, key: tuple[str, ...]) -> tuple[bytes, int] | None:
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
             return found
 
-    def put(self, key: tuple[str, ...], objects: list[dicomjson.JsonObject]) -> None:
-        if len(objects) > self.max_instances:
+    def put(self, key: tuple[str, ...], body: bytes, instances: int) -> None:
+        if len(body) > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(key, None)
-            self._size -= len(old) if old else 0
-            self._entries[key] = objects
-            self._size += len(objects)
-            while self._size > self.max_instances and self._entries:
-                _key, dropped = self._entries.popitem(last=False)
+            self._size -= len(old[0]) if old else 0
+            self._entries[key] = (body, instances)
+            self._size += len(body)
+            while self._size > self.max_bytes and self._entries:
+                _key, (dropped, _count) = self._entries.popitem(last=False)
                 self._size -= len(dropped)
 
 
@@ -134,11 +147,12 @@ def find_element(ds: Dataset, tag: int) -> DataElement | None:
 class WadoRs:
     """The WADO-RS handlers of one server (Rules 1-5)."""
 
-    def __init__(self, services: Services, pool: Executor, public_url: str = "") -> None:
+    def __init__(self, services: Services, pool: Executor, public_url: str = "",
+                 cache_bytes: int = METADATA_CACHE_BYTES) -> None:
         self.services = services
         self.pool = pool
         self.public_url = public_url
-        self.cache = MetadataCache()
+        self.cache = MetadataCache(cache_bytes)
 
     def _stream(self, request: web.Request, route: RouteConfig, keys: dict[str, str],
                 syntaxes: tuple[str, ...] | None = None) -> InstanceStream:
@@ -201,9 +215,9 @@ class WadoRs:
         except wado.NotAcceptable as exc:
             raise web.HTTPNotAcceptable(text=str(exc)) from None
         key = (route.called_ae, *keys.values())
-        objects = self.cache.get(key)
-        record.details["cache"] = "hit" if objects is not None else "miss"
-        if objects is None:
+        cached = self.cache.get(key)
+        record.details["cache"] = "hit" if cached is not None else "miss"
+        if cached is None:
             base = f"{self.public_url or origin_of(request)}/dicomweb/{route.called_ae}"
             stream = self._stream(request, route, keys)
             loop = asyncio.get_running_loop()
@@ -214,10 +228,11 @@ class WadoRs:
                 _report(record, stream)
             if not objects:
                 raise _nothing(stream, keys)
-            self.cache.put(key, objects)
-        record.details["instances"] = len(objects)
-        return web.json_response(objects, content_type="application/dicom+json",
-                                 dumps=_dumps)
+            cached = (_dumps(objects).encode(), len(objects))
+            self.cache.put(key, *cached)
+        body, record.details["instances"] = cached
+        # The media type alone (JSON is UTF-8, RFC 8259), as for QIDO-RS and STOW-RS.
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: "application/dicom+json"})
 
     # -- Rule 4: frames and bulk data -----------------------------------------------------------
 
@@ -313,10 +328,20 @@ def _metadata(stream: InstanceStream, base: str) -> list[dicomjson.JsonObject]:
         converted = dicomjson.to_json(ds, uri, BULK_THRESHOLD).json
         if "Rows" in ds and "Columns" in ds:      # an image: its Pixel Data, never read here
             converted[f"{_PIXEL_DATA:08X}"] = {
-                "vr": "OB" if part.transfer_syntax != "1.2.840.10008.1.2" else "OW",
+                "vr": _pixel_vr(ds, part.transfer_syntax),
                 "BulkDataURI": f"{instance}/bulkdata/{_PIXEL_DATA:08X}"}
         objects.append(converted)
     return objects
+
+
+def _pixel_vr(ds: Dataset, transfer_syntax: str) -> str:
+    """Pixel Data's VR as the instance has it (PS3.5 A.1 / 8.2): OB when encapsulated or
+    of 8 bits or less in an explicit syntax, OW otherwise."""
+    if UID(transfer_syntax).is_encapsulated:
+        return "OB"
+    if transfer_syntax == "1.2.840.10008.1.2":      # implicit: OW by the data dictionary
+        return "OW"
+    return "OB" if int(ds.get("BitsAllocated", 16) or 16) <= 8 else "OW"
 
 
 def _nothing(stream: InstanceStream, keys: dict[str, str]) -> web.HTTPException:
@@ -327,13 +352,16 @@ def _nothing(stream: InstanceStream, keys: dict[str, str]) -> web.HTTPException:
         return web.HTTPNotFound(text=f"no instance found for {what}")
     why = stream.record.hint or "; ".join(details.get("failure_reasons", {})) or \
         f"status 0x{stream.status or 0:04X}"
+    late = set(details.get("timed_out", ()))
+    if late and late >= set(stream.record.archives):
+        return web.HTTPGatewayTimeout(text=f"no archive answered in time for {what}: {why}")
     return web.HTTPBadGateway(text=f"the archives did not deliver {what}: {why}")
 
 
 def _report(record: WebRecord, stream: InstanceStream) -> None:
     details = stream.record.details
     record.details.update({k: details[k] for k in ("expected", "completed", "failed",
-                                                   "warning", "first_instance_ms")
+                                                   "warning", "first_instance_ms", "timed_out")
                            if k in details})
     if stream.record.hint and record.hint is None:
         record.hint = stream.record.hint

@@ -19,6 +19,7 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pynetdicom import AE
 from requests import HTTPError
 
 from tests.e2e.orthanc import OrthancArchive
@@ -92,6 +93,10 @@ def test_stored_instances_arrive_as_a_direct_store_leaves_them(
                       answer.ReferencedSOPSequence}
         assert referenced == {str(ds.SOPInstanceUID) for ds in originals}
         assert "FailedSOPSequence" not in answer
+        studies = {str(ds.SOPInstanceUID): str(ds.StudyInstanceUID) for ds in originals}
+        for item in answer.ReferencedSOPSequence:                 # PS3.18 10.5.3.1
+            assert item.RetrieveURL == (f"http://{LOOPBACK}:{proxy.dicomweb_port}/dicomweb/"
+                                        f"{route}/studies/{studies[item.ReferencedSOPInstanceUID]}")
         through = {uid: kept(target, uid) for uid in referenced}
         target.delete_all()
         for original in originals:
@@ -103,8 +108,53 @@ def test_stored_instances_arrive_as_a_direct_store_leaves_them(
                     their_answer.ReferencedSOPSequence] == [uid]
         line = proxy.wait_event("operation", lambda e: e.get("operation") == "STOW-RS")
         assert (line["status"], line["stored"], line["failed"]) == (200, 2, 0)
+        assert proxy.metric("dicom_proxy_http_requests_total", route=route,
+                            service="STOW-RS", code="200") == 1
     finally:
         proxy.stop()
+
+
+def direct_c_store(archive: OrthancArchive, ds: Dataset) -> int:
+    ae = AE("WS_DIRECT")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(LOOPBACK, archive.dicom_port, ae_title=archive.aet)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_a_relay_route_answers_with_the_archives_own_refusal(tmp_path: Path) -> None:
+    """The archive refuses the instance (its Lua filter fails: Orthanc answers 0xA700):
+    the STOW-RS answer's Failure Reason is the status a direct C-STORE gets."""
+    script = tmp_path / "refuse.lua"
+    script.write_text('function ReceivedInstanceFilter(dicom, origin, info)\n'
+                      '  error("refused by policy")\nend\n')
+    ct = dcmread(_path("CT_small.dcm"))
+    with OrthancArchive("REFUSER", extra_config={"LuaScripts": [str(script)]}) as refuser:
+        directly = direct_c_store(refuser, ct)
+        assert directly != 0x0000
+        associations = len(refuser.calling_aets())
+        proxy = ProxyProcess({
+            "archives": {"refuser": archive_entry(refuser)},
+            "routes": [{"called_ae": "RELAYED", "archives": ["refuser"],
+                        "store_to": ["refuser"], "store": "relay", "dicomweb": True}],
+            "dicomweb": {"host": LOOPBACK, "port": 0},
+        }, tmp_path).start()
+        try:
+            with pytest.raises(HTTPError) as info:
+                client(proxy, "RELAYED").store_instances([ct])
+            assert info.value.response.status_code == 409
+            [failed] = info.value.response.json()["00081198"]["Value"]
+            assert failed["00081155"]["Value"] == [str(ct.SOPInstanceUID)]
+            assert failed["00081197"]["Value"] == [directly]
+            assert len(refuser.calling_aets()) > associations   # the archive's own answer
+            assert not refuser.instance_uids()
+            line = proxy.wait_event("operation", lambda e: e.get("operation") == "STOW-RS")
+            assert (line["status"], line["stored"], line["failed"]) == (409, 0, 1)
+        finally:
+            proxy.stop()
 
 
 def test_refusals_are_failed_sop_items(target: OrthancArchive, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ frames pydicom cuts from the original (native and RLE multi-frame); BulkDataURIs
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ ROUTE = "WADO"
 ORIGIN = "http://viewer.example"
 NATIVE_MULTIFRAME = "rtdose.dcm"                 # 15 frames, Implicit VR Little Endian
 RLE_MULTIFRAME = "SC_rgb_rle_2frame.dcm"          # 2 frames, RLE Lossless
+JPEG_MULTIFRAME = "examples_ybr_color.dcm"       # 30 frames, JPEG Baseline (second archive)
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")   # Debian orthanc-dicomweb
 SUCCESS = 0x0000
 
 
@@ -51,11 +54,20 @@ def archive(synthetic_studies: SyntheticSet) -> Iterator[OrthancArchive]:
 
 
 @pytest.fixture(scope="module")
-def proxy(archive: OrthancArchive,
+def second(synthetic_studies: SyntheticSet) -> Iterator[OrthancArchive]:
+    """The federation's other archive, with Orthanc's own DICOMweb plugin to compare with."""
+    config = {"Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    with OrthancArchive("PACS_WADO_B", extra_config=config) as pacs:
+        pacs.upload([_testdata(JPEG_MULTIFRAME)])
+        yield pacs
+
+
+@pytest.fixture(scope="module")
+def proxy(archive: OrthancArchive, second: OrthancArchive,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     process = ProxyProcess({
-        "archives": {"pacs": archive_entry(archive)},
-        "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "dicomweb": True}],
+        "archives": {"pacs": archive_entry(archive), "pacs_b": archive_entry(second)},
+        "routes": [{"called_ae": ROUTE, "archives": ["pacs", "pacs_b"], "dicomweb": True}],
         "dicomweb": {"host": LOOPBACK, "port": 0, "cors_origins": [ORIGIN]},
     }, tmp_path_factory.mktemp("wado-proxy")).start()
     try:
@@ -73,13 +85,14 @@ def client(proxy: ProxyProcess) -> DICOMwebClient:
 
 
 def direct_get(archive: OrthancArchive, study_uid: str, classes: set[str]) -> dict[str, Dataset]:
-    """The study by C-GET straight from the archive, every class in any syntax."""
+    """The study by C-GET straight from the archive, every class in any of these syntaxes."""
     ae = AE("WS_DIRECT")
     ae.add_requested_context(GET)
     syntaxes = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5",
                 "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
-    for uid in classes:
-        ae.add_requested_context(uid, syntaxes)
+    for uid in classes:                 # one context per syntax: the archive sends what it
+        for syntax in syntaxes:         # holds instead of converting to the first one offered
+            ae.add_requested_context(uid, syntax)
     got: dict[str, Dataset] = {}
 
     def on_store(event: evt.Event) -> int:
@@ -181,8 +194,14 @@ def _get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
         return exc.code, dict(exc.headers), exc.read()
 
 
+def counted(proxy: ProxyProcess, code: int) -> float:
+    return proxy.metric("dicom_proxy_http_requests_total", route=ROUTE, service="WADO-RS",
+                        code=str(code))
+
+
 def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
                                       synthetic_studies: SyntheticSet) -> None:
+    before = {code: counted(proxy, code) for code in (200, 400, 404, 406)}
     with pytest.raises(HTTPError) as info:
         client(proxy).retrieve_study("1.2.3.4.5.6.7.8.9")
     assert info.value.response.status_code == 404
@@ -196,14 +215,21 @@ def test_unknown_unacceptable_and_cors(proxy: ProxyProcess,
     assert code == 200 and headers.get("Access-Control-Allow-Origin") == ORIGIN
     assert headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
     assert body.rstrip().endswith(b"--")
+    assert {code: counted(proxy, code) - before[code] for code in before} == {
+        200: 1, 400: 1, 404: 1, 406: 1}
 
 
-def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
+def test_an_archive_that_is_down_is_a_502_naming_it_a_silent_one_504(tmp_path: Path) -> None:
+    from tests.e2e.fault_peers import ScriptedArchive, never_answers
     from tests.e2e.ports import free_port
+    silent = ScriptedArchive(never_answers, aet="SILENT")
     proxy = ProxyProcess({
         "archives": {"gone": {"ae_title": "GONE", "host": LOOPBACK, "port": free_port(),
-                              "timeout": 3}},
-        "routes": [{"called_ae": ROUTE, "archives": ["gone"], "dicomweb": True}],
+                              "timeout": 3},
+                     "silent": {"ae_title": "SILENT", "host": LOOPBACK,
+                                "port": silent.dicom_port, "timeout": 1}},
+        "routes": [{"called_ae": ROUTE, "archives": ["gone"], "dicomweb": True},
+                   {"called_ae": "SLOW", "archives": ["silent"], "dicomweb": True}],
         "dicomweb": {"host": LOOPBACK, "port": 0},
     }, tmp_path).start()
     try:
@@ -211,7 +237,16 @@ def test_an_archive_that_is_down_is_a_502_naming_it(tmp_path: Path) -> None:
         assert code == 502 and b"GONE is running and reachable" in body, body
         line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
         assert line["status"] == 502 and line["archives"] == ["gone"]
+        slow = root(proxy).replace(f"/{ROUTE}", "/SLOW")
+        code, _, body = _get(f"{slow}/studies/1.2.3")
+        assert code == 504 and b"no archive answered in time" in body, body
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS"
+                                and e.get("status") == 504)
+        assert line["archives"] == ["silent"] and line["timed_out"] == ["silent"]
+        code, _, body = _get(f"{slow}/studies/1.2.3/series/4.5/metadata")
+        assert code == 504, body
     finally:
+        silent.close()
         assert proxy.stop() == 0
 
 
@@ -226,9 +261,6 @@ def test_a_byte_range_of_bulk_data(proxy: ProxyProcess) -> None:
 
 
 # -- a federation, and Orthanc's own WADO-RS over the same data ---------------------------
-
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")   # Debian orthanc-dicomweb
-
 
 def test_a_federated_study_and_orthancs_own_wado_rs(synthetic_studies: SyntheticSet,
                                                     tmp_path: Path) -> None:
@@ -275,5 +307,112 @@ def test_a_federated_study_and_orthancs_own_wado_rs(synthetic_studies: Synthetic
                         continue                       # URIs are each server's own
                     if key in other and "BulkDataURI" not in other[key]:
                         assert attribute == other[key], (uid, key)
+        finally:
+            assert proxy.stop() == 0
+
+
+def test_a_jpeg_multiframe_from_the_other_archive_of_the_federation(
+        proxy: ProxyProcess, second: OrthancArchive) -> None:
+    """The instance lives on the federation's second archive: the study equals a direct
+    C-GET from it and what Orthanc's own WADO-RS (its DICOMweb plugin) sends for the same
+    request; its frames are the original's JPEG fragments, never decoded."""
+    original = dcmread(_testdata(JPEG_MULTIFRAME))
+    study = str(original.StudyInstanceUID)
+    uids = (study, str(original.SeriesInstanceUID), str(original.SOPInstanceUID))
+    [through] = client(proxy).retrieve_study(study)
+    direct = direct_get(second, study, {str(original.SOPClassUID)})
+    [plugin] = DICOMwebClient(url=f"{second.base_url}/dicom-web").retrieve_study(
+        study, media_types=(("application/dicom", "*"),))
+    for name, other in (("direct", direct[uids[2]]), ("plugin", plugin), ("file", original)):
+        assert through.file_meta.TransferSyntaxUID == other.file_meta.TransferSyntaxUID, name
+        assert through.file_meta.TransferSyntaxUID == other.file_meta.TransferSyntaxUID
+        assert through == other
+        assert through.PixelData == other.PixelData
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS"
+                            and e.get("completed") == 1 and "pacs_b" in e.get("archives", []))
+    assert line["status"] == 200
+    wanted = [1, 15, 30]
+    frames = client(proxy).retrieve_instance_frames(*uids, wanted, media_types=("image/jpeg",))
+    expected = list(generate_frames(original.PixelData,
+                                    number_of_frames=int(original.NumberOfFrames)))
+    assert frames == [expected[n - 1] for n in wanted]
+    assert all(frame.startswith(b"\xff\xd8") for frame in frames)   # JPEG SOI: as stored
+    code, _, body = _get(f"{root(proxy)}/studies/{study}/series/{uids[1]}/instances/"
+                         f"{uids[2]}/frames/1", Accept="multipart/related; "
+                         "type=\"application/octet-stream\"")
+    assert code == 406, body                        # it would have to decode: refused
+
+
+def test_series_metadata_is_every_data_set_minus_its_bulk_data(
+        proxy: ProxyProcess, archive: OrthancArchive, synthetic_studies: SyntheticSet) -> None:
+    study = synthetic_studies.studies[2]
+    classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
+    direct = direct_get(archive, study.study_uid, classes)
+    series = str(next(iter(direct.values())).SeriesInstanceUID)
+    expected = {uid: ds for uid, ds in direct.items() if str(ds.SeriesInstanceUID) == series}
+    metadata = client(proxy).retrieve_series_metadata(study.study_uid, series)
+    assert {m["00080018"]["Value"][0] for m in metadata} == set(expected)
+    for meta in metadata:
+        original = expected[meta["00080018"]["Value"][0]]
+        assert set(meta) == {f"{int(e.tag):08X}" for e in original}     # nothing left out
+        bulk = {tag for tag, value in meta.items() if "BulkDataURI" in value}
+        assert "7FE00010" in bulk
+        assert meta["7FE00010"]["vr"] == original["PixelData"].VR      # OB/OW as stored
+        got = Dataset.from_json({t: v for t, v in meta.items() if t not in bulk})
+        for elem in original:
+            if f"{int(elem.tag):08X}" not in bulk:
+                assert got[elem.tag] == elem, elem.tag                 # element for element
+
+
+def _big_study(count: int, pixel_bytes: int) -> list[Dataset]:
+    """``count`` instances of one new study, each with ``pixel_bytes`` of native pixel data."""
+    from pydicom.uid import generate_uid
+    template = dcmread(_testdata("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    side = int((pixel_bytes // 2) ** 0.5)
+    out = []
+    for n in range(count):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = n + 1
+        ds.Rows = ds.Columns = side
+        ds.PixelData = bytes([n % 256]) * (side * side * 2)
+        out.append(ds)
+    return out
+
+
+def test_a_client_that_hangs_up_cancels_the_retrieve(tmp_path: Path) -> None:
+    """The client stops reading then closes: the proxy's write waits (back-pressure), the
+    retrieve window fills, the C-GET waits; the hang-up cancels it all (499, C-CANCEL
+    upstream, no buffer file left)."""
+    import socket
+    big = _big_study(24, 1 << 20)                        # 24 MB: more than socket buffers
+    with OrthancArchive("PACS_BIG") as pacs:
+        pacs.upload(big)
+        assert len(pacs.instance_uids()) == len(big)
+        spool = tmp_path / "spool"
+        proxy = ProxyProcess({
+            "archives": {"pacs": archive_entry(pacs)},
+            "routes": [{"called_ae": ROUTE, "archives": ["pacs"], "dicomweb": True}],
+            "spool": {"dir": str(spool), "retrieve_memory_bytes": 1 << 20,
+                      "retrieve_max_bytes": 2 << 20},
+            "dicomweb": {"host": LOOPBACK, "port": 0},
+        }, tmp_path).start()
+        try:
+            study = str(big[0].StudyInstanceUID)
+            with socket.create_connection((LOOPBACK, proxy.dicomweb_port), timeout=30) as sock:
+                sock.sendall(f"GET /dicomweb/{ROUTE}/studies/{study} HTTP/1.1\r\n"
+                             f"Host: {LOOPBACK}\r\nAccept: multipart/related; "
+                             f"type=\"application/dicom\"\r\n\r\n".encode())
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                b"\x01\x00\x00\x00\x00\x00\x00\x00")     # close = RST
+            line = proxy.wait_event("operation", lambda e: e.get("operation") == "WADO-RS")
+            assert line["status"] == 499, line
+            assert line["completed"] < len(big), line
+            [get] = [e for e in proxy.events("upstream") if e["operation"] == "C-GET"]
+            assert get["status"] == "0xFE00" and get["received"] < len(big), get   # C-CANCEL
+            assert not list((spool / "retrieve").rglob("*.dcm"))
         finally:
             assert proxy.stop() == 0
