@@ -233,11 +233,6 @@ class ArchiveClient:
         if not assoc.is_established:
             raise self._why_not(assoc, rejections)
         assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
-        if self.peer.tls:                      # the certificate the handshake verified
-            held = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-            if isinstance(held, ssl.SSLSocket):
-                self._tls().heard(self.peer.side, f"{self.peer.host}:{self.peer.port}",
-                                  peer_cert=held.getpeercert(True))
         with self._active_lock:
             self._active.add(assoc)
         try:
@@ -318,6 +313,9 @@ class ArchiveClient:
         sock = event.assoc.dul.socket
         if sock is not None and sock.socket is not None:
             sock.socket.settimeout(self.network_timeout)
+            if isinstance(sock.socket, ssl.SSLSocket):    # connected: the handshake is done
+                self._tls().heard(self.peer.side, f"{self.peer.host}:{self.peer.port}",
+                                  peer_cert=sock.socket.getpeercert(True))
 
     def _why_not(self, assoc: Association, rejections: Sequence[Any] = ()) -> UpstreamError:
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
