@@ -23,13 +23,15 @@ from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import AllTransferSyntaxes, generate_uid
-from pynetdicom import AE, StoragePresentationContexts, evt
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
+
+from tests.e2e.ports import LOOPBACK
 
 PENDING = 0xFF00
 ENCODED_FILES = (
@@ -46,6 +48,44 @@ ENCODED_FILES = (
     "rtplan.dcm",                     # Implicit VR Little Endian, no pixel data
 )
 DEFLATED_FILE = "image_dfl.dcm"     # Deflated Explicit VR Little Endian
+
+
+# Syntaxes the direct reference C-GET offers, one context each (``direct_get``).
+DIRECT_SYNTAXES = (ExplicitVRLittleEndian, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5",
+                   "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70",
+                   "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+
+
+def direct_get(port: int, aet: str, study_uid: str, classes: set[str]) -> dict[str, Dataset]:
+    """A study by C-GET straight from an archive (pynetdicom as the workstation): the
+    reference a proxied retrieve is compared with. One context per class and syntax, so
+    the archive sends each instance as it holds it instead of converting to the first
+    syntax offered; each data set keeps the file meta it came with."""
+    ae = AE("WS_DIRECT")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for uid in classes:
+        for syntax in DIRECT_SYNTAXES:
+            ae.add_requested_context(uid, syntax)
+    got: dict[str, Dataset] = {}
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        got[str(ds.SOPInstanceUID)] = ds
+        return 0x0000
+
+    assoc = ae.associate(LOOPBACK, port, ae_title=aet,
+                         ext_neg=[build_role(uid, scp_role=True) for uid in classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    statuses = [s.Status for s, _ in assoc.send_c_get(
+        query, StudyRootQueryRetrieveInformationModelGet) if s]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    return got
 
 
 def reidentify(ds: Dataset, study_uid: str, patient_id: str) -> Dataset:

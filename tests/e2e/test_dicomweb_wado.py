@@ -21,14 +21,13 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 from requests import HTTPError
 
 from tests.e2e.data import SyntheticSet
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
+from tests.e2e.retrieve_peers import direct_get
 
 ROUTE = "WADO"
 ORIGIN = "http://viewer.example"
@@ -84,42 +83,12 @@ def client(proxy: ProxyProcess) -> DICOMwebClient:
     return DICOMwebClient(url=root(proxy))
 
 
-def direct_get(archive: OrthancArchive, study_uid: str, classes: set[str]) -> dict[str, Dataset]:
-    """The study by C-GET straight from the archive, every class in any of these syntaxes."""
-    ae = AE("WS_DIRECT")
-    ae.add_requested_context(GET)
-    syntaxes = [ExplicitVRLittleEndian, "1.2.840.10008.1.2", "1.2.840.10008.1.2.5",
-                "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90"]
-    for uid in classes:                 # one context per syntax: the archive sends what it
-        for syntax in syntaxes:         # holds instead of converting to the first one offered
-            ae.add_requested_context(uid, syntax)
-    got: dict[str, Dataset] = {}
-
-    def on_store(event: evt.Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        got[str(ds.SOPInstanceUID)] = ds
-        return SUCCESS
-
-    assoc = ae.associate(LOOPBACK, archive.dicom_port, ae_title=archive.aet,
-                         ext_neg=[build_role(uid, scp_role=True) for uid in classes],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study_uid
-    statuses = [s.Status for s, _ in assoc.send_c_get(query, GET) if s]
-    assoc.release()
-    assert statuses[-1] == SUCCESS
-    return got
-
-
 def test_a_study_is_what_a_direct_c_get_brings(proxy: ProxyProcess, archive: OrthancArchive,
                                               synthetic_studies: SyntheticSet) -> None:
     study = synthetic_studies.studies[0]
     classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
     through = {str(ds.SOPInstanceUID): ds for ds in client(proxy).retrieve_study(study.study_uid)}
-    direct = direct_get(archive, study.study_uid, classes)
+    direct = direct_get(archive.dicom_port, archive.aet, study.study_uid, classes)
     assert set(through) == set(direct) == set(study.sop_uids)
     for uid, ds in through.items():
         assert ds.file_meta.TransferSyntaxUID == direct[uid].file_meta.TransferSyntaxUID
@@ -320,7 +289,7 @@ def test_a_jpeg_multiframe_from_the_other_archive_of_the_federation(
     study = str(original.StudyInstanceUID)
     uids = (study, str(original.SeriesInstanceUID), str(original.SOPInstanceUID))
     [through] = client(proxy).retrieve_study(study)
-    direct = direct_get(second, study, {str(original.SOPClassUID)})
+    direct = direct_get(second.dicom_port, second.aet, study, {str(original.SOPClassUID)})
     [plugin] = DICOMwebClient(url=f"{second.base_url}/dicom-web").retrieve_study(
         study, media_types=(("application/dicom", "*"),))
     for name, other in (("direct", direct[uids[2]]), ("plugin", plugin), ("file", original)):
@@ -347,7 +316,7 @@ def test_series_metadata_is_every_data_set_minus_its_bulk_data(
         proxy: ProxyProcess, archive: OrthancArchive, synthetic_studies: SyntheticSet) -> None:
     study = synthetic_studies.studies[2]
     classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
-    direct = direct_get(archive, study.study_uid, classes)
+    direct = direct_get(archive.dicom_port, archive.aet, study.study_uid, classes)
     series = str(next(iter(direct.values())).SeriesInstanceUID)
     expected = {uid: ds for uid, ds in direct.items() if str(ds.SeriesInstanceUID) == series}
     metadata = client(proxy).retrieve_series_metadata(study.study_uid, series)

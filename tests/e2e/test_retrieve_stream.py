@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
 from proxy.app import Proxy
 from proxy.config import parse
@@ -28,6 +26,7 @@ from tests.e2e.data import SyntheticSet
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK
 from tests.e2e.proxy_harness import archive_entry
+from tests.e2e.retrieve_peers import direct_get
 
 COMPRESSED = ["JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm"]
 SUCCESS, CANCEL = 0x0000, 0xFE00
@@ -59,38 +58,6 @@ def proxy(archive: OrthancArchive, tmp_path: Path) -> Iterator[Proxy]:
             running.stop(grace=2)
 
 
-def direct_get(archive: OrthancArchive, study_uid: str,
-               paths: tuple[Path, ...]) -> dict[str, Dataset]:
-    """The same study by C-GET straight from the archive, each class in any syntax."""
-    wanted = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}
-    ae = AE("WS_DIRECT")
-    ae.add_requested_context(GET)
-    got: dict[str, Dataset] = {}
-    for uid in wanted:
-        ae.add_requested_context(uid, [ExplicitVRLittleEndian, "1.2.840.10008.1.2",
-                                       "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-                                       "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
-                                       "1.2.840.10008.1.2.4.70"])
-
-    def on_store(event: evt.Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        got[str(ds.SOPInstanceUID)] = ds
-        return 0
-
-    assoc = ae.associate(LOOPBACK, archive.dicom_port, ae_title=archive.aet,
-                         ext_neg=[build_role(uid, scp_role=True) for uid in wanted],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study_uid
-    statuses = [s.Status for s, _ in assoc.send_c_get(query, GET) if s]
-    assoc.release()
-    assert statuses[-1] == SUCCESS
-    return got
-
-
 def read_all(stream: InstanceStream) -> dict[str, tuple[str, bytes]]:
     out = {}
     for part in stream:
@@ -107,7 +74,8 @@ def test_a_study_streams_as_a_direct_c_get_brings_it(proxy: Proxy, archive: Orth
     stream = InstanceStream(proxy.services, route, {"StudyInstanceUID": study.study_uid},
                             "WADO-TEST", "127.0.0.1:1")
     got = read_all(stream)
-    direct = direct_get(archive, study.study_uid, study.paths)
+    classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in study.paths}
+    direct = direct_get(archive.dicom_port, archive.aet, study.study_uid, classes)
     assert set(got) == set(direct) == set(study.sop_uids)
     for uid, (syntax, data) in got.items():
         ds = dcmread(io.BytesIO(data))           # a valid Part-10 file
