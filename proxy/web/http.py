@@ -84,7 +84,7 @@ def observe(bus: ev.EventBus) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.monotonic()
         record = record_of(request)
-        peer = _peer(request)
+        peer = peer_of(request)
         code = 500
         try:
             response = await handler(request)
@@ -230,7 +230,8 @@ def auth(tokens: Tokens | None) -> Any:
     return middleware
 
 
-def _peer(request: web.Request) -> str:
+def peer_of(request: web.Request) -> str:
+    """The client's ip:port, as the log lines name it."""
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:

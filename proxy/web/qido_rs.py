@@ -51,7 +51,7 @@ from proxy.rawtext import set_text, text_values
 from proxy.services import OperationRecord, Services
 from proxy.status import Status
 from proxy.web import dicomjson, qido
-from proxy.web.http import record_of, route_of
+from proxy.web.http import peer_of, record_of, route_of
 
 SERVICE = "QIDO-RS"
 STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")   # PS3.4 C.6.2: Study Root, FIND
@@ -118,7 +118,7 @@ class QidoRs:
                      "([dicomweb] max_requests); try again", headers={hdrs.RETRY_AFTER: "1"})
         token = CancelToken()
         asker = Asker(AssocInfo(f"http-{next(_SERIAL)}", "", route.called_ae,
-                                _peer(request), route.called_ae), token,
+                                peer_of(request), route.called_ae), token,
                       gone="the HTTP request ended before the answer was complete")
         base = f"{self.public_url or origin_of(request)}/dicomweb/{route.called_ae}"
         self.running.add(token)
@@ -261,9 +261,3 @@ def origin_of(request: web.Request) -> str:
     if not re.search(r":[0-9]+$", host) and local[1] not in (0, _DEFAULT_PORTS[request.scheme]):
         host = f"{host}:{local[1]}"
     return f"{request.scheme}://{host}"
-
-
-def _peer(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else (request.remote or "")
-

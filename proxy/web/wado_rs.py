@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 from collections import OrderedDict
 from concurrent.futures import Executor
@@ -52,7 +53,7 @@ from proxy.retrieve.stream import InstanceStream, Part
 from proxy.retrieve.tally import NOTHING_TO_RETRIEVE
 from proxy.services import Services
 from proxy.web import dicomjson, wado
-from proxy.web.http import WebRecord, record_of, route_of
+from proxy.web.http import WebRecord, peer_of, record_of, route_of
 from proxy.web.qido_rs import origin_of
 
 SERVICE = "WADO-RS"
@@ -110,11 +111,6 @@ def _keys(request: web.Request) -> dict[str, str]:
     return keys
 
 
-def _peer(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
-
-
 def read_part(part: Part) -> bytes:
     """The whole Part-10 file of one instance (frames, bulk data: Rule 4)."""
     return b"".join(part.chunks())
@@ -156,7 +152,7 @@ class WadoRs:
 
     def _stream(self, request: web.Request, route: RouteConfig, keys: dict[str, str],
                 syntaxes: tuple[str, ...] | None = None) -> InstanceStream:
-        return InstanceStream(self.services, route, keys, SERVICE, _peer(request), syntaxes)
+        return InstanceStream(self.services, route, keys, SERVICE, peer_of(request), syntaxes)
 
     def _begin(self, request: web.Request) -> tuple[WebRecord, RouteConfig, dict[str, str]]:
         record = record_of(request)
@@ -376,6 +372,5 @@ def _multipart(framing: wado.Multipart, parts: list[tuple[str, bytes]]) -> web.R
 
 
 def _dumps(obj: Any) -> str:
-    import json
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
