@@ -128,7 +128,8 @@ def encodings(ds: Dataset) -> str | list[str]:
         return raw_encodings(raw.value, raw.VR)     # once per character set an archive uses
     elem = element(ds, _CHARSET)
     if elem is None:
-        return ds._parent_encoding  # type: ignore[no-any-return]
+        encoding: str | list[str] = ds._parent_encoding    # Any in some pydicom releases
+        return encoding
     value = elem.value
     if isinstance(value, bytes):    # unreadable (rawtext.element gave UN): as pydicom would
         value = value.decode(default_encoding, "replace").strip(" \0")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from proxy.workflow.commitments import (
@@ -95,3 +97,36 @@ def test_an_unreadable_record_goes_to_dead_letters_not_the_proxy(tmp_path: Path)
     assert [i.transaction_uid for i in again.in_state(WAITING)] == ["2"]
     assert len(again.unreadable) == 1 and item.id in again.unreadable[0]
     assert (journal.root / "dead" / f"{item.id}.action").read_bytes() == ACTION
+
+
+def test_a_report_racing_the_forwarded_mark_is_kept_on_disk(tmp_path: Path) -> None:
+    """The archive's report (listener thread) and its N-ACTION-RSP (committer thread) move
+    one commitment at once: neither fails, and the record on disk says reported."""
+    journal = opened(tmp_path)
+    items = [journal.add(new(str(n)), ACTION) for n in range(150)]
+    failures: list[BaseException] = []
+
+    def run(step: Callable[[], object], start: threading.Barrier) -> None:
+        try:
+            start.wait()
+            step()
+        except BaseException as exc:  # the test reports what the race raised
+            failures.append(exc)
+
+    for item in items:
+        start = threading.Barrier(2)
+        threads = [threading.Thread(target=run, args=(lambda i=item: journal.forwarded(i.id),
+                                                       start)),
+                   threading.Thread(target=run, args=(
+                       lambda i=item: journal.reported(i.transaction_uid, 1, EXPLICIT, b"r"),
+                       start))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert {i.state for i in journal.in_state(REPORTED)} == {REPORTED}
+    assert len(journal.in_state(REPORTED)) == len(items)
+    again = opened(tmp_path)
+    assert len(again.in_state(REPORTED)) == len(items)     # what is on disk is the latest
+    assert list(tmp_path.glob("commitment/*.part")) == []

@@ -70,6 +70,7 @@ def report(request: Request, services: Services) -> Reply:
         event_type = request.command.get(commands.EVENT_TYPE_ID)
         base: commands.Command = {} if event_type is None else \
             {commands.EVENT_TYPE_ID: event_type}
+        record.details["event_type"] = event_type
         if not session.data.get("inbound") or engine is None:
             record.status = Status.UNRECOGNIZED_OPERATION
             record.hint = ("the proxy takes Storage Commitment reports from archives, on its "
@@ -80,7 +81,6 @@ def report(request: Request, services: Services) -> Reply:
             return Reply(record.status, base)
         taken = take(engine, event_type, request.transfer_syntax, request.data)
         record.details["transaction_uid"] = taken.transaction_uid
-        record.details["event_type"] = event_type
         if taken.item is not None:
             record.archives = [taken.item.archive]
             record.details["modality"] = taken.item.modality

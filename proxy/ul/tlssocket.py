@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 _READ = 64 * 1024            # ciphertext bytes taken from the socket per read
 
@@ -68,8 +69,10 @@ class TlsSocket:
         while True:
             try:
                 with self._tls:
-                    # With a buffer the count comes back (typeshed says bytes).
-                    got: object = self._ssl.read(size, buffer)  # type: ignore[arg-type]
+                    # With a buffer the count comes back (typeshed says bytes, and
+                    # some of its releases want a bytearray).
+                    read: Callable[[int, memoryview | bytearray], object] = self._ssl.read
+                    got = read(size, buffer)
                     produced = self._outgoing.pending
             except ssl.SSLWantReadError:
                 if not self._fill():

@@ -25,6 +25,11 @@ Rule 3: at ``open`` a ``forwarded`` commitment is ``waiting`` again: a report th
 Rule 4: one pending commitment per Transaction UID (``add`` of a known one returns it:
         a modality repeating its N-ACTION).
 Rule 5: file I/O and bookkeeping only: no DICOM decisions, no events.
+Rule 6: one writer at a time (``_writing``): a record's change in memory and its files are
+        written together, so two threads moving one commitment (the archive's report
+        arriving while the N-ACTION-RSP is being recorded) never write one ``.part`` at
+        once, and the ``.json`` on disk is always the latest state. Readers only take
+        ``_lock``; they never wait for an fsync.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class CommitmentJournal:
         self.root = root / "commitment"
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
+        self._writing = threading.RLock()          # Rule 6
         self._items: dict[str, Commitment] = {}
         self._dead = 0
         self._last_id = 0
@@ -123,24 +129,20 @@ class CommitmentJournal:
     def add(self, item: Commitment, action: bytes | None) -> Commitment:
         """Keep a new commitment durably (Rule 1); a pending one with the same Transaction
         UID is returned instead (Rule 4). ``item.id`` is assigned here."""
-        with self._lock:
-            known = self._by_transaction(item.transaction_uid)
-            if known is not None:
-                return known
-            self._last_id = max(time.time_ns(), self._last_id + 1)
-            item = replace(item, id=f"{self._last_id:020d}")
-        if action is not None:
-            write_durably(self._path(item.id, ".action"), action)
-        self._save(item)
-        with self._lock:
-            twin = self._by_transaction(item.transaction_uid)    # added meanwhile
-            if twin is None:
+        with self._writing:
+            with self._lock:
+                known = self._by_transaction(item.transaction_uid)
+                if known is not None:
+                    return known
+                self._last_id = max(time.time_ns(), self._last_id + 1)
+                item = replace(item, id=f"{self._last_id:020d}")
+            if action is not None:
+                write_durably(self._path(item.id, ".action"), action)
+            self._save(item)
+            with self._lock:
                 self._items[item.id] = item
                 self.changed.notify_all()
-        if twin is not None:
-            self._forget(item.id)
-            return twin
-        return item
+            return item
 
     def forwarded(self, item_id: str) -> bool:
         """The archive accepted the N-ACTION: ``waiting`` → ``forwarded`` (only from there)."""
@@ -151,23 +153,27 @@ class CommitmentJournal:
         """The archive's report for ``transaction_uid``, kept durably (Rule 1); None when no
         pending commitment has it. A second report for one already reported keeps the
         first."""
-        with self._lock:
-            item = self._by_transaction(transaction_uid)
-        if item is None or item.state == REPORTED:
-            return item
-        write_durably(self._path(item.id, ".report"), report or b"")
-        return self._advance(item.id, REPORTED, event_type=event_type, report_syntax=syntax)
+        with self._writing:
+            with self._lock:
+                item = self._by_transaction(transaction_uid)
+            if item is None or item.state == REPORTED:
+                return item
+            write_durably(self._path(item.id, ".report"), report or b"")
+            return self._advance(item.id, REPORTED, event_type=event_type,
+                                 report_syntax=syntax)
 
     def _advance(self, item_id: str, state: str, **changes: Any) -> Commitment | None:
-        with self._lock:
-            item = self._items.get(item_id)
-            if item is None or _ORDER[item.state] >= _ORDER[state]:
-                return None
-            item = self._items[item_id] = replace(item, state=state, **changes)
-        self._save(item)
-        with self._lock:
-            self.changed.notify_all()
-        return item
+        with self._writing:
+            with self._lock:
+                item = self._items.get(item_id)
+                if item is None or _ORDER[item.state] >= _ORDER[state]:
+                    return None
+                item = replace(item, state=state, **changes)
+            self._save(item)
+            with self._lock:          # in memory once on disk: readers see what is kept
+                self._items[item_id] = item
+                self.changed.notify_all()
+            return item
 
     def _save(self, item: Commitment) -> None:
         body = asdict(item)
@@ -176,10 +182,11 @@ class CommitmentJournal:
 
     def done(self, item_id: str) -> None:
         """The modality has the report: the commitment's files go."""
-        with self._lock:
-            self._items.pop(item_id, None)
-            self.changed.notify_all()
-        self._forget(item_id)
+        with self._writing:
+            with self._lock:
+                self._items.pop(item_id, None)
+                self.changed.notify_all()
+            self._forget(item_id)
 
     def _forget(self, item_id: str) -> None:
         self._path(item_id, ".json").unlink(missing_ok=True)     # the commit point first
@@ -189,21 +196,22 @@ class CommitmentJournal:
 
     def dead_letter(self, item_id: str, record: dict[str, Any]) -> Path:
         """Move the commitment to ``dead/`` with ``record`` (why); the record's path."""
-        dead = self.root / "dead"
-        note = dead / f"{item_id}.why.json"
-        write_durably(note, json.dumps({"id": item_id, "dead_at": time.time(), **record},
-                                       indent=2, default=str).encode())
-        for suffix in (".action", ".report", ".json"):
-            source = self._path(item_id, suffix)
-            if source.exists():
-                os.replace(source, dead / source.name)
-        fsync_dir(dead)
-        fsync_dir(self.root)
-        with self._lock:
-            self._items.pop(item_id, None)
-            self._dead += 1
-            self.changed.notify_all()
-        return note
+        with self._writing:
+            dead = self.root / "dead"
+            note = dead / f"{item_id}.why.json"
+            write_durably(note, json.dumps({"id": item_id, "dead_at": time.time(), **record},
+                                           indent=2, default=str).encode())
+            for suffix in (".action", ".report", ".json"):
+                source = self._path(item_id, suffix)
+                if source.exists():
+                    os.replace(source, dead / source.name)
+            fsync_dir(dead)
+            fsync_dir(self.root)
+            with self._lock:
+                self._items.pop(item_id, None)
+                self._dead += 1
+                self.changed.notify_all()
+            return note
 
     # -- reading -----------------------------------------------------------------------
 
