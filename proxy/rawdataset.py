@@ -22,6 +22,10 @@ Rule 3: a data set ``decode`` indexed keeps the bytes it came in (``WireDataset.
         have written element by element — so an unchanged C-FIND match goes to the
         workstation as the archive's bytes without being written again. A data set with
         group length elements keeps no bytes (they are not written again either).
+Rule 4: a match is one ``WireDataset`` built per relayed response: ``WireDataset.of`` gives
+        it the state pydicom's ``Dataset.__init__`` gives a new one (taken once from a
+        real instance, its mutable parts copied for each) without running ``__init__``'s
+        attribute checks each time; the tests compare the two.
 """
 
 from __future__ import annotations
@@ -65,6 +69,36 @@ class WireDataset(Dataset):
 
     wire: bytes | None = None          # the data set's bytes while it is unchanged
     wire_implicit: bool = False        # ... in Implicit VR (else Explicit) Little Endian
+    _blank: dict[str, Any] | None = None         # a new instance's state (Rule 4)
+    _fresh: tuple[str, ...] = ()                 # ... its mutable parts, copied each time
+
+    @classmethod
+    def of(cls, elements: dict[BaseTag, RawDataElement | DataElement]) -> WireDataset:
+        """A data set holding ``elements``, as ``cls(elements)`` makes it (Rule 4)."""
+        blank = cls._blank
+        if blank is None:
+            marker: dict[BaseTag, Any] = {}
+            state = vars(cls(marker))
+            cls._fresh = tuple(k for k, v in state.items()
+                               if isinstance(v, dict | list | set) and v is not marker)
+            blank = cls._blank = {k: (None if v is marker else v) for k, v in state.items()}
+            cls._map = next(k for k, v in state.items() if v is marker)
+        ds = cls.__new__(cls)
+        state = vars(ds)
+        state.update(blank)
+        for name in cls._fresh:
+            state[name] = blank[name].copy()
+        state[cls._map] = elements
+        return ds
+
+    _map: str = ""                               # the attribute holding the element map
+
+    def get_item(self, key: Any, *, keep_deferred: bool = False) -> Any:
+        """``Dataset.get_item`` for a tag, read straight from the element map: a data set
+        built from bytes holds no deferred element to load (read per relayed match)."""
+        if isinstance(key, int):
+            return self._dict.get(key)           # type: ignore[call-overload]
+        return super().get_item(key, keep_deferred=keep_deferred)
 
     def keep_wire(self, data: bytes, implicit: bool) -> None:
         object.__setattr__(self, "wire", data)
@@ -124,17 +158,17 @@ def splice_text(ds: Dataset, tag: int, value: bytes) -> bool:
     elem = ds.get_item(BaseTag(tag))
     if not isinstance(elem, RawDataElement) or elem.value_tell is None:
         return False
-    implicit = ds.wire_implicit
-    if not implicit and (elem.VR is None or len(elem.VR) != 2
-                         or elem.VR.encode() in _LONG_VRS or len(value) > 0xFFFF):
+    implicit, vr = ds.wire_implicit, elem.VR
+    if not implicit and (vr is None or len(vr) != 2
+                         or vr.encode() in _LONG_VRS or len(value) > 0xFFFF):
         return False
     start, end = elem.value_tell - 8, elem.value_tell + (elem.length or 0)
     wire = ds.wire
     if start < 0 or end > len(wire) or wire[start:start + 4] != _TAG.pack(tag >> 16,
                                                                           tag & 0xFFFF):
         return False
-    header = (_HEADER.pack(tag >> 16, tag & 0xFFFF, len(value)) if implicit else
-              _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, elem.VR.encode(), len(value)))
+    header = (_HEADER.pack(tag >> 16, tag & 0xFFFF, len(value)) if implicit or vr is None
+              else _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
     ds.replace_raw(RawDataElement(elem.tag, elem.VR, len(value), value, elem.value_tell,
                                   implicit, True), wire[:start] + header + value + wire[end:])
     return True
@@ -196,7 +230,7 @@ def _flat(data: bytes, implicit: bool, stop_before: int | None = None) -> Datase
         value = data[at:at + length] if length else _empty(vr)
         elements[tag] = RawDataElement(tag, vr, length, value, at, implicit, True)
         at += length
-    ds = WireDataset(elements)
+    ds = WireDataset.of(elements)
     charset = elements.get(BaseTag(_CHARSET))
     ds.set_original_encoding(implicit, True,
                              _encodings(charset) if charset is not None else default_encoding)

@@ -185,3 +185,20 @@ def test_group_lengths_keep_no_bytes() -> None:
     decoded = rawdataset.decode(raw, False)
     assert decoded.StudyDate == "20200101"
     assert getattr(decoded, "wire", None) is None      # not written again either
+
+
+def test_a_data_set_built_by_of_is_the_one_init_builds() -> None:
+    """Rule 4: the same state as ``WireDataset(elements)``; no mutable part shared."""
+    data = SAMPLES[0][1]
+    elements = dict(rawdataset.decode(data, SAMPLES[0][2])._dict)
+    made = rawdataset.WireDataset(elements)
+    fast = rawdataset.WireDataset.of(elements)
+    other = rawdataset.WireDataset.of({})
+    assert vars(fast) == vars(made)
+    assert fast._dict is elements and len(other) == 0
+    for name, value in vars(fast).items():
+        if isinstance(value, dict | list | set) and name != "_dict":
+            assert value is not vars(other)[name], name       # each has its own
+    fast.PatientName = "CHANGED^NAME"                          # works as a Dataset
+    assert fast.PatientName == "CHANGED^NAME" and "PatientName" not in other
+    assert fast.wire is None
