@@ -83,7 +83,7 @@ def count(archive: OrthancArchive) -> int:
 class Proxy:
     """``dicom-proxy run`` in a subprocess, ready when it logs proxy_started."""
 
-    def __init__(self, workdir: Path, archive_port: int) -> None:
+    def __init__(self, workdir: Path, archive_port: int, forward_associations: int = 1) -> None:
         rules = workdir / "rules.toml"
         rules.write_text(f"""
 [proxy]
@@ -100,6 +100,7 @@ enabled = false
 ae_title = "PACS"
 host = "127.0.0.1"
 port = {archive_port}
+forward_associations = {forward_associations}
 [[routes]]
 called_ae = "STORE"
 archives = ["pacs"]
@@ -115,6 +116,7 @@ store_to = ["pacs"]
                 break
         else:
             raise RuntimeError("proxy exited before proxy_started")
+        self.cpu_at_start = cpu_seconds(self.proc.pid)    # start-up (imports) not counted
         self.forwarded = 0
         self.last_forwarded = 0.0      # perf_counter() when the last one was logged
 
@@ -128,7 +130,8 @@ store_to = ["pacs"]
         threading.Thread(target=drain, daemon=True).start()
 
     def stop(self) -> float:
-        cpu = cpu_seconds(self.proc.pid)
+        """Stop it; the CPU seconds it used since it was ready."""
+        cpu = cpu_seconds(self.proc.pid) - self.cpu_at_start
         self.proc.terminate()
         self.proc.wait(60)
         return cpu

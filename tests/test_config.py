@@ -50,6 +50,7 @@ def test_defaults_and_calling_ae_fallback() -> None:
     archive = config.archives["site_a"]
     assert archive.calling_ae == "QR_PROXY"          # proxy.ae_title unless set
     assert (archive.retrieve, archive.max_results, archive.timeout) == ("get", 0, 30.0)
+    assert archive.forward_associations == 1          # strict spool order unless asked
     route = config.routes[0]
     assert (route.allow, route.echo, route.is_federated) == ((), "upstream", False)
     assert (config.log.format, config.log.phi) == ("json", "hash")
@@ -124,6 +125,12 @@ BROKEN: list[tuple[str, Any, str]] = [
     ("archives.site_a.retrieve", "push", "archives.site_a.retrieve: must be one of"),
     ("archives.site_a.timeout", 0, "archives.site_a.timeout: must be a positive number"),
     ("archives.site_a.max_results", -1, "archives.site_a.max_results: must be an integer >= 0"),
+    ("archives.site_a.forward_associations", 0,
+     "archives.site_a.forward_associations: must be an integer from 1 to 8"),
+    ("archives.site_a.forward_associations", 9,
+     "archives.site_a.forward_associations: must be an integer from 1 to 8"),
+    ("archives.site_a.forward_associations", True,
+     "archives.site_a.forward_associations: must be an integer from 1 to 8"),
     ("routes.0.archives", ["site_a", "nope"], "routes[0].archives[1]: no archive named 'nope'"),
     ("routes.0.archives", [], "routes[0].archives: must name at least one archive"),
     ("routes.0.archives", "site_a", "routes[0].archives: must be an array"),

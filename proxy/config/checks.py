@@ -124,6 +124,14 @@ def positive_int(path: str, value: Any) -> int:
     return value
 
 
+def int_between(low: int, high: int) -> Check:
+    def check(path: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(path, f"must be an integer from {low} to {high}, not {value!r}")
+        return value
+    return check
+
+
 def non_negative_int(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(path, f"must be an integer >= 0, not {value!r}")

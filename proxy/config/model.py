@@ -128,6 +128,9 @@ class DicomwebConfig:
     metadata_cache_bytes: int = 256 << 20  # WADO-RS /metadata: encoded answers kept (LRU)
 
 
+MAX_FORWARD_ASSOCIATIONS = 8
+
+
 @dataclass(frozen=True)
 class ArchiveConfig:
     name: str
@@ -140,6 +143,7 @@ class ArchiveConfig:
     timeout: float = 30.0
     tls: bool = False                 # reached over TLS only (proxy.tls.client_context)
     tls_server_name: str | None = None  # the name its certificate must carry (default: host)
+    forward_associations: int = 1     # store-and-forward: associations at once (drain Rule 6)
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,7 @@ def _archives(raw: Any, default_calling: str) -> dict[str, ArchiveConfig]:
             "retrieve": check.choice(RETRIEVE_MODES), "max_results": check.non_negative_int,
             "timeout": check.positive_float, "tls": check.boolean,
             "tls_server_name": check.host,
+            "forward_associations": check.int_between(1, MAX_FORWARD_ASSOCIATIONS),
         })
         fields.setdefault("calling_ae", default_calling)
         out[name] = ArchiveConfig(name=name, **fields)

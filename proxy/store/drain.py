@@ -1,13 +1,14 @@
 """Forward spooled instances to their archives: one thread per archive, oldest first.
 
 The extension ``start`` (in ``proxy.app.EXTENSIONS``) opens the spool, has
-C-STOREs received straight into its temp dir (``proxy.association`` Rule 2), and starts a
-``Forwarder`` per archive named in a route's ``store_to`` (or still holding
-pending instances). ``services.plugins.spool`` is the open ``Spool``.
+C-STOREs received straight into its temp dir (``proxy.association`` Rule 2), and starts
+``forward_associations`` ``Forwarder`` threads (lanes) per archive named in a route's
+``store_to`` (or still holding pending instances). ``services.plugins.spool`` is the open
+``Spool``.
 
-Rule 1: an archive's instances go in spool order (arrival order) over one
-        association for as long as there is work; a new association only when
-        an instance needs a presentation context not yet negotiated, after
+Rule 1: a lane takes an archive's instances in spool order (arrival order), ``_CHUNK`` at
+        a time, over one association for as long as there is work; a new association
+        only when an instance needs a presentation context not yet negotiated, after
         ``_MAX_PER_ASSOCIATION`` instances, or after ``_LINGER`` s of quiet.
 Rule 2: each instance is proposed in its own transfer syntax and, if the
         archive accepts that, sent from the spool file as stored — never
@@ -28,7 +29,8 @@ Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
         ``max_attempts``; a permanent refusal (SOP class or transfer syntax not
         accepted, 0x0122, 0xA9xx, 0xCxxx, ...) → dead-letter folder with the
         reason, a ``forward_dead_lettered`` log line and metric.
-Rule 4: every C-STORE to an archive is one ``upstream`` event (an association
+Rule 4: every C-STORE to an archive is one ``upstream`` event, naming its ``lane`` when
+        the archive has several (an association
         that cannot be opened is one too); every outcome is counted in
         ``dicom_proxy_suboperations_total{operation="C-STORE-forward"}``.
 Rule 5: an association calls with one calling AE title: the archive's ``calling_ae``,
@@ -38,6 +40,15 @@ Rule 5: an association calls with one calling AE title: the archive's ``calling_
         An archive that permanently rejects a workstation's title ("calling AE not
         recognised") refuses that workstation's instances for good: they go to the
         dead-letter folder, so they do not hold up the other senders' (Rule 3).
+Rule 6: ``[archives.X] forward_associations`` (default 1) lanes share an archive's queue
+        through ``Lanes``: an instance a lane has taken is skipped by the others until
+        that lane's association ends, and its retry count is the archive's, not the
+        lane's. The first lane alone probes the archive (and backs off while it is down);
+        the others work only while the first one holds an open association, so a
+        backlog goes over several associations at once — over a long link (a remote
+        site) each C-STORE waits a round trip, and N lanes keep N in flight — while one
+        instance or a down archive costs one association. With more than one lane,
+        instances may reach the archive out of spool order; one lane keeps it strict.
 """
 
 from __future__ import annotations
@@ -83,6 +94,7 @@ from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
 
 _BATCH = 64                       # queue entries looked at per planning round
+_CHUNK = 4                        # entries a lane takes at a time (Rule 6)
 _MAX_PER_ASSOCIATION = 2000
 _LINGER = 2.0                     # seconds an idle upstream association waits for more
 _STATS_INTERVAL = 5.0             # seconds between spool gauge refreshes (age keeps growing)
@@ -91,22 +103,69 @@ _CONTEXT_RESULTS = {0x01: "rejected by the archive", 0x02: "rejected, no reason 
                     0x03: "SOP class not supported", 0x04: "transfer syntax not supported"}
 
 
+Pair = tuple[Entry, InstanceMeta]
+
+
+class Lanes:
+    """What one archive's forwarders share (Rule 6)."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count                          # lanes of the archive
+        self._lock = threading.Lock()
+        self._taken: dict[str, int] = {}            # entry id -> the lane sending it
+        self.attempts: dict[str, int] = {}          # entry id -> failed attempts so far
+        self.first_open = False                     # the first lane holds an association
+
+    def free(self, lane: int, entries: list[Entry]) -> list[Entry]:
+        """Those of ``entries`` no other lane has taken."""
+        with self._lock:
+            return [e for e in entries if self._taken.get(e.id, lane) == lane]
+
+    def others(self, lane: int) -> int:
+        """How many entries the other lanes hold."""
+        with self._lock:
+            return sum(1 for held in self._taken.values() if held != lane)
+
+    def take(self, lane: int, pairs: list[Pair]) -> list[Pair]:
+        """Take those of ``pairs`` no other lane has; the ones taken, in order."""
+        with self._lock:
+            out = [p for p in pairs if self._taken.setdefault(p[0].id, lane) == lane]
+        return out
+
+    def release(self, lane: int) -> None:
+        """The lane's association ended: what it still holds is anyone's again."""
+        with self._lock:
+            self._taken = {k: v for k, v in self._taken.items() if v != lane}
+
+
 class Forwarder(QueueWorker):
-    """Drains one archive's queue; see the module rules (the thread: ``QueueWorker``)."""
+    """Drains one archive's queue as one of its lanes; see the module rules (the thread:
+    ``QueueWorker``)."""
 
     failed_event = "forwarder_failed"
 
     def __init__(self, archive: str, client: ArchiveClient, spool: Spool, services: Services,
-                 settings: SpoolConfig, publish: Callable[[], None]) -> None:
-        super().__init__(archive, services, settings, f"forward-{archive}")
+                 settings: SpoolConfig, publish: Callable[[], None], lane: int = 0,
+                 lanes: Lanes | None = None) -> None:
+        super().__init__(archive, services, settings,
+                         f"forward-{archive}" + (f"-{lane + 1}" if lane else ""))
         self.client = client
         self.spool = spool
         self.publish = publish
-        self._attempts: dict[str, int] = {}
+        self.lane = lane
+        self.lanes = lanes if lanes is not None else Lanes()
+        self._attempts = self.lanes.attempts
         self._deferred: Callable[[], None] | None = None   # a delivered one's bookkeeping
 
+    def _head(self, limit: int = _BATCH) -> list[Entry]:
+        """The oldest pending entries no other lane has taken (Rule 6)."""
+        entries = self.spool.head(self.archive, limit + self.lanes.others(self.lane))
+        return self.lanes.free(self.lane, entries)[:limit]
+
     def _pending(self) -> bool:
-        return bool(self.spool.head(self.archive, 1))
+        if self.lane and not self.lanes.first_open:
+            return False                # Rule 6: only the first lane probes the archive
+        return bool(self._head(1))
 
     def _wait(self, timeout: float) -> None:
         self.spool.wait(timeout)
@@ -117,18 +176,23 @@ class Forwarder(QueueWorker):
 
     # One upstream association; False when the archive could not take anything (back off).
     def _session(self) -> bool:
-        batch = self._readable(self.spool.head(self.archive, _BATCH))
+        batch = self._readable(self._head())
         if not batch:
             return True
         calling = self._calling(batch[0][1])
         batch = list(takewhile(lambda pair: self._calling(pair[1]) == calling, batch))
         client = self.client.calling_as(calling)
         contexts, covered = plan_contexts([m for _, m in batch])
-        batch = batch[:covered]
-        proposed = {key(m) for _, m in batch}
+        proposed = {key(m) for _, m in batch[:covered]}
+        batch = self.lanes.take(self.lane, batch[:min(covered, _CHUNK)])
+        if not batch:
+            return True                 # another lane took them meanwhile
         try:
             with client.link([build_context(sop, ts) for sop, ts in contexts]) as link:
                 self.link = link
+                if not self.lane:
+                    self.lanes.first_open = True
+                    self._wake()        # the other lanes may help now (Rule 6)
                 if not link.accept.accepted:
                     # The archive accepted the association but none of the contexts: every
                     # instance proposed is refused for good (Rule 3), not the archive down.
@@ -151,6 +215,10 @@ class Forwarder(QueueWorker):
             return False
         finally:
             self.link = None
+            if not self.lane:
+                self.lanes.first_open = False
+            self.lanes.release(self.lane)
+            self._wake()                # what it held is the others' to take
 
     def _stream(self, link: Link, batch: list[tuple[Entry, InstanceMeta]], proposed: set[Key],
                 calling: str) -> bool:
@@ -185,14 +253,17 @@ class Forwarder(QueueWorker):
         """The next entries this association can carry, waiting up to _LINGER for some."""
         deadline = time.monotonic() + _LINGER
         while not self.stopping:
-            head = self._readable(self.spool.head(self.archive, _BATCH))
+            head = self._readable(self._head(_CHUNK))
             fits: list[tuple[Entry, InstanceMeta]] = []
             for entry, meta in head:
                 if key(meta) not in proposed or self._calling(meta) != calling:
                     break               # needs a new association; keep the order
                 fits.append((entry, meta))
-            if fits or head:
-                return fits
+            taken = self.lanes.take(self.lane, fits)
+            if taken or (head and not fits):
+                return taken
+            if fits:
+                continue                # another lane took these meanwhile: look again
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -206,9 +277,10 @@ class Forwarder(QueueWorker):
                 out.append((entry, self.spool.meta(self.archive, entry)))
             except Exception as exc:   # not a DICOM file any more: nothing to retry
                 meta = InstanceMeta("", "", "")
-                entry.meta = meta
-                self._dead(entry, meta, None, f"spool file unreadable: {type(exc).__name__}: "
-                                              f"{exc}")
+                if self.lanes.take(self.lane, [(entry, meta)]):     # one lane says so
+                    entry.meta = meta
+                    self._dead(entry, meta, None, f"spool file unreadable: "
+                                                  f"{type(exc).__name__}: {exc}")
         return out
 
     # One C-STORE; False when the caller must back off (the instance stays pending).
@@ -222,6 +294,8 @@ class Forwarder(QueueWorker):
             call["details"] = {"instance": entry.id, "sop_instance_uid": meta.sop_instance,
                                "transfer_syntax": choice.transfer_syntax, "bytes": entry.size,
                                "raw": choice.raw}
+            if self.lanes.count > 1:
+                call["details"]["lane"] = self.lane + 1       # which association (Rule 6)
             status, error = self._store(link, context_ids[meta.sop_class,
                                                           choice.transfer_syntax],
                                         msg_id, self.spool.path(self.archive, entry), meta,
@@ -365,8 +439,12 @@ def start(services: Services) -> Callable[[], None]:
     def refresh() -> None:
         publish(services, spool)
 
-    forwarders = [Forwarder(name, services.archives[name], spool, services, config.spool,
-                            refresh) for name in names]
+    forwarders = []
+    for name in names:
+        count = config.archives[name].forward_associations
+        lanes = Lanes(count)
+        forwarders += [Forwarder(name, services.archives[name], spool, services, config.spool,
+                                 refresh, lane, lanes) for lane in range(count)]
     for forwarder in forwarders:
         forwarder.start()
     stopping = threading.Event()

@@ -35,6 +35,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.conftest import OrthancFactory
 from tests.e2e.dcmtk import tool
+from tests.e2e.long_link import long_link
 from tests.e2e.orthanc import OrthancArchive
 from tests.e2e.ports import LOOPBACK, free_port
 from tests.e2e.proxy_harness import ProxyProcess, archive_entry
@@ -231,6 +232,32 @@ def test_archive_down_then_back_gets_everything_exactly_once_in_order(
     ops = proxy.operations("C-STORE")
     assert len(ops) == 30 and {o["status"] for o in ops} == {"0x0000"}
     assert not any("DOE^" in json.dumps(o) for o in ops)                 # PHI hashed
+
+
+def test_a_backlog_to_a_remote_site_goes_over_several_associations(
+        proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
+        tmp_path: Path) -> None:
+    """forward_associations = 3 across a 40 ms round trip: the backlog is sent over three
+    associations at once, each instance exactly once, byte for byte; one lane (the
+    default) stays strictly in order (the test above)."""
+    files = instances(24, "lanes", tmp_path / "data")
+    with long_link(archive.dicom_port, 0.02) as link:
+        remote = {**archive_entry(archive), "port": link.port, "forward_associations": 3}
+        proxy = proxy_factory(rules_for(spool, {"pacs": remote},
+                                        {"called_ae": "STORE", "archives": ["pacs"],
+                                         "store_to": ["pacs"]}))
+        sent = storescu(proxy.port, "STORE", files)
+        assert sent.acknowledged == list(map(str, files)), sent.output[-1500:]
+        wait_for(lambda: len(forwarded(proxy, "pacs")) == 24, "24 forward log lines")
+        assert sorted(forwarded(proxy, "pacs")) == sorted(sop_uid(f) for f in files)
+        lines = [e for e in proxy.events("upstream") if e["operation"] == "C-STORE"]
+        assert {e["lane"] for e in lines} == {1, 2, 3}
+        assert link.most_open == 3                  # three associations at once, not more
+    assert count(archive) == 24
+    for path in files:
+        assert body(stored_file(archive, sop_uid(path))) == body(path.read_bytes())
+    wait_for(lambda: proxy.metric("dicom_proxy_spool_pending") == 0, "pending gauge at 0")
+    assert spool_files(spool, "pending") == []
 
 
 # -- kill -9 mid-send ------------------------------------------------------------------------
