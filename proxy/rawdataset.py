@@ -94,10 +94,13 @@ class WireDataset(Dataset):
     _map: str = ""                               # the attribute holding the element map
 
     def get_item(self, key: Any, *, keep_deferred: bool = False) -> Any:
-        """``Dataset.get_item`` for a tag, read straight from the element map: a data set
-        built from bytes holds no deferred element to load (read per relayed match)."""
+        """``Dataset.get_item`` for a tag, read straight from the element map (per relayed
+        match); an element without a value (empty in Implicit VR) still goes to pydicom,
+        which converts it as it does a deferred one."""
         if isinstance(key, int):
-            return self._dict.get(key)           # type: ignore[call-overload]
+            elem = self._dict.get(key)           # type: ignore[call-overload]
+            if elem is None or elem.value is not None:
+                return elem
         return super().get_item(key, keep_deferred=keep_deferred)
 
     def keep_wire(self, data: bytes, implicit: bool) -> None:

@@ -101,6 +101,8 @@ def test_auth_cors_errors_and_one_event_per_request(tmp_path: Path) -> None:
     done = [e for e in recorder.events if isinstance(e, ev.HttpRequestCompleted)]
     assert [e.code for e in done] == codes
     assert done[2].service == "QIDO-RS" and done[2].route == "R"
+    assert done[3].service == "CORS-preflight"
+    assert done[3].details["origin"] == "http://b.example"
     assert done[4].details["error"] == "ValueError: boom"
     assert all(e.peer.startswith("127.0.0.1:") for e in done)
 

@@ -8,7 +8,8 @@ Rule 1 (original encoding): an instance is sent as received, without decoding, o
         context with its own SOP class and transfer syntax — the archive was asked for
         the syntaxes the peer accepted (``accepted``, ``sopclasses.for_receiver``), so
         that is the rule. Only when the peer accepted no such context is it decoded and
-        re-encoded: between Explicit and Implicit VR Little Endian (same byte order, no
+        re-encoded (``transcode.for_receiver``, the one choice every sender makes):
+        between Explicit and Implicit VR Little Endian (same byte order, no
         compression, pixel data bytes unchanged), or, for an instance the archive could
         not convert, decompressed by ``transcode`` (the delivery says ``transcoded``).
         Otherwise the sub-operation fails, saying which syntax the peer did not accept.
@@ -37,8 +38,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.dsutils import encode
+from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
 from proxy.dicom import commands, pdu
@@ -53,8 +53,6 @@ from proxy.session import Request
 from proxy.status import Status, category
 from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import ArchiveClient, UpstreamError
-
-_LITTLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -88,15 +86,18 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
         if exact is not None:
             item.write_data(lambda **where: link.send_message(exact, command, **where))
         else:
-            converted = _converted(link, item)
-            if converted is None:
-                converted, why = _transcoded(link, item)
-                if converted is None:
-                    return Delivery(None, f"{peer} accepted no context for "
-                                          f"{_name(item.sop_class_uid)} in "
-                                          f"{_name(item.transfer_syntax)}{why}")
-                transcoded = True
-            link.send_message(converted[0], command, data=converted[1])
+            taken: dict[str, int] = {}
+            for cx, ts in link.accept.accepted.items():
+                if link.abstract.get(cx) == item.sop_class_uid:
+                    taken.setdefault(ts, cx)
+            result = transcode.for_receiver(item, list(taken))
+            if result.transfer_syntax is None:
+                why = f" ({result.reason})" if taken else ""
+                return Delivery(None, f"{peer} accepted no context for "
+                                      f"{_name(item.sop_class_uid)} in "
+                                      f"{_name(item.transfer_syntax)}{why}")
+            transcoded = result.transcoded
+            link.send_message(taken[result.transfer_syntax], command, data=result.data)
         rsp = link.read_message().command
     except TimeoutError:
         link.abort()
@@ -120,30 +121,6 @@ def _answered(status: int, peer: str, transcoded: bool = False) -> Delivery:
     failed = category(status) == "failure"
     return Delivery(status, f"{peer} answered 0x{status:04X}" if failed else None,
                     transcoded=transcoded)
-
-
-def _transcoded(link: Link, item: Buffered) -> tuple[tuple[int, bytes] | None, str]:
-    """The proxy's own conversion (``transcode``) to a syntax the peer accepted for the
-    class: (context, data), or None and why not (appended to the failure reason)."""
-    taken = {ts: cx for cx, ts in link.accept.accepted.items()
-             if link.abstract.get(cx) == item.sop_class_uid}
-    if not taken:
-        return None, ""
-    result = transcode.convert(item, list(taken))
-    if result.transfer_syntax is None:
-        return None, f" ({result.reason})"
-    return (taken[result.transfer_syntax], result.data), ""
-
-
-def _converted(link: Link, item: Buffered) -> tuple[int, bytes] | None:
-    """Explicit <-> Implicit VR Little Endian re-encoding, when that is all it takes."""
-    if item.transfer_syntax not in _LITTLE:
-        return None
-    for cx, ts in link.accept.accepted.items():
-        if link.abstract.get(cx) == item.sop_class_uid and ts in _LITTLE:
-            data = encode(item.dataset(), ts == ImplicitVRLittleEndian, True)
-            return (cx, data) if data is not None else None
-    return None
 
 
 @dataclass
@@ -267,27 +244,17 @@ class WorkstationSink:
         if cx is not None:
             return self._direct(item, msg_id, cx)
         taken = [ts for (sop_class, ts) in self._contexts if sop_class == item.sop_class_uid]
-        little = next((ts for ts in taken if ts in _LITTLE), None)
-        if item.transfer_syntax in _LITTLE and little is not None:
-            data = encode(item.dataset(), little == ImplicitVRLittleEndian, True)
-            if data is not None:
-                return self._direct(item, msg_id, self._contexts[(item.sop_class_uid, little)],
-                                    data=data)
-        if item.transfer_syntax not in _LITTLE and taken:
-            return self._transcoded(item, msg_id, taken)
-        return Delivery(None, f"the workstation accepted no context for "
-                              f"{_name(item.sop_class_uid)} in {_name(item.transfer_syntax)}")
-
-    def _transcoded(self, item: Buffered, msg_id: int, taken: list[str]) -> Delivery:
-        """The proxy's own conversion (``transcode``)."""
-        result = transcode.convert(item, taken)
+        result = transcode.for_receiver(item, taken)
         if result.transfer_syntax is None:
+            why = f" ({result.reason})" if taken else ""
             return Delivery(None, f"the workstation accepted no context for "
                                   f"{_name(item.sop_class_uid)} in "
-                                  f"{_name(item.transfer_syntax)} ({result.reason})")
+                                  f"{_name(item.transfer_syntax)}{why}")
         cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
-        delivery = self._direct(item, msg_id, cx, data=result.data)
-        return Delivery(delivery.status, delivery.reason, delivery.fatal, transcoded=True)
+        delivery = self._direct(item, msg_id, cx,
+                                data=None if result.as_received else result.data)
+        return Delivery(delivery.status, delivery.reason, delivery.fatal,
+                        transcoded=result.transcoded)
 
     def _direct(self, item: Buffered, msg_id: int, cx: int,
                 data: bytes | None = None) -> Delivery:

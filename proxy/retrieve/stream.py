@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET_MODEL
 
@@ -55,7 +55,6 @@ from proxy.session import Request, Session
 from proxy.status import Status
 
 CHUNK = 1 << 20                      # bytes per chunk handed to the reader
-_LITTLE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _POLL = 0.1
 _ids = itertools.count(1)
 _END = object()
@@ -128,20 +127,14 @@ class _ReaderSink:
 
     def _part(self, item: Buffered) -> tuple[Part | None, str | None, bool]:
         wanted = self.syntaxes
-        if wanted is None or item.transfer_syntax in wanted:
+        if wanted is None:
             return Part(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax,
                         item), None, False
-        little = next((ts for ts in wanted if ts in _LITTLE), None)
-        if item.transfer_syntax in _LITTLE and little is not None:
-            data = encode(item.dataset(), little == ImplicitVRLittleEndian, True)
-            if data is not None:
-                return Part(item.sop_class_uid, item.sop_instance_uid, little, item,
-                            bytes(data)), None, False
-        converted = transcode.convert(item, list(wanted))
-        if converted.transfer_syntax is None:
-            return None, (f"not converted to {', '.join(wanted)}: {converted.reason}"), False
-        return Part(item.sop_class_uid, item.sop_instance_uid, converted.transfer_syntax, item,
-                    converted.data), None, True
+        result = transcode.for_receiver(item, list(wanted))
+        if result.transfer_syntax is None:
+            return None, (f"not converted to {', '.join(wanted)}: {result.reason}"), False
+        return Part(item.sop_class_uid, item.sop_instance_uid, result.transfer_syntax, item,
+                    None if result.as_received else result.data), None, result.transcoded
 
     def close(self) -> None:
         pass

@@ -11,7 +11,7 @@ Rule 2: CORS (Fetch standard): a request from an origin in ``cors_origins`` (or 
         ``Access-Control-Expose-Headers: Warning``; a preflight (``OPTIONS`` with
         ``Access-Control-Request-Method``) is answered here, before authentication (a
         browser sends no token with it): 204 with the methods and headers allowed, or 403
-        for an origin not listed.
+        for an origin not listed; its line's service is ``CORS-preflight``.
 Rule 3: bearer tokens (RFC 6750): with ``tokens_file`` set, a request without a token
         listed there gets 401 with ``WWW-Authenticate: Bearer``. The file is read again when
         it changes, so tokens are added and revoked without a restart.
@@ -40,6 +40,7 @@ from proxy.observe import events as ev
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
 CLIENT_CLOSED = 499                  # logged and counted only (nginx's "client closed request")
+PREFLIGHT = "CORS-preflight"         # the service a browser's preflight is logged as (Rule 2)
 _ALLOWED_HEADERS = "Authorization, Accept, Accept-Encoding, Content-Type"
 
 
@@ -116,7 +117,11 @@ def cors(settings: DicomwebConfig) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
         if request.method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+            record = record_of(request)
+            record.service = PREFLIGHT
+            record.details["origin"] = origin
             if not allowed(origin):
+                record.hint = "add the page's origin to [dicomweb] cors_origins"
                 return web.Response(status=403, text=f"origin {origin!r} is not in "
                                                      "[dicomweb] cors_origins")
             return web.Response(status=204, headers={
