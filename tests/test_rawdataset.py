@@ -202,3 +202,18 @@ def test_a_data_set_built_by_of_is_the_one_init_builds() -> None:
     fast.PatientName = "CHANGED^NAME"                          # works as a Dataset
     assert fast.PatientName == "CHANGED^NAME" and "PatientName" not in other
     assert fast.wire is None
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_an_empty_element_is_read_and_written_again_after_a_change(implicit: bool) -> None:
+    """An empty value read from Implicit VR has no bytes at all: pydicom converts it on
+    ``get_item`` (a cap-recovery sub-query adds a key to such a query and encodes it)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientName = ""
+    query.StudyInstanceUID = "1.2.3"
+    ds = rawdataset.decode(encode(query, implicit, True), implicit)
+    assert ds.get_item(0x00100010) is not None
+    ds.StudyDate = ""                                   # drops the kept bytes
+    query.StudyDate = ""
+    assert fast_encode(ds, implicit, True) == encode(query, implicit, True)
