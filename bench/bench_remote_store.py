@@ -17,43 +17,25 @@ table. Needs DCMTK (/usr/bin/storescu) and Orthanc (/usr/sbin/Orthanc).
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_store import Proxy, Run, storescu, wait_until  # noqa: E402
+from bench_store import Run, storescu, through_proxy  # noqa: E402
 
 from proxy.tools.synthetic import make_studies, write_studies  # noqa: E402
 from tests.e2e.long_link import long_link  # noqa: E402
 from tests.e2e.orthanc import OrthancArchive  # noqa: E402
 
 
-def _held(archive: OrthancArchive, n: int) -> bool:
-    return int(archive.rest("GET", "/statistics")["CountInstances"]) >= n
-
-
-def _forwarded(proxy: Proxy, n: int) -> bool:
-    return proxy.forwarded >= n
-
-
-def through_proxy(files: list[Path], workdir: Path, delay: float, lanes: int
-                  ) -> tuple[Run, Run]:
+def remote(files: list[Path], workdir: Path, delay: float, lanes: int) -> tuple[Run, Run]:
     n, size = len(files), sum(p.stat().st_size for p in files)
     with OrthancArchive("PACS") as archive, long_link(archive.dicom_port, delay) as link:
-        workdir.mkdir()
-        proxy = Proxy(workdir, link.port, lanes)
-        started = time.perf_counter()
-        ingest = storescu(proxy.port, "STORE", files)
-        wait_until(functools.partial(_forwarded, proxy, n), step=0.01)
-        done = proxy.last_forwarded - started
-        wait_until(functools.partial(_held, archive, n))
-        cpu = proxy.stop()
+        ingest, done, cpu = through_proxy(files, workdir, archive, link.port, lanes)
     label = f"forward_associations = {lanes}"
     return (Run(f"proxy, {label}: ingest (modality done)", n, size, ingest),
             Run(f"proxy, {label}: delivered to Orthanc", n, size, done, cpu))
@@ -76,8 +58,8 @@ def main() -> int:
         with OrthancArchive("PACS") as archive, long_link(archive.dicom_port, delay) as link:
             direct = Run("direct: storescu → long link → Orthanc", n, size,
                          storescu(link.port, "PACS", files))
-        rows = [direct, *through_proxy(files, root / "one", delay, 1),
-                *through_proxy(files, root / "many", delay, args.lanes)]
+        rows = [direct, *remote(files, root / "one", delay, 1),
+                *remote(files, root / "many", delay, args.lanes)]
     print(f"**{n} CT instances {args.size}x{args.size}, {size / n / 1e3:.0f} kB each, "
           f"to an archive {args.rtt_ms:g} ms away (round trip)**\n")
     print("| path | instances/s | MB/s | ratio vs direct | proxy CPU s |")

@@ -149,16 +149,8 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
             direct.append(Run("direct: storescu → Orthanc", n, size,
                               storescu(archive.dicom_port, "PACS", files)))
         with OrthancArchive("PACS") as archive:
-            (workdir / f"up{k}").mkdir()
-            proxy = Proxy(workdir / f"up{k}", archive.dicom_port)
-            started = time.perf_counter()
-            ingest = storescu(proxy.port, "STORE", files)
-            # Delivered: when the proxy logged the archive's Success for the last instance
-            # (polling the archive's count would add up to a polling step to the time).
-            wait_until(functools.partial(_forwarded_all, proxy, n), step=0.01)
-            done = proxy.last_forwarded - started
-            wait_until(functools.partial(_holds_all, archive, n))
-            cpu = proxy.stop()
+            ingest, done, cpu = through_proxy(files, workdir / f"up{k}", archive,
+                                              archive.dicom_port)
             ingests.append(Run("proxy: ingest (modality done)", n, size, ingest))
             delivered.append(Run("proxy: delivered to Orthanc", n, size, done, cpu))
     (workdir / "down").mkdir()
@@ -166,6 +158,22 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
     ingest = storescu(proxy.port, "STORE", files)
     down = Run("archive down: ingest into spool", n, size, ingest, proxy.stop())
     return [_median(direct), _median(ingests), _median(delivered), down]
+
+
+def through_proxy(files: Sequence[Path], workdir: Path, archive: OrthancArchive, port: int,
+                  lanes: int = 1) -> tuple[float, float, float]:
+    """storescu → a new proxy whose archive is at ``port`` (``archive``, or a link to it):
+    (ingest s, delivered s, the proxy's CPU s)."""
+    workdir.mkdir()
+    proxy = Proxy(workdir, port, lanes)
+    started = time.perf_counter()
+    ingest = storescu(proxy.port, "STORE", files)
+    # Delivered: when the proxy logged the archive's Success for the last instance
+    # (polling the archive's count would add up to a polling step to the time).
+    wait_until(functools.partial(_forwarded_all, proxy, len(files)), step=0.01)
+    done = proxy.last_forwarded - started
+    wait_until(functools.partial(_holds_all, archive, len(files)))
+    return ingest, done, proxy.stop()
 
 
 def _forwarded_all(proxy: Proxy, n: int) -> bool:
