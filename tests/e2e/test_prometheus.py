@@ -149,6 +149,9 @@ def _traffic(proxy: ProxyProcess) -> None:
     assert narrow.final_status == 0x0000 and len(narrow.identifiers) == 1
     assert findscu(host, port, "DOWN", "VIEWER1", keys=["StudyInstanceUID"]).identifiers == []
     findscu(host, port, "FED", "VIEWER1", keys=["StudyDate=20200103", "StudyInstanceUID"])
+    qido = f"http://{host}:{proxy.dicomweb_port}/dicomweb/RELAY/studies?StudyDate=20200102"
+    with urllib.request.urlopen(qido, timeout=30) as answer:
+        assert answer.status == 200 and len(json.loads(answer.read())) == 1
     # Over the connection limit (2): the third TCP connection is closed at accept().
     held = [socket.create_connection((host, port), timeout=5) for _ in range(2)]
     try:
@@ -177,7 +180,10 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(
                      "down": {"ae_title": "PACS_DOWN", "host": LOOPBACK, "port": free_port(),
                               "timeout": 5}},
         "destinations": {"ws1": {"ae_title": "WS1", "host": LOOPBACK, "port": ws1.port}},
-        "routes": [{"called_ae": "RELAY", "archives": ["capped"], "allow": ["VIEWER1"]},
+        # DICOMweb, MPPS and Storage Commitment on RELAY: their panels have series too.
+        "dicomweb": {"host": LOOPBACK, "port": 0},
+        "routes": [{"called_ae": "RELAY", "archives": ["capped"], "allow": ["VIEWER1"],
+                    "dicomweb": True, "store_to": ["capped"], "mpps_to": ["capped"]},
                    {"called_ae": "DOWN", "archives": ["down"]},
                    {"called_ae": "FED", "archives": ["capped", "down"]}],
     })
