@@ -183,8 +183,9 @@ class Forwarder(QueueWorker):
         batch = list(takewhile(lambda pair: self._calling(pair[1]) == calling, batch))
         client = self.client.calling_as(calling)
         contexts, covered = plan_contexts([m for _, m in batch])
-        proposed = {key(m) for _, m in batch[:covered]}
-        batch = self.lanes.take(self.lane, batch[:min(covered, _CHUNK)])
+        planned = batch[:covered]            # what the proposed contexts cover
+        proposed = {key(m) for _, m in planned}
+        batch = self.lanes.take(self.lane, planned[:_CHUNK])
         if not batch:
             return True                 # another lane took them meanwhile
         try:
@@ -196,7 +197,7 @@ class Forwarder(QueueWorker):
                 if not link.accept.accepted:
                     # The archive accepted the association but none of the contexts: every
                     # instance proposed is refused for good (Rule 3), not the archive down.
-                    for entry, meta in batch:
+                    for entry, meta in self.lanes.take(self.lane, planned):
                         self._dead(entry, meta, None, self._no_context_reason(meta, link))
                     return True
                 try:
@@ -209,7 +210,8 @@ class Forwarder(QueueWorker):
                 call["details"] = {"pending": len(self.spool.head(self.archive, _BATCH)),
                                    "forward": "association"}
             if client.peer.for_workstation and exc.rejection == _CALLING_NOT_RECOGNISED:
-                for entry, meta in batch:      # Rule 5: this sender only, for good
+                # Rule 5: this sender only, for good (all of its planned run at once)
+                for entry, meta in self.lanes.take(self.lane, planned):
                     self._dead(entry, meta, None, exc.reason, exc.hint)
                 return True
             return False
