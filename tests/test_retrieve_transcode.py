@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from proxy.retrieve.reception import Buffered, file_meta
-from proxy.retrieve.transcode import convert, for_receiver, target_for
+from proxy.retrieve.transcode import as_accepted, convert, target_for
 
 DECODABLE = ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEG2000.dcm",
              "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "SC_rgb_rle.dcm"]
@@ -68,15 +68,15 @@ def test_a_receiver_gets_its_own_syntax_else_a_re_encoding_else_a_transcoding() 
     """Rule 4: the one choice a C-GET workstation, a Move Destination and WADO-RS share."""
     explicit = buffered("CT_small.dcm")
     assert explicit.transfer_syntax == ExplicitVRLittleEndian
-    same = for_receiver(explicit, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
-    assert (same.transfer_syntax, same.as_received, same.transcoded) == \
-        (ExplicitVRLittleEndian, True, False)
-    implicit = for_receiver(explicit, [ImplicitVRLittleEndian])
-    assert (implicit.transfer_syntax, implicit.as_received, implicit.transcoded) == \
-        (ImplicitVRLittleEndian, False, False)
+    same = as_accepted(explicit, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+    assert (same.transfer_syntax, same.data, same.transcoded) == \
+        (ExplicitVRLittleEndian, None, False)                 # its own bytes
+    implicit = as_accepted(explicit, [ImplicitVRLittleEndian])
+    assert (implicit.transfer_syntax, implicit.transcoded) == (ImplicitVRLittleEndian, False)
+    assert implicit.data is not None
     assert dcmread(BytesIO(implicit.data), force=True).PixelData == \
         dcmread(get_testdata_file("CT_small.dcm")).PixelData
-    decoded = for_receiver(buffered("MR_small_RLE.dcm"), [ImplicitVRLittleEndian])
+    decoded = as_accepted(buffered("MR_small_RLE.dcm"), [ImplicitVRLittleEndian])
     assert (decoded.transfer_syntax, decoded.transcoded) == (ImplicitVRLittleEndian, True)
-    refused = for_receiver(explicit, [JPEGBaseline8Bit])         # never compressed
+    refused = as_accepted(explicit, [JPEGBaseline8Bit])         # never compressed
     assert refused.transfer_syntax is None and "does not convert to" in refused.reason

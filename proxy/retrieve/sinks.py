@@ -8,7 +8,7 @@ Rule 1 (original encoding): an instance is sent as received, without decoding, o
         context with its own SOP class and transfer syntax — the archive was asked for
         the syntaxes the peer accepted (``accepted``, ``sopclasses.for_receiver``), so
         that is the rule. Only when the peer accepted no such context is it decoded and
-        re-encoded (``transcode.for_receiver``, the one choice every sender makes):
+        re-encoded (``transcode.as_accepted``, the one choice every sender makes):
         between Explicit and Implicit VR Little Endian (same byte order, no
         compression, pixel data bytes unchanged), or, for an instance the archive could
         not convert, decompressed by ``transcode`` (the delivery says ``transcoded``).
@@ -90,13 +90,13 @@ def send_over_link(link: Link, item: Buffered, msg_id: int, peer: str,
             for cx, ts in link.accept.accepted.items():
                 if link.abstract.get(cx) == item.sop_class_uid:
                     taken.setdefault(ts, cx)
-            result = transcode.for_receiver(item, list(taken))
+            result = transcode.as_accepted(item, list(taken))
             if result.transfer_syntax is None:
                 why = f" ({result.reason})" if taken else ""
                 return Delivery(None, f"{peer} accepted no context for "
                                       f"{_name(item.sop_class_uid)} in "
                                       f"{_name(item.transfer_syntax)}{why}")
-            transcoded = result.transcoded
+            transcoded = result.transcoded      # converted: not the instance's own syntax
             link.send_message(taken[result.transfer_syntax], command, data=result.data)
         rsp = link.read_message().command
     except TimeoutError:
@@ -244,15 +244,14 @@ class WorkstationSink:
         if cx is not None:
             return self._direct(item, msg_id, cx)
         taken = [ts for (sop_class, ts) in self._contexts if sop_class == item.sop_class_uid]
-        result = transcode.for_receiver(item, taken)
+        result = transcode.as_accepted(item, taken)
         if result.transfer_syntax is None:
             why = f" ({result.reason})" if taken else ""
             return Delivery(None, f"the workstation accepted no context for "
                                   f"{_name(item.sop_class_uid)} in "
                                   f"{_name(item.transfer_syntax)}{why}")
         cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
-        delivery = self._direct(item, msg_id, cx,
-                                data=None if result.as_received else result.data)
+        delivery = self._direct(item, msg_id, cx, data=result.data)
         return Delivery(delivery.status, delivery.reason, delivery.fatal,
                         transcoded=result.transcoded)
 

@@ -130,11 +130,11 @@ class _ReaderSink:
         if wanted is None:
             return Part(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax,
                         item), None, False
-        result = transcode.for_receiver(item, list(wanted))
+        result = transcode.as_accepted(item, list(wanted))
         if result.transfer_syntax is None:
             return None, (f"not converted to {', '.join(wanted)}: {result.reason}"), False
         return Part(item.sop_class_uid, item.sop_instance_uid, result.transfer_syntax, item,
-                    None if result.as_received else result.data), None, result.transcoded
+                    result.data), None, result.transcoded
 
     def close(self) -> None:
         pass

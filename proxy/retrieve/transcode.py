@@ -18,7 +18,7 @@ Rule 2: every element except the pixel data and what the decoding itself changes
 Rule 3: a conversion that cannot be done (no codec, a corrupt stream, a big endian
         source pydicom will not rewrite) is ``None`` with the reason, never an
         exception: the sub-operation is then counted Failed with that reason.
-Rule 4: ``for_receiver`` is the one choice every sender makes (a workstation's C-GET, a
+Rule 4: ``as_accepted`` is the one choice every sender makes (a workstation's C-GET, a
         WADO-RS part): the instance as received when its syntax is accepted; else
         re-encoded between the two little-endian syntaxes (no pixel decoding, not a
         transcoding); else ``convert``.
@@ -40,16 +40,15 @@ TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 @dataclass(frozen=True)
 class Converted:
     transfer_syntax: str | None       # None: not converted, ``reason`` says why
-    data: bytes = b""
+    data: bytes | None = None         # None: the instance's own bytes, as received
     reason: str = ""
     transcoded: bool = True           # pixel data decoded (False: re-encoded only)
-    as_received: bool = False         # nothing done: send the instance's own bytes
 
 
-def for_receiver(item: Buffered, accepted: list[str]) -> Converted:
+def as_accepted(item: Buffered, accepted: list[str]) -> Converted:
     """How ``item`` goes to a receiver accepting ``accepted`` for its SOP class (Rule 4)."""
     if item.transfer_syntax in accepted:
-        return Converted(item.transfer_syntax, transcoded=False, as_received=True)
+        return Converted(item.transfer_syntax, transcoded=False)
     little = next((ts for ts in accepted if ts in TARGETS), None)
     if item.transfer_syntax in TARGETS and little is not None:
         data = encode(item.dataset(), little == ImplicitVRLittleEndian, True)
