@@ -76,22 +76,18 @@ class WireDataset(Dataset):
     def of(cls, elements: dict[BaseTag, RawDataElement | DataElement]) -> WireDataset:
         """A data set holding ``elements``, as ``cls(elements)`` makes it (Rule 4)."""
         blank = cls._blank
-        if blank is None:
-            marker: dict[BaseTag, Any] = {}
-            state = vars(cls(marker))
-            cls._fresh = tuple(k for k, v in state.items()
-                               if isinstance(v, dict | list | set) and v is not marker)
-            blank = cls._blank = {k: (None if v is marker else v) for k, v in state.items()}
-            cls._map = next(k for k, v in state.items() if v is marker)
+        if blank is None:                       # once; _fresh before _blank (threads)
+            blank = dict(vars(cls({})))
+            cls._fresh = tuple(k for k, v in blank.items()
+                               if isinstance(v, dict | list | set) and k != "_dict")
+            cls._blank = blank
         ds = cls.__new__(cls)
         state = vars(ds)
         state.update(blank)
         for name in cls._fresh:
             state[name] = blank[name].copy()
-        state[cls._map] = elements
+        state["_dict"] = elements               # the element map (as ``replace_raw``)
         return ds
-
-    _map: str = ""                               # the attribute holding the element map
 
     def get_item(self, key: Any, *, keep_deferred: bool = False) -> Any:
         """``Dataset.get_item`` for a tag, read straight from the element map (per relayed
