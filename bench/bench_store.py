@@ -8,7 +8,9 @@ median run of each is shown), each run against a fresh Orthanc (same config):
   proxy       storescu → proxy → archive; "ingest" is when storescu is done (every
               instance durable in the spool, acknowledged), "delivered" when the
               archive holds them all — the sustained end-to-end rate;
-  archive down  storescu → proxy with the archive stopped: ingest into the spool alone.
+  archive down  storescu → proxy with the archive stopped: ingest into the spool alone;
+  relay       storescu → proxy (``store = "relay"``) → archive: each instance forwarded
+              as it arrives, the archive's answer relayed; done when storescu is.
 Ratios are proxy rate / direct rate (≥ 0.8 is the target for "delivered").
 Prints a markdown table. Needs DCMTK (/usr/bin/storescu) and Orthanc (/usr/sbin/Orthanc).
 """
@@ -83,7 +85,8 @@ def count(archive: OrthancArchive) -> int:
 class Proxy:
     """``dicom-proxy run`` in a subprocess, ready when it logs proxy_started."""
 
-    def __init__(self, workdir: Path, archive_port: int, forward_associations: int = 1) -> None:
+    def __init__(self, workdir: Path, archive_port: int, forward_associations: int = 1,
+                 store: str = "spool") -> None:
         rules = workdir / "rules.toml"
         rules.write_text(f"""
 [proxy]
@@ -105,6 +108,7 @@ forward_associations = {forward_associations}
 called_ae = "STORE"
 archives = ["pacs"]
 store_to = ["pacs"]
+store = "{store}"
 """)
         self.proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "--rules",
                                       str(rules)], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -144,6 +148,7 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
     direct: list[Run] = []
     ingests: list[Run] = []
     delivered: list[Run] = []
+    relayed: list[Run] = []
     for k in range(repeat):
         with OrthancArchive("PACS") as archive:
             direct.append(Run("direct: storescu → Orthanc", n, size,
@@ -153,11 +158,26 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
                                               archive.dicom_port)
             ingests.append(Run("proxy: ingest (modality done)", n, size, ingest))
             delivered.append(Run("proxy: delivered to Orthanc", n, size, done, cpu))
+        with OrthancArchive("PACS") as archive:
+            relayed.append(relayed_run(files, workdir / f"relay{k}", archive))
     (workdir / "down").mkdir()
     proxy = Proxy(workdir / "down", free_port())
     ingest = storescu(proxy.port, "STORE", files)
     down = Run("archive down: ingest into spool", n, size, ingest, proxy.stop())
-    return [_median(direct), _median(ingests), _median(delivered), down]
+    return [_median(direct), _median(ingests), _median(delivered), down, _median(relayed)]
+
+
+def relayed_run(files: Sequence[Path], workdir: Path, archive: OrthancArchive) -> Run:
+    """storescu → a ``store = "relay"`` proxy → ``archive``: done (every instance stored
+    by the archive, its Success relayed) when storescu is."""
+    workdir.mkdir()
+    proxy = Proxy(workdir, archive.dicom_port, store="relay")
+    seconds = storescu(proxy.port, "STORE", files)
+    cpu = proxy.stop()
+    if count(archive) != len(files):
+        raise RuntimeError(f"the archive holds {count(archive)} of {len(files)} instances")
+    return Run('relay (store = "relay"): stored', len(files),
+               sum(p.stat().st_size for p in files), seconds, cpu)
 
 
 def through_proxy(files: Sequence[Path], workdir: Path, archive: OrthancArchive, port: int,

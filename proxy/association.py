@@ -21,6 +21,11 @@ Rule 2: a C-STORE data set is written as it arrives into a Part-10 file in the
         identifier) is held in memory up to ``MAX_IDENTIFIER`` bytes; a larger one
         aborts the association. A handler takes the file (renames it into the spool or
         the retrieve buffer) or deletes it; one left when the association ends is deleted.
+        On a session that ``stream_stores`` (``store = "relay"``), a C-STORE is instead
+        dispatched when its command arrives, its data set handed on fragment by fragment
+        (``proxy.inflow``: reading held while the handler is ``INFLOW_HIGH_WATER``
+        behind; an association that ends first breaks it), so the archive receives it
+        while the workstation still sends.
 Rule 3: a C-CANCEL-RQ is not dispatched: it sets the cancel token of the request it
         names, on the loop thread, while that request's handler runs in a worker.
 Rule 4: every association ends in exactly one report: released, aborted (with the
@@ -42,6 +47,7 @@ from proxy.dicom import commands, negotiation, pdu
 from proxy.dicom.events import Aborted, DataFragment, MessageReceived
 from proxy.dicom.link import Answer, Link, Outbox
 from proxy.dicom.negotiation import accepted_contexts
+from proxy.inflow import Inflow
 from proxy.observe import events as ev
 from proxy.part10 import file_meta
 from proxy.routing import (
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
     from proxy.listener import Listener
 
 MAX_IDENTIFIER = 16 << 20
+INFLOW_HIGH_WATER = 4 << 20
 _ids = itertools.count(1)
 
 
@@ -115,6 +122,7 @@ class WorkstationAssociation:
             self.session.tls_subject = peer_subject(ssl_object.getpeercert(True))
         self.requested = False
         self._incoming: _Incoming | None = None
+        self._inflow: Inflow | None = None     # a streamed data set still arriving
         self._running: dict[int, Request] = {}
         self._files: set[Path] = set()
         listener.sessions.add(self.session)
@@ -198,6 +206,13 @@ class WorkstationAssociation:
     # -- messages (Rules 2, 3) ---------------------------------------------------------
     def on_message(self, message: MessageReceived | DataFragment) -> None:
         if isinstance(message, DataFragment):
+            inflow = self._inflow
+            if inflow is not None:
+                if inflow.feed(message.data, message.last):
+                    self.link.hold_reading(True)
+                if message.last:
+                    self._inflow = None
+                return
             incoming = self._incoming
             if incoming is None:
                 return
@@ -222,7 +237,11 @@ class WorkstationAssociation:
                 running.cancel.cancel()
             return
         if message.data_follows:
-            self._incoming = self._receive(message.context_id, command)
+            if self.session.stream_stores and message.context_id in self.session.contexts \
+                    and command.get(commands.COMMAND_FIELD) == commands.C_STORE_RQ:
+                self._stream(message.context_id, command)
+            else:
+                self._incoming = self._receive(message.context_id, command)
             return
         self._dispatch(message.context_id, command, message.data, None)
 
@@ -242,9 +261,16 @@ class WorkstationAssociation:
             self._files.add(incoming.path)
         return incoming
 
+    def _stream(self, context_id: int, command: commands.Command) -> None:
+        limits = self.link.limits
+        self._inflow = inflow = Inflow(INFLOW_HIGH_WATER, limits.network_timeout,
+                                       limits.dimse_timeout, self.link.hold_released,
+                                       self._abort)
+        self._dispatch(context_id, command, None, None, inflow)
+
     def _dispatch(self, context_id: int, command: commands.Command, data: bytes | None,
-                  path: Path | None) -> None:
-        request = Request(self.session, context_id, command, data, path)
+                  path: Path | None, inflow: Inflow | None = None) -> None:
+        request = Request(self.session, context_id, command, data, path, inflow)
         msg_id = request.message_id
         self._running[msg_id] = request
 
@@ -318,6 +344,10 @@ class WorkstationAssociation:
         if self._incoming is not None:
             self._incoming.discard()
             self._incoming = None
+        if self._inflow is not None:
+            self._inflow.broken("the workstation's association ended in the middle of the "
+                                "C-STORE data set")
+            self._inflow = None
         if not session.ended:
             session.ended = True
             reason = self._never_reason()

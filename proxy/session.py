@@ -34,6 +34,7 @@ from proxy.dicom import commands
 from proxy.dicom.commands import Command
 from proxy.dicom.events import MessageReceived, SendMessage
 from proxy.dicom.negotiation import Accepted
+from proxy.inflow import Inflow
 from proxy.observe import events as ev
 from proxy.rawdataset import decode
 
@@ -58,6 +59,10 @@ class Session:
     peer_max_pdu: int = 0               # the workstation's maximum PDU length (0: none)
     tls: bool = False                   # arrived on the TLS listener (handshake done)
     tls_subject: str | None = None      # its client certificate's subject, if it showed one
+    # C-STORE data sets are handed to the handler as they arrive (``Request.inflow``), not
+    # received into a file first: set for a ``store = "relay"`` association
+    # (``proxy.store.relay``), whose handler forwards them while they arrive.
+    stream_stores: bool = False
     # The association's link: whether it is still up, and how to abort it.
     is_up: Callable[[], bool] = lambda: True
     abort: Callable[[str], None] = lambda why: None
@@ -76,6 +81,7 @@ class Request:
     command: Command
     data: bytes | None = None               # the data set, when held in memory
     dataset_path: Path | None = None        # a C-STORE data set received into a file
+    inflow: Inflow | None = None            # ... or still arriving (``stream_stores``)
     cancel: CancelToken = field(default_factory=CancelToken)
     send: Callable[[SendMessage], None] = lambda message: None
     request: Callable[[SendMessage], MessageReceived] | None = None

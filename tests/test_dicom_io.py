@@ -372,6 +372,39 @@ def test_reading_pauses_while_the_handler_is_busy(in_flight: int) -> None:
         server.stop()
 
 
+class Holder(Scp):
+    """Answers C-ECHO on the loop; the first one also holds reading (``hold_reading``), as
+    a handler whose worker is behind on a data set handed on as it arrives does."""
+    seen: list[int]
+
+    def on_message(self, message: MessageReceived | DataFragment) -> None:
+        if not Holder.seen:
+            self.link.hold_reading(True)
+        Holder.seen.append(len(Holder.seen))
+        super().on_message(message)
+
+
+def test_a_handler_holding_reading_gets_nothing_more_until_it_lets_go() -> None:
+    Holder.seen, Scp.closed = [], []
+    server = LoopThread(Holder, Limits())
+    try:
+        with raw_associate(server.port) as sock:
+            burst = b"".join(b"".join(fragments(1, {**ECHO_RQ, commands.MESSAGE_ID: i}, None,
+                                                16384)) for i in range(1, 3001))
+            sock.sendall(burst)                          # ~260 KB: more than one read
+            assert len(read_pdus(sock, 1)) == 1          # the first is answered
+            time.sleep(0.3)
+            [link] = server.driver.links
+            assert len(Holder.seen) == 1                 # nothing more delivered ...
+            assert link.association.buffered <= 256 * 1024   # ... nor read past one chunk
+            link.hold_released()                         # from this (another) thread
+            answers = read_pdus(sock, 2999)
+            assert {type(p) for p in answers} == {pdu.PData}
+            assert len(Holder.seen) == 3000
+    finally:
+        server.stop()
+
+
 def test_connection_cap_closes_extra_connections_unread() -> None:
     Scp.received, Scp.closed = [], []
     server = LoopThread(Scp, Limits(max_connections=2))

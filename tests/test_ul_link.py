@@ -486,6 +486,31 @@ def test_send_message_from_a_file(pair: Pair, pool: ThreadPoolExecutor, tmp_path
     assert sizes == expected_sizes(length, peer_max - 6)
 
 
+@pytest.mark.parametrize("batches", [
+    [(3000, False), (5, False), (2000, True)],       # pieces across batches, each cut
+    [(1018, False), (0, True)],                      # an empty last batch: an empty PDV
+    [(0, True)],                                     # an empty data set
+    [(4000, True)],
+])
+def test_send_arriving_cuts_each_batch_at_the_peers_max_and_marks_only_the_last(
+        pair: Pair, pool: ThreadPoolExecutor, batches: list[tuple[int, bool]]) -> None:
+    ours, theirs = pair
+    link = make_link(ours, peer_max=1024)
+    data = payload(sum(n for n, _ in batches), seed=5)
+    parts, at = [], 0
+    for n, last in batches:
+        # each batch as two views, as an Inflow hands over what it holds
+        parts.append(([memoryview(data)[at:at + n // 2], memoryview(data)[at + n // 2:at + n]],
+                      last))
+        at += n
+    received = pool.submit(read_until_last, theirs)
+    link.send_arriving(3, STORE_RQ, iter(parts))
+    command, got, sizes = check_message(received.result(timeout=5), 1024, 3)
+    assert command == STORE_RQ
+    assert got == data
+    assert all(0 < size <= 1018 for size in sizes[:-1]) and sizes[-1] <= 1018
+
+
 def test_a_file_shorter_than_length_raises_os_error(pair: Pair, tmp_path: Path) -> None:
     ours, _theirs = pair
     link = make_link(ours, peer_max=1024)

@@ -13,12 +13,14 @@ Rule 2: the association is drained to ``NeedData`` after every read, and
         rejections reach the wire; the receive buffer holds at most one PDU plus one
         read.
 Rule 3: back-pressure both ways. Reading pauses while ``max_in_flight`` worker jobs
-        are unfinished or the write buffer is above ``write_high_water`` (events wait,
-        undelivered, in the association). A worker's send is queued for the loop without
-        waiting while the write buffer is below the mark and what workers queued stays
-        under it; otherwise it blocks until the loop has written it below the mark. A
-        loop-thread send only follows a read, which that pause bounds. A write buffer
-        that does not drain within ``network_timeout`` aborts this association only.
+        are unfinished, the write buffer is above ``write_high_water``, or the handler
+        holds it (``hold_reading``: a data set handed to a worker as it arrives, whose
+        worker is behind); events wait, undelivered, in the association. A worker's
+        send is queued for the loop without waiting while the write buffer is below the
+        mark and what workers queued stays under it; otherwise it blocks until the loop
+        has written it below the mark. A loop-thread send only follows a read, which that
+        pause bounds. A write buffer that does not drain within ``network_timeout``
+        aborts this association only.
 Rule 4: timers are loop timers, one handle each, no polling: ARTIM (``acse_timeout``)
         runs exactly while ``artim_running``; a watchdog aborts an association with no
         bytes either way for ``network_timeout``, or with a message begun and not
@@ -174,6 +176,7 @@ class Link(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._in_flight = 0
         self._write_paused = self._read_paused = False
+        self._held = False                     # a handler's buffer is full (Rule 3)
         self._writers: list[concurrent.futures.Future[None]] = []
         self._awaiting: dict[int, tuple[concurrent.futures.Future[MessageReceived],
                                         asyncio.TimerHandle]] = {}
@@ -248,7 +251,21 @@ class Link(asyncio.Protocol):
 
     # -- events in ---------------------------------------------------------------
     def _blocked(self) -> bool:
-        return self._in_flight >= self.limits.max_in_flight or self._write_paused
+        return self._in_flight >= self.limits.max_in_flight or self._write_paused \
+            or self._held
+
+    def hold_reading(self, held: bool) -> None:
+        """Stop reading (events wait in the association) until called with False (loop
+        thread only): a data set handed on as it arrives whose reader is behind (Rule 3)."""
+        self._held = held
+        if held:
+            self._sync_reading()
+        elif not self.closed.done():
+            self._drain()
+
+    def hold_released(self) -> None:
+        """``hold_reading(False)`` from any thread."""
+        self._post(self.hold_reading, False)
 
     def _drain(self, closing: bool = False) -> None:
         while closing or not self._blocked():

@@ -24,11 +24,15 @@ Rule 5: one ``operation`` event per C-STORE answered; patient identifiers read
 Rule 6: on a ``store = "relay"`` route Rules 1 and 3 give way to
         ``proxy.operations.store_relay``: the instance is forwarded while the
         workstation waits and the archive's own status is the answer; nothing is spooled.
+        Its data set is forwarded as it arrives (``Request.inflow``): Rule 2 reads the
+        header from its first bytes; the answer waits for the data set's end, and one
+        that breaks off is 0xA700 (the workstation's association is gone or aborted).
 """
 
 from __future__ import annotations
 
 import errno
+from contextlib import suppress
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from proxy import rawdataset
 from proxy.config import RouteConfig
+from proxy.inflow import Inflow, InflowBroken
 from proxy.observe.logs import PHI_KEYWORDS
 from proxy.operations import store_relay
 from proxy.part10 import file_meta
@@ -51,6 +56,7 @@ from proxy.store.spool import SpoolFull, data_offset
 
 _HEADER_TAGS = ["Modality", *sorted(k for k in PHI_KEYWORDS if k[0].isupper())]
 _HEADER_BYTES = 64 * 1024
+_HEADER_MAX = 16 << 20       # a header read from a data set still arriving, at most
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 Reply = tuple[int, str | None]
@@ -76,6 +82,9 @@ def handle(event: Request, services: Services) -> int | Dataset:
         if received is not None:
             # Still there only when it was not committed or buffered (Rules 1, 4).
             received.unlink(missing_ok=True)
+        if event.inflow is not None:     # Rule 6: no answer before the data set's end
+            with suppress(InflowBroken):
+                event.inflow.wait_end()
 
 
 def _store(event: Request, services: Services, record: OperationRecord,
@@ -89,6 +98,8 @@ def _store(event: Request, services: Services, record: OperationRecord,
                           transfer_syntax=meta.transfer_syntax)
     if route is None or not route.store_to:
         return not_stored(route.called_ae if route else session.info.called_ae, record)
+    if event.inflow is not None:        # Rule 6, the data set still arriving
+        return _relay_arriving(event, services, record, route, meta, event.inflow)
     encoded = None if received is not None else _part10(event, meta)
     targets = archives_for_instance(route, meta, received if received is not None
                                     else BytesIO(encoded or b""), record)
@@ -104,6 +115,31 @@ def not_stored(name: str, record: OperationRecord) -> Reply:
     record.hint = (f"route {name} does not store instances: give it store_to = "
                    f"[\"<archive>\"] in rules.toml, or send to a route that has one")
     return Status.NOT_AUTHORIZED, f"{name} does not store instances"
+
+
+def _relay_arriving(event: Request, services: Services, record: OperationRecord,
+                    route: RouteConfig, meta: InstanceMeta, inflow: Inflow) -> Reply:
+    """Rules 2 and 6 for a data set handed on as it arrives (``proxy.association`` Rule 2):
+    the header is read from its first bytes, the rest goes to the archive as it comes; the
+    answer waits for the data set's end whatever happens (``Inflow.wait_end``)."""
+    prefix = _part10(event, meta)       # the file meta the header is read after
+    try:
+        try:
+            head = inflow.head(_HEADER_BYTES)
+            while _header_of(prefix + head, meta.transfer_syntax) is None \
+                    and len(head) < _HEADER_MAX and not (inflow.ended and
+                                                         inflow.received == len(head)):
+                head = inflow.head(4 * len(head))   # a header longer than usual
+            targets = archives_for_instance(route, meta, BytesIO(prefix + head), record)
+            if isinstance(targets, tuple):
+                return targets
+            return store_relay.forward(event, services, record, None, None, inflow)
+        finally:
+            inflow.wait_end()
+            record.details["bytes"] = len(prefix) + inflow.received
+    except InflowBroken as exc:
+        record.details["error"] = str(exc)
+        return Status.REFUSED_OUT_OF_RESOURCES, "the data set did not arrive whole"
 
 
 def archives_for_instance(route: RouteConfig, meta: InstanceMeta, source: Path | BytesIO,
@@ -180,7 +216,7 @@ def _header(source: Path | BytesIO, record: OperationRecord,
             with source.open("rb") as f:
                 head = f.read(_HEADER_BYTES)
         else:
-            head = source.getvalue()[:_HEADER_BYTES]
+            head = source.getvalue()
         header = None if syntax == ExplicitVRBigEndian else rawdataset.header(
             head[data_offset(head[:1024]):], syntax == ImplicitVRLittleEndian)
         if header is None:
@@ -191,6 +227,14 @@ def _header(source: Path | BytesIO, record: OperationRecord,
         return header
     except Exception as exc:  # a header pydicom cannot parse is still the archive's to judge
         record.details["header_error"] = f"{type(exc).__name__}"
+        return None
+
+
+def _header_of(part10: bytes, syntax: str) -> Dataset | None:
+    """The header of a Part-10 file's first bytes, or None when they do not hold it."""
+    try:
+        return _header(BytesIO(part10), OperationRecord("C-STORE", None), syntax)
+    except Exception:
         return None
 
 

@@ -1,9 +1,9 @@
 """C-STORE on a ``store = "relay"`` route: forwarded while the workstation waits.
 
-Rule 1: the data set goes to the archive exactly as received (the bytes after the
-        file meta the listener put in front of them), over the archive context with the
-        same SOP class and transfer syntax (``proxy.store.relay``: the workstation was
-        only offered those). Message ID, priority and Move Originator are the
+Rule 1: the data set goes to the archive exactly as received (as it arrives, or the
+        bytes after the file meta the listener put in front of them), over the archive
+        context with the same SOP class and transfer syntax (``proxy.store.relay``: the
+        workstation was only offered those). Message ID, priority and Move Originator are the
         workstation's own; Affected SOP Class/Instance UID are the request's.
 Rule 2: the workstation gets the archive's Status, Error Comment, Error ID and Offending
         Element unchanged, so a refusal reads as it would without the proxy. Nothing is
@@ -29,6 +29,7 @@ from pathlib import Path
 from pynetdicom.presentation import build_context
 
 from proxy.dicom import commands
+from proxy.inflow import Inflow
 from proxy.services import OperationRecord, Services
 from proxy.session import Request
 from proxy.status import Status, hex_status
@@ -41,8 +42,10 @@ Reply = tuple[int, str | None]
 
 
 def forward(event: Request, services: Services, record: OperationRecord,
-            received: Path | None, encoded: bytes | None) -> Reply:
-    """Send the instance to the route's archive; its answer is the workstation's."""
+            received: Path | None, encoded: bytes | None, inflow: Inflow | None = None
+            ) -> Reply:
+    """Send the instance to the route's archive (from the file ``received``, the bytes
+    ``encoded``, or as it arrives: ``inflow``); its answer is the workstation's."""
     session = services.session(event)
     upstream: Upstream | None = session.data.get(SESSION_KEY)
     sop_class = event.sop_class
@@ -60,7 +63,7 @@ def forward(event: Request, services: Services, record: OperationRecord,
         event.move_originator_id, event.priority)
     with services.upstream_call(upstream.archive, "C-STORE", event) as result:
         try:
-            rsp = _send(upstream, cx, command, event.message_id, received, encoded)
+            rsp = _send(upstream, cx, command, event.message_id, received, encoded, inflow)
         except UpstreamError as exc:
             result["error"], result["hint"] = exc.reason, exc.hint
             record.hint = exc.hint
@@ -114,7 +117,10 @@ def forward_file(services: Services, archive: str, record: OperationRecord,
 
 
 def _send(upstream: Upstream, cx: int, command: bytes, msg_id: int,
-          received: Path | None, encoded: bytes | None) -> commands.Command:
+          received: Path | None, encoded: bytes | None, inflow: Inflow | None
+          ) -> commands.Command:
+    if inflow is not None:
+        return upstream.store(cx, command, msg_id, None, None, 0, inflow)
     if received is not None:
         with received.open("rb") as source:
             offset = data_offset(source.read(1024))

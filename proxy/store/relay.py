@@ -3,7 +3,8 @@
 The extension ``install`` (in ``proxy.app.EXTENSIONS``) sets the listener's
 ``negotiating`` hook (the A-ASSOCIATE-AC, context by context: ``proxy.store.mirroring``);
 C-STOREs of such a session are forwarded by ``proxy.operations.store_relay`` over the
-``Upstream`` kept in ``session.data``.
+``Upstream`` kept in ``session.data``, each data set as it arrives (the session
+``stream_stores``: socket → memory → socket, no file).
 
 Rule 1 (mirroring): when the workstation's A-ASSOCIATE-RQ arrives, the archive named by
         the route's ``store_to`` is associated with the workstation's storage contexts,
@@ -39,6 +40,7 @@ from typing import Any, NoReturn
 
 from proxy.dicom import commands, pdu
 from proxy.dicom.items import PresentationContextRQ
+from proxy.inflow import Inflow, InflowBroken
 from proxy.observe import events as ev
 from proxy.routing import Rejection
 from proxy.services import Services
@@ -101,11 +103,15 @@ class Upstream:
         return self._contexts.get((sop_class, transfer_syntax))
 
     def store(self, cx: int, command: bytes, msg_id: int, source: BufferedIOBase | None,
-              data: bytes | None, length: int) -> commands.Command:
-        """Send one C-STORE-RQ and return the archive's C-STORE-RSP command set.
+              data: bytes | None, length: int, inflow: Inflow | None = None
+              ) -> commands.Command:
+        """Send one C-STORE-RQ and return the archive's C-STORE-RSP command set; the data
+        set from ``data``, ``length`` bytes of ``source``, or as it arrives (``inflow``).
 
         Raises ``UpstreamError`` (kind ``aborted``/``timeout``) when no response can come;
-        the link is then aborted and every later call fails at once (Rule 3).
+        the link is then aborted and every later call fails at once (Rule 3). Raises
+        ``InflowBroken`` when the workstation's data set stops arriving: the message
+        cannot be completed, so the archive association is aborted too.
         """
         peer = self.client.peer
         with self._lock:
@@ -114,11 +120,17 @@ class Upstream:
                                     "the archive ended the association; the workstation "
                                     "must associate again", kind="aborted")
             try:
-                if data is not None:
+                if inflow is not None:
+                    self.link.send_arriving(cx, command, inflow.parts())
+                elif data is not None:
                     self.link.send_message(cx, command, data=data)
                 else:
                     self.link.send_message(cx, command, source=source, length=length)
                 rsp = self.link.read_message().command
+            except InflowBroken as exc:
+                self.lost = f"the C-STORE the archive was receiving broke off: {exc}"
+                self.link.abort()
+                raise
             except TimeoutError:
                 self._lose(f"no C-STORE response from {peer.ae_title} within "
                            f"{peer.timeout:g}s", "timeout")
@@ -202,6 +214,7 @@ def _mirror(services: Services, session: Session, archive: str,
     if refused:
         details["refused"] = mirroring.refusal(upstream, accepted, refused)[:20]
     relay = session.data[SESSION_KEY] = Upstream(archive, client, stack, link)
+    session.stream_stores = True        # proxy.association Rule 2: forwarded as they arrive
 
     def lost(reason: str) -> None:            # Rule 3: the archive ended it first
         session.data["abort_reason"] = reason

@@ -43,7 +43,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BufferedIOBase
 from typing import NoReturn, Protocol
@@ -216,6 +216,36 @@ class Link:
                 self._fragments(context_id, 0, memoryview(data))
             elif source is not None:
                 self._from_file(context_id, source, length)
+
+    def send_arriving(self, context_id: int, command: bytes,
+                      parts: Iterable[tuple[list[memoryview], bool]]) -> None:
+        """One DIMSE message whose data set is still arriving: the command, then each
+        batch of ``parts`` as it comes, the batch marked last ending the message (Rule 4).
+        """
+        with self._send_lock:
+            self._fragments(context_id, COMMAND, memoryview(command))
+            for views, last in parts:
+                self._batch(context_id, views, last)
+
+    def _batch(self, cx: int, views: list[memoryview], last: bool) -> None:
+        """``views`` as fragments of at most the peer's length, the very last one marked
+        last when ``last``; a batch with no bytes and ``last`` is an empty last PDV."""
+        step = self.fragment
+        pieces = [view[at:at + step] for view in views for at in range(0, len(view), step)]
+        if last and not pieces:
+            pieces = [memoryview(b"")]
+        parts: list[bytes | memoryview] = []
+        size = 0
+        for i, piece in enumerate(pieces):
+            final = last and i == len(pieces) - 1
+            parts.append(self._header(cx, LAST if final else 0, len(piece)))
+            parts.append(piece)
+            size += len(piece)
+            if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
+                sendmsg_all(self.sock, parts)
+                parts, size = [], 0
+        if parts:
+            sendmsg_all(self.sock, parts)
 
     def _header(self, cx: int, control: int, length: int) -> bytes:
         """The association's header for a run of P-DATA-TF PDUs (Rule 4)."""

@@ -35,6 +35,7 @@ class LongLink:
         self.connections = 0              # accepted so far
         self.open = 0                     # open now
         self.most_open = 0                # the most open at once
+        self.delivered_up = 0             # bytes written to the target so far
         self._thread = threading.Thread(target=self._run, name="long-link", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -62,15 +63,17 @@ class LongLink:
         self.open += 1
         self.most_open = max(self.most_open, self.open)
         try:
-            await asyncio.gather(self._carry(reader, up_writer),
+            await asyncio.gather(self._carry(reader, up_writer, up=True),
                                  self._carry(up_reader, writer))
         finally:
             self.open -= 1
             writer.close()
             up_writer.close()
 
-    async def _carry(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        """One direction: each chunk written ``delay`` after it was read, in order."""
+    async def _carry(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                     up: bool = False) -> None:
+        """One direction: each chunk written ``delay`` after it was read, in order (toward
+        the target when ``up``: counted in ``delivered_up``)."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:
@@ -82,6 +85,8 @@ class LongLink:
                 if not data:
                     break
                 sink.write(data)
+                if up:
+                    self.delivered_up += len(data)
                 await sink.drain()
 
         delivering = asyncio.ensure_future(deliver())
