@@ -78,7 +78,7 @@ class Inflow:
     def broken(self, why: str) -> None:
         """The association ended before the last fragment (Rule 5)."""
         with self._cond:
-            if not self.ended:
+            if not self.ended and self._broken is None:    # the first reason stands
                 self._broken = why
                 self._cond.notify()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -75,7 +76,9 @@ def test_head_reads_without_taking_and_raises_the_bound_for_a_long_header() -> N
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(flow.head(20)))
     reader.start()
-    reader.join(5)
+    deadline = time.monotonic() + 5
+    while calls.resumed == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert calls.resumed == 1 and reader.is_alive()   # bound raised: reading resumed
     assert flow.feed(b"cdefghij", False) is False     # 20 bytes < the raised bound
     reader.join(5)
@@ -124,6 +127,16 @@ def test_an_association_ending_mid_data_set_breaks_a_waiting_reader() -> None:
     reader.join(5)
     assert [str(e) for e in errors] == ["the workstation's association ended"]
     with pytest.raises(InflowBroken):
+        flow.wait_end()
+
+
+def test_the_first_reason_a_data_set_broke_off_is_the_one_reported() -> None:
+    calls = Calls()
+    flow = inflow(calls, idle=0.05)
+    with pytest.raises(InflowBroken, match="network_timeout"):
+        flow.head(10)
+    flow.broken("the association ended")       # the abort the stall caused
+    with pytest.raises(InflowBroken, match="network_timeout"):
         flow.wait_end()
 
 

@@ -135,7 +135,8 @@ def _relay_arriving(event: Request, services: Services, record: OperationRecord,
                 return targets
             return store_relay.forward(event, services, record, None, None, inflow)
         finally:
-            inflow.wait_end()
+            with suppress(InflowBroken):     # what broke it first is what is reported
+                inflow.wait_end()
             record.details["bytes"] = len(prefix) + inflow.received
     except InflowBroken as exc:
         record.details["error"] = str(exc)
