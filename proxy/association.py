@@ -14,13 +14,14 @@ Rule 1: admission is ``routing.admit`` (pure; with ``session.source_ip``, the on
         came over the clear port (``routing.clear_on_tls_only``); one over TLS carries
         ``session.tls`` and its client certificate's subject (``session.tls_subject``).
         Every rejection is one ``association_rejected``.
-Rule 2: a C-STORE data set is written as it arrives into a Part-10 file in the
-        listener's ``receive_dir`` (the spool's temp dir: same filesystem, so it can be
-        renamed into place), its File Meta naming the sending and receiving AE titles
-        (PS3.10 7.1; ``routing.forward_calling_ae``). Any other data set (an
-        identifier) is held in memory up to ``MAX_IDENTIFIER`` bytes; a larger one
-        aborts the association. A handler takes the file (renames it into the spool or
-        the retrieve buffer) or deletes it; one left when the association ends is deleted.
+Rule 2: a C-STORE data set is written as it arrives into a Part-10 file the
+        listener's ``reception`` gives (the spool's: a recycled file or a new one, on
+        the spool's filesystem, so it can be renamed into place), its File Meta naming
+        the sending and receiving AE titles (PS3.10 7.1; ``routing.forward_calling_ae``).
+        Any other data set (an identifier) is held in memory up to ``MAX_IDENTIFIER``
+        bytes; a larger one aborts the association. A handler takes the file (renames it
+        into the spool or the retrieve buffer) or deletes it; one left when the
+        association ends is deleted.
         On a session that ``stream_stores`` (``store = "relay"``), a C-STORE is instead
         dispatched when its command arrives, its data set handed on fragment by fragment
         (``proxy.inflow``: reading held while the handler is ``INFLOW_HIGH_WATER``
@@ -37,11 +38,10 @@ Rule 4: every association ends in exactly one report: released, aborted (with th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxy.dicom import commands, negotiation, pdu
 from proxy.dicom.events import Aborted, DataFragment, MessageReceived
@@ -69,25 +69,31 @@ INFLOW_HIGH_WATER = 4 << 20
 _ids = itertools.count(1)
 
 
+class Receiving(Protocol):
+    """A file open to receive one C-STORE data set into (``Listener.reception``: the
+    spool's ``Reception``)."""
+    path: Path
+
+    def write(self, data: bytes | memoryview) -> None: ...
+    def close(self) -> None: ...
+
+
 class _Incoming:
     """A message whose data set is still arriving (Rule 2)."""
 
     def __init__(self, context_id: int, command: commands.Command,
-                 directory: Path | None, meta: bytes | None) -> None:
+                 file: Receiving | None, meta: bytes | None) -> None:
         self.context_id, self.command = context_id, command
         self.path: Path | None = None
         self.data = bytearray()
-        self._fd: int | None = None
-        if directory is not None and meta is not None:
-            fd, name = tempfile.mkstemp(prefix="rx-", dir=directory)
-            self._fd, self.path = fd, Path(name)
-            os.write(fd, meta)
+        self._file: Receiving | None = None
+        if file is not None and meta is not None:
+            self._file, self.path = file, file.path
+            file.write(meta)
 
     def add(self, data: bytes | memoryview) -> None:
-        if self._fd is not None:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+        if self._file is not None:
+            self._file.write(data)
         else:
             self.data += data
             if len(self.data) > MAX_IDENTIFIER:
@@ -95,12 +101,13 @@ class _Incoming:
                                  "C-STORE's")
 
     def finish(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def discard(self) -> None:
-        self.finish()
+        with contextlib.suppress(OSError):
+            self.finish()
         if self.path is not None:
             self.path.unlink(missing_ok=True)
 
@@ -225,7 +232,12 @@ class WorkstationAssociation:
                 return
             if message.last:
                 self._incoming = None
-                incoming.finish()
+                try:
+                    incoming.finish()
+                except OSError as exc:
+                    incoming.discard()
+                    self._abort(f"the data set could not be received: {exc}")
+                    return
                 self._dispatch(incoming.context_id, incoming.command,
                                bytes(incoming.data) if incoming.path is None else None,
                                incoming.path)
@@ -246,17 +258,18 @@ class WorkstationAssociation:
         self._dispatch(message.context_id, command, message.data, None)
 
     def _receive(self, context_id: int, command: commands.Command) -> _Incoming:
-        directory = self.listener.receive_dir
-        meta = None
+        reception = self.listener.reception
+        meta = file = None
         accepted = self.session.contexts.get(context_id)
-        if (directory is not None and accepted is not None
+        if (reception is not None and accepted is not None
                 and command.get(commands.COMMAND_FIELD) == commands.C_STORE_RQ):
             info = self.session.info
             meta = file_meta(str(command.get(commands.AFFECTED_SOP_CLASS, "")),
                              str(command.get(commands.AFFECTED_SOP_INSTANCE, "")),
                              accepted.transfer_syntax, sending_ae=info.calling_ae,
                              receiving_ae=info.called_ae)
-        incoming = _Incoming(context_id, command, directory, meta)
+            file = reception()
+        incoming = _Incoming(context_id, command, file, meta)
         if incoming.path is not None:
             self._files.add(incoming.path)
         return incoming

@@ -40,11 +40,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from proxy import tls as tlsmod
-from proxy.association import WorkstationAssociation
+from proxy.association import Receiving, WorkstationAssociation
 from proxy.config import Config, RouteConfig
 from proxy.contexts import offers_for_inbound, offers_for_route
 from proxy.dicom import io, pdu
@@ -88,8 +87,9 @@ class Listener:
         self.negotiating: Negotiator | None = None
         self.on_released: list[Callable[[Session], None]] = []   # in a worker, before the RP
         self.on_closed: list[Callable[[Session], None]] = []     # in a worker
-        # Where C-STORE data sets are received into files (the spool's temp dir).
-        self.receive_dir: Path | None = None
+        # A file to receive a C-STORE data set into (the spool's ``reception``); None: held
+        # in memory.
+        self.reception: Callable[[], Receiving] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._driver: io.Driver | None = None
         self._thread: threading.Thread | None = None

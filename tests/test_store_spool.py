@@ -204,3 +204,85 @@ def test_holding_names_the_instances_still_pending_for_an_archive(tmp_path: Path
     spool.forwarded("a", ct)
     assert spool.holding("a", {uid, "1.2.3"}) == {"1.2.3"}
     assert opened(tmp_path / "spool").holding("b", {uid, "1.2.3"}) == {uid}
+
+
+# -- recycling (Rule 6) ----------------------------------------------------------------------
+
+
+def receive(spool: Spool, payload: bytes) -> Path:
+    """What the listener does: write an instance into ``reception()``, close it."""
+    file = spool.reception()
+    half = len(payload) // 2
+    file.write(payload[:half])
+    file.write(memoryview(payload)[half:])
+    file.close()
+    return file.path
+
+
+def test_a_delivered_file_receives_the_next_instance_cut_to_its_length(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    first = spool.commit(receive(spool, b"A" * 5000), ["a"], META)
+    inode = os.stat(spool.path("a", first)).st_ino
+    spool.forwarded("a", first)
+    assert [p.name for p in spool.free.iterdir()] == [f"{first.id}.dcm"]
+    assert list((spool.root / "pending" / "a").iterdir()) == []
+    stats = spool.stats()
+    assert (stats.pending, stats.used_bytes) == (0, 0)      # free/ is not pending
+    path = receive(spool, b"B" * 1200)                      # shorter: the rest is cut
+    assert path.parent == spool.free and os.stat(path).st_ino == inode
+    second = spool.commit(path, ["a"], META)
+    assert spool.path("a", second).read_bytes() == b"B" * 1200
+    assert list(spool.free.iterdir()) == [] and spool.stats().used_bytes == 1200
+    spool.forwarded("a", second)
+    third = spool.commit(receive(spool, b"C" * 9000), ["a"], META)   # longer: it grows
+    assert spool.path("a", third).read_bytes() == b"C" * 9000
+
+
+def test_with_no_file_to_reuse_a_reception_is_a_new_file_in_tmp(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    path = receive(spool, b"new")
+    assert path.parent == spool.tmp and path.read_bytes() == b"new"
+
+
+def test_only_the_last_link_of_an_instance_is_kept_for_reuse(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    entry = spool.commit(receive(spool, b"both"), ["a", "b"], META)
+    spool.forwarded("a", entry)
+    assert list(spool.free.iterdir()) == [] and spool.path("b", entry).read_bytes() == b"both"
+    spool.forwarded("b", entry)
+    assert len(list(spool.free.iterdir())) == 1
+
+
+def test_a_dead_lettered_instance_is_never_reused(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    entry = spool.commit(receive(spool, b"refused"), ["a", "b"], META)
+    spool.dead_letter("a", entry, {"reason": "refused"})
+    spool.forwarded("b", entry)
+    assert list(spool.free.iterdir()) == []
+    assert (spool.root / "dead" / "a" / f"{entry.id}.dcm").read_bytes() == b"refused"
+
+
+def test_free_holds_at_most_so_many_files_and_bytes_and_no_large_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.store.spool as spool_module
+    monkeypatch.setattr(spool_module, "FREE_FILES", 3)
+    monkeypatch.setattr(spool_module, "FREE_BYTES", 250)
+    monkeypatch.setattr(spool_module, "RECYCLE_MAX", 100)
+    spool = opened(tmp_path)
+    sizes = [101, 60, 60, 60, 60, 10, 10]
+    entries = [spool.commit(receive(spool, b"x" * n), ["a"], META) for n in sizes]
+    for entry in entries:
+        spool.forwarded("a", entry)
+    kept = sorted(p.stat().st_size for p in spool.free.iterdir())
+    assert kept == [60, 60, 60]     # 101 too large; a fourth 60 past 3 files; 10s past 3 files
+    assert list((spool.root / "pending" / "a").iterdir()) == []
+
+
+def test_a_start_deletes_what_free_held(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    entry = spool.commit(receive(spool, b"phi"), ["a"], META)
+    spool.forwarded("a", entry)
+    assert len(list(spool.free.iterdir())) == 1
+    again = opened(tmp_path)
+    assert list(again.free.iterdir()) == [] and again.stats().pending == 0
+    assert receive(again, b"n").parent == again.tmp

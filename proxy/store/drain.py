@@ -18,8 +18,9 @@ Rule 2: each instance is proposed in its own transfer syntax and, if the
         archive accepted the other little-endian syntax alone is the instance decoded
         and re-encoded (Explicit <-> Implicit VR, ``pynetdicom.dsutils.encode``).
         One C-STORE at a time: the link negotiates no asynchronous window. The
-        bookkeeping of a delivered instance (its spool link removed, counted, gauges)
-        is done after the next instance has been sent, while the archive stores it,
+        bookkeeping of a delivered instance (its ``upstream`` line, its spool link
+        removed, counted, gauges) is done after the next instance has been sent, or
+        before the lane looks for more or waits, while the archive stores it,
         so the archive is never kept waiting for the proxy's own work (``_deferred``);
         a crash in between resends that one instance (archives keep it once).
 Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
@@ -59,7 +60,7 @@ import time
 from collections.abc import Callable
 from itertools import count, takewhile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.uid import ImplicitVRLittleEndian
@@ -292,23 +293,23 @@ class Forwarder(QueueWorker):
         if choice is None:
             self._dead(entry, meta, None, self._no_context_reason(meta, link))
             return True
-        with self.services.upstream_call(self.archive, "C-STORE") as call:
-            call["details"] = {"instance": entry.id, "sop_instance_uid": meta.sop_instance,
-                               "transfer_syntax": choice.transfer_syntax, "bytes": entry.size,
-                               "raw": choice.raw}
-            if self.lanes.count > 1:
-                call["details"]["lane"] = self.lane + 1       # which association (Rule 6)
-            status, error = self._store(link, context_ids[meta.sop_class,
-                                                          choice.transfer_syntax],
-                                        msg_id, self.spool.path(self.archive, entry), meta,
-                                        choice)
-            if error is not None:
-                call["error"] = error
-            call["status"] = status
+        details: dict[str, Any] = {
+            "instance": entry.id, "sop_instance_uid": meta.sop_instance,
+            "transfer_syntax": choice.transfer_syntax, "bytes": entry.size, "raw": choice.raw}
+        if self.lanes.count > 1:
+            details["lane"] = self.lane + 1                   # which association (Rule 6)
+        started = time.monotonic()
+        status, error = self._store(link, context_ids[meta.sop_class, choice.transfer_syntax],
+                                    msg_id, self.spool.path(self.archive, entry), meta, choice)
+        reported = ev.UpstreamCompleted(self.archive, "C-STORE", status,
+                                        time.monotonic() - started, None, error, None, details)
         self._settle_deferred()              # not sent (a file that failed): settle it now
         verdict = classify(status)
+        if verdict not in (Verdict.DELIVERED, Verdict.WARNING):
+            self.services.bus.emit(reported)
         if verdict in (Verdict.DELIVERED, Verdict.WARNING):
             def delivered() -> None:
+                self.services.bus.emit(reported)   # Rule 4, timed when the answer came
                 self.spool.forwarded(self.archive, entry)
                 self._attempts.pop(entry.id, None)
                 self._count(completed=verdict is Verdict.DELIVERED,
@@ -422,8 +423,7 @@ def start(services: Services) -> Callable[[], None]:
     services.plugins.spool = spool
     listener = services.listener
 
-    spool.tmp.mkdir(parents=True, exist_ok=True)
-    listener.receive_dir = spool.tmp     # C-STOREs arrive as files there (same filesystem)
+    listener.reception = spool.reception     # C-STOREs arrive as files in the spool
 
     wanted = {name for route in config.routes for name in route.store_to}
     orphaned = sorted(set(spool.archives()) - set(config.archives))
@@ -460,7 +460,7 @@ def start(services: Services) -> Callable[[], None]:
 
     def stop() -> None:
         stopping.set()
-        listener.receive_dir = None
+        listener.reception = None
         for forwarder in forwarders:
             forwarder.request_stop()       # all at once, then wait for each
         for forwarder in forwarders:

@@ -3,12 +3,15 @@
 Layout under ``[spool] dir``/store (the rest of ``[spool] dir`` belongs to other subsystems):
 
     tmp/                          instances being received; cleared at every start
+    free/                         delivered instances' files, kept to receive new ones
+                                  into (Rule 6); cleared at every start
     pending/<archive>/<id>.dcm    one hard link per archive still to receive the instance
     dead/<archive>/<id>.dcm       refused for good by that archive ...
     dead/<archive>/<id>.json      ... and why (status, reason, hint, UIDs, when)
 
 Rule 1: ``commit`` makes an instance durable before the caller may answer
-        Success: fsync the file, ``os.replace`` it into the first archive's
+        Success: fdatasync the file (its bytes and what reading them needs: POSIX
+        fdatasync), ``os.replace`` it into the first archive's
         pending dir, hard-link it into the others', fsync those directories.
         A crash before that ends leaves at most links the modality was never
         told about (it resends; archives keep an instance once per SOP
@@ -25,6 +28,15 @@ Rule 4: the spool never grows past ``max_bytes``: ``commit`` reserves the room
         several archives counts once.
 Rule 5: this module does file I/O and bookkeeping only; it decides nothing
         about DICOM and emits no events (the drain and handler do).
+Rule 6: files are recycled, as databases recycle their log segments. When an instance's
+        last link is forwarded its file moves to ``free/`` (at most ``FREE_FILES`` files
+        and ``FREE_BYTES`` bytes there, none larger than ``RECYCLE_MAX``; beyond that it
+        is deleted), and ``reception`` hands it out for the next instance to be received
+        into, overwritten from its start and cut to the new length (``Reception``).
+        Overwriting blocks the file already has costs the filesystem no inode or block
+        allocation, nothing is freed (no unlink, no discard), and the fdatasync of Rule 1
+        then writes the data alone. What ``free/`` holds is never pending: it does not
+        count against ``max_bytes``, and a start deletes it.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import bisect
 import json
 import os
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
@@ -44,6 +57,9 @@ from urllib.parse import quote, unquote
 from pydicom.filereader import read_file_meta_info
 
 SUFFIX = ".dcm"
+FREE_FILES = 256                    # files kept in free/ at most (Rule 6) ...
+FREE_BYTES = 128 << 20              # ... and bytes: a burst's worth of CT or MR images
+RECYCLE_MAX = 32 << 20              # a larger file is deleted, not kept
 
 
 class SpoolError(OSError):
@@ -98,11 +114,36 @@ def fsync_dir(path: Path) -> None:
 
 
 def fsync_file(path: Path) -> None:
+    """The file's bytes and what reading them needs on disk (fdatasync: not its times)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+class Reception:
+    """A file open for writing one instance into (``Spool.reception``, Rule 6): a recycled
+    one is overwritten from its start and ``close`` cuts it to what was written."""
+
+    def __init__(self, fd: int, path: Path, capacity: int = 0) -> None:
+        self.fd, self.path, self.capacity = fd, path, capacity
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            self.written += n
+            view = view[n:]
+
+    def close(self) -> None:
+        """Cut what an earlier instance left beyond this one's end, then close."""
+        try:
+            if self.written < self.capacity:
+                os.ftruncate(self.fd, self.written)
+        finally:
+            os.close(self.fd)
 
 
 class Spool:
@@ -122,16 +163,20 @@ class Spool:
         self._dead = 0
         self._last_id = 0
         self._dirs: set[Path] = set()
+        self.free = self.root / "free"
+        self._free: list[tuple[Path, int]] = []   # recycled files and their sizes (Rule 6)
+        self._free_bytes = 0
 
     # -- start ---------------------------------------------------------------------
 
     def open(self) -> SpoolStats:
         """Create the layout, clear ``tmp/``, index what is pending and dead."""
         try:
-            for d in (self.tmp, self.root / "pending", self.root / "dead"):
+            for d in (self.tmp, self.free, self.root / "pending", self.root / "dead"):
                 d.mkdir(parents=True, exist_ok=True)
-            for leftover in self.tmp.iterdir():  # receptions never acknowledged (Rule 1)
-                leftover.unlink(missing_ok=True)
+            for folder in (self.tmp, self.free):  # receptions never acknowledged (Rule 1)
+                for leftover in folder.iterdir():  # and files kept for reuse (Rule 6)
+                    leftover.unlink(missing_ok=True)
             with self._lock:
                 self._scan("pending")
                 self._scan("dead")
@@ -171,6 +216,22 @@ class Spool:
         """Whether an instance of ``size`` bytes still fits under ``max_bytes`` (Rule 4)."""
         with self._lock:
             return self._used + size <= self.max_bytes
+
+    def reception(self) -> Reception:
+        """A file to receive an instance into: a recycled one when ``free/`` has one
+        (Rule 6), else a new one in ``tmp/``. ``commit`` takes it from either."""
+        while True:
+            with self._lock:
+                if not self._free:
+                    break
+                path, size = self._free.pop()
+                self._free_bytes -= size
+            try:
+                return Reception(os.open(path, os.O_WRONLY), path, size)
+            except OSError:
+                continue                   # removed by hand meanwhile: the next one
+        fd, name = tempfile.mkstemp(prefix="rx-", suffix=SUFFIX, dir=self.tmp)
+        return Reception(fd, Path(name))
 
     def new_temp_path(self) -> Path:
         with self._lock:
@@ -280,9 +341,34 @@ class Spool:
         return self._path("pending", archive, entry.id)
 
     def forwarded(self, archive: str, entry: Entry) -> None:
-        """The archive keeps the instance: drop its link (Rule 3)."""
-        self._path("pending", archive, entry.id).unlink(missing_ok=True)
+        """The archive keeps the instance: drop its link (Rule 3); the last one's file is
+        kept to receive another instance into (Rule 6)."""
+        link = self._path("pending", archive, entry.id)
+        if self._keep(archive, entry):
+            kept = self.free / f"{entry.id}{SUFFIX}"
+            try:
+                os.replace(link, kept)
+            except OSError:
+                with self._lock:
+                    self._free_bytes -= entry.size
+            else:
+                with self._lock:
+                    self._free.append((kept, entry.size))
+                self._settle(archive, entry, dead=False)
+                return
+        link.unlink(missing_ok=True)
         self._settle(archive, entry, dead=False)
+
+    def _keep(self, archive: str, entry: Entry) -> bool:
+        """Whether ``archive``'s link is the entry's last and ``free/`` has room for its
+        file (Rule 6); the room is then reserved."""
+        with self._lock:
+            if entry.pending != {archive} or entry.dead or entry.size > RECYCLE_MAX \
+                    or len(self._free) >= FREE_FILES \
+                    or self._free_bytes + entry.size > FREE_BYTES:
+                return False
+            self._free_bytes += entry.size
+            return True
 
     def dead_letter(self, archive: str, entry: Entry, record: dict[str, Any]) -> Path:
         """Move the archive's link to ``dead/`` next to ``record`` (JSON); return its path."""
