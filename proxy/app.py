@@ -160,8 +160,8 @@ class Proxy:
             except Exception as exc:
                 self.bus.emit(ev.Noted("error", "extension_stop_failed",
                                        {"error": f"{type(exc).__name__}: {exc}"}))
-        # Upstream associations still open (an abandoned answer draining) would keep
-        # the process alive: pynetdicom's DUL threads are not daemon threads.
+        # Upstream associations still open (an abandoned answer draining) are aborted, so
+        # no reader waits on an archive after the proxy has stopped.
         for client in [*self.archives.values(), *self.destinations.values()]:
             client.abort_all()
         self.bus.emit(ev.ProxyStopped(unfinished))
@@ -170,8 +170,8 @@ class Proxy:
 
 
 def _quiet_pynetdicom() -> None:
-    # pynetdicom (doctor's checks, the demo's archives) logs protocol noise through the
-    # logging module; the proxy reports what matters as its own events instead.
+    # pynetdicom (the demo's archives) logs protocol noise through the logging module;
+    # the proxy reports what matters as its own events instead.
     log = logging.getLogger("pynetdicom")
     log.handlers = [logging.NullHandler()]
     log.propagate = False

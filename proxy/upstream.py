@@ -1,15 +1,14 @@
 """Archive-facing SCU: associations to archives with the AE titles they expect.
 
 Rule 1: every association is bounded in time — connect, ACSE, DIMSE, and the
-        socket itself (the peer's ``timeout`` on every socket operation of a ``link``;
-        pynetdicom clears the socket timeout after connect, so ``associate`` sets it back).
+        socket itself (the peer's ``timeout`` on every socket operation of a ``link``).
 Rule 2: a failure to associate becomes an UpstreamError whose ``reason`` a
         person understands and whose ``hint`` says what to change.
 Rule 3: this module talks DICOM; it does not log or count. Callers emit events.
-Rule 4: every request the proxy makes for a workstation (C-ECHO, C-FIND, C-MOVE, and
-        the retrieve and store paths built on ``link``) goes over the proxy's lean upper
-        layer (``proxy.ul``). ``associate`` (plain pynetdicom) is for the diagnostics
-        (``proxy.tools.doctor``) only.
+Rule 4: every association the proxy opens (C-ECHO, C-FIND, C-MOVE, the retrieve and
+        store paths, and the diagnostics of ``proxy.tools.doctor``) goes over the
+        proxy's own upper layer (``link``, ``proxy.ul``); pynetdicom is a library here
+        (presentation contexts, SOP class UIDs), never an association.
 Rule 5: a response stream that ends without a final status raises ``no_response``:
         ``timeout`` when the peer was silent for its ``timeout``, ``aborted`` when the
         association ended under us. A C-CANCEL goes upstream once the request's
@@ -19,16 +18,15 @@ Rule 6: the calling AE title is the peer's (``Peer.calling_ae``), or a workstati
         names that title and says which setting chose it. Associations are never kept
         for reuse, so one opened with one calling AE title never carries another's request.
 Rule 7: a peer with ``tls = true`` is reached over TLS only (``proxy.tls.ClientTls``: its
-        certificate verified for ``tls_server_name``, default its host), by ``link`` and
-        ``associate`` alike; a failed handshake is an UpstreamError of kind ``tls`` whose
-        reason is the contract's (``proxy.tls.explain_peer``), and ``ClientTls`` hears
-        every handshake so the caller logs ``tls_failed`` and counts it.
+        certificate verified for ``tls_server_name``, default its host); a failed
+        handshake is an UpstreamError of kind ``tls`` whose reason is the contract's
+        (``proxy.tls.explain_peer``), and ``ClientTls`` hears every handshake so the
+        caller logs ``tls_failed`` and counts it.
 """
 
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,12 +36,6 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import (
-    AE,
-    Association,
-    evt,
-)
-from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
@@ -122,16 +114,6 @@ def tcp_probe(host: str, port: int, timeout: float) -> str | None:
         return f"TCP connect failed: {exc.strerror or exc}"
 
 
-def tls_probe(peer: Peer, context: ssl.SSLContext, timeout: float) -> BaseException | None:
-    """None when a TLS handshake with ``peer`` succeeds; otherwise the handshake's error."""
-    try:
-        with socket.create_connection((peer.host, peer.port), timeout=timeout) as sock, \
-                context.wrap_socket(sock, server_hostname=peer.expected_name):
-            return None
-    except (OSError, ssl.SSLError) as exc:
-        return exc
-
-
 def explain_rejection(peer: Peer, result: int, source: int, diagnostic: int) -> UpstreamError:
     """Turn an A-ASSOCIATE-RJ into words, naming the AE titles used."""
     permanence = "permanently" if result == 0x01 else "transiently"
@@ -168,7 +150,7 @@ class ArchiveClient:
         self.network_timeout = network_timeout
         self.max_pdu_size = max_pdu_size
         self.tls = tls
-        self._active: set[Association | Link] = set()
+        self._active: set[Link] = set()
         self._active_lock = threading.Lock()
 
     def calling_as(self, calling_ae: str) -> ArchiveClient:
@@ -194,59 +176,6 @@ class ArchiveClient:
             except Exception:  # already going down
                 pass
         return len(open_now)
-
-    def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.peer.calling_ae)
-        ae.acse_timeout = self.peer.timeout
-        ae.dimse_timeout = self.peer.timeout
-        ae.network_timeout = self.network_timeout
-        ae.connection_timeout = min(self.peer.timeout, 10.0)
-        ae.maximum_pdu_size = self.max_pdu_size
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION
-        return ae
-
-    @contextmanager
-    def associate(self, contexts: Sequence[PresentationContext],
-                  ext_neg: list[Any] | None = None,
-                  handlers: list[Any] | None = None) -> Iterator[Association]:
-        """An established pynetdicom association, released (or aborted) on exit.
-
-        For the diagnostics (``proxy.tools.doctor``); requests made for workstations go over
-        ``link`` (Rule 4).
-        """
-        ae = self._make_ae()
-        rejections: list[Any] = []
-
-        def note_rejection(event: evt.Event) -> None:
-            if isinstance(event.pdu, A_ASSOCIATE_RJ):
-                rejections.append(event.pdu)
-
-        bound = [(evt.EVT_CONN_OPEN, self._bound_socket), (evt.EVT_PDU_RECV, note_rejection),
-                 *(handlers or [])]
-        tls_args = None
-        if self.peer.tls:
-            tls_args = (self._tls().context, self.peer.expected_name)
-        assoc = ae.associate(self.peer.host, self.peer.port, contexts=list(contexts),
-                             ae_title=self.peer.ae_title, ext_neg=ext_neg,
-                             evt_handlers=bound, tls_args=tls_args)
-        if not assoc.is_established:
-            raise self._why_not(assoc, rejections)
-        assoc.unbind(evt.EVT_PDU_RECV, note_rejection)   # negotiation is over
-        with self._active_lock:
-            self._active.add(assoc)
-        try:
-            yield assoc
-        except BaseException:
-            if assoc.is_established:
-                assoc.abort()
-            raise
-        else:
-            if assoc.is_established:
-                assoc.release()
-        finally:
-            with self._active_lock:
-                self._active.discard(assoc)
 
     @contextmanager
     def link(self, contexts: Sequence[PresentationContext],
@@ -308,33 +237,6 @@ class ArchiveClient:
                                 "add a [tls] section (cert, key, ca)", kind="tls")
         return self.tls
 
-    def _bound_socket(self, event: evt.Event) -> None:
-        # pynetdicom sets the socket back to blocking-forever after connect (Rule 1).
-        sock = event.assoc.dul.socket
-        if sock is not None and sock.socket is not None:
-            sock.socket.settimeout(self.network_timeout)
-            if isinstance(sock.socket, ssl.SSLSocket):    # connected: the handshake is done
-                self._tls().heard(self.peer.side, f"{self.peer.host}:{self.peer.port}",
-                                  peer_cert=sock.socket.getpeercert(True))
-
-    def _why_not(self, assoc: Association, rejections: Sequence[Any] = ()) -> UpstreamError:
-        if assoc.is_rejected and assoc.acceptor.primitive is not None:
-            p = assoc.acceptor.primitive
-            return explain_rejection(self.peer, int(p.result), int(p.result_source),
-                                     int(p.diagnostic))
-        if rejections:
-            # The archive sent A-ASSOCIATE-RJ and closed at once; pynetdicom 3.0 can see
-            # the close first and report an abort (~3% against Orthanc). The PDU says why.
-            rj = rejections[-1]
-            return explain_rejection(self.peer, int(rj.result), int(rj.source),
-                                     int(rj.reason_diagnostic))
-        if self.peer.tls:
-            # pynetdicom reports a failed TLS handshake as an abort: one probe says why.
-            error = tls_probe(self.peer, self._tls().context, min(self.peer.timeout, 10.0))
-            if error is not None:
-                return self._tls_failure(error)[1]
-        return self._not_associated("was aborted or timed out during negotiation")
-
     def _tls_failure(self, error: BaseException) -> tuple[str, UpstreamError]:
         """The contract's reason and the UpstreamError (kind ``tls``) of a failed handshake."""
         peer = self.peer
@@ -360,16 +262,20 @@ class ArchiveClient:
     def echo(self) -> int | None:
         """C-ECHO; the status, or raise UpstreamError."""
         with self.link([build_context(Verification)]) as link:
-            cx = self.link_context(link, Verification, "the archive does not accept "
-                                   "Verification (C-ECHO); check its DICOM configuration")
-            sent = time.monotonic()
-            try:
-                link.send_message(cx, commands.c_echo_rq(1))
-                return response_status(link.read_message().command, commands.C_ECHO_RSP)
-            except TimeoutError:
-                raise self.no_response("C-ECHO", time.monotonic() - sent) from None
-            except (LinkClosed, OSError, pdu.PduError):
-                raise self.no_response("C-ECHO", 0.0) from None
+            return self.echo_on(link)
+
+    def echo_on(self, link: Link) -> int | None:
+        """C-ECHO over an open ``link`` (one that proposed Verification)."""
+        cx = self.link_context(link, Verification, "the archive does not accept "
+                               "Verification (C-ECHO); check its DICOM configuration")
+        sent = time.monotonic()
+        try:
+            link.send_message(cx, commands.c_echo_rq(1))
+            return response_status(link.read_message().command, commands.C_ECHO_RSP)
+        except TimeoutError:
+            raise self.no_response("C-ECHO", time.monotonic() - sent) from None
+        except (LinkClosed, OSError, pdu.PduError):
+            raise self.no_response("C-ECHO", 0.0) from None
 
     def find(self, identifier: Dataset, model: str, cancelled: CancelToken | None = None,
              syntax: str | None = None) -> Iterator[tuple[int | None, Dataset | None]]:

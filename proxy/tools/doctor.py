@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pynetdicom import Association
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
@@ -58,13 +58,17 @@ from pynetdicom.sop_class import (
 from proxy import tls as tlsmod
 from proxy.config import ArchiveConfig, Config, DestinationConfig, TlsConfig
 from proxy.contexts import MPPS_SOP_CLASS, MPPS_SYNTAXES, STORAGE_COMMITMENT
+from proxy.dicom import commands, pdu
+from proxy.fastencode import encode
 from proxy.status import PENDING, Status, category, hex_status
+from proxy.ul.link import Link, LinkClosed
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
     ArchiveClient,
     Peer,
     UpstreamError,
-    status_of,
+    cancel_on,
+    response_status,
     tcp_probe,
 )
 
@@ -180,10 +184,11 @@ def check_archive(cfg: ArchiveConfig, proxy_ae: str, timeout: float,
     if commit is not None:
         contexts.append(build_context(STORAGE_COMMITMENT, list(MPPS_SYNTAXES)))
     try:
-        with ArchiveClient(peer, timeout, tls=tls).associate(contexts) as assoc:
-            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            echo = status_of(assoc.send_c_echo()) if ECHO in accepted else None
-            query = _test_query(assoc, cfg.max_results) \
+        client = ArchiveClient(peer, timeout, tls=tls)
+        with client.link(contexts) as link:
+            accepted = {link.abstract[cx] for cx in link.accept.accepted if cx in link.abstract}
+            echo = _echo(client, link) if ECHO in accepted else None
+            query = _test_query(client, link, cfg.max_results) \
                 if queries and FIND in accepted else None
     except UpstreamError as exc:
         return PeerReport("archive", cfg.name, False, (_association_failed(exc, subject),))
@@ -201,8 +206,9 @@ def check_destination(cfg: DestinationConfig, proxy_ae: str, timeout: float,
     if down is not None:
         return PeerReport("destination", cfg.name, False, (down,))
     try:
-        with ArchiveClient(peer, timeout, tls=tls).associate([build_context(ECHO)]) as assoc:
-            echo = status_of(assoc.send_c_echo())
+        client = ArchiveClient(peer, timeout, tls=tls)
+        with client.link([build_context(ECHO)]) as link:
+            echo = _echo(client, link)
     except UpstreamError as exc:
         finding = _association_failed(exc, subject)
         if exc.kind == "rejected" and "calling AE title" in exc.reason:
@@ -234,24 +240,37 @@ def _association_failed(exc: UpstreamError, subject: str) -> Finding:
     return Finding(FAIL, subject, exc.reason, exc.hint)
 
 
-def _test_query(assoc: Association, max_results: int) -> QueryOutcome:
-    """STUDY-level, universal, StudyInstanceUID only; cancelled after ``cap + 1`` matches."""
+def _echo(client: ArchiveClient, link: Link) -> int | None:
+    """The C-ECHO status, None when no answer came (the findings say so)."""
+    try:
+        return client.echo_on(link)
+    except UpstreamError:
+        return None
+
+
+def _test_query(client: ArchiveClient, link: Link, max_results: int) -> QueryOutcome:
+    """STUDY-level, universal, StudyInstanceUID only; cancelled after ``cap + 1`` matches.
+    No final status (None) when the archive stops answering or ends the association."""
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = ""
     enough = max_results + 1 if max_results else 1
-    context_id = next(int(cx.context_id) for cx in assoc.accepted_contexts
-                      if cx.abstract_syntax == FIND)
+    cx = client.link_context(link, FIND)
+    implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
     matches, final, cancelled = 0, None, False
-    for rsp, _ds in assoc.send_c_find(identifier, FIND, msg_id=1):
-        status = status_of(rsp)
-        if status in PENDING:
+    try:
+        link.send_message(cx, commands.c_find_rq(1, FIND), encode(identifier, implicit, True))
+        while final is None:
+            status = response_status(link.read_message().command, commands.C_FIND_RSP)
+            if status not in PENDING:
+                final = status
+                break
             matches += 1
             if matches >= enough and not cancelled:
-                assoc.send_c_cancel(1, context_id)
+                cancel_on(link, cx)
                 cancelled = True
-        else:
-            final = status
+    except (UpstreamError, TimeoutError, LinkClosed, OSError, pdu.PduError):
+        final = None
     return QueryOutcome(matches, final, cancelled)
 
 
