@@ -126,11 +126,13 @@ def _relay_arriving(event: Request, services: Services, record: OperationRecord,
     try:
         try:
             head = inflow.head(_HEADER_BYTES)
-            while _header_of(prefix + head, meta.transfer_syntax) is None \
-                    and len(head) < _HEADER_MAX and not (inflow.ended and
-                                                         inflow.received == len(head)):
+            header = _header(BytesIO(prefix + head), record, meta.transfer_syntax)
+            while header is None and len(head) < _HEADER_MAX \
+                    and not (inflow.ended and inflow.received == len(head)):
                 head = inflow.head(4 * len(head))   # a header longer than usual
-            targets = archives_for_instance(route, meta, BytesIO(prefix + head), record)
+                record.details.pop("header_error", None)
+                header = _header(BytesIO(prefix + head), record, meta.transfer_syntax)
+            targets = _targets(route, meta, header, record)
             if isinstance(targets, tuple):
                 return targets
             return store_relay.forward(event, services, record, None, None, inflow)
@@ -149,7 +151,11 @@ def archives_for_instance(route: RouteConfig, meta: InstanceMeta, source: Path |
     the refusal when none does."""
     size = source.stat().st_size if isinstance(source, Path) else len(source.getvalue())
     record.details["bytes"] = size
-    header = _header(source, record, meta.transfer_syntax)
+    return _targets(route, meta, _header(source, record, meta.transfer_syntax), record)
+
+
+def _targets(route: RouteConfig, meta: InstanceMeta, header: Dataset | None,
+             record: OperationRecord) -> list[str] | Reply:
     modality = str(header.get("Modality", "") or "") if header is not None else ""
     facts = InstanceFacts(meta.sending_ae, meta.sop_class, modality)
     targets = store_targets(route, facts)
@@ -228,14 +234,6 @@ def _header(source: Path | BytesIO, record: OperationRecord,
         return header
     except Exception as exc:  # a header pydicom cannot parse is still the archive's to judge
         record.details["header_error"] = f"{type(exc).__name__}"
-        return None
-
-
-def _header_of(part10: bytes, syntax: str) -> Dataset | None:
-    """The header of a Part-10 file's first bytes, or None when they do not hold it."""
-    try:
-        return _header(BytesIO(part10), OperationRecord("C-STORE", None), syntax)
-    except Exception:
         return None
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -211,3 +212,23 @@ def test_a_workstation_silent_mid_data_set_is_aborted_after_network_timeout(
         assert line["status"] == "0xA700" and "network_timeout" in line["error"], line
         wait_for(lambda: link.open == 0, "the archive association outlived the workstation's")
     assert held(archive) == {}
+
+
+def test_a_header_longer_than_the_first_bytes_is_read_whole_before_forwarding(
+        orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    # A 12-lead ECG sent as stored: its waveform sequence comes before the end of the
+    # header, so the first 64 KiB of its data set do not hold the header whole (pydicom
+    # cannot read them); the proxy reads on until they do. The route's store_filter
+    # takes ECG only: Success says Modality was read.
+    path = Path(get_testdata_file("waveform_ecg.dcm"))  # type: ignore[arg-type]
+    ecg = Instance(path)
+    with pytest.raises(OSError, match="No tag to read"):
+        dcmread(BytesIO(path.read_bytes()[:64 * 1024]), stop_before_pixels=True)
+    direct_archive, proxied_archive = (orthanc_factory("DIRECT"), orthanc_factory("PROXIED"))
+    proxy = proxy_factory(relay_rules(proxied_archive, store_filter={
+        "pacs": {"modality": [str(dcmread(path).Modality)]}}))
+    assert send_whole(proxy.port, ROUTE, ecg) == send_whole(
+        direct_archive.dicom_port, direct_archive.aet, ecg) == 0
+    assert held(proxied_archive) == held(direct_archive) != {}
+    [line] = proxy.operations("C-STORE")
+    assert "header_error" not in line and line["status"] == "0x0000"
