@@ -29,7 +29,8 @@ Rule 5: bounded: a P-DATA-TF may be as long as the maximum PDU length this side
         so a 4 GB length costs nothing.
 Rule 6: no copy of what arrives whole: PDUs are parsed in place from the bytes of the
         read that holds them (the PDV data handed on are views of those bytes, which
-        never change); only a PDU split across reads is gathered into one buffer.
+        never change); only a PDU split across reads is gathered into one buffer, which
+        is then handed on as it is and replaced by a new one for the next PDU.
 Rule 7: ``receive_into=True`` is the other way to feed bytes (asyncio's
         ``BufferedProtocol`` model, for a driver that ``recv_into``s): ``get_buffer()``
         says where the next read goes, ``buffer_updated(n)`` hands over what it read,
@@ -279,8 +280,10 @@ class Association:
             return
         self._dispatch(kind, received)
 
-    def _completed(self, head: bytearray, first: int) -> bytes | None:
-        """``head`` grown from the latest read up to one whole PDU; None while short."""
+    def _completed(self, head: bytearray, first: int) -> memoryview | None:
+        """``head`` grown from the latest read up to one whole PDU, handed over as it is
+        (Rule 6: a new buffer gathers the next one, so its views never change); None
+        while short."""
         chunk, pos = self._chunk, self._pos
         if len(head) < pdu.HEADER.size:
             take = min(pdu.HEADER.size - len(head), len(chunk) - pos)
@@ -296,9 +299,8 @@ class Association:
         self._pos = pos + take
         if len(head) < total:
             return None
-        raw = bytes(head)
-        head.clear()
-        return raw
+        self._head = bytearray()        # the gathered PDU is handed on, never touched again
+        return memoryview(head)
 
     def _invalid(self, why: str, reason: int) -> None:
         """Evt19 (Rule 4)."""
