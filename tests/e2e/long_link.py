@@ -11,6 +11,9 @@ Rule 1: it listens on 127.0.0.1 on a free port and relays to one target; each ac
         the other once what was in flight is delivered.
 Rule 2: it runs its own event loop on a daemon thread and stops with ``close`` (or the
         ``with`` block).
+Rule 3: ``stall_up_after = n``: once ``n`` bytes have gone to the target, it stops reading
+        what comes toward the target (an archive that stops reading mid-transfer); the
+        sender's writes then block once the socket buffers are full.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class LongLink:
         self.open = 0                     # open now
         self.most_open = 0                # the most open at once
         self.delivered_up = 0             # bytes written to the target so far
+        self.stall_up_after: int | None = None    # Rule 3
         self._thread = threading.Thread(target=self._run, name="long-link", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -91,7 +95,13 @@ class LongLink:
 
         delivering = asyncio.ensure_future(deliver())
         try:
-            while data := await source.read(1 << 16):
+            while True:
+                if up and self.stall_up_after is not None \
+                        and self.delivered_up >= self.stall_up_after:
+                    await asyncio.Event().wait()      # Rule 3: never reads again
+                data = await source.read(1 << 16)
+                if not data:
+                    break
                 queue.put_nowait((self.loop.time() + self.delay, data))
         except (ConnectionError, OSError):
             pass

@@ -163,7 +163,7 @@ def test_the_first_half_reaches_the_archive_before_the_second_is_sent(
     direct = send_whole(direct_archive.dicom_port, direct_archive.aet, instance)
     assert proxied == direct == 0
     assert held(proxied_archive) == held(direct_archive) != {}
-    [line] = proxy.operations("C-STORE")
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "C-STORE")
     assert line["status"] == "0x0000" and line["bytes"] > len(instance.data)
 
 
@@ -230,5 +230,34 @@ def test_a_header_longer_than_the_first_bytes_is_read_whole_before_forwarding(
     assert send_whole(proxy.port, ROUTE, ecg) == send_whole(
         direct_archive.dicom_port, direct_archive.aet, ecg) == 0
     assert held(proxied_archive) == held(direct_archive) != {}
-    [line] = proxy.operations("C-STORE")
+    line = proxy.wait_event("operation", lambda e: e.get("operation") == "C-STORE")
     assert "header_error" not in line and line["status"] == "0x0000"
+
+
+def test_an_archive_that_stops_reading_mid_data_set_fails_that_store_after_its_timeout(
+        orthanc_factory: OrthancFactory, proxy_factory: ProxyFactory, tmp_path: Path) -> None:
+    # 64 MB: more than the 4 MiB the proxy holds plus what the loopback socket buffers
+    # on the way take, so the proxy must stop reading the workstation while the archive
+    # does not read: the workstation's send is held until the archive's timeout.
+    [path] = write_studies(tmp_path / "big", make_studies(1, instances_per_series=1, rows=8192,
+                                                          cols=4096, seed="stall"))
+    big = Instance(path)
+    archive = orthanc_factory("PROXIED")
+    with long_link(archive.dicom_port, 0.0) as link:
+        rules = relay_through(link, archive)
+        rules["archives"]["pacs"]["timeout"] = 2
+        proxy = proxy_factory(rules)
+        link.stall_up_after = 1 << 20          # the archive stops reading after 1 MiB
+        with workstation(proxy.port, ROUTE, big.syntax, big.sop_class) as sock:
+            started = time.monotonic()
+            sock.sendall(b"".join(big.command) + b"".join(p for p, _ in big.fragments))
+            sent = time.monotonic() - started      # held back until the archive timed out
+            status = response_status(sock)
+        assert status == 0xA700 and 1.5 <= sent < 30, (status, sent)
+        line = proxy.wait_event("operation", lambda e: e.get("operation") == "C-STORE")
+        assert line["status"] == "0xA700" and "within 2s" in line["error"], line
+        assert line["bytes"] > len(big.data)          # the whole data set was read
+        link.stall_up_after = None
+        seen = storescu(proxy.port, ROUTE, [Path(get_testdata_file("CT_small.dcm"))])
+        assert list(seen.statuses.values()) == [0], seen.output
+    assert len(held(archive)) == 1                    # the small one; nothing of the big one
