@@ -48,8 +48,8 @@ class Inflow:
     def __init__(self, high_water: int, idle: float, deadline: float,
                  resume: Callable[[], None], stalled: Callable[[str], None]) -> None:
         self._high = self._bound = high_water
-        self._idle, self._deadline = idle, time.monotonic() + deadline
-        self._limits = (idle, deadline)
+        self._idle, self._dimse = idle, deadline
+        self._deadline = time.monotonic() + deadline
         self._resume, self._stalled = resume, stalled
         self._cond = threading.Condition(threading.Lock())
         self._views: deque[memoryview] = deque()
@@ -163,7 +163,7 @@ class Inflow:
             now = time.monotonic()
             if now >= self._deadline:
                 self._stall(f"C-STORE data set incomplete after dimse_timeout "
-                            f"({self._limits[1]:g}s)")
+                            f"({self._dimse:g}s)")
             if self._paused and self._size < self._bound:
                 self._paused = False       # head() raised the bound: read on
                 self._cond.release()
@@ -177,7 +177,7 @@ class Inflow:
             if self.received == before and not ready() and self._broken is None \
                     and time.monotonic() - now >= self._idle:
                 self._stall(f"no data from the workstation for network_timeout "
-                            f"({self._limits[0]:g}s) in the middle of a C-STORE data set")
+                            f"({self._idle:g}s) in the middle of a C-STORE data set")
 
     def _stall(self, why: str) -> None:
         self._broken = why

@@ -125,13 +125,15 @@ def _relay_arriving(event: Request, services: Services, record: OperationRecord,
     prefix = _part10(event, meta)       # the file meta the header is read after
     try:
         try:
-            head = inflow.head(_HEADER_BYTES)
-            header = _header(BytesIO(prefix + head), record, meta.transfer_syntax)
-            while header is None and len(head) < _HEADER_MAX \
-                    and not (inflow.ended and inflow.received == len(head)):
-                head = inflow.head(4 * len(head))   # a header longer than usual
-                record.details.pop("header_error", None)
+            wanted = _HEADER_BYTES
+            while True:
+                head = inflow.head(wanted)
+                record.details.pop("header_error", None)    # only the last read's counts
                 header = _header(BytesIO(prefix + head), record, meta.transfer_syntax)
+                whole = inflow.ended and inflow.received == len(head)
+                if header is not None or whole or len(head) >= _HEADER_MAX:
+                    break
+                wanted = 4 * len(head)                      # a header longer than usual
             targets = _targets(route, meta, header, record)
             if isinstance(targets, tuple):
                 return targets

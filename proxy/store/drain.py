@@ -305,8 +305,6 @@ class Forwarder(QueueWorker):
                                         time.monotonic() - started, None, error, None, details)
         self._settle_deferred()              # not sent (a file that failed): settle it now
         verdict = classify(status)
-        if verdict not in (Verdict.DELIVERED, Verdict.WARNING):
-            self.services.bus.emit(reported)
         if verdict in (Verdict.DELIVERED, Verdict.WARNING):
             def delivered() -> None:
                 self.services.bus.emit(reported)   # Rule 4, timed when the answer came
@@ -317,6 +315,7 @@ class Forwarder(QueueWorker):
                 self.publish()
             self._deferred = delivered          # done once the next one is on its way
             return True
+        self.services.bus.emit(reported)
         if verdict is Verdict.REFUSED:
             assert status is not None
             self._dead(entry, meta, status, f"archive answered {status_text(status)}")

@@ -344,19 +344,8 @@ class Spool:
         """The archive keeps the instance: drop its link (Rule 3); the last one's file is
         kept to receive another instance into (Rule 6)."""
         link = self._path("pending", archive, entry.id)
-        if self._keep(archive, entry):
-            kept = self.free / f"{entry.id}{SUFFIX}"
-            try:
-                os.replace(link, kept)
-            except OSError:
-                with self._lock:
-                    self._free_bytes -= entry.size
-            else:
-                with self._lock:
-                    self._free.append((kept, entry.size))
-                self._settle(archive, entry, dead=False)
-                return
-        link.unlink(missing_ok=True)
+        if not (self._keep(archive, entry) and self._recycled(link, entry)):
+            link.unlink(missing_ok=True)
         self._settle(archive, entry, dead=False)
 
     def _keep(self, archive: str, entry: Entry) -> bool:
@@ -369,6 +358,19 @@ class Spool:
                 return False
             self._free_bytes += entry.size
             return True
+
+    def _recycled(self, link: Path, entry: Entry) -> bool:
+        """Move the file ``_keep`` made room for into ``free/``; False if it could not."""
+        kept = self.free / f"{entry.id}{SUFFIX}"
+        try:
+            os.replace(link, kept)
+        except OSError:
+            with self._lock:
+                self._free_bytes -= entry.size
+            return False
+        with self._lock:
+            self._free.append((kept, entry.size))
+        return True
 
     def dead_letter(self, archive: str, entry: Entry, record: dict[str, Any]) -> Path:
         """Move the archive's link to ``dead/`` next to ``record`` (JSON); return its path."""

@@ -264,12 +264,12 @@ def _test_query(client: ArchiveClient, link: Link, max_results: int) -> QueryOut
             status = response_status(link.read_message().command, commands.C_FIND_RSP)
             if status not in PENDING:
                 final = status
-                break
-            matches += 1
-            if matches >= enough and not cancelled:
-                cancel_on(link, cx)
-                cancelled = True
-    except (UpstreamError, TimeoutError, LinkClosed, OSError, pdu.PduError):
+            else:
+                matches += 1
+                if matches >= enough and not cancelled:
+                    cancel_on(link, cx)
+                    cancelled = True
+    except (TimeoutError, LinkClosed, OSError, pdu.PduError):
         final = None
     return QueryOutcome(matches, final, cancelled)
 
