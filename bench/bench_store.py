@@ -11,7 +11,10 @@ median run of each is shown), each run against a fresh Orthanc (same config):
   archive down  storescu → proxy with the archive stopped: ingest into the spool alone;
   relay       storescu → proxy (``store = "relay"``) → archive: each instance forwarded
               as it arrives, the archive's answer relayed; done when storescu is.
-Ratios are proxy rate / direct rate (≥ 0.8 is the target for "delivered").
+Ratios are proxy rate / direct rate (≥ 0.9 is the target for "delivered").
+Before each timed run the disk is synced (``settle_disk``): every run writes ~100 MB
+(Orthanc's storage, the spool), and the kernel writes it back ~30 s later, in the middle
+of whichever run comes next — direct or proxied — unless it is flushed in between.
 Prints a markdown table. Needs DCMTK (/usr/bin/storescu) and Orthanc (/usr/sbin/Orthanc).
 """
 
@@ -60,6 +63,11 @@ class Run:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle_disk() -> None:
+    """Flush what earlier runs left dirty, so its writeback does not land in the next run."""
+    os.sync()
 
 
 def storescu(port: int, called: str, files: Sequence[Path]) -> float:
@@ -151,6 +159,7 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
     relayed: list[Run] = []
     for k in range(repeat):
         with OrthancArchive("PACS") as archive:
+            settle_disk()
             direct.append(Run("direct: storescu → Orthanc", n, size,
                               storescu(archive.dicom_port, "PACS", files)))
         with OrthancArchive("PACS") as archive:
@@ -162,6 +171,7 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
             relayed.append(relayed_run(files, workdir / f"relay{k}", archive))
     (workdir / "down").mkdir()
     proxy = Proxy(workdir / "down", free_port())
+    settle_disk()
     ingest = storescu(proxy.port, "STORE", files)
     down = Run("archive down: ingest into spool", n, size, ingest, proxy.stop())
     return [_median(direct), _median(ingests), _median(delivered), down, _median(relayed)]
@@ -172,6 +182,7 @@ def relayed_run(files: Sequence[Path], workdir: Path, archive: OrthancArchive) -
     by the archive, its Success relayed) when storescu is."""
     workdir.mkdir()
     proxy = Proxy(workdir, archive.dicom_port, store="relay")
+    settle_disk()
     seconds = storescu(proxy.port, "STORE", files)
     cpu = proxy.stop()
     if count(archive) != len(files):
@@ -186,6 +197,7 @@ def through_proxy(files: Sequence[Path], workdir: Path, archive: OrthancArchive,
     (ingest s, delivered s, the proxy's CPU s)."""
     workdir.mkdir()
     proxy = Proxy(workdir, port, lanes)
+    settle_disk()
     started = time.perf_counter()
     ingest = storescu(proxy.port, "STORE", files)
     # Delivered: when the proxy logged the archive's Success for the last instance

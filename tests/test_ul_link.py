@@ -40,6 +40,7 @@ from proxy.dicom import commands, items, pdu
 from proxy.dicom.connection import LocalProtocolError
 from proxy.dicom.events import AssociateAccepted
 from proxy.dicom.states import State
+from proxy.ul import link as ul_link
 from proxy.ul.link import (
     COMMAND,
     LAST,
@@ -52,6 +53,7 @@ from proxy.ul.link import (
     Rejected,
     TlsFailed,
     new_association,
+    sendmsg_all,
 )
 from proxy.upstream import ArchiveClient, Peer, UpstreamError
 from tests.tls_certs import Pki, make_pki
@@ -509,6 +511,39 @@ def test_send_arriving_cuts_each_batch_at_the_peers_max_and_marks_only_the_last(
     assert command == STORE_RQ
     assert got == data
     assert all(0 < size <= 1018 for size in sizes[:-1]) and sizes[-1] <= 1018
+
+
+@pytest.mark.parametrize(("length", "from_file", "batches"), [
+    (526_000, False, 1),            # a CT slice in memory: command and data set, one write
+    (600 * 16378, False, 3),        # 600 fragments: one write per MAX_PARTS buffers
+    (526_000, True, 2),             # from a file: one write per SEND_BATCH bytes read
+])
+def test_the_command_goes_with_the_data_set_in_as_few_writes_as_the_bounds_allow(
+        pair: Pair, pool: ThreadPoolExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        length: int, from_file: bool, batches: int) -> None:
+    ours, theirs = pair
+    link = make_link(ours, peer_max=16384)
+    writes: list[int] = []
+
+    def counted(sock: Any, parts: list[bytes | memoryview]) -> None:
+        writes.append(len(parts))
+        sendmsg_all(sock, parts)
+
+    monkeypatch.setattr(ul_link, "sendmsg_all", counted)
+    data = payload(length, seed=6)
+    received = pool.submit(read_until_last, theirs)
+    if from_file:
+        path = tmp_path / "instance.bin"
+        path.write_bytes(data)
+        with open(path, "rb") as source:
+            link.send_message(5, STORE_RQ, source=source, length=length)
+    else:
+        link.send_message(5, STORE_RQ, data)
+    command, got, sizes = check_message(received.result(timeout=10), 16384, 5)
+    assert command == STORE_RQ and got == data
+    assert sizes == expected_sizes(length, 16378)
+    assert len(writes) == batches
+    assert max(writes) <= ul_link.MAX_PARTS
 
 
 def test_a_file_shorter_than_length_raises_os_error(pair: Pair, tmp_path: Path) -> None:

@@ -17,12 +17,15 @@ Rule 2: each instance is proposed in its own transfer syntax and, if the
         with ``sendmsg`` straight from the file, after its file meta. Only when the
         archive accepted the other little-endian syntax alone is the instance decoded
         and re-encoded (Explicit <-> Implicit VR, ``pynetdicom.dsutils.encode``).
-        One C-STORE at a time: the link negotiates no asynchronous window. The
-        bookkeeping of a delivered instance (its ``upstream`` line, its spool link
-        removed, counted, gauges) is done after the next instance has been sent, or
-        before the lane looks for more or waits, while the archive stores it,
-        so the archive is never kept waiting for the proxy's own work (``_deferred``);
-        a crash in between resends that one instance (archives keep it once).
+        One C-STORE at a time: the link negotiates no asynchronous window, so the
+        archive is never kept waiting for the proxy's own work. While it stores one
+        instance, the lane does the bookkeeping of the one before (its ``upstream``
+        line, its spool link removed, counted, gauges: ``_deferred``; a crash in
+        between resends that one instance, and archives keep it once), takes the next
+        entries when its chunk is used up, and reads the next instance's data set
+        into memory when it is at most ``_READ_AHEAD_MAX`` (``_read_ahead``). The
+        answer comes, and that C-STORE goes out at once: command and data set in one
+        ``sendmsg``, no file opened in between.
 Rule 3: what happens next is decided by ``forwarding.classify``: delivered →
         removed from the queue; archive unreachable, rejecting, timing out or
         out of resources → retried after ``backoff_delay`` (exponential, capped,
@@ -96,6 +99,7 @@ from proxy.upstream import ArchiveClient, UpstreamError
 
 _BATCH = 64                       # queue entries looked at per planning round
 _CHUNK = 4                        # entries a lane takes at a time (Rule 6)
+_READ_AHEAD_MAX = 4 << 20         # bytes of the next instance read while one is stored
 _MAX_PER_ASSOCIATION = 2000
 _LINGER = 2.0                     # seconds an idle upstream association waits for more
 _STATS_INTERVAL = 5.0             # seconds between spool gauge refreshes (age keeps growing)
@@ -157,6 +161,7 @@ class Forwarder(QueueWorker):
         self.lanes = lanes if lanes is not None else Lanes()
         self._attempts = self.lanes.attempts
         self._deferred: Callable[[], None] | None = None   # a delivered one's bookkeeping
+        self._ready: tuple[str, memoryview] | None = None   # the next one's data set
 
     def _head(self, limit: int = _BATCH) -> list[Entry]:
         """The oldest pending entries no other lane has taken (Rule 6)."""
@@ -218,6 +223,7 @@ class Forwarder(QueueWorker):
             return False
         finally:
             self.link = None
+            self._ready = None
             if not self.lane:
                 self.lanes.first_open = False
             self.lanes.release(self.lane)
@@ -232,18 +238,27 @@ class Forwarder(QueueWorker):
         for cx, sop, ts in offered:
             context_ids.setdefault((sop, ts), cx)     # the lowest ID, as pynetdicom chose
         ids = (1 + i % 65535 for i in count())
-        sent = 0
-        while batch:
-            for entry, meta in batch:
-                if self.stopping or link.closed:
-                    return True
-                if not self._forward(link, next(ids), entry, meta, accepted, context_ids):
-                    return False
-                sent += 1
-            if sent >= _MAX_PER_ASSOCIATION or link.closed:
+        sent: set[str] = set()             # entries this association has carried
+        todo = list(batch)
+
+        def upcoming() -> Pair | None:
+            """The entry after the one being stored, taken while the archive stores it."""
+            if not todo and len(sent) < _MAX_PER_ASSOCIATION:
+                todo.extend(self._more(proposed, calling, sent, wait=False))
+            return todo[0] if todo else None
+
+        while todo:
+            entry, meta = todo.pop(0)
+            if self.stopping or link.closed:
                 return True
-            self._settle_deferred()        # off the queue before looking at it again
-            batch = self._more(proposed, calling)
+            sent.add(entry.id)
+            if not self._forward(link, next(ids), entry, meta, accepted, context_ids, upcoming):
+                return False
+            if len(sent) >= _MAX_PER_ASSOCIATION or link.closed:
+                return True
+            if not todo:
+                self._settle_deferred()    # off the queue before looking at it again
+                todo.extend(self._more(proposed, calling, sent))
         return True
 
     def _calling(self, meta: InstanceMeta) -> str:
@@ -252,13 +267,15 @@ class Forwarder(QueueWorker):
         return forward_calling_ae(config, config.archives[self.archive], meta.sending_ae,
                                   meta.receiving_ae)
 
-    def _more(self, proposed: set[Key], calling: str) -> list[tuple[Entry, InstanceMeta]]:
-        """The next entries this association can carry, waiting up to _LINGER for some."""
+    def _more(self, proposed: set[Key], calling: str, sent: set[str],
+              wait: bool = True) -> list[tuple[Entry, InstanceMeta]]:
+        """The next entries this association can carry (none of ``sent``), waiting up to
+        _LINGER for some when ``wait``."""
         deadline = time.monotonic() + _LINGER
         while not self.stopping:
-            head = self._readable(self._head(_CHUNK))
+            head = self._readable([e for e in self._head(_CHUNK + 2) if e.id not in sent])
             fits: list[tuple[Entry, InstanceMeta]] = []
-            for entry, meta in head:
+            for entry, meta in head[:_CHUNK]:
                 if key(meta) not in proposed or self._calling(meta) != calling:
                     break               # needs a new association; keep the order
                 fits.append((entry, meta))
@@ -268,7 +285,7 @@ class Forwarder(QueueWorker):
             if fits:
                 continue                # another lane took these meanwhile: look again
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not wait:
                 return []
             self.spool.wait(min(remaining, 0.5))
         return []
@@ -288,7 +305,8 @@ class Forwarder(QueueWorker):
 
     # One C-STORE; False when the caller must back off (the instance stays pending).
     def _forward(self, link: Link, msg_id: int, entry: Entry, meta: InstanceMeta,
-                 accepted: list[tuple[str, str]], context_ids: dict[Key, int]) -> bool:
+                 accepted: list[tuple[str, str]], context_ids: dict[Key, int],
+                 upcoming: Callable[[], Pair | None]) -> bool:
         choice = choose(meta, accepted)
         if choice is None:
             self._dead(entry, meta, None, self._no_context_reason(meta, link))
@@ -300,7 +318,7 @@ class Forwarder(QueueWorker):
             details["lane"] = self.lane + 1                   # which association (Rule 6)
         started = time.monotonic()
         status, error = self._store(link, context_ids[meta.sop_class, choice.transfer_syntax],
-                                    msg_id, self.spool.path(self.archive, entry), meta, choice)
+                                    msg_id, entry, meta, choice, upcoming)
         reported = ev.UpstreamCompleted(self.archive, "C-STORE", status,
                                         time.monotonic() - started, None, error, None, details)
         self._settle_deferred()              # not sent (a file that failed): settle it now
@@ -329,28 +347,37 @@ class Forwarder(QueueWorker):
                 return True
         return False
 
-    def _store(self, link: Link, cx: int, msg_id: int, path: Path, meta: InstanceMeta,
-               choice: Choice) -> tuple[int | None, str | None]:
-        """One C-STORE-RQ from the spool file and its response: (status, error).
+    def _store(self, link: Link, cx: int, msg_id: int, entry: Entry, meta: InstanceMeta,
+               choice: Choice, upcoming: Callable[[], Pair | None]
+               ) -> tuple[int | None, str | None]:
+        """One C-STORE-RQ from the spool file (or what ``_read_ahead`` kept of it) and its
+        response: (status, error); the ``upcoming`` one is read ahead meanwhile (Rule 2).
 
         No status when the archive did not answer (it is aborted then); 0x0110 when
         the file, not the archive, failed — an attempt of the instance (Rule 3).
         """
         command = commands.c_store_rq(msg_id, meta.sop_class, meta.sop_instance)
+        ready, self._ready = self._ready, None
         writing = False
         try:
-            with open(path, "rb") as source:
-                if choice.raw:
-                    start = _data_offset(source, path)
-                    length = os.fstat(source.fileno()).st_size - start
-                    source.seek(start)
-                    writing = True
-                    link.send_message(cx, command, source=source, length=length)
-                else:
-                    data = _reencoded(source, choice.transfer_syntax)
-                    writing = True
-                    link.send_message(cx, command, data=data)
+            if ready is not None and ready[0] == entry.id and choice.raw:
+                writing = True
+                link.send_message(cx, command, data=ready[1])
+            else:
+                path = self.spool.path(self.archive, entry)
+                with open(path, "rb") as source:
+                    if choice.raw:
+                        start = _data_offset(source, path)
+                        length = os.fstat(source.fileno()).st_size - start
+                        source.seek(start)
+                        writing = True
+                        link.send_message(cx, command, source=source, length=length)
+                    else:
+                        data = _reencoded(source, choice.transfer_syntax)
+                        writing = True
+                        link.send_message(cx, command, data=data)
             self._settle_deferred()            # the previous one's, while this one is stored
+            self._ready = self._read_ahead(upcoming())
             rsp = link.read_message().command
         except TimeoutError:
             link.abort()
@@ -371,6 +398,19 @@ class Forwarder(QueueWorker):
             link.abort()
             return None, "the archive answered the C-STORE with something else; aborted"
         return status, None
+
+    def _read_ahead(self, pair: Pair | None) -> tuple[str, memoryview] | None:
+        """The next instance's data set, read while the archive stores this one (Rule 2);
+        None when there is none, it is over ``_READ_AHEAD_MAX`` or cannot be read now
+        (it is then read from its file when sent, and a failure is reported there)."""
+        if pair is None or pair[0].size > _READ_AHEAD_MAX:
+            return None
+        try:
+            with open(self.spool.path(self.archive, pair[0]), "rb", buffering=0) as source:
+                whole = source.readall()
+            return pair[0].id, memoryview(whole)[data_offset(whole):]
+        except (OSError, ValueError):
+            return None
 
     def _settle_deferred(self) -> None:
         deferred, self._deferred = self._deferred, None

@@ -29,7 +29,10 @@ Rule 3 (timeouts): every socket operation is bounded by ``timeout`` (TimeoutErro
 Rule 4: fragments are sent at the peer's maximum PDU length (its A-ASSOCIATE-AC; no
         limit → ``MAX_FRAGMENT``), one PDV per P-DATA-TF, as DCMTK and pynetdicom do.
         A message the state table refuses (the association released or aborted
-        meanwhile) raises ``LinkClosed`` before a byte of it is written.
+        meanwhile) raises ``LinkClosed`` before a byte of it is written. A message's
+        command goes out in the same ``sendmsg`` as its data set's first fragments;
+        a data set in memory is written with one ``sendmsg`` per ``MAX_PARTS`` buffers
+        (255 fragments), one read from a file one per ``SEND_BATCH`` bytes.
 Rule 5 (TLS): ``open(tls=context)`` wraps the connected socket, the handshake bounded
         by ``connect_timeout``, the name checked against ``server_hostname``; a failed
         handshake raises ``TlsFailed``. The connection is a ``tlssocket.TlsSocket`` (an
@@ -66,7 +69,7 @@ from proxy.ul import tlssocket
 from proxy.ul.tlssocket import TlsSocket
 
 MAX_FRAGMENT = 1 << 20           # our fragment size toward a peer that set no limit
-SEND_BATCH = 512 * 1024          # bytes handed to one sendmsg ...
+SEND_BATCH = 512 * 1024          # bytes of a file or an arriving data set per sendmsg ...
 MAX_PARTS = 512                  # ... in at most this many buffers (IOV_MAX is 1024)
 COMMAND, LAST = pdu.COMMAND, pdu.LAST     # message control header bits (PS3.8 E.2)
 RELEASE_RQ = pdu.encode(pdu.ReleaseRQ())
@@ -209,13 +212,16 @@ class Link:
                      data: memoryview | bytes | None = None,
                      source: BufferedIOBase | None = None, length: int = 0) -> None:
         """One DIMSE message: command, then the data set from ``data`` or ``length``
-        bytes read from ``source`` (Rules 1, 4)."""
+        bytes read from ``source`` (Rules 1, 4); the command goes out in the same
+        ``sendmsg`` as the data set's first fragments."""
         with self._send_lock:
-            self._fragments(context_id, COMMAND, memoryview(command))
+            parts: list[bytes | memoryview] = []
+            self._fragments(context_id, COMMAND, memoryview(command), parts)
             if data is not None:
-                self._fragments(context_id, 0, memoryview(data))
+                self._fragments(context_id, 0, memoryview(data), parts)
             elif source is not None:
-                self._from_file(context_id, source, length)
+                self._from_file(context_id, source, length, parts)
+            sendmsg_all(self.sock, parts)
 
     def send_arriving(self, context_id: int, command: bytes,
                       parts: Iterable[tuple[list[memoryview], bool]]) -> None:
@@ -223,7 +229,9 @@ class Link:
         batch of ``parts`` as it comes, the batch marked last ending the message (Rule 4).
         """
         with self._send_lock:
-            self._fragments(context_id, COMMAND, memoryview(command))
+            command_parts: list[bytes | memoryview] = []
+            self._fragments(context_id, COMMAND, memoryview(command), command_parts)
+            sendmsg_all(self.sock, command_parts)
             for views, last in parts:
                 self._batch(context_id, views, last)
 
@@ -258,28 +266,34 @@ class Link:
                 raise LinkClosed(f"the association can no longer carry a message: {exc}"
                                  ) from None
 
-    def _fragments(self, cx: int, kind: int, view: memoryview) -> None:
+    def _fragments(self, cx: int, kind: int, view: memoryview,
+                   parts: list[bytes | memoryview]) -> None:
+        """Add ``view`` to ``parts`` as fragments of the message part ``kind``. The bytes
+        are in memory already, so ``parts`` is written out only when it reaches
+        ``MAX_PARTS`` (Rule 4), or on TLS ``SEND_BATCH`` bytes (joined there, Rule 5)."""
         step = self.fragment
+        batch = SEND_BATCH if isinstance(self.sock, TlsSocket) else len(view) + 1
         full = b""                             # every fragment but the last
-        parts: list[bytes | memoryview] = []
-        size, at, total = 0, 0, len(view)
+        at, total, size = 0, len(view), 0
         while total - at > step:
-            if not parts:
+            if not full:
                 full = self._header(cx, kind, step)
             parts.append(full)
             parts.append(view[at:at + step])
             at += step
             size += step
-            if size >= SEND_BATCH or len(parts) >= MAX_PARTS:
+            if len(parts) >= MAX_PARTS or size >= batch:
                 sendmsg_all(self.sock, parts)
-                parts, size = [], 0
+                size = 0
         parts.append(self._header(cx, kind | LAST, total - at))
         parts.append(view[at:])
-        sendmsg_all(self.sock, parts)
 
-    def _from_file(self, cx: int, source: BufferedIOBase, length: int) -> None:
+    def _from_file(self, cx: int, source: BufferedIOBase, length: int,
+                   parts: list[bytes | memoryview]) -> None:
+        """``length`` bytes of ``source`` as data fragments after what ``parts`` holds
+        (the command); ``parts`` is written out before the chunk is read again."""
         step = self.fragment
-        per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2)) * step
+        per_batch = max(1, min(SEND_BATCH // step, MAX_PARTS // 2 - 1)) * step
         chunk = bytearray(min(per_batch, max(length, 1)))
         view = memoryview(chunk)
         left = length
@@ -287,7 +301,6 @@ class Link:
             if source.readinto(view) != len(chunk):
                 raise OSError("buffered instance ended early")
             full = self._header(cx, 0, step)
-            parts: list[bytes | memoryview] = []
             for at in range(0, len(view), step):
                 parts.append(full)
                 parts.append(view[at:at + step])
@@ -295,7 +308,7 @@ class Link:
             left -= len(chunk)
         if left and source.readinto(view[:left]) != left:
             raise OSError("buffered instance ended early")
-        self._fragments(cx, 0, view[:left])
+        self._fragments(cx, 0, view[:left], parts)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -455,9 +468,11 @@ class Link:
 # -- writing ----------------------------------------------------------------------------
 
 def sendmsg_all(sock: socket.socket | TlsSocket, parts: list[bytes | memoryview]) -> None:
-    """``sendmsg`` until every byte of ``parts`` is written (a TLS socket: Rule 5)."""
+    """``sendmsg`` until every byte of ``parts`` is written (a TLS socket: Rule 5);
+    ``parts`` is empty afterwards."""
     if isinstance(sock, TlsSocket):
         sock.sendall(b"".join(parts))
+        parts.clear()
         return
     while parts:
         sent = sock.sendmsg(parts)

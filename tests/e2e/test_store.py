@@ -234,6 +234,32 @@ def test_archive_down_then_back_gets_everything_exactly_once_in_order(
     assert not any("DOE^" in json.dumps(o) for o in ops)                 # PHI hashed
 
 
+def test_a_backlog_of_small_and_large_instances_arrives_once_in_order_as_sent(
+        proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
+        tmp_path: Path) -> None:
+    """While the archive stores one instance, the lane takes the next entries and reads
+    the next data set into memory up to 4 MiB; a larger one goes from its file (drain
+    Rule 2). Across chunks, and both ways, each instance arrives once, in spool order,
+    byte for byte, over one association."""
+    small = instances(10, "mixed-small", tmp_path / "small", rows=64, cols=64)
+    large = instances(2, "mixed-large", tmp_path / "large", rows=1500, cols=1500)
+    assert all(p.stat().st_size > 4 << 20 for p in large)
+    files = [*small[:5], large[0], *small[5:9], large[1], small[9]]
+    proxy = proxy_factory(rules_for(spool, {"pacs": archive_entry(archive)},
+                                    {"called_ae": "STORE", "archives": ["pacs"],
+                                     "store_to": ["pacs"]}))
+    archive.stop()
+    sent = storescu(proxy.port, "STORE", files)
+    assert sent.acknowledged == list(map(str, files)), sent.output[-1500:]
+    archive.start()
+    wait_for(lambda: len(forwarded(proxy, "pacs")) == len(files), "every forward log line")
+    assert forwarded(proxy, "pacs") == [sop_uid(f) for f in files]       # once each, in order
+    for path in files:
+        assert body(stored_file(archive, sop_uid(path))) == body(path.read_bytes())
+    assert archive.calling_aets().count("QR_PROXY") == 1
+    assert count(archive) == len(files)
+
+
 def test_a_backlog_to_a_remote_site_goes_over_several_associations(
         proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
         tmp_path: Path) -> None:
