@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -123,6 +124,23 @@ class PeakRSS:
         self.peak_kb = max(self.peak_kb, self.sample())
 
 
+def settle_disk() -> None:
+    """Flush what earlier runs wrote, so its writeback does not land in the next run."""
+    os.sync()
+
+
+def alternate(k: int, first: Callable[[], None], second: Callable[[], None]
+              ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Round ``k``'s order: direct first in even rounds, last in odd ones."""
+    return (first, second) if k % 2 == 0 else (second, first)
+
+
+def paired(direct: list[float], proxied: list[float]) -> str:
+    """The median of each round's direct time / proxied time, and their range."""
+    ratios = sorted(d / p for d, p in zip(direct, proxied, strict=True))
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def timed_move(port: int, called: str, study: str, dest: StoreSCP) -> tuple[float, float | None]:
     for f in dest.output_dir.iterdir():
         f.unlink()
@@ -158,7 +176,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="images in the timed study")
     parser.add_argument("--full", action="store_true", help="1,000 images (~500 MB)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs per path (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds per path (median)")
     parser.add_argument("--memory-small", type=int, default=140,
                         help="images in the small memory run (0: skip the memory runs)")
     parser.add_argument("--dest-pdu", type=int, default=0,
@@ -205,17 +223,29 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
         proxy.start()
         pid: int = proxy.proc.pid       # type: ignore[union-attr]
         try:
-            direct = [timed_move(pacs.dicom_port, pacs.aet, study, dest) for _ in range(rounds)]
-            proxied = []
+            direct: list[tuple[float, float | None]] = []
+            proxied: list[tuple[float, float | None]] = []
             cpu = []
-            for _ in range(rounds):
+
+            def move_proxied() -> None:
                 before = cpu_seconds(pid)
                 proxied.append(timed_move(proxy.port, ROUTE, study, dest))
                 cpu.append(cpu_seconds(pid) - before)
-            get_direct = [timed_get(pacs.dicom_port, pacs.aet, study, work / "got")
-                          for _ in range(rounds)]
-            get_proxied = [timed_get(proxy.port, ROUTE, study, work / "got")
-                           for _ in range(rounds)]
+
+            get_direct: list[float] = []
+            get_proxied: list[float] = []
+            for k in range(rounds):            # paired rounds, the order alternating
+                for run in alternate(k, lambda: direct.append(
+                        timed_move(pacs.dicom_port, pacs.aet, study, dest)), move_proxied):
+                    settle_disk()
+                    run()
+            for k in range(rounds):
+                for run in alternate(k, lambda: get_direct.append(
+                        timed_get(pacs.dicom_port, pacs.aet, study, work / "got")),
+                        lambda: get_proxied.append(
+                            timed_get(proxy.port, ROUTE, study, work / "got"))):
+                    settle_disk()
+                    run()
             memory = []
             spiller = ProxyProcess({**rules, "spool": {
                 "retrieve_memory_bytes": MEMORY_WINDOW, "retrieve_spill_after": 0,
@@ -231,13 +261,15 @@ def run(work: Path, images: int, rounds: int, small: int, stock: bool, pdu: int)
             proxy.stop()
     report(images, size, direct, proxied, cpu, memory, stock, pdu)
     gd, gp = statistics.median(get_direct), statistics.median(get_proxied)
-    print("\n### C-GET of the same study by DCMTK getscu (writing files)\n")
+    print(f"\n### C-GET of the same study by DCMTK getscu (writing files; median of "
+          f"{len(get_direct)})\n")
     print("| path | seconds | MB/s |")
     print("| --- | ---: | ---: |")
     print(f"| direct: getscu ← Orthanc | {gd:.2f} | {size / 1e6 / gd:.1f} |")
     print(f"| proxy: getscu ← proxy ← Orthanc (C-GET relayed) | {gp:.2f} | "
           f"{size / 1e6 / gp:.1f} |")
-    print(f"\nthroughput ratio proxy/direct: **{gd / gp:.2f}**")
+    print(f"\nthroughput ratio proxy/direct: **{gd / gp:.2f}** (median times); median of "
+          f"the rounds' own ratios {paired(get_direct, get_proxied)}")
 
 
 def memory_run(proxy: ProxyProcess, target: str, study: str, size: int,
@@ -280,7 +312,9 @@ def report(images: int, size: int, direct: list[tuple[float, float | None]],
           f"| {fd * 1000:.0f} ms |")
     print(f"| proxy: C-MOVE → C-GET + C-STORE → storescp | {p:.2f} | {mb / p:.1f} | "
           f"{images / p:.0f} | {fp * 1000:.0f} ms |")
-    print(f"\nthroughput ratio proxy/direct: **{d / p:.2f}**; first instance: proxy "
+    ratios = paired([t for t, _ in direct], [t for t, _ in proxied])
+    print(f"\nthroughput ratio proxy/direct: **{d / p:.2f}** (median times; median of the "
+          f"rounds' own ratios {ratios}); first instance: proxy "
           f"{fp * 1000:.0f} ms vs direct {fd * 1000:.0f} ms; proxy CPU per move "
           f"{statistics.median(cpu):.2f} s ({statistics.median(cpu) / images * 1000:.2f} ms "
           "per image)")

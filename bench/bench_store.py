@@ -2,8 +2,8 @@
 
     python3 bench/bench_store.py [--instances 200] [--size 512] [--small 200]
 
-For each instance size, ``--repeat`` rounds (direct, then proxied, alternating; the
-median run of each is shown), each run against a fresh Orthanc (same config):
+For each instance size, ``--repeat`` rounds, each running every path once (direct first
+in even rounds, last in odd ones), each run against a fresh Orthanc (same config):
   direct      storescu → archive; the time until storescu is done (= all stored);
   proxy       storescu → proxy → archive; "ingest" is when storescu is done (every
               instance durable in the spool, acknowledged), "delivered" when the
@@ -11,7 +11,10 @@ median run of each is shown), each run against a fresh Orthanc (same config):
   archive down  storescu → proxy with the archive stopped: ingest into the spool alone;
   relay       storescu → proxy (``store = "relay"``) → archive: each instance forwarded
               as it arrives, the archive's answer relayed; done when storescu is.
-Ratios are proxy rate / direct rate (≥ 0.9 is the target for "delivered").
+A round's ratio is proxy rate / direct rate in that round; a row shows the median of its
+rounds' ratios and their range, and the rate of its median run (≥ 0.9 of direct is the
+target for "delivered"). The same direct run varies by ±20% from one round to the next
+on a shared 2-core machine; pairing each run with its round's direct one cancels that.
 Before each timed run the disk is synced (``settle_disk``): every run writes ~100 MB
 (Orthanc's storage, the spool), and the kernel writes it back ~30 s later, in the middle
 of whichever run comes next — direct or proxied — unless it is flushed in between.
@@ -24,13 +27,14 @@ import argparse
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +54,7 @@ class Run:
     bytes: int
     seconds: float
     cpu_s: float | None = None
+    ratios: list[float] = field(default_factory=list)    # direct time / this, per round
 
     @property
     def rate(self) -> float:
@@ -149,19 +154,23 @@ store = "{store}"
         return cpu
 
 
-def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
-    """Direct and proxied runs alternate ``repeat`` times (drift on a shared machine
-    touches both alike); each row is the run with the median time."""
+def bench(files: list[Path], workdir: Path, repeat: int = 5) -> list[Run]:
+    """``repeat`` rounds, each running every path once, direct first in even rounds and
+    last in odd ones (drift on a shared machine touches both alike). A row's rate is its
+    median run's; its ratio is the median of the rounds' own ratios (``Run.ratios``)."""
     n, size = len(files), sum(p.stat().st_size for p in files)
     direct: list[Run] = []
     ingests: list[Run] = []
     delivered: list[Run] = []
     relayed: list[Run] = []
-    for k in range(repeat):
+
+    def run_direct() -> None:
         with OrthancArchive("PACS") as archive:
             settle_disk()
             direct.append(Run("direct: storescu → Orthanc", n, size,
                               storescu(archive.dicom_port, "PACS", files)))
+
+    def run_proxied(k: int) -> None:
         with OrthancArchive("PACS") as archive:
             ingest, done, cpu = through_proxy(files, workdir / f"up{k}", archive,
                                               archive.dicom_port)
@@ -169,12 +178,22 @@ def bench(files: list[Path], workdir: Path, repeat: int = 3) -> list[Run]:
             delivered.append(Run("proxy: delivered to Orthanc", n, size, done, cpu))
         with OrthancArchive("PACS") as archive:
             relayed.append(relayed_run(files, workdir / f"relay{k}", archive))
+
+    for k in range(repeat):
+        if k % 2 == 0:
+            run_direct()
+            run_proxied(k)
+        else:
+            run_proxied(k)
+            run_direct()
     (workdir / "down").mkdir()
     proxy = Proxy(workdir / "down", free_port())
     settle_disk()
     ingest = storescu(proxy.port, "STORE", files)
     down = Run("archive down: ingest into spool", n, size, ingest, proxy.stop())
-    return [_median(direct), _median(ingests), _median(delivered), down, _median(relayed)]
+    rows = [_median(runs, direct) for runs in (direct, ingests, delivered)]
+    down.ratios = [rows[0].seconds / down.seconds]
+    return [*rows, down, _median(relayed, direct)]
 
 
 def relayed_run(files: Sequence[Path], workdir: Path, archive: OrthancArchive) -> Run:
@@ -216,17 +235,23 @@ def _holds_all(archive: OrthancArchive, n: int) -> bool:
     return count(archive) >= n
 
 
-def _median(runs: list[Run]) -> Run:
-    return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+def _median(runs: list[Run], direct: list[Run]) -> Run:
+    """The run with the median time, holding every round's ratio to that round's direct."""
+    middle = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+    middle.ratios = [d.seconds / r.seconds for d, r in zip(direct, runs, strict=True)]
+    return middle
 
 
 def table(title: str, runs: list[Run]) -> str:
-    direct = runs[0].rate
-    out = [f"**{title}**", "", "| path | instances/s | MB/s | ratio vs direct | proxy CPU s |",
-           "| --- | ---: | ---: | ---: | ---: |"]
+    out = [f"**{title}**", "",
+           "| path | instances/s | MB/s | ratio vs direct (median of rounds) | rounds | "
+           "proxy CPU s |", "| --- | ---: | ---: | ---: | --- | ---: |"]
     for r in runs:
         cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else ""
-        out.append(f"| {r.label} | {r.rate:.1f} | {r.mb_s:.1f} | {r.rate / direct:.2f} | {cpu} |")
+        ratios = sorted(r.ratios)
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
+        out.append(f"| {r.label} | {r.rate:.1f} | {r.mb_s:.1f} | "
+                   f"{statistics.median(ratios):.2f} | {spread} | {cpu} |")
     return "\n".join(out)
 
 
@@ -235,7 +260,7 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=200, help="large instances per run")
     parser.add_argument("--size", type=int, default=512, help="rows = columns of large ones")
     parser.add_argument("--small", type=int, default=200, help="64x64 instances per run (0: skip)")
-    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per path")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds (each runs every path)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         root = Path(tmp)
