@@ -201,16 +201,24 @@ def test_every_encoding_arrives_as_the_archive_keeps_it_when_sent_directly(
 # -- an archive down, then back --------------------------------------------------------------
 
 
-def test_archive_down_then_back_gets_everything_exactly_once_in_order(
-        proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
-        tmp_path: Path) -> None:
-    files = instances(30, "down", tmp_path / "data")
+def stored_while_down(proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
+                      files: list[Path]) -> ProxyProcess:
+    """A proxy spooling route STORE for ``archive``, which is stopped; ``files`` sent to it
+    and every one acknowledged."""
     proxy = proxy_factory(rules_for(spool, {"pacs": archive_entry(archive)},
                                     {"called_ae": "STORE", "archives": ["pacs"],
                                      "store_to": ["pacs"]}))
     archive.stop()
     sent = storescu(proxy.port, "STORE", files)
     assert sent.acknowledged == list(map(str, files)), sent.output[-1500:]
+    return proxy
+
+
+def test_archive_down_then_back_gets_everything_exactly_once_in_order(
+        proxy_factory: ProxyFactory, archive: OrthancArchive, spool: Path,
+        tmp_path: Path) -> None:
+    files = instances(30, "down", tmp_path / "data")
+    proxy = stored_while_down(proxy_factory, archive, spool, files)
     assert len(spool_files(spool, "pending")) == 30
     proxy.wait_event("upstream", lambda e: e["operation"] == "C-STORE" and e.get("error"))
     assert proxy.metric("dicom_proxy_spool_pending") == 30
@@ -245,12 +253,7 @@ def test_a_backlog_of_small_and_large_instances_arrives_once_in_order_as_sent(
     large = instances(2, "mixed-large", tmp_path / "large", rows=1500, cols=1500)
     assert all(p.stat().st_size > 4 << 20 for p in large)
     files = [*small[:5], large[0], *small[5:9], large[1], small[9]]
-    proxy = proxy_factory(rules_for(spool, {"pacs": archive_entry(archive)},
-                                    {"called_ae": "STORE", "archives": ["pacs"],
-                                     "store_to": ["pacs"]}))
-    archive.stop()
-    sent = storescu(proxy.port, "STORE", files)
-    assert sent.acknowledged == list(map(str, files)), sent.output[-1500:]
+    proxy = stored_while_down(proxy_factory, archive, spool, files)
     archive.start()
     wait_for(lambda: len(forwarded(proxy, "pacs")) == len(files), "every forward log line")
     assert forwarded(proxy, "pacs") == [sop_uid(f) for f in files]       # once each, in order
