@@ -546,6 +546,30 @@ def test_the_command_goes_with_the_data_set_in_as_few_writes_as_the_bounds_allow
     assert max(writes) <= ul_link.MAX_PARTS
 
 
+def test_a_command_of_several_fragments_before_a_file_keeps_every_write_in_bounds(
+        pair: Pair, pool: ThreadPoolExecutor, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, theirs = pair
+    link = make_link(ours, peer_max=64)                    # the command takes 2+ fragments
+    writes: list[int] = []
+
+    def counted(sock: Any, parts: list[bytes | memoryview]) -> None:
+        writes.append(len(parts))
+        sendmsg_all(sock, parts)
+
+    monkeypatch.setattr(ul_link, "sendmsg_all", counted)
+    data = payload(100_000, seed=7)
+    path = tmp_path / "instance.bin"
+    path.write_bytes(data)
+    received = pool.submit(read_until_last, theirs)
+    with open(path, "rb") as source:
+        link.send_message(3, STORE_RQ, source=source, length=len(data))
+    command, got, sizes = check_message(received.result(timeout=10), 64, 3)
+    assert command == STORE_RQ and got == data
+    assert sizes == expected_sizes(len(data), 58)
+    assert max(writes) <= ul_link.MAX_PARTS
+
+
 def test_a_file_shorter_than_length_raises_os_error(pair: Pair, tmp_path: Path) -> None:
     ours, _theirs = pair
     link = make_link(ours, peer_max=1024)

@@ -297,6 +297,8 @@ class Link:
         chunk = bytearray(min(per_batch, max(length, 1)))
         view = memoryview(chunk)
         left = length
+        if left > len(chunk) and len(parts) > 2:      # a command of several fragments
+            sendmsg_all(self.sock, parts)             # goes alone: a batch stays in bounds
         while left > len(chunk):                      # whole fragments, none of them last
             if source.readinto(view) != len(chunk):
                 raise OSError("buffered instance ended early")
