@@ -289,6 +289,7 @@ class WorkstationAssociation:
 
         def work(outbox: Outbox) -> None:
             request.send, request.request = outbox.send, outbox.request
+            request.request_after = outbox.request_after
             try:
                 self.listener.dispatch(request)
             finally:

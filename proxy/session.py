@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,9 @@ from proxy.dicom.negotiation import Accepted
 from proxy.inflow import Inflow
 from proxy.observe import events as ev
 from proxy.rawdataset import decode
+
+# (the Message ID to follow, the request, whether to send it still) -> its response
+RequestAfter = Callable[[int, SendMessage, Callable[[], bool]], Future[MessageReceived]]
 
 
 @dataclass(eq=False)               # one object per association: hashed by identity
@@ -85,6 +89,8 @@ class Request:
     cancel: CancelToken = field(default_factory=CancelToken)
     send: Callable[[SendMessage], None] = lambda message: None
     request: Callable[[SendMessage], MessageReceived] | None = None
+    # send a request once an earlier one is answered (``Outbox.request_after``)
+    request_after: RequestAfter | None = None
 
     @property
     def abstract_syntax(self) -> str:

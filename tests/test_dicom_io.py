@@ -35,6 +35,7 @@ from proxy.dicom.io import (
     run,
 )
 from proxy.dicom.items import PresentationContextRQ, UserInformation
+from proxy.dicom.link import NotSent
 from proxy.dicom.negotiation import Offer, Policy, negotiate
 
 VERIFICATION, CT = "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"
@@ -700,5 +701,82 @@ def test_c_get_sub_operations_over_the_same_association(in_flight: int) -> None:
         assert [ds.SOPInstanceUID for ds in stored] == \
             [ds.SOPInstanceUID for ds in GetScp.instances]
         assert [ds.PixelData for ds in stored] == [ds.PixelData for ds in GetScp.instances]
+    finally:
+        server.stop()
+
+
+class ChainedGetScp(GetScp):
+    """C-GET whose worker hands every C-STORE over at once, each to follow the one before
+    (``Outbox.request_after``), the third told not to go."""
+    asked: list[float] = []                 # when the link asked each request's ``go``
+    results: list[object] = []
+
+    def get(self, outbox: Outbox, message: MessageReceived) -> None:
+        assoc = self.link.association
+        [store_cx] = [cx for cx in assoc.contexts if assoc.proposed[cx] == CT]
+        answers = []
+        previous = -1
+        for n, ds in enumerate(GetScp.instances, start=1):
+            def go(n: int = n) -> bool:
+                ChainedGetScp.asked.append(time.monotonic())
+                return n <= 2
+            answers.append(outbox.request_after(previous, SendMessage(store_cx, {
+                commands.COMMAND_FIELD: commands.C_STORE_RQ, commands.MESSAGE_ID: 1000 + n,
+                commands.AFFECTED_SOP_CLASS: CT, commands.PRIORITY: 0,
+                commands.AFFECTED_SOP_INSTANCE: ds.SOPInstanceUID},
+                encode(ds, False, True)), go))
+            previous = 1000 + n
+        for answer in answers:
+            try:
+                ChainedGetScp.results.append(answer.result(10).command[commands.STATUS])
+            except NotSent:
+                ChainedGetScp.results.append("not sent")
+        outbox.send(SendMessage(message.context_id, {
+            commands.COMMAND_FIELD: commands.C_GET_RSP,
+            commands.RESPONDED_TO: int(message.command[commands.MESSAGE_ID]),
+            commands.AFFECTED_SOP_CLASS: GET_MODEL, commands.STATUS: 0xFE00,
+            commands.REMAINING: 1, commands.COMPLETED: 2, commands.FAILED: 0,
+            commands.WARNING: 0}))
+
+
+def test_a_request_handed_over_early_goes_only_once_the_one_before_is_answered() -> None:
+    """Rule 7: one C-STORE on the wire at a time; the next is sent by the loop when the
+    answer is in, after asking its ``go`` then, not when it was handed over."""
+    GetScp.instances = []
+    for n in range(3):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = CT, generate_uid(), "GET-2"
+        ds.BitsAllocated, ds.PixelData = 8, bytes([n]) * 50_000
+        GetScp.instances.append(ds)
+    ChainedGetScp.asked, ChainedGetScp.results = [], []
+    Scp.received, Scp.closed = [], []
+    server = LoopThread(ChainedGetScp, Limits())
+    handled: list[tuple[float, float]] = []        # each C-STORE the SCU handled: in, out
+
+    def on_store(event: evt.Event) -> int:
+        began = time.monotonic()
+        time.sleep(0.3)
+        handled.append((began, time.monotonic()))
+        return 0
+    try:
+        ae = AE(ae_title="WS1")
+        ae.add_requested_context(GET_MODEL)
+        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="PROXY",
+                             ext_neg=[build_role(CT, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel, query.PatientID = "PATIENT", "GET-2"
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, GET_MODEL)]
+        assoc.release()
+        assert statuses == [0xFE00]
+        assert ChainedGetScp.results == [0, 0, "not sent"]
+        assert len(handled) == 2 and len(ChainedGetScp.asked) == 3
+        assert ChainedGetScp.asked[0] < handled[0][0]
+        # each later one was asked for (and sent) only after the one before was handled
+        assert ChainedGetScp.asked[1] >= handled[0][1]
+        assert ChainedGetScp.asked[2] >= handled[1][1]
+        assert handled[1][0] >= handled[0][1]
     finally:
         server.stop()

@@ -39,6 +39,10 @@ Rule 7: a worker may send a request on the association and wait for its response
         set — goes to the waiting worker, not to the handler; while it waits, the job
         does not count against ``max_in_flight`` (reading must go on for the response
         to arrive); no response within ``dimse_timeout`` aborts the association.
+        A worker may also hand over the next request before that response comes
+        (``Outbox.request_after``): the loop sends it as soon as the response is in,
+        if its ``go`` still says so, with no thread hand-off in between; one request
+        at a time is still all that is on the wire (no asynchronous window).
 Rule 8: the answer to an A-ASSOCIATE-RQ may take blocking work (a route that must first
         associate with an archive): the handler then returns a future, and the AC or RJ
         is sent when it resolves, reading paused until then; ARTIM is not running in
@@ -106,6 +110,18 @@ class LinkClosed(Exception):
     """The association is gone: a worker's send cannot be written."""
 
 
+class NotSent(Exception):
+    """A request handed over to follow another was dropped: its ``go`` said no."""
+
+
+@dataclass
+class Chained:
+    """A request to send once an earlier one is answered (Rule 7)."""
+    message: SendMessage
+    go: Callable[[], bool]
+    done: concurrent.futures.Future[MessageReceived]
+
+
 class AssociationRejected(Exception):
     def __init__(self, reject: pdu.AssociateRJ) -> None:
         super().__init__(f"A-ASSOCIATE-RJ result {reject.result} source {reject.source} "
@@ -153,6 +169,15 @@ class Outbox:
         self._post(self._link.request_for_worker, message, done)
         return done.result()
 
+    def request_after(self, previous: int, message: SendMessage,
+                      go: Callable[[], bool]) -> concurrent.futures.Future[MessageReceived]:
+        """Send ``message`` once the request with Message ID ``previous`` is answered (at
+        once if it is already), when ``go()`` then says so; its response, ``NotSent``
+        when ``go()`` said no, or ``LinkClosed``, comes in the future (Rule 7)."""
+        done: concurrent.futures.Future[MessageReceived] = concurrent.futures.Future()
+        self._post(self._link.request_after_for_worker, previous, message, go, done)
+        return done
+
     def _post(self, callback: Callable[..., None], *args: object) -> None:
         try:
             self._link.loop.call_soon_threadsafe(callback, *args)
@@ -180,6 +205,7 @@ class Link(asyncio.Protocol):
         self._writers: list[concurrent.futures.Future[None]] = []
         self._awaiting: dict[int, tuple[concurrent.futures.Future[MessageReceived],
                                         asyncio.TimerHandle]] = {}
+        self._chained: dict[int, Chained] = {}  # sent once that Message ID is answered
         self._artim: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -435,15 +461,43 @@ class Link(asyncio.Protocol):
     def _fail_writers(self) -> None:
         writers, self._writers = self._writers, []
         waiting, self._awaiting = self._awaiting, {}
+        chained, self._chained = self._chained, {}
         for done in writers:
             done.set_exception(LinkClosed("association closed"))
         for waiter, timer in waiting.values():
             timer.cancel()
             waiter.set_exception(LinkClosed("association closed"))
+        for after in chained.values():
+            after.done.set_exception(LinkClosed("association closed"))
+
+    def request_after_for_worker(self, previous: int, message: SendMessage,
+                                 go: Callable[[], bool],
+                                 done: concurrent.futures.Future[MessageReceived]) -> None:
+        after = Chained(message, go, done)
+        if self.closed.done():
+            done.set_exception(LinkClosed("association closed"))
+        elif previous in self._awaiting or any(
+                _message_id(c.message) == previous for c in self._chained.values()):
+            self._chained[previous] = after
+        else:
+            self._send_chained(after)
+
+    def _send_chained(self, after: Chained | None) -> None:
+        """Send ``after`` if its ``go`` says so; when it then awaits no answer (not sent,
+        or refused), what follows it may go at once."""
+        while after is not None:
+            msg_id = _message_id(after.message)
+            if after.go():
+                self.request_for_worker(after.message, after.done)
+                if msg_id in self._awaiting:
+                    return                     # what follows goes once it is answered
+            else:
+                after.done.set_exception(NotSent("not sent"))
+            after = self._chained.pop(msg_id, None)
 
     def request_for_worker(self, message: SendMessage,
                            done: concurrent.futures.Future[MessageReceived]) -> None:
-        msg_id = int(message.command[commands.MESSAGE_ID])
+        msg_id = _message_id(message)
         if self.closed.done() or msg_id in self._awaiting:
             done.set_exception(LinkClosed("association closed") if self.closed.done()
                                else LocalProtocolError(f"Message ID {msg_id} already awaited"))
@@ -469,13 +523,15 @@ class Link(asyncio.Protocol):
         command = event.command
         if not int(command.get(commands.COMMAND_FIELD, 0)) & 0x8000:
             return False
-        waiter = self._awaiting.pop(int(command.get(commands.RESPONDED_TO, -1)), None)
+        msg_id = int(command.get(commands.RESPONDED_TO, -1))
+        waiter = self._awaiting.pop(msg_id, None)
         if waiter is None:
             return False
         waiter[1].cancel()
         self._in_flight += 1
         self._sync_reading()
         waiter[0].set_result(event)
+        self._send_chained(self._chained.pop(msg_id, None))   # no hand-off (Rule 7)
         return True
 
     # -- workers (Rule 1) ----------------------------------------------------------
@@ -543,3 +599,7 @@ class Link(asyncio.Protocol):
         if now >= message_until:
             return self.abort(f"DIMSE message incomplete after {limits.dimse_timeout} s")
         self._arm_watchdog(min(idle_until, message_until))
+
+
+def _message_id(message: SendMessage) -> int:
+    return int(message.command[commands.MESSAGE_ID])

@@ -24,6 +24,11 @@ Rule 5: the identifier is read as the archive reads it (``identifiers``): a miss
         Refused with 0xA900 (PS3.4 C.4.2.1.5), with an Error Comment and a log hint,
         only what cannot be routed: an unknown model or level, or no key with a value
         (that would retrieve the whole archive).
+Rule 6: back to the workstation (C-GET), the next instance is handed over while the
+        one before awaits its C-STORE response (``WorkstationSink.begin``): the loop
+        sends it the moment that response is in, one on the wire at a time. Each is
+        counted once its own response is in; one not sent because of a C-CANCEL is not
+        counted (it stays Remaining).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from proxy.retrieve.identifiers import (
     upstream_identifier,
 )
 from proxy.retrieve.puller import Puller
-from proxy.retrieve.sinks import Sink
+from proxy.retrieve.reception import Buffered
+from proxy.retrieve.sinks import Delivery, Handed, Sink, WorkstationSink
 from proxy.retrieve.sopclasses import Instance
 from proxy.retrieve.survey import Survey, list_instances, survey
 from proxy.retrieve.tally import Tally, final_status, response
@@ -119,33 +125,61 @@ def relay(services: Services, event: Request, record: OperationRecord, operation
     sink_failure: str | None = None
     first: float | None = None                # since the request came in
     last_pending = 0.0
+    handing = isinstance(sink, WorkstationSink)   # Rule 6
+    held: Handed | None = None                # handed to the workstation, not yet answered
+
+    def account(item: Buffered, delivery: Delivery | None) -> Iterator[Dataset]:
+        """Count one sub-operation (none when it was never sent: cancelled before its
+        turn); a Pending response at most every PENDING_INTERVAL."""
+        nonlocal first, last_pending, sink_failure
+        buffer.done(item)
+        if delivery is None:
+            return
+        tally.record(item.sop_instance_uid, delivery.status, delivery.reason)
+        if delivery.transcoded:            # the proxy converted it: the log says so
+            record.details["transcoded"] = record.details.get("transcoded", 0) + 1
+        if first is None:
+            first = time.monotonic() - started
+        if delivery.fatal:
+            sink_failure = delivery.reason
+            token.cancel()
+            return
+        now = time.monotonic()
+        if now - last_pending >= PENDING_INTERVAL:
+            last_pending = now
+            yield response(Status.PENDING, tally, remaining=True)
+
     puller.start()
     try:
-        while True:
+        while sink_failure is None:
             if event.is_cancelled:
                 cancelled = True
                 token.cancel()
                 break
-            item = buffer.take(_POLL)
+            item = buffer.take(0.0 if held is not None else _POLL)
             if item is None:
-                if buffer.drained:
+                if held is not None:       # nothing more yet: take its answer in
+                    assert isinstance(sink, WorkstationSink)
+                    answered, held = held, None
+                    yield from account(answered.item, sink.finish(answered))
+                elif buffer.drained:
                     break
                 continue
-            delivery = sink.store(item)
-            buffer.done(item)
-            tally.record(item.sop_instance_uid, delivery.status, delivery.reason)
-            if delivery.transcoded:        # the proxy converted it: the log says so
-                record.details["transcoded"] = record.details.get("transcoded", 0) + 1
-            if first is None:
-                first = time.monotonic() - started
-            if delivery.fatal:
-                sink_failure = delivery.reason
-                token.cancel()
-                break
-            now = time.monotonic()
-            if now - last_pending >= PENDING_INTERVAL:
-                last_pending = now
-                yield response(Status.PENDING, tally, remaining=True)
+            if not handing:
+                yield from account(item, sink.store(item))
+                continue
+            assert isinstance(sink, WorkstationSink)
+            earlier, held = held, sink.begin(item, held)  # sent once ``held`` is answered
+            if earlier is not None:
+                yield from account(earlier.item, sink.finish(earlier))
+        if held is not None:                   # cancelled, or the workstation is gone
+            assert isinstance(sink, WorkstationSink)
+            last, held = held, None
+            delivery = sink.finish(last)
+            if sink_failure is None:
+                yield from account(last.item, delivery)
+            else:
+                buffer.done(last.item)         # counted with the rest, as before
     except GeneratorExit:            # the workstation went away: no final response possible
         record.status = Status.UNABLE_TO_PROCESS
         record.details["ended"] = "workstation association ended during the retrieve"

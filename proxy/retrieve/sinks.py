@@ -26,7 +26,9 @@ Rule 2 (destination): one association for the whole retrieve, opened *before*
         C-STOREs carry the workstation's AE title and C-MOVE Message ID as Move
         Originator (PS3.4 C.4.2.2.1). One ``upstream`` event per association.
 Rule 3 (workstation, C-GET): C-STOREs go back over the workstation's own association,
-        on the storage contexts it negotiated with the SCP role.
+        on the storage contexts it negotiated with the SCP role; ``begin`` hands one
+        over to follow the one still awaiting its response (``Outbox.request_after``),
+        ``finish`` takes its response.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -42,8 +45,9 @@ from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
 from proxy.dicom import commands, pdu
-from proxy.dicom.events import SendMessage
+from proxy.dicom.events import MessageReceived, SendMessage
 from proxy.dicom.link import LinkClosed as WorkstationGone
+from proxy.dicom.link import NotSent
 from proxy.observe import events as ev
 from proxy.retrieve import transcode
 from proxy.retrieve.reception import Buffered
@@ -220,8 +224,23 @@ class DestinationSink:
 
 
 @dataclass
+class Handed:
+    """An instance handed to the workstation (Rule 3): its delivery when already known,
+    else the answer still to come to the C-STORE with Message ID ``msg_id``."""
+
+    item: Buffered
+    delivery: Delivery | None = None
+    answer: Future[MessageReceived] | None = None
+    msg_id: int = -1
+    transcoded: bool = False
+
+
+@dataclass
 class WorkstationSink:
-    """C-STORE sub-operations back over the workstation's association (C-GET, Rule 3)."""
+    """C-STORE sub-operations back over the workstation's association (C-GET, Rule 3).
+    ``begin`` hands an instance over to follow the one still awaiting its answer, so
+    the loop sends it the moment that answer is in (``proxy.dicom.link`` Rule 7) —
+    never two on the wire at once — and ``finish`` takes its answer."""
 
     event: Request
     _ids: Iterator[int] | None = None
@@ -232,47 +251,66 @@ class WorkstationSink:
                            for cx in self.event.session.contexts.values() if cx.scp)
 
     def store(self, item: Buffered) -> Delivery:
+        delivery = self.finish(self.begin(item, None))
+        return delivery if delivery is not None else Delivery(None, "not sent: cancelled")
+
+    def begin(self, item: Buffered, after: Handed | None) -> Handed:
+        """Hand ``item`` over, to be sent once ``after`` is answered (at once without
+        one); not sent at all if the C-GET is cancelled before its turn."""
         if self._ids is None:
             self._ids = _message_ids(self.event.message_id)
             self._contexts = {(cx.abstract_syntax, cx.transfer_syntax): cx_id
                               for cx_id, cx in sorted(self.event.session.contexts.items(),
                                                       reverse=True) if cx.scp}
         if not self.event.link_up():
-            return Delivery(None, "workstation association ended", fatal=True)
+            return Handed(item, Delivery(None, "workstation association ended", fatal=True))
         msg_id = next(self._ids)
+        data: bytes | None = None
+        transcoded = False
         cx = self._contexts.get((item.sop_class_uid, item.transfer_syntax))
-        if cx is not None:
-            return self._direct(item, msg_id, cx)
-        taken = [ts for (sop_class, ts) in self._contexts if sop_class == item.sop_class_uid]
-        result = transcode.as_accepted(item, taken)
-        if result.transfer_syntax is None:
-            why = f" ({result.reason})" if taken else ""
-            return Delivery(None, f"the workstation accepted no context for "
-                                  f"{_name(item.sop_class_uid)} in "
-                                  f"{_name(item.transfer_syntax)}{why}")
-        cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
-        delivery = self._direct(item, msg_id, cx, data=result.data)
-        return Delivery(delivery.status, delivery.reason, delivery.fatal,
-                        transcoded=result.transcoded)
-
-    def _direct(self, item: Buffered, msg_id: int, cx: int,
-                data: bytes | None = None) -> Delivery:
-        """The C-STORE written as received, or ``data`` when the proxy converted it."""
+        if cx is None:
+            taken = [ts for (sop_class, ts) in self._contexts
+                     if sop_class == item.sop_class_uid]
+            result = transcode.as_accepted(item, taken)
+            if result.transfer_syntax is None:
+                why = f" ({result.reason})" if taken else ""
+                return Handed(item, Delivery(None, f"the workstation accepted no context for "
+                                                   f"{_name(item.sop_class_uid)} in "
+                                                   f"{_name(item.transfer_syntax)}{why}"))
+            cx = self._contexts[(item.sop_class_uid, result.transfer_syntax)]
+            data, transcoded = result.data, result.transcoded
         command = commands.store_rq(msg_id, item.sop_class_uid, item.sop_instance_uid)
-        exchange = self.event.request
-        assert exchange is not None          # set by the listener for every request
+        request_after = self.event.request_after
+        assert request_after is not None     # set by the listener for every request
         try:
             payload = data if data is not None else item.write_data(_read)
-            rsp = exchange(SendMessage(cx, command, payload)).command
+        except OSError as exc:               # the buffer file
+            return Handed(item, Delivery(None, f"{type(exc).__name__}: {exc}"))
+        previous = after.msg_id if after is not None and after.answer is not None else -1
+        answer = request_after(previous, SendMessage(cx, command, payload), self._go)
+        return Handed(item, None, answer, msg_id, transcoded)
+
+    def _go(self) -> bool:
+        return not self.event.is_cancelled
+
+    def finish(self, handed: Handed) -> Delivery | None:
+        """``handed``'s delivery, once its answer is in; None when it was not sent (the
+        C-GET was cancelled before its turn)."""
+        if handed.delivery is not None or handed.answer is None:
+            return handed.delivery
+        try:
+            rsp = handed.answer.result().command
+        except NotSent:
+            return None
         except WorkstationGone:
             return Delivery(None, "workstation association ended (aborted, closed, or no "
                                   "C-STORE response within dimse_timeout)", fatal=True)
-        except OSError as exc:               # the buffer file
-            return Delivery(None, f"{type(exc).__name__}: {exc}")
         if rsp.get(commands.COMMAND_FIELD) != commands.C_STORE_RSP \
                 or not isinstance(rsp.get(commands.STATUS), int):
             return Delivery(None, "the workstation answered the C-STORE with something else")
-        return _answered(int(rsp[commands.STATUS]), "the workstation")
+        delivery = _answered(int(rsp[commands.STATUS]), "the workstation")
+        return Delivery(delivery.status, delivery.reason, delivery.fatal,
+                        transcoded=handed.transcoded)
 
     def close(self) -> None:
         pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from tests.e2e.conftest import StoreSCPFactory
 from tests.e2e.data import SyntheticSet, build_synthetic_set
@@ -291,6 +294,45 @@ def test_an_archive_falling_silent_mid_retrieve_is_given_up_on_after_its_timeout
     finally:
         stall.set()
         archive.close()
+
+
+def test_a_cancelled_cget_counts_exactly_what_the_workstation_stored(
+        pacs: OrthancArchive, studies: SyntheticSet, proxy_factory: ProxyFactory) -> None:
+    """The proxy hands each C-STORE sub-operation over before the one before is answered
+    (``proxy.dicom.link`` Rule 7); a C-CANCEL still stops the next one, and the final
+    counts are what the workstation stored. (getscu cannot cancel: pynetdicom does.)"""
+    proxy = proxy_factory(rules(pacs, {}))
+    stored: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        time.sleep(0.3)                        # a slow workstation: the next one waits
+        return 0
+
+    ae = AE(ae_title=WORKSTATION)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(LOOPBACK, proxy.port, ae_title=ROUTE,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", studies.studies[2].study_uid
+    statuses = []
+    for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet,
+                                      msg_id=7):
+        statuses.append(status)
+        if int(status.Status) == PENDING and len(statuses) == 1:
+            assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelGet)
+    assoc.release()
+    final = statuses[-1]
+    assert int(final.Status) == CANCEL
+    assert 1 <= len(stored) < 6
+    assert int(final.NumberOfCompletedSuboperations) == len(stored)
+    assert int(final.NumberOfFailedSuboperations) == 0
+    assert int(final.NumberOfRemainingSuboperations) == 6 - len(stored)
+    op = proxy.wait_event("operation", lambda e: e.get("operation") == "C-GET")
+    assert op["status"] == "0xFE00" and op["completed"] == len(stored)
 
 
 def test_cancel_stops_the_archive_and_the_forwarding(
