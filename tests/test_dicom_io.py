@@ -669,6 +669,26 @@ class GetScp(Scp):
                 commands.AFFECTED_SOP_CLASS: GET_MODEL, commands.STATUS: status, **counts}))
 
 
+def c_get(port: int, patient_id: str, on_store: Callable[[evt.Event], int],
+          max_pdu: int = 0) -> list[int]:
+    """A pynetdicom C-GET of ``patient_id`` taking the C-STOREs with ``on_store``: the
+    statuses of the C-GET responses."""
+    ae = AE(ae_title="WS1")
+    if max_pdu:
+        ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(GET_MODEL)
+    ae.add_requested_context(CT, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="PROXY",
+                         ext_neg=[build_role(CT, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel, query.PatientID = "PATIENT", patient_id
+    statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, GET_MODEL)]
+    assoc.release()
+    return statuses
+
+
 @pytest.mark.parametrize("in_flight", [1, 2])
 def test_c_get_sub_operations_over_the_same_association(in_flight: int) -> None:
     GetScp.instances = []
@@ -685,18 +705,7 @@ def test_c_get_sub_operations_over_the_same_association(in_flight: int) -> None:
         stored.append(event.dataset)
         return 0
     try:
-        ae = AE(ae_title="WS1")
-        ae.maximum_pdu_size = 16384
-        ae.add_requested_context(GET_MODEL)
-        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
-        assoc = ae.associate("127.0.0.1", server.port, ae_title="PROXY",
-                             ext_neg=[build_role(CT, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel, query.PatientID = "PATIENT", "GET-1"
-        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, GET_MODEL)]
-        assoc.release()
+        statuses = c_get(server.port, "GET-1", on_store, max_pdu=16384)
         assert statuses == [0xFF00, 0xFF00, 0x0000]
         assert [ds.SOPInstanceUID for ds in stored] == \
             [ds.SOPInstanceUID for ds in GetScp.instances]
@@ -759,18 +768,7 @@ def test_a_request_handed_over_early_goes_only_once_the_one_before_is_answered()
         handled.append((began, time.monotonic()))
         return 0
     try:
-        ae = AE(ae_title="WS1")
-        ae.add_requested_context(GET_MODEL)
-        ae.add_requested_context(CT, [ExplicitVRLittleEndian])
-        assoc = ae.associate("127.0.0.1", server.port, ae_title="PROXY",
-                             ext_neg=[build_role(CT, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel, query.PatientID = "PATIENT", "GET-2"
-        statuses = [int(status.Status) for status, _ in assoc.send_c_get(query, GET_MODEL)]
-        assoc.release()
-        assert statuses == [0xFE00]
+        assert c_get(server.port, "GET-2", on_store) == [0xFE00]
         assert ChainedGetScp.results == [0, 0, "not sent"]
         assert len(handled) == 2 and len(ChainedGetScp.asked) == 3
         assert ChainedGetScp.asked[0] < handled[0][0]
