@@ -288,27 +288,33 @@ class ArchiveClient:
         as the bytes it came in, without re-encoding (``query_contexts``).
         """
         with self.link(query_contexts(model, syntax)) as link:
-            cx = self.link_context(link, model)
-            implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
-            query = encode(identifier, implicit, True)   # raw elements: their own bytes
-            if query is None:
-                raise UpstreamError(self.peer.name, "the C-FIND identifier could not be encoded")
-            last = time.monotonic()
-            try:
-                link.send_message(cx, commands.c_find_rq(1, model), query)
-                with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
-                    while True:
-                        message = link.read_message()
-                        code = response_status(message.command, commands.C_FIND_RSP)
-                        last = time.monotonic()
-                        yield code, (decode(bytes(message.data), implicit)
-                                     if message.data else None)
-                        if code not in PENDING:
-                            return
-            except TimeoutError:
-                raise self.no_response("C-FIND", time.monotonic() - last) from None
-            except (LinkClosed, OSError, pdu.PduError):
-                raise self.no_response("C-FIND", 0.0) from None
+            yield from self.find_on(link, identifier, model, cancelled)
+
+    def find_on(self, link: Link, identifier: Dataset, model: str,
+                cancelled: CancelToken | None = None
+                ) -> Iterator[tuple[int | None, Dataset | None]]:
+        """``find`` over an open ``link`` (one that proposed ``model``)."""
+        cx = self.link_context(link, model)
+        implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
+        query = encode(identifier, implicit, True)   # raw elements: their own bytes
+        if query is None:
+            raise UpstreamError(self.peer.name, "the C-FIND identifier could not be encoded")
+        last = time.monotonic()
+        try:
+            link.send_message(cx, commands.c_find_rq(1, model), query)
+            with (cancelled or CancelToken()).on_cancel(lambda: cancel_on(link, cx)):
+                while True:
+                    message = link.read_message()
+                    code = response_status(message.command, commands.C_FIND_RSP)
+                    last = time.monotonic()
+                    yield code, (decode(bytes(message.data), implicit)
+                                 if message.data else None)
+                    if code not in PENDING:
+                        return
+        except TimeoutError:
+            raise self.no_response("C-FIND", time.monotonic() - last) from None
+        except (LinkClosed, OSError, pdu.PduError):
+            raise self.no_response("C-FIND", 0.0) from None
 
     def link_context(self, link: Link, sop_class: str,
                      hint: str = "the archive does not support this query/retrieve model"

@@ -40,7 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind as FIND,
@@ -56,19 +55,16 @@ from pynetdicom.sop_class import (
 )
 
 from proxy import tls as tlsmod
+from proxy.cancel import CancelToken
 from proxy.config import ArchiveConfig, Config, DestinationConfig, TlsConfig
 from proxy.contexts import MPPS_SOP_CLASS, MPPS_SYNTAXES, STORAGE_COMMITMENT
-from proxy.dicom import commands, pdu
-from proxy.fastencode import encode
 from proxy.status import PENDING, Status, category, hex_status
-from proxy.ul.link import Link, LinkClosed
+from proxy.ul.link import Link
 from proxy.upstream import (
     QUERY_TRANSFER_SYNTAXES,
     ArchiveClient,
     Peer,
     UpstreamError,
-    cancel_on,
-    response_status,
     tcp_probe,
 )
 
@@ -255,23 +251,19 @@ def _test_query(client: ArchiveClient, link: Link, max_results: int) -> QueryOut
     identifier.QueryRetrieveLevel = "STUDY"
     identifier.StudyInstanceUID = ""
     enough = max_results + 1 if max_results else 1
-    cx = client.link_context(link, FIND)
-    implicit = link.accept.accepted[cx] == ImplicitVRLittleEndian
-    matches, final, cancelled = 0, None, False
+    cancel = CancelToken()
+    matches, final = 0, None
     try:
-        link.send_message(cx, commands.c_find_rq(1, FIND), encode(identifier, implicit, True))
-        while final is None:
-            status = response_status(link.read_message().command, commands.C_FIND_RSP)
+        for status, _match in client.find_on(link, identifier, FIND, cancel):
             if status not in PENDING:
                 final = status
             else:
                 matches += 1
-                if matches >= enough and not cancelled:
-                    cancel_on(link, cx)
-                    cancelled = True
-    except (TimeoutError, LinkClosed, OSError, pdu.PduError):
+                if matches >= enough:
+                    cancel.cancel()            # once: a set token does nothing more
+    except UpstreamError:
         final = None
-    return QueryOutcome(matches, final, cancelled)
+    return QueryOutcome(matches, final, cancel.is_set)
 
 
 # -- deciding (pure) ---------------------------------------------------------------
