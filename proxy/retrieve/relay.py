@@ -125,7 +125,7 @@ def relay(services: Services, event: Request, record: OperationRecord, operation
     sink_failure: str | None = None
     first: float | None = None                # since the request came in
     last_pending = 0.0
-    handing = isinstance(sink, WorkstationSink)   # Rule 6
+    handing = sink if isinstance(sink, WorkstationSink) else None   # Rule 6
     held: Handed | None = None                # handed to the workstation, not yet answered
 
     def account(item: Buffered, delivery: Delivery | None) -> Iterator[Dataset]:
@@ -158,24 +158,21 @@ def relay(services: Services, event: Request, record: OperationRecord, operation
                 break
             item = buffer.take(0.0 if held is not None else _POLL)
             if item is None:
-                if held is not None:       # nothing more yet: take its answer in
-                    assert isinstance(sink, WorkstationSink)
+                if handing is not None and held is not None:   # nothing more yet: its answer
                     answered, held = held, None
-                    yield from account(answered.item, sink.finish(answered))
+                    yield from account(answered.item, handing.finish(answered))
                 elif buffer.drained:
                     break
                 continue
-            if not handing:
+            if handing is None:
                 yield from account(item, sink.store(item))
                 continue
-            assert isinstance(sink, WorkstationSink)
-            earlier, held = held, sink.begin(item, held)  # sent once ``held`` is answered
+            earlier, held = held, handing.begin(item, held)   # sent once ``held`` is answered
             if earlier is not None:
-                yield from account(earlier.item, sink.finish(earlier))
-        if held is not None:                   # cancelled, or the workstation is gone
-            assert isinstance(sink, WorkstationSink)
+                yield from account(earlier.item, handing.finish(earlier))
+        if handing is not None and held is not None:   # cancelled, or the workstation gone
             last, held = held, None
-            delivery = sink.finish(last)
+            delivery = handing.finish(last)
             if sink_failure is None:
                 yield from account(last.item, delivery)
             else:
