@@ -42,6 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_store import cpu_seconds, settle_disk
 
 from proxy.tools.synthetic import make_studies, write_studies
 from tests.e2e.dcmtk import StoreSCP, movescu
@@ -51,12 +54,6 @@ from tests.e2e.proxy_harness import ProxyProcess, archive_entry
 
 ROUTE = "PACS_VIA_PROXY"
 MEMORY_WINDOW = 32 * 1024 * 1024     # [spool] retrieve_memory_bytes for the benchmark's proxy
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def build_study(directory: Path, images: int, seed: str) -> tuple[str, list[Path], int]:
@@ -122,11 +119,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join(2)
         self.peak_kb = max(self.peak_kb, self.sample())
-
-
-def settle_disk() -> None:
-    """Flush what earlier runs wrote, so its writeback does not land in the next run."""
-    os.sync()
 
 
 def alternate(k: int, first: Callable[[], None], second: Callable[[], None]
